@@ -1,0 +1,33 @@
+//! Core types of [tollgate](https://docs.rs/tollgate): the privacy types every layer
+//! passes along instead of raw identifiers, problem+json errors, the data inventory,
+//! state stores and the clock.
+//!
+//! - [`pseudonym`]: keyed, rotating [`Pseudonym`]s for logs; stable [`KeyedDigest`]s for store keys.
+//! - [`coarsen`]: network prefixes (IPv4 /24, IPv6 /48) and user-agent families.
+//! - [`client`]: [`ClientContext`], resolved through trusted proxies only.
+//! - [`principal`]: the authenticated caller as pseudonyms, tier and scopes.
+//! - [`problem`]: RFC 9457 answers with a stable `type` per cause.
+//! - [`inventory`]: the declared list of every field kept.
+//! - [`store`]: async store traits and the bounded in-process store.
+//! - [`clock`]: integer-nanosecond time behind a trait, with a fake clock for tests.
+//! - [`fields`]: the request span's field names.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod clock;
+pub mod coarsen;
+pub mod fields;
+pub mod inventory;
+pub mod principal;
+pub mod problem;
+pub mod pseudonym;
+pub mod store;
+
+pub use client::{ClientConfig, ClientContext};
+pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp};
+pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
+pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};
+pub use principal::{CredentialKind, Principal, Scopes, Tier};
+pub use problem::{Problem, ProblemResponder, ProblemType};
+pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymizer};
+pub use store::{FailurePolicy, MemoryCache, MemoryStore, StateStore, StoreError, StoreKey};
