@@ -207,11 +207,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        parts
-            .extensions
-            .get::<ClientContext>()
-            .copied()
-            .ok_or_else(|| Problem::misconfigured("ClientContext is missing: wrap the router in PrivacyTraceLayer"))
+        parts.extensions.get::<ClientContext>().copied().ok_or_else(|| {
+            Problem::misconfigured("ClientContext is missing: wrap the router in PrivacyTraceLayer")
+        })
     }
 }
 
@@ -298,6 +296,9 @@ mod tests {
     fn ipv6_trusted_proxy_and_mapped_peer() {
         let h = headers("x-forwarded-for", &["2001:db8:1:2::5"]);
         assert_eq!(config().client_address(ip("fd00::1"), &h), ip("2001:db8:1:2::5"));
-        assert_eq!(config().client_address(ip("::ffff:10.0.0.1"), &h), ip("2001:db8:1:2::5"));
+        assert_eq!(
+            config().client_address(ip("::ffff:10.0.0.1"), &h),
+            ip("2001:db8:1:2::5")
+        );
     }
 }

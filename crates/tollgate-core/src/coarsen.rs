@@ -265,7 +265,10 @@ mod tests {
         let err = Coarsening::new(25, 48).unwrap_err();
         assert!(err.to_string().contains("allow_finer"));
         let fine = Coarsening::allow_finer(40, 200);
-        assert_eq!(fine.network("10.1.2.3".parse().unwrap()).to_string(), "10.1.2.3/32");
+        assert_eq!(
+            fine.network("10.1.2.3".parse().unwrap()).to_string(),
+            "10.1.2.3/32"
+        );
     }
 
     #[test]
@@ -281,7 +284,10 @@ mod tests {
     fn user_agent_families() {
         let firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
         assert_eq!(UserAgentFamily::parse(firefox).to_string(), "Firefox 133");
-        assert_eq!(UserAgentFamily::parse(&"A".repeat(10_000)), UserAgentFamily::other());
+        assert_eq!(
+            UserAgentFamily::parse(&"A".repeat(10_000)),
+            UserAgentFamily::other()
+        );
         let mut headers = HeaderMap::new();
         headers.append(USER_AGENT, firefox.parse().unwrap());
         headers.append(USER_AGENT, firefox.parse().unwrap());

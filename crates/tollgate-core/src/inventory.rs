@@ -105,7 +105,8 @@ impl DataInventory {
     /// Adds fields; a field already declared by the same layer is replaced.
     pub fn extend(&mut self, fields: impl IntoIterator<Item = FieldSpec>) {
         for field in fields {
-            self.fields.retain(|f| !(f.name == field.name && f.layer == field.layer));
+            self.fields
+                .retain(|f| !(f.name == field.name && f.layer == field.layer));
             self.fields.push(field);
         }
     }

@@ -8,6 +8,8 @@
 //! - [`principal`]: the authenticated caller as pseudonyms, tier and scopes.
 //! - [`problem`]: RFC 9457 answers with a stable `type` per cause.
 //! - [`inventory`]: the declared list of every field kept.
+//! - [`freeze`]: the freeze list trait and its in-process store.
+//! - [`session`]: the session verdict the fingerprinting layer hands on.
 //! - [`store`]: async store traits and the bounded in-process store.
 //! - [`clock`]: integer-nanosecond time behind a trait, with a fake clock for tests.
 //! - [`fields`]: the request span's field names.
@@ -17,17 +19,21 @@ pub mod client;
 pub mod clock;
 pub mod coarsen;
 pub mod fields;
+pub mod freeze;
 pub mod inventory;
 pub mod principal;
 pub mod problem;
 pub mod pseudonym;
+pub mod session;
 pub mod store;
 
 pub use client::{ClientConfig, ClientContext};
 pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp};
 pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
+pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList};
 pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};
 pub use principal::{CredentialKind, Principal, Scopes, Tier};
 pub use problem::{Problem, ProblemResponder, ProblemType};
 pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymizer};
+pub use session::{SessionHealth, SessionInfo, SessionReason, SessionReasons};
 pub use store::{FailurePolicy, MemoryCache, MemoryStore, StateStore, StoreError, StoreKey};

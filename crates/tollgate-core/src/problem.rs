@@ -220,7 +220,11 @@ impl ProblemResponder {
 
 impl fmt::Debug for ProblemResponder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "ProblemResponder(custom)" } else { "ProblemResponder(problem+json)" })
+        f.write_str(if self.0.is_some() {
+            "ProblemResponder(custom)"
+        } else {
+            "ProblemResponder(problem+json)"
+        })
     }
 }
 

@@ -115,6 +115,20 @@ impl KeyedDigest {
     }
 }
 
+impl Serialize for KeyedDigest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.to_hex().as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyedDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        KeyedDigest::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("a keyed digest is 32 hex digits"))
+    }
+}
+
 impl fmt::Debug for KeyedDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyedDigest({})", self.to_hex().as_str())
@@ -257,7 +271,12 @@ impl Pseudonymizer {
             setting = SECRET_ENV,
             "no pseudonym secret configured: using a random one; pseudonyms will not link across restarts or replicas"
         );
-        Ok(Self::build(PseudonymSecret::random()?, epoch, system_clock(), true))
+        Ok(Self::build(
+            PseudonymSecret::random()?,
+            epoch,
+            system_clock(),
+            true,
+        ))
     }
 
     fn build(secret: PseudonymSecret, epoch: Duration, clock: SharedClock, ephemeral: bool) -> Self {
@@ -388,9 +407,18 @@ mod tests {
         let clock = FakeClock::new(Timestamp::from_secs(5));
         let a = at(&clock, 1);
         let b = at(&clock, 2);
-        assert_ne!(a.pseudonym(Domain::SUBJECT, b"x"), b.pseudonym(Domain::SUBJECT, b"x"));
-        assert_ne!(a.pseudonym(Domain::SUBJECT, b"x"), a.pseudonym(Domain::NETWORK, b"x"));
-        assert_ne!(a.pseudonym(Domain::SUBJECT, b"x"), a.pseudonym(Domain::SUBJECT, b"y"));
+        assert_ne!(
+            a.pseudonym(Domain::SUBJECT, b"x"),
+            b.pseudonym(Domain::SUBJECT, b"x")
+        );
+        assert_ne!(
+            a.pseudonym(Domain::SUBJECT, b"x"),
+            a.pseudonym(Domain::NETWORK, b"x")
+        );
+        assert_ne!(
+            a.pseudonym(Domain::SUBJECT, b"x"),
+            a.pseudonym(Domain::SUBJECT, b"y")
+        );
         assert_ne!(a.digest(Domain::SUBJECT, b"x"), b.digest(Domain::SUBJECT, b"x"));
     }
 
@@ -418,7 +446,10 @@ mod tests {
 
     #[test]
     fn short_or_bad_secrets_are_refused() {
-        assert_eq!(PseudonymSecret::from_bytes(&[0; 31]).unwrap_err(), SecretError::TooShort(31));
+        assert_eq!(
+            PseudonymSecret::from_bytes(&[0; 31]).unwrap_err(),
+            SecretError::TooShort(31)
+        );
         assert_eq!(PseudonymSecret::from_hex("zz").unwrap_err(), SecretError::NotHex);
         assert!(PseudonymSecret::from_hex(&"ab".repeat(32)).is_ok());
     }

@@ -76,7 +76,12 @@ pub trait StateStore<V>: Clone + Send + Sync + 'static {
     fn get(&self, key: &StoreKey) -> impl Future<Output = Result<Option<V>, StoreError>> + Send;
 
     /// Stores `value` at `key` for `ttl`.
-    fn insert(&self, key: &StoreKey, value: V, ttl: Duration) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert(
+        &self,
+        key: &StoreKey,
+        value: V,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Removes the value at `key`.
     fn remove(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -219,7 +224,10 @@ mod tests {
     use crate::pseudonym::{Domain, PseudonymSecret, Pseudonymizer};
 
     fn key(i: u64) -> StoreKey {
-        let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[3; 32]).unwrap(), Duration::from_secs(60));
+        let p = Pseudonymizer::new(
+            PseudonymSecret::from_bytes(&[3; 32]).unwrap(),
+            Duration::from_secs(60),
+        );
         StoreKey::new("test", &p.digest(Domain::SUBJECT, &i.to_be_bytes()))
     }
 
@@ -233,7 +241,9 @@ mod tests {
     #[tokio::test]
     async fn entries_expire() {
         let store: MemoryStore<u32> = MemoryCache::new(100);
-        StateStore::insert(&store, &key(1), 7, Duration::from_millis(50)).await.unwrap();
+        StateStore::insert(&store, &key(1), 7, Duration::from_millis(50))
+            .await
+            .unwrap();
         assert_eq!(StateStore::get(&store, &key(1)).await.unwrap(), Some(7));
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(StateStore::get(&store, &key(1)).await.unwrap(), None);
@@ -256,7 +266,9 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..1_000 {
-                        cache.update(1, |v| (Some((v.copied().unwrap_or(0) + 1, Duration::from_secs(60))), ()));
+                        cache.update(1, |v| {
+                            (Some((v.copied().unwrap_or(0) + 1, Duration::from_secs(60))), ())
+                        });
                     }
                 });
             }
