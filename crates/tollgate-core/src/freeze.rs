@@ -89,6 +89,15 @@ pub trait FreezeList: Clone + Send + Sync + 'static {
 
     /// Every active freeze.
     fn list(&self) -> impl Future<Output = Result<Vec<Freeze>, StoreError>> + Send;
+
+    /// The answer of [`FreezeList::check`] when the backend can give it without
+    /// waiting (an in-process list, a local replica); `None` when only `check` can
+    /// answer. The authentication layer asks this first, so its fast path needs no
+    /// boxed future. The default is `None`.
+    fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
+        let _ = principal;
+        None
+    }
 }
 
 /// The in-process freeze list.
@@ -182,6 +191,10 @@ impl MemoryFreezeList {
 impl FreezeList for MemoryFreezeList {
     async fn check(&self, principal: &Principal) -> Result<Option<Freeze>, StoreError> {
         Ok(self.check_now(principal))
+    }
+
+    fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
+        Some(Ok(self.check_now(principal)))
     }
 
     async fn freeze(&self, freeze: Freeze) -> Result<(), StoreError> {
