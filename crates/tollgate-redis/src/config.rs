@@ -1,0 +1,288 @@
+//! The `[store]` configuration section.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_core::FailurePolicy;
+
+/// The environment variable read when `[store] url` is not set.
+pub const URL_ENV: &str = "REDIS_URL";
+
+/// Which store backs the stack's shared state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// In-process stores (one budget and one freeze list per process).
+    #[default]
+    Memory,
+    /// Redis: every replica shares one budget, one freeze list and the session records.
+    Redis,
+}
+
+/// What the rate limiter does for a decision Redis cannot make.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitFallback {
+    /// Allow the request (the default: an outage of Redis is not an outage of the API).
+    #[default]
+    Open,
+    /// Refuse the request as if its budget were spent.
+    Closed,
+    /// Decide with an in-process limiter of the same tiers (each replica then keeps
+    /// its own budget until Redis returns).
+    Local,
+}
+
+/// The freeze list's settings (`[store.freeze]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FreezeConfig {
+    /// What `check` does for a credential it cannot check (Redis unreachable and the
+    /// local copy not known to be current): `closed` (default) returns an error, which
+    /// the authentication layer answers with 503; `open` answers from the last copy
+    /// received.
+    pub on_failure: FailurePolicy,
+    /// The most freezes kept; a freeze beyond that is refused with an error.
+    pub max_entries: usize,
+    /// How often the subscription connection is pinged, in milliseconds; a ping
+    /// unanswered within `connect_timeout_ms` drops the local copy's "current" status.
+    pub heartbeat_ms: u64,
+    /// How often the local copy is reloaded in full as a safety net, in milliseconds.
+    pub resync_interval_ms: u64,
+}
+
+impl Default for FreezeConfig {
+    fn default() -> Self {
+        FreezeConfig {
+            on_failure: FailurePolicy::Closed,
+            max_entries: 10_000,
+            heartbeat_ms: 1_000,
+            resync_interval_ms: 60_000,
+        }
+    }
+}
+
+/// The rate-limit store's settings (`[store.rate_limit]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitStoreConfig {
+    /// What a decision does when Redis cannot make it: `open` (default), `closed`, or
+    /// `local` (an in-process limiter of the same tiers).
+    pub on_failure: RateLimitFallback,
+}
+
+/// The session store's settings (`[store.sessions]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionStoreConfig {
+    /// What the session store does when Redis cannot answer: `closed` (default) hands
+    /// the error to the fingerprinting layer, which applies its own policy; `open`
+    /// answers reads as misses and drops writes.
+    pub on_failure: FailurePolicy,
+}
+
+impl Default for SessionStoreConfig {
+    fn default() -> Self {
+        SessionStoreConfig {
+            on_failure: FailurePolicy::Closed,
+        }
+    }
+}
+
+/// The `[store]` section of a tollgate configuration.
+///
+/// ```
+/// use tollgate_redis::{StoreBackend, StoreConfig};
+///
+/// let config: StoreConfig = toml::from_str(r#"
+///     backend = "redis"
+///     url = "redis://127.0.0.1:6379"
+///     timeout_ms = 50
+///
+///     [freeze]
+///     on_failure = "closed"
+/// "#).unwrap();
+/// assert_eq!(config.backend, StoreBackend::Redis);
+/// config.validate().unwrap();
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` (default) or `redis`.
+    pub backend: StoreBackend,
+    /// The Redis URL (`redis://[:password@]host:port[/db]`); when unset, `REDIS_URL`
+    /// is read.
+    pub url: Option<String>,
+    /// A name inserted into every key (`tollgate:{namespace}:…`) so several deployments
+    /// can share one Redis: 1 to 32 characters of `[A-Za-z0-9_-]`.
+    pub namespace: Option<String>,
+    /// How long one Redis call may take before it counts as failed, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long connecting may take, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// While Redis is down, how often one call is let through to probe it, in
+    /// milliseconds; every other call follows its failure policy at once.
+    pub retry_interval_ms: u64,
+    /// The freeze list.
+    pub freeze: FreezeConfig,
+    /// Rate limits.
+    pub rate_limit: RateLimitStoreConfig,
+    /// Session records.
+    pub sessions: SessionStoreConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Memory,
+            url: None,
+            namespace: None,
+            timeout_ms: 100,
+            connect_timeout_ms: 1_000,
+            retry_interval_ms: 500,
+            freeze: FreezeConfig::default(),
+            rate_limit: RateLimitStoreConfig::default(),
+            sessions: SessionStoreConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, naming the setting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The setting, as written in the configuration (`store.url`).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        ConfigError {
+            setting,
+            message: message.into(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// A Redis configuration for `url` with every other setting at its default.
+    pub fn redis(url: impl Into<String>) -> Self {
+        StoreConfig {
+            backend: StoreBackend::Redis,
+            url: Some(url.into()),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// Sets the key namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The probe interval while Redis is down.
+    pub fn retry_interval(&self) -> Duration {
+        Duration::from_millis(self.retry_interval_ms)
+    }
+
+    /// The URL to connect to: `url`, else `REDIS_URL`.
+    pub fn resolved_url(&self) -> Result<String, ConfigError> {
+        match &self.url {
+            Some(url) => Ok(url.clone()),
+            None => std::env::var(URL_ENV).map_err(|_| {
+                ConfigError::new("store.url", format!("not set, and {URL_ENV} is not set either"))
+            }),
+        }
+    }
+
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend == StoreBackend::Redis {
+            let url = self.resolved_url()?;
+            // The URL may hold a password: never echo it.
+            redis::Client::open(url.as_str()).map_err(|_| {
+                ConfigError::new("store.url", "not a valid Redis URL (redis://[:password@]host:port[/db])")
+            })?;
+        }
+        if let Some(ns) = &self.namespace {
+            let ok = !ns.is_empty()
+                && ns.len() <= 32
+                && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ConfigError::new(
+                    "store.namespace",
+                    "must be 1 to 32 characters of A-Z, a-z, 0-9, '_' or '-'",
+                ));
+            }
+        }
+        let ms = |setting, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(setting, format!("must be between {lo} and {hi}")))
+            }
+        };
+        ms("store.timeout_ms", self.timeout_ms, 1, 60_000)?;
+        ms("store.connect_timeout_ms", self.connect_timeout_ms, 1, 60_000)?;
+        ms("store.retry_interval_ms", self.retry_interval_ms, 10, 600_000)?;
+        ms("store.freeze.heartbeat_ms", self.freeze.heartbeat_ms, 10, 600_000)?;
+        ms(
+            "store.freeze.resync_interval_ms",
+            self.freeze.resync_interval_ms,
+            100,
+            86_400_000,
+        )?;
+        if self.freeze.max_entries == 0 {
+            return Err(ConfigError::new("store.freeze.max_entries", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let c: StoreConfig = toml::from_str("").unwrap();
+        assert_eq!(c, StoreConfig::default());
+        assert_eq!(c.freeze.on_failure, FailurePolicy::Closed);
+        assert_eq!(c.rate_limit.on_failure, RateLimitFallback::Open);
+        assert!(toml::from_str::<StoreConfig>("urll = 'x'").is_err());
+        assert!(toml::from_str::<StoreConfig>("[freeze]\nmax = 1").is_err());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad_url = StoreConfig::redis("http://:secret@example");
+        let err = bad_url.validate().unwrap_err();
+        assert_eq!(err.setting, "store.url");
+        assert!(!err.to_string().contains("secret"));
+
+        let bad_ns = StoreConfig::redis("redis://127.0.0.1:6379").with_namespace("a:b");
+        assert_eq!(bad_ns.validate().unwrap_err().setting, "store.namespace");
+
+        let zero = StoreConfig {
+            timeout_ms: 0,
+            ..StoreConfig::redis("redis://127.0.0.1:6379")
+        };
+        assert_eq!(zero.validate().unwrap_err().setting, "store.timeout_ms");
+        StoreConfig::redis("redis://127.0.0.1:6379")
+            .with_namespace("prod-eu_1")
+            .validate()
+            .unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! `RedisStore<V>`: the [`StateStore`] on Redis, for session records and other values.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tollgate_core::{FailurePolicy, StateStore, StoreError, StoreKey};
+
+use crate::backend::RedisBackend;
+
+/// A [`StateStore`] on Redis: values as JSON under `tollgate:{namespace}:{ns}:{digest}`,
+/// each with its TTL set in Redis (`SET … PX`), so Redis drops them by itself.
+///
+/// On failure (Redis unreachable, slow, or down per the backend's breaker):
+/// - [`FailurePolicy::Closed`] (the default): every method returns the [`StoreError`],
+///   and the layer using the store applies its own policy;
+/// - [`FailurePolicy::Open`]: `get` answers `None`, `insert` and `remove` succeed
+///   without effect.
+///
+/// Either way the use is counted (`fail_open` / `fail_closed` in
+/// [`RedisBackend::stats`]) and the first of a run is logged.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use tollgate_core::{Domain, Pseudonymizer, PseudonymSecret, StateStore, StoreKey};
+/// use tollgate_redis::{RedisBackend, RedisStore, StoreConfig};
+///
+/// let backend = RedisBackend::new(&StoreConfig::redis("redis://127.0.0.1:6379"))?;
+/// let sessions: RedisStore<Vec<u32>> = RedisStore::new(&backend);
+/// let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[1; 32])?, Duration::from_secs(86_400));
+/// let key = StoreKey::new("session", &p.digest(Domain::SESSION, b"jti-1"));
+/// sessions.insert(&key, vec![1, 2], Duration::from_secs(600)).await?;
+/// assert_eq!(sessions.get(&key).await?, Some(vec![1, 2]));
+/// # Ok(()) }
+/// ```
+pub struct RedisStore<V> {
+    backend: RedisBackend,
+    policy: FailurePolicy,
+    engaged: Arc<AtomicBool>,
+    _values: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for RedisStore<V> {
+    fn clone(&self) -> Self {
+        RedisStore {
+            backend: self.backend.clone(),
+            policy: self.policy,
+            engaged: self.engaged.clone(),
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<V> fmt::Debug for RedisStore<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("backend", &self.backend)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<V> RedisStore<V> {
+    /// A store on `backend`, with the failure policy of `[store.sessions]`.
+    pub fn new(backend: &RedisBackend) -> Self {
+        RedisStore {
+            policy: backend.config().sessions.on_failure,
+            backend: backend.clone(),
+            engaged: Arc::new(AtomicBool::new(false)),
+            _values: PhantomData,
+        }
+    }
+
+    /// Sets the failure policy.
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &RedisBackend {
+        &self.backend
+    }
+
+    fn fail<T>(&self, e: StoreError, open: T) -> Result<T, StoreError> {
+        // A value that does not decode is not an outage: report it whatever the policy.
+        if matches!(e, StoreError::Corrupt(_)) {
+            return Err(e);
+        }
+        self.backend.record_policy(&self.engaged, "sessions", self.policy);
+        match self.policy {
+            FailurePolicy::Open => Ok(open),
+            FailurePolicy::Closed => Err(e),
+        }
+    }
+
+    fn ok(&self) {
+        self.backend.record_recovered(&self.engaged, "sessions");
+    }
+}
+
+/// Milliseconds of a TTL, at least 1.
+pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl<V> StateStore<V> for RedisStore<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn get(&self, key: &StoreKey) -> Result<Option<V>, StoreError> {
+        let k = self.backend.key(key);
+        let raw = self
+            .backend
+            .run(|mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
+            .await;
+        match raw {
+            Ok(None) => {
+                self.ok();
+                Ok(None)
+            }
+            Ok(Some(bytes)) => {
+                self.ok();
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(format!("value does not decode: {}", e.classify_str())))
+            }
+            Err(e) => self.fail(e, None),
+        }
+    }
+
+    async fn insert(&self, key: &StoreKey, value: V, ttl: Duration) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
+        let k = self.backend.key(key);
+        let ms = ttl_millis(ttl);
+        match self
+            .backend
+            .run(|mut c| async move { c.pset_ex::<_, _, ()>(k, bytes, ms).await })
+            .await
+        {
+            Ok(()) => {
+                self.ok();
+                Ok(())
+            }
+            Err(e) => self.fail(e, ()),
+        }
+    }
+
+    async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
+        let k = self.backend.key(key);
+        match self.backend.run(|mut c| async move { c.del::<_, ()>(k).await }).await {
+            Ok(()) => {
+                self.ok();
+                Ok(())
+            }
+            Err(e) => self.fail(e, ()),
+        }
+    }
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        }
+    }
+}
