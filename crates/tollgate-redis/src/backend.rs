@@ -213,13 +213,10 @@ impl RedisBackend {
     /// the breaker is bypassed but updated).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let conn = self.manager()?;
-        self.finish(
-            self.0.connect_timeout,
-            async move {
-                let mut conn = conn;
-                redis::cmd("PING").query_async::<String>(&mut conn).await
-            },
-        )
+        self.finish(self.0.connect_timeout, async move {
+            let mut conn = conn;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
         .await
         .map(|_| ())
     }
@@ -290,7 +287,11 @@ impl RedisBackend {
     fn mark_up(&self) {
         if !self.0.up.load(Ordering::Acquire) && !self.0.up.swap(true, Ordering::AcqRel) {
             self.0.counters.recoveries.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(store = "redis", state = "up", "redis answers again: shared state resumes");
+            tracing::info!(
+                store = "redis",
+                state = "up",
+                "redis answers again: shared state resumes"
+            );
         }
     }
 
@@ -366,7 +367,12 @@ impl RedisBackend {
                 FailurePolicy::Open => "open",
                 FailurePolicy::Closed => "closed",
             };
-            tracing::warn!(store = "redis", r#use = what, policy, "redis unavailable: failing {policy}");
+            tracing::warn!(
+                store = "redis",
+                r#use = what,
+                policy,
+                "redis unavailable: failing {policy}"
+            );
         }
     }
 

@@ -213,13 +213,18 @@ impl StoreConfig {
             let url = self.resolved_url()?;
             // The URL may hold a password: never echo it.
             redis::Client::open(url.as_str()).map_err(|_| {
-                ConfigError::new("store.url", "not a valid Redis URL (redis://[:password@]host:port[/db])")
+                ConfigError::new(
+                    "store.url",
+                    "not a valid Redis URL (redis://[:password@]host:port[/db])",
+                )
             })?;
         }
         if let Some(ns) = &self.namespace {
             let ok = !ns.is_empty()
                 && ns.len() <= 32
-                && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok {
                 return Err(ConfigError::new(
                     "store.namespace",
@@ -231,7 +236,10 @@ impl StoreConfig {
             if (lo..=hi).contains(&v) {
                 Ok(())
             } else {
-                Err(ConfigError::new(setting, format!("must be between {lo} and {hi}")))
+                Err(ConfigError::new(
+                    setting,
+                    format!("must be between {lo} and {hi}"),
+                ))
             }
         };
         ms("store.timeout_ms", self.timeout_ms, 1, 60_000)?;

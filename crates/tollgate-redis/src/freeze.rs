@@ -265,7 +265,12 @@ impl Shared {
             let c = self.backend.counters();
             if synced {
                 c.freeze_syncs.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(store = "redis", r#use = "freeze_list", synced, "freeze list copy is current");
+                tracing::info!(
+                    store = "redis",
+                    r#use = "freeze_list",
+                    synced,
+                    "freeze list copy is current"
+                );
             } else {
                 c.freeze_sync_losses.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -453,7 +458,11 @@ impl FreezeList for RedisFreezeList {
                 Ok(values
                     .iter()
                     .zip([c, u])
-                    .filter_map(|(v, t)| v.as_ref().and_then(|v| serde_json::from_slice::<Freeze>(v).ok()).filter(|f| f.target == t))
+                    .filter_map(|(v, t)| {
+                        v.as_ref()
+                            .and_then(|v| serde_json::from_slice::<Freeze>(v).ok())
+                            .filter(|f| f.target == t)
+                    })
                     .find(|f| f.is_active(now)))
             }
             Err(e) => {
@@ -468,8 +477,14 @@ impl FreezeList for RedisFreezeList {
 
     async fn freeze(&self, freeze: Freeze) -> Result<(), StoreError> {
         let s = &self.0.shared;
-        let value = serde_json::to_string(&freeze).map_err(|_| StoreError::Corrupt("freeze does not encode".into()))?;
-        let (key, channel, f, max) = (s.hash_key.clone(), s.channel.clone(), field(&freeze.target), s.max_entries);
+        let value = serde_json::to_string(&freeze)
+            .map_err(|_| StoreError::Corrupt("freeze does not encode".into()))?;
+        let (key, channel, f, max) = (
+            s.hash_key.clone(),
+            s.channel.clone(),
+            field(&freeze.target),
+            s.max_entries,
+        );
         let result = s
             .backend
             .run(|mut c| async move {
@@ -504,7 +519,14 @@ impl FreezeList for RedisFreezeList {
         let (key, channel, f) = (s.hash_key.clone(), s.channel.clone(), field(target));
         let lifted = s
             .backend
-            .run(|mut c| async move { UNFREEZE.key(key).arg(f).arg(channel).invoke_async::<i64>(&mut c).await })
+            .run(|mut c| async move {
+                UNFREEZE
+                    .key(key)
+                    .arg(f)
+                    .arg(channel)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
             .await?;
         let target = *target;
         s.modify(|m| {
@@ -517,7 +539,13 @@ impl FreezeList for RedisFreezeList {
         let s = &self.0.shared;
         let now = s.clock.now();
         if s.synced.load(Ordering::Acquire) {
-            return Ok(s.entries.load().values().filter(|f| f.is_active(now)).cloned().collect());
+            return Ok(s
+                .entries
+                .load()
+                .values()
+                .filter(|f| f.is_active(now))
+                .cloned()
+                .collect());
         }
         let key = s.hash_key.clone();
         let all: Vec<(String, Vec<u8>)> = s

@@ -155,7 +155,11 @@ where
 
     async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
         let k = self.backend.key(key);
-        match self.backend.run(|mut c| async move { c.del::<_, ()>(k).await }).await {
+        match self
+            .backend
+            .run(|mut c| async move { c.del::<_, ()>(k).await })
+            .await
+        {
             Ok(()) => {
                 self.ok();
                 Ok(())
