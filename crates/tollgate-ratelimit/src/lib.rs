@@ -6,4 +6,4 @@ pub mod gcra;
 pub mod store;
 
 pub use gcra::{Decision, Limit, LimitError, MAX_LIMITS};
-pub use store::{MemoryRateLimitStore, RateLimitStore};
+pub use store::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
