@@ -33,6 +33,18 @@ pub enum RateLimitFallback {
     Local,
 }
 
+/// Whose clock a decision is made at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitClock {
+    /// Redis `TIME`, read inside the script (the default): replicas with skewed clocks
+    /// still agree, and [`Decision::now`] reports the time used.
+    #[default]
+    Redis,
+    /// The `now` given by the caller (the layer's clock): for tests on a fake clock.
+    Caller,
+}
+
 /// The freeze list's settings (`[store.freeze]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,12 +75,27 @@ impl Default for FreezeConfig {
 }
 
 /// The rate-limit store's settings (`[store.rate_limit]`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitStoreConfig {
     /// What a decision does when Redis cannot make it: `open` (default), `closed`, or
     /// `local` (an in-process limiter of the same tiers).
     pub on_failure: RateLimitFallback,
+    /// Whose clock decisions are made at: `redis` (default: Redis `TIME`, so replicas
+    /// with skewed clocks agree) or `caller` (the layer's clock).
+    pub clock: RateLimitClock,
+    /// The most keys the `local` fallback limiter holds.
+    pub local_max_entries: u64,
+}
+
+impl Default for RateLimitStoreConfig {
+    fn default() -> Self {
+        RateLimitStoreConfig {
+            on_failure: RateLimitFallback::Open,
+            clock: RateLimitClock::Redis,
+            local_max_entries: 100_000,
+        }
+    }
 }
 
 /// The session store's settings (`[store.sessions]`).
@@ -252,6 +279,12 @@ impl StoreConfig {
             100,
             86_400_000,
         )?;
+        if self.rate_limit.local_max_entries == 0 {
+            return Err(ConfigError::new(
+                "store.rate_limit.local_max_entries",
+                "must be at least 1",
+            ));
+        }
         if self.freeze.max_entries == 0 {
             return Err(ConfigError::new("store.freeze.max_entries", "must be at least 1"));
         }

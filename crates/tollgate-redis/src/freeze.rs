@@ -475,6 +475,15 @@ impl FreezeList for RedisFreezeList {
         }
     }
 
+    /// Answers at once from the local copy while it is current; `None` otherwise (the
+    /// caller then awaits [`check`](FreezeList::check), which reads Redis).
+    fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
+        let s = &self.0.shared;
+        s.synced
+            .load(Ordering::Acquire)
+            .then(|| Ok(lookup(&s.entries.load(), principal, &s.clock)))
+    }
+
     async fn freeze(&self, freeze: Freeze) -> Result<(), StoreError> {
         let s = &self.0.shared;
         let value = serde_json::to_string(&freeze)

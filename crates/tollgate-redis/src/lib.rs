@@ -6,6 +6,8 @@
 //! - [`RedisStore`]: [`tollgate_core::StateStore`] on Redis (session records).
 //! - [`RedisFreezeList`]: [`tollgate_core::FreezeList`] on Redis, checked from a local
 //!   copy kept current over pub/sub.
+//! - [`RedisRateLimitStore`]: `tollgate_ratelimit::RateLimitStore` on Redis, GCRA as one
+//!   atomic Lua script per decision.
 //! - [`StoreConfig`]: the `[store]` configuration section.
 //!
 //! # Client
@@ -42,12 +44,14 @@
 mod backend;
 pub mod config;
 mod freeze;
+mod ratelimit;
 mod store;
 
 pub use backend::{RedisBackend, RedisStats};
 pub use config::{
-    ConfigError, FreezeConfig, RateLimitFallback, RateLimitStoreConfig, SessionStoreConfig, StoreBackend,
-    StoreConfig,
+    ConfigError, FreezeConfig, RateLimitClock, RateLimitFallback, RateLimitStoreConfig, SessionStoreConfig,
+    StoreBackend, StoreConfig,
 };
 pub use freeze::RedisFreezeList;
+pub use ratelimit::RedisRateLimitStore;
 pub use store::RedisStore;

@@ -1,0 +1,305 @@
+//! `RedisRateLimitStore`: GCRA as one atomic Lua script per decision.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use redis::Script;
+use tollgate_core::{FailurePolicy, StoreError, StoreKey, Timestamp};
+use tollgate_ratelimit::gcra::{self, Decision, Limit, MAX_LIMITS};
+use tollgate_ratelimit::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
+
+use crate::backend::RedisBackend;
+use crate::config::{RateLimitClock, RateLimitFallback};
+
+/// The GCRA script. Times are integer nanoseconds, carried as two limbs
+/// (`{seconds, nanoseconds}`) because Lua numbers are doubles (exact only to 2^53).
+///
+/// KEYS[1]: the key. ARGV: mode (`r`: Redis `TIME`, `c`: caller's time), now seconds,
+/// now nanoseconds, number of limits, then per limit: the increment (`cost * interval`,
+/// or `capacity + 1` for a cost above the burst) and the capacity, each as seconds and
+/// nanoseconds.
+///
+/// Reads the stored TATs (`"t1 t2 …"`, missing = 0); admits iff every limit admits
+/// (`max(tat, now) + inc <= now + capacity`); if admitted, stores the new TATs with a
+/// TTL until every budget is full again (rounded up to the millisecond), or deletes the
+/// key when that is now. Returns `{now, admitted, old TATs…}`; the caller computes the
+/// full [`Decision`] from these with [`gcra::decide_all`], the specification.
+static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local B = 1000000000
+local function parse(s)
+  local n = #s
+  if n <= 9 then return {0, tonumber(s)} end
+  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
+end
+local function add(a, b)
+  local hi, lo = a[1] + b[1], a[2] + b[2]
+  if lo >= B then lo = lo - B; hi = hi + 1 end
+  return {hi, lo}
+end
+local function le(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] <= b[2]) end
+local function fmt(a)
+  if a[1] == 0 then return string.format('%d', a[2]) end
+  return string.format('%.0f', a[1]) .. string.format('%09d', a[2])
+end
+
+local now
+if ARGV[1] == 'r' then
+  local t = redis.call('TIME')
+  now = {tonumber(t[1]), tonumber(t[2]) * 1000}
+else
+  now = {tonumber(ARGV[2]), tonumber(ARGV[3])}
+end
+local n = tonumber(ARGV[4])
+local old = {}
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  for s in string.gmatch(stored, '%d+') do old[#old + 1] = s end
+end
+local admitted = 1
+local new = {}
+for i = 1, n do
+  local j = 4 + (i - 1) * 4
+  local inc = {tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])}
+  local cap = {tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])}
+  old[i] = old[i] or '0'
+  local base = parse(old[i])
+  if le(base, now) then base = now end
+  local t = add(base, inc)
+  if not le(t, add(now, cap)) then admitted = 0 end
+  new[i] = t
+end
+if admitted == 1 then
+  local far = now
+  local parts = {}
+  for i = 1, n do
+    parts[i] = fmt(new[i])
+    if not le(new[i], far) then far = new[i] end
+  end
+  if le(far, now) then
+    redis.call('DEL', KEYS[1])
+  else
+    local hi, lo = far[1] - now[1], far[2] - now[2]
+    if lo < 0 then lo = lo + B; hi = hi - 1 end
+    local ms = hi * 1000 + math.ceil(lo / 1000000)
+    redis.call('SET', KEYS[1], table.concat(parts, ' '), 'PX', string.format('%.0f', ms))
+  end
+end
+local out = {fmt(now), tostring(admitted)}
+for i = 1, n do out[#out + 1] = old[i] end
+return out
+"#,
+    )
+});
+
+const NANOS: u64 = 1_000_000_000;
+
+/// A [`RateLimitStore`] on Redis: every replica spends from one budget per key.
+///
+/// Each decision is one `EVALSHA` of a Lua script (loaded once, reloaded when Redis
+/// answers `NOSCRIPT`, e.g. after a restart) that reads the key's TATs, decides every
+/// stacked limit at once and stores the advanced TATs only if all admit, so two
+/// replicas can never both spend the last unit. The script reads Redis `TIME` (see
+/// [`RateLimitClock`]). The key (`tollgate:{namespace}:{store}:{digest}`) expires when
+/// every budget would be full again. The [`Decision`] returned is computed by
+/// [`gcra::decide_all`] from the TATs and time the script used: the same function as
+/// the in-process store, so both decide alike (checked by a property test).
+///
+/// When Redis cannot decide (unreachable, slow, breaker open), `[store.rate_limit]
+/// on_failure` decides instead:
+/// - `open` (default): the request is admitted (a decision of cost 0: nothing spent,
+///   headers show a full budget);
+/// - `closed`: the request is refused as if the budget were spent (retry after one
+///   interval);
+/// - `local`: an in-process [`MemoryRateLimitStore`] decides, with the same limits;
+///   each replica then has its own budget until Redis returns.
+///
+/// Every such decision is counted (`fail_open`, `fail_closed`, `fallback_local` in
+/// [`RedisBackend::stats`]) and the first of a run is logged.
+#[derive(Clone)]
+pub struct RedisRateLimitStore {
+    backend: RedisBackend,
+    fallback: RateLimitFallback,
+    local: Option<MemoryRateLimitStore>,
+    clock: RateLimitClock,
+    engaged: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for RedisRateLimitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitStore")
+            .field("backend", &self.backend)
+            .field("fallback", &self.fallback)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl RedisRateLimitStore {
+    /// A store on `backend` with the settings of `[store.rate_limit]`.
+    pub fn new(backend: &RedisBackend) -> Self {
+        let config = &backend.config().rate_limit;
+        RedisRateLimitStore {
+            backend: backend.clone(),
+            fallback: config.on_failure,
+            local: (config.on_failure == RateLimitFallback::Local)
+                .then(|| MemoryRateLimitStore::new(config.local_max_entries)),
+            clock: config.clock,
+            engaged: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Sets what a decision does when Redis cannot make it.
+    pub fn with_fallback(mut self, fallback: RateLimitFallback) -> Self {
+        self.fallback = fallback;
+        if fallback == RateLimitFallback::Local && self.local.is_none() {
+            self.local = Some(MemoryRateLimitStore::new(
+                self.backend.config().rate_limit.local_max_entries,
+            ));
+        }
+        self
+    }
+
+    /// Sets whose clock decisions are made at.
+    pub fn with_clock(mut self, clock: RateLimitClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &RedisBackend {
+        &self.backend
+    }
+
+    /// The in-process fallback store, when `on_failure = "local"`.
+    pub fn local_fallback(&self) -> Option<&MemoryRateLimitStore> {
+        self.local.as_ref()
+    }
+
+    async fn decide_in_redis(
+        &self,
+        key: &StoreKey,
+        limits: &[Limit],
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
+        let now = now.as_nanos();
+        let mut args = [0u64; 3 + 4 * MAX_LIMITS];
+        args[0] = now / NANOS;
+        args[1] = now % NANOS;
+        args[2] = limits.len() as u64;
+        for (i, l) in limits.iter().enumerate() {
+            let inc = if cost <= l.burst() {
+                cost * l.interval()
+            } else {
+                l.capacity() + 1
+            };
+            let at = 3 + 4 * i;
+            args[at] = inc / NANOS;
+            args[at + 1] = inc % NANOS;
+            args[at + 2] = l.capacity() / NANOS;
+            args[at + 3] = l.capacity() % NANOS;
+        }
+        let used = 3 + 4 * limits.len();
+        let redis_key = self.backend.key(key);
+        let mode = match self.clock {
+            RateLimitClock::Redis => "r",
+            RateLimitClock::Caller => "c",
+        };
+        let out: Vec<u64> = self
+            .backend
+            .run(move |mut c| async move {
+                let mut inv = GCRA.prepare_invoke();
+                inv.key(redis_key).arg(mode);
+                for a in &args[..used] {
+                    inv.arg(*a);
+                }
+                inv.invoke_async::<Vec<u64>>(&mut c).await
+            })
+            .await?;
+        if out.len() != 2 + limits.len() {
+            return Err(StoreError::Corrupt(
+                "rate-limit script answered an unexpected shape".into(),
+            ));
+        }
+        let mut tats = [0u64; MAX_LIMITS];
+        tats[..limits.len()].copy_from_slice(&out[2..]);
+        let decision = gcra::decide_all(&tats[..limits.len()], out[0], limits, cost);
+        if decision.allowed() != (out[1] == 1) {
+            tracing::error!(
+                store = "redis",
+                r#use = "rate_limit",
+                "the rate-limit script and gcra::decide_all disagree; report this as a bug"
+            );
+            return Err(StoreError::Corrupt(
+                "rate-limit script disagrees with gcra".into(),
+            ));
+        }
+        Ok(decision)
+    }
+
+    fn fall_back(&self, key: &StoreKey, limits: &[Limit], cost: u64, now: Timestamp) -> Decision {
+        let n = now.as_nanos();
+        match self.fallback {
+            RateLimitFallback::Open => {
+                self.backend
+                    .record_policy(&self.engaged, "rate_limit", FailurePolicy::Open);
+                gcra::decide_all(&[0; MAX_LIMITS][..limits.len()], n, limits, 0)
+            }
+            RateLimitFallback::Closed => {
+                self.backend
+                    .record_policy(&self.engaged, "rate_limit", FailurePolicy::Closed);
+                let mut empty = [0u64; MAX_LIMITS];
+                for (t, l) in empty.iter_mut().zip(limits) {
+                    *t = n.saturating_add(l.capacity());
+                }
+                gcra::decide_all(&empty[..limits.len()], n, limits, cost.max(1))
+            }
+            RateLimitFallback::Local => {
+                self.backend
+                    .counters()
+                    .fallback_local
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self.engaged.load(Ordering::Relaxed) && !self.engaged.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        store = "redis",
+                        r#use = "rate_limit",
+                        policy = "local",
+                        "redis unavailable: rate limits decided by the in-process fallback"
+                    );
+                }
+                match (&self.local, RateLimitKey::from_store_key(key)) {
+                    (Some(local), Some(key)) => local.decide(&key, limits, cost, now),
+                    _ => gcra::decide_all(&[0; MAX_LIMITS][..limits.len()], n, limits, 0),
+                }
+            }
+        }
+    }
+}
+
+impl RateLimitStore for RedisRateLimitStore {
+    async fn check_and_spend(
+        &self,
+        key: &StoreKey,
+        limits: &[Limit],
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
+        if limits.len() > MAX_LIMITS {
+            return Err(StoreError::Corrupt(format!(
+                "at most {MAX_LIMITS} stacked limits"
+            )));
+        }
+        match self.decide_in_redis(key, limits, cost, now).await {
+            Ok(decision) => {
+                self.backend.record_recovered(&self.engaged, "rate_limit");
+                Ok(decision)
+            }
+            // Unreachable, slow, or an answer that does not fit (logged by the backend
+            // or above): the policy decides.
+            Err(_) => Ok(self.fall_back(key, limits, cost, now)),
+        }
+    }
+}

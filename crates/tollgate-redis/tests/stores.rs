@@ -1,0 +1,359 @@
+//! The Redis stores against a real Redis (`REDIS_URL`): sessions, freeze list across
+//! two instances, rate limits shared by two backends.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestRedis, pseudonymizer};
+use serde::{Deserialize, Serialize};
+use tollgate_core::clock::system_clock;
+use tollgate_core::{
+    CredentialKind, Domain, Freeze, FreezeList, FreezeTarget, Principal, StateStore, StoreKey, SystemClock,
+    Timestamp, clock::Clock,
+};
+use tollgate_ratelimit::{Limit, RateLimitKey, RateLimitStore};
+use tollgate_redis::{FreezeConfig, RedisFreezeList, RedisRateLimitStore, RedisStore};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Record {
+    fingerprints: Vec<String>,
+    seen: u64,
+}
+
+#[tokio::test]
+async fn session_store_round_trip_with_ttl() {
+    let Some(t) = TestRedis::new() else { return };
+    let backend = t.backend();
+    let store: RedisStore<Record> = RedisStore::new(&backend);
+    let p = pseudonymizer();
+    let key = StoreKey::new("session", &p.digest(Domain::SESSION, b"jti-1"));
+    assert_eq!(store.get(&key).await.unwrap(), None);
+    let rec = Record {
+        fingerprints: vec!["abc".into()],
+        seen: 3,
+    };
+    store
+        .insert(&key, rec.clone(), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), Some(rec.clone()));
+
+    // The TTL is set in Redis.
+    let redis_key = backend.key(&key);
+    assert!(redis_key.starts_with(&format!("tollgate:{}:session:", t.namespace)));
+    let pttl: i64 = redis::cmd("PTTL").arg(&redis_key).query(&mut t.raw()).unwrap();
+    assert!((1..=300).contains(&pttl), "{pttl}");
+
+    store.remove(&key).await.unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), None);
+
+    store.insert(&key, rec, Duration::from_millis(50)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(store.get(&key).await.unwrap(), None, "expired in Redis");
+
+    // A value of another shape is reported as corrupt, not as a miss or a panic.
+    let other: RedisStore<u64> = RedisStore::new(&backend);
+    other.insert(&key, 7, Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(
+        store.get(&key).await,
+        Err(tollgate_core::StoreError::Corrupt(_))
+    ));
+    assert_eq!(backend.stats().outages, 0);
+}
+
+fn freeze_of(target: FreezeTarget, until: Option<Timestamp>) -> Freeze {
+    Freeze {
+        target,
+        reason: "test".into(),
+        frozen_at: SystemClock.now(),
+        until,
+    }
+}
+
+/// Two replicas, each with its own connections: a freeze on A holds on B within
+/// 100 ms, and so does the unfreeze. Measured over 20 rounds.
+#[tokio::test]
+async fn freeze_on_one_replica_holds_on_the_other_within_100ms() {
+    let Some(t) = TestRedis::new() else { return };
+    let a = RedisFreezeList::new(&t.backend());
+    let b = RedisFreezeList::new(&t.backend());
+    assert!(a.wait_synced(Duration::from_secs(5)).await);
+    assert!(b.wait_synced(Duration::from_secs(5)).await);
+
+    let p = pseudonymizer();
+    let mut lags = Vec::new();
+    for round in 0..20 {
+        let id = format!("key-{round}");
+        let principal = Principal::new(&p, CredentialKind::ApiKey, "owner", id.as_bytes());
+        assert!(b.check(&principal).await.unwrap().is_none());
+        let started = Instant::now();
+        a.freeze(freeze_of(FreezeTarget::credential(&p, &id), None))
+            .await
+            .unwrap();
+        // Held on A at once.
+        assert!(a.check(&principal).await.unwrap().is_some());
+        loop {
+            if b.check(&principal).await.unwrap().is_some() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "freeze not on B after 100 ms"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(started.elapsed());
+        // The answer came from B's local copy, not a read of Redis.
+        assert!(b.is_synced());
+
+        let started = Instant::now();
+        assert!(b.unfreeze(&FreezeTarget::credential(&p, &id)).await.unwrap());
+        while a.check(&principal).await.unwrap().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "unfreeze not on A after 100 ms"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    lags.sort();
+    println!(
+        "freeze propagation A -> B over {} rounds: median {:?}, max {:?}",
+        lags.len(),
+        lags[lags.len() / 2],
+        lags[lags.len() - 1]
+    );
+    assert_eq!(a.backend().stats().freeze_read_through, 0);
+
+    // A subject freeze covers every credential of the subject, on both.
+    let other = Principal::new(&p, CredentialKind::Jwt, "sub-9", b"jti-x");
+    a.freeze(freeze_of(FreezeTarget::subject(&p, "sub-9"), None))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while b.check(&other).await.unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    assert_eq!(b.list().await.unwrap().len(), 1);
+    assert!(b.check_immediate(&other).unwrap().unwrap().is_some());
+}
+
+#[tokio::test]
+async fn freeze_list_bounds_expiry_and_late_joiners() {
+    let Some(t) = TestRedis::new() else { return };
+    let config = FreezeConfig {
+        max_entries: 2,
+        ..FreezeConfig::default()
+    };
+    let a = RedisFreezeList::with_config(&t.backend(), &config, system_clock());
+    assert!(a.wait_synced(Duration::from_secs(5)).await);
+    let p = pseudonymizer();
+    let now = SystemClock.now();
+    let soon = Some(now.saturating_add(Duration::from_millis(300)));
+    a.freeze(freeze_of(FreezeTarget::credential(&p, "k1"), None))
+        .await
+        .unwrap();
+    a.freeze(freeze_of(FreezeTarget::credential(&p, "k2"), soon))
+        .await
+        .unwrap();
+    let third = freeze_of(FreezeTarget::credential(&p, "k3"), None);
+    let err = a.freeze(third.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+
+    // A replica that starts later loads the list.
+    let late = RedisFreezeList::new(&t.backend());
+    assert!(late.wait_synced(Duration::from_secs(5)).await);
+    let k2 = Principal::new(&p, CredentialKind::ApiKey, "o", b"k2");
+    assert!(late.check(&k2).await.unwrap().is_some());
+
+    // The timed freeze lifts by itself, and its place is freed for a new one.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(late.check(&k2).await.unwrap().is_none());
+    a.freeze(third).await.unwrap();
+    assert_eq!(a.list().await.unwrap().len(), 2);
+
+    // Unfreezing what is not frozen says so.
+    assert!(!a.unfreeze(&FreezeTarget::credential(&p, "nope")).await.unwrap());
+}
+
+/// Two backends (two replicas) spending from one key concurrently get exactly the
+/// budget between them.
+#[tokio::test]
+async fn two_replicas_share_one_budget() {
+    let Some(t) = TestRedis::new() else { return };
+    let a = RedisRateLimitStore::new(&t.backend());
+    let b = RedisRateLimitStore::new(&t.backend());
+    let p = pseudonymizer();
+    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"alice")).store_key();
+    // 50 per hour, stacked with 1000 per day.
+    let limits = [
+        Limit::new(50, Duration::from_secs(3_600), 50).unwrap(),
+        Limit::new(1_000, Duration::from_secs(86_400), 1_000).unwrap(),
+    ];
+    let limits = Arc::new(limits);
+    let mut tasks = Vec::new();
+    for i in 0..160 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (key, limits) = (key.clone(), limits.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .check_and_spend(&key, &limits[..], 1, SystemClock.now())
+                .await
+                .unwrap()
+                .allowed()
+        }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += usize::from(task.await.unwrap());
+    }
+    assert_eq!(allowed, 50);
+
+    // The denials spent nothing in the daily limit: 1000 - 50 left there.
+    let d = a
+        .check_and_spend(&key, &limits[..], 0, SystemClock.now())
+        .await
+        .unwrap();
+    assert_eq!(d.cells()[1].remaining, 950);
+    assert_eq!(d.cells()[0].remaining, 0);
+    // The decision time is Redis's, within a second of ours.
+    let skew = d.now().abs_diff(SystemClock.now().as_nanos());
+    assert!(skew < 1_000_000_000, "{skew}");
+
+    // The key expires when the state would be full again: about the daily window's
+    // share of 50 units (50 * 86.4 s), not later.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(a.backend().key(&key))
+        .query(&mut t.raw())
+        .unwrap();
+    let full_again: i64 = 50 * 86_400_000 / 1_000;
+    assert!(pttl > full_again - 5_000 && pttl <= full_again + 1, "{pttl}");
+    assert_eq!(a.backend().stats().fail_open, 0);
+}
+
+/// Redis `TIME` is used by default: a caller clock a day off changes nothing.
+#[tokio::test]
+async fn redis_time_overrides_a_skewed_caller_clock() {
+    let Some(t) = TestRedis::new() else { return };
+    let store = RedisRateLimitStore::new(&t.backend());
+    let key = RateLimitKey::new(pseudonymizer().digest(Domain::SUBJECT, b"bob")).store_key();
+    let limits = [Limit::new(2, Duration::from_secs(60), 2).unwrap()];
+    let real = SystemClock.now();
+    let skewed_back = Timestamp::from_nanos(real.as_nanos() - 86_400_000_000_000);
+    let skewed_ahead = real.saturating_add(Duration::from_secs(86_400));
+    assert!(
+        store
+            .check_and_spend(&key, &limits, 1, skewed_back)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    assert!(
+        store
+            .check_and_spend(&key, &limits, 1, skewed_ahead)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    let d = store
+        .check_and_spend(&key, &limits, 1, skewed_back)
+        .await
+        .unwrap();
+    assert!(
+        !d.allowed(),
+        "a replica whose clock is a day ahead must not refill the budget"
+    );
+    assert!(d.now().abs_diff(real.as_nanos()) < 5_000_000_000);
+}
+
+/// The key layout: every key under the namespace is `tollgate:{ns}:{store}:{32 hex}`
+/// or the freeze hash, and no raw identifier appears in any key, field or value.
+#[tokio::test]
+async fn keys_are_namespaced_digests_and_hold_no_raw_identifier() {
+    let Some(t) = TestRedis::new() else { return };
+    let backend = t.backend();
+    let p = pseudonymizer();
+    let raw = [
+        "alice@example.com",
+        "key-secret-123",
+        "203.0.113.77",
+        "jti-zzz-999",
+    ];
+
+    let sessions: RedisStore<Record> = RedisStore::new(&backend);
+    let limits = [Limit::new(5, Duration::from_secs(60), 5).unwrap()];
+    let rl = RedisRateLimitStore::new(&backend);
+    let freeze = RedisFreezeList::new(&backend);
+    assert!(freeze.wait_synced(Duration::from_secs(5)).await);
+    for id in raw {
+        let session = StoreKey::new("session", &p.digest(Domain::SESSION, id.as_bytes()));
+        let record = Record {
+            fingerprints: vec![p.pseudonym(Domain::FINGERPRINT, id.as_bytes()).to_string()],
+            seen: 1,
+        };
+        sessions
+            .insert(&session, record, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let key = RateLimitKey::new(p.digest(Domain::SUBJECT, id.as_bytes())).store_key();
+        rl.check_and_spend(&key, &limits, 1, SystemClock.now())
+            .await
+            .unwrap();
+        let scoped = RateLimitKey::scoped("login", p.digest(Domain::NETWORK, id.as_bytes()))
+            .unwrap()
+            .store_key();
+        rl.check_and_spend(&scoped, &limits, 1, SystemClock.now())
+            .await
+            .unwrap();
+        freeze
+            .freeze(freeze_of(FreezeTarget::credential(&p, id), None))
+            .await
+            .unwrap();
+        freeze
+            .freeze(freeze_of(FreezeTarget::subject(&p, id), None))
+            .await
+            .unwrap();
+    }
+
+    let keys = t.keys();
+    assert_eq!(keys.len(), 3 * raw.len() + 1, "{keys:?}");
+    let prefix = format!("tollgate:{}:", t.namespace);
+    let mut conn = t.raw();
+    for key in &keys {
+        let rest = key.strip_prefix(&prefix).expect("namespaced");
+        if rest == "freeze" {
+            let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap();
+            assert_eq!(all.len(), 2 * raw.len());
+            for (field, value) in all {
+                let (kind, hex) = field.split_once(':').unwrap();
+                assert!(kind == "credential" || kind == "subject");
+                assert!(
+                    hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{field}"
+                );
+                for id in raw {
+                    assert!(!value.contains(id), "{value}");
+                }
+            }
+            continue;
+        }
+        let (store, hex) = rest.rsplit_once(':').unwrap();
+        assert!(["session", "rl", "rl:login"].contains(&store), "{key}");
+        assert!(
+            hex.len() == 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{key}"
+        );
+        let value: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+        for id in raw {
+            assert!(!key.contains(id) && !value.contains(id), "{key} = {value}");
+        }
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
+        assert!(ttl > 0, "{key} has no TTL");
+    }
+}
