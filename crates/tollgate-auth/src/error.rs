@@ -1,0 +1,230 @@
+//! Why a request was refused, and the answer it gets.
+
+use std::fmt;
+
+use http::HeaderValue;
+use http::header::WWW_AUTHENTICATE;
+use tollgate_core::problem::{Problem, ProblemType, types};
+
+/// Why authentication failed. Each cause has a stable slug (recorded in the span's
+/// `auth.error` field), an RFC 6750 error code and a problem type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credentials were sent and the route requires them.
+    MissingCredentials,
+    /// The `Authorization` header uses a scheme this layer does not accept.
+    UnsupportedScheme,
+    /// The credentials cannot be read: empty, bad characters, or two kinds at once.
+    MalformedRequest,
+    /// An authentication header was sent more than once.
+    RepeatedHeader,
+    /// An authentication header is longer than the configured limit.
+    OversizedCredentials,
+    /// The token is not a well-formed JWT (shape, base64, JSON, `crit`).
+    MalformedToken,
+    /// The token's `alg` is `none`, unknown, not allowed, or not the key's algorithm.
+    UnsupportedAlgorithm,
+    /// No key matches the token's `kid`.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// The token has expired.
+    Expired,
+    /// The token is not valid yet (`nbf`).
+    NotYetValid,
+    /// The `iss` claim is not the configured issuer.
+    WrongIssuer,
+    /// The `aud` claim does not name a configured audience.
+    WrongAudience,
+    /// A required claim is missing or has the wrong format.
+    MissingClaim,
+    /// The token's `typ` header is not `at+jwt` (RFC 9068 profile).
+    WrongType,
+    /// A bearer token that no configured verifier accepts (opaque token without
+    /// introspection, or a JWT without JWT verification).
+    UnsupportedToken,
+    /// The API key is unknown.
+    UnknownApiKey,
+    /// The introspection endpoint answered `active: false`.
+    InactiveToken,
+    /// The credential or its subject is on the freeze list.
+    Frozen,
+    /// The introspection endpoint could not be reached or answered garbage.
+    IntrospectionUnavailable,
+    /// The freeze list could not be read and its failure policy is closed.
+    FreezeListUnavailable,
+    /// The credential lacks a scope the route requires.
+    InsufficientScope,
+}
+
+impl AuthError {
+    /// The stable slug recorded in spans (`auth.error`): never contains the credential.
+    pub const fn slug(self) -> &'static str {
+        match self {
+            AuthError::MissingCredentials => "missing_credentials",
+            AuthError::UnsupportedScheme => "unsupported_scheme",
+            AuthError::MalformedRequest => "malformed_request",
+            AuthError::RepeatedHeader => "repeated_header",
+            AuthError::OversizedCredentials => "oversized_credentials",
+            AuthError::MalformedToken => "malformed_token",
+            AuthError::UnsupportedAlgorithm => "unsupported_alg",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingClaim => "missing_claim",
+            AuthError::WrongType => "wrong_typ",
+            AuthError::UnsupportedToken => "unsupported_token",
+            AuthError::UnknownApiKey => "unknown_api_key",
+            AuthError::InactiveToken => "inactive_token",
+            AuthError::Frozen => "frozen",
+            AuthError::IntrospectionUnavailable => "introspection_unavailable",
+            AuthError::FreezeListUnavailable => "freeze_list_unavailable",
+            AuthError::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// The RFC 6750 error code, if the answer carries one. A request without any
+    /// credentials gets none (RFC 6750 §3.1).
+    pub const fn rfc6750_code(self) -> Option<&'static str> {
+        match self {
+            AuthError::MissingCredentials | AuthError::UnsupportedScheme => None,
+            AuthError::MalformedRequest | AuthError::RepeatedHeader | AuthError::OversizedCredentials => {
+                Some("invalid_request")
+            }
+            AuthError::InsufficientScope => Some("insufficient_scope"),
+            AuthError::IntrospectionUnavailable | AuthError::FreezeListUnavailable => None,
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// The problem type of the answer.
+    pub const fn problem_type(self) -> ProblemType {
+        match self {
+            AuthError::MissingCredentials | AuthError::UnsupportedScheme => types::MISSING_CREDENTIALS,
+            AuthError::MalformedRequest => types::MALFORMED_CREDENTIALS,
+            AuthError::RepeatedHeader | AuthError::OversizedCredentials => types::HEADER_REJECTED,
+            AuthError::Frozen => types::CREDENTIAL_FROZEN,
+            AuthError::InsufficientScope => types::INSUFFICIENT_SCOPE,
+            AuthError::IntrospectionUnavailable | AuthError::FreezeListUnavailable => types::UNAVAILABLE,
+            _ => types::INVALID_TOKEN,
+        }
+    }
+
+    /// A short, fixed, human-readable detail (no identifiers).
+    pub const fn detail(self) -> &'static str {
+        match self {
+            AuthError::MissingCredentials => "this resource requires credentials",
+            AuthError::UnsupportedScheme => "the Authorization scheme is not accepted here",
+            AuthError::MalformedRequest => "the credentials could not be read",
+            AuthError::RepeatedHeader => "an authentication header was sent more than once",
+            AuthError::OversizedCredentials => "an authentication header is too long",
+            AuthError::MalformedToken => "the token is malformed",
+            AuthError::UnsupportedAlgorithm => "the token's algorithm is not accepted",
+            AuthError::UnknownKey => "the token was signed by an unknown key",
+            AuthError::BadSignature => "the token's signature does not verify",
+            AuthError::Expired => "the token has expired",
+            AuthError::NotYetValid => "the token is not valid yet",
+            AuthError::WrongIssuer => "the token was issued by another issuer",
+            AuthError::WrongAudience => "the token is meant for another audience",
+            AuthError::MissingClaim => "the token lacks a required claim",
+            AuthError::WrongType => "the token is not an access token (typ)",
+            AuthError::UnsupportedToken => "this kind of token is not accepted here",
+            AuthError::UnknownApiKey => "the API key is not known",
+            AuthError::InactiveToken => "the token is not active",
+            AuthError::Frozen => "the credentials are frozen",
+            AuthError::IntrospectionUnavailable => "the token could not be checked; try again later",
+            AuthError::FreezeListUnavailable => "the credentials could not be checked; try again later",
+            AuthError::InsufficientScope => "the credentials lack a scope this resource requires",
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.slug())
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// Precomputed `WWW-Authenticate` values, so an error answer formats nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct Challenges {
+    plain: HeaderValue,
+    invalid_request: HeaderValue,
+    invalid_token: HeaderValue,
+}
+
+impl Challenges {
+    pub(crate) fn new(realm: Option<&str>) -> Self {
+        let realm = realm
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("realm=\"{}\"", r.replace(['"', '\\'], "")));
+        let value = |code: Option<&str>| {
+            let text = match (&realm, code) {
+                (Some(r), Some(c)) => format!("Bearer {r}, error=\"{c}\""),
+                (Some(r), None) => format!("Bearer {r}"),
+                (None, Some(c)) => format!("Bearer error=\"{c}\""),
+                (None, None) => "Bearer".to_string(),
+            };
+            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+        };
+        Challenges {
+            plain: value(None),
+            invalid_request: value(Some("invalid_request")),
+            invalid_token: value(Some("invalid_token")),
+        }
+    }
+
+    /// The problem for `error`, with its challenge on 401s.
+    pub(crate) fn problem(&self, error: AuthError) -> Problem {
+        let problem = Problem::new(error.problem_type()).with_detail(error.detail());
+        if error.problem_type().status != http::StatusCode::UNAUTHORIZED {
+            return problem;
+        }
+        let challenge = match error.rfc6750_code() {
+            None => &self.plain,
+            Some("invalid_request") => &self.invalid_request,
+            Some(_) => &self.invalid_token,
+        };
+        problem.with_header(WWW_AUTHENTICATE, challenge.clone())
+    }
+}
+
+/// The `WWW-Authenticate` value of a 403 for missing `scopes`.
+pub(crate) fn insufficient_scope_challenge(realm: Option<&str>, scopes: &[Box<str>]) -> HeaderValue {
+    let scope: Vec<&str> = scopes.iter().map(|s| &**s).collect();
+    let scope = scope.join(" ").replace(['"', '\\'], "");
+    let text = match realm.filter(|r| !r.is_empty()) {
+        Some(r) => format!(
+            "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"",
+            r.replace(['"', '\\'], "")
+        ),
+        None => format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_scope\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let c = Challenges::new(Some("api"));
+        let p = c.problem(AuthError::Expired);
+        assert_eq!(p.status(), 401);
+        assert_eq!(p.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\", error=\"invalid_token\"");
+        let p = c.problem(AuthError::MissingCredentials);
+        assert_eq!(p.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
+        let p = c.problem(AuthError::RepeatedHeader);
+        assert_eq!(p.status(), 431);
+        let p = c.problem(AuthError::IntrospectionUnavailable);
+        assert_eq!(p.status(), 503);
+        assert!(p.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+}
