@@ -31,6 +31,9 @@ pub const SESSION: &str = "session";
 pub const SESSION_HEALTH: &str = "session.health";
 /// The reasons behind the session verdict.
 pub const SESSION_REASONS: &str = "session.reasons";
+/// What the session policy did: `reauthenticate`, `freeze`, or `would_reauthenticate` /
+/// `would_freeze` (report-only). Empty when it did nothing.
+pub const SESSION_ACTION: &str = "session.action";
 /// The rate-limit policy with the lowest remaining quota.
 pub const RATELIMIT_POLICY: &str = "ratelimit.policy";
 /// `allowed`, `denied`, or `would_deny` (report-only).
@@ -56,6 +59,7 @@ pub const ALL: &[&str] = &[
     SESSION,
     SESSION_HEALTH,
     SESSION_REASONS,
+    SESSION_ACTION,
     RATELIMIT_POLICY,
     RATELIMIT_OUTCOME,
     RATELIMIT_REMAINING,

@@ -2,10 +2,16 @@
 
 use std::fmt;
 
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use http::request::Parts;
+use serde::{Deserialize, Serialize};
+
+use crate::problem::Problem;
 use crate::pseudonym::Pseudonym;
 
 /// A session's health verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionHealth {
     /// Nothing unusual.
     Healthy,
@@ -66,11 +72,69 @@ impl SessionReason {
     }
 }
 
-/// A set of [`SessionReason`]s, stored as bits (no allocation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// A set of [`SessionReason`]s, stored as bits (no allocation). Serializes as its bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
 pub struct SessionReasons(u8);
 
+/// The bits of every known reason.
+const KNOWN_REASONS: u8 = 0b1111;
+
+/// Every subset of the four reasons, comma-separated in [`SessionReason::ALL`] order,
+/// indexed by its bits: span fields get a `&'static str` without formatting.
+const REASON_NAMES: [&str; 16] = [
+    "",
+    "new_fingerprint",
+    "concurrent_networks",
+    "new_fingerprint,concurrent_networks",
+    "fingerprint_alternation",
+    "new_fingerprint,fingerprint_alternation",
+    "concurrent_networks,fingerprint_alternation",
+    "new_fingerprint,concurrent_networks,fingerprint_alternation",
+    "stale_token",
+    "new_fingerprint,stale_token",
+    "concurrent_networks,stale_token",
+    "new_fingerprint,concurrent_networks,stale_token",
+    "fingerprint_alternation,stale_token",
+    "new_fingerprint,fingerprint_alternation,stale_token",
+    "concurrent_networks,fingerprint_alternation,stale_token",
+    "new_fingerprint,concurrent_networks,fingerprint_alternation,stale_token",
+];
+
+impl From<u8> for SessionReasons {
+    /// Unknown bits are dropped.
+    fn from(bits: u8) -> Self {
+        SessionReasons(bits & KNOWN_REASONS)
+    }
+}
+
+impl From<SessionReasons> for u8 {
+    fn from(r: SessionReasons) -> u8 {
+        r.0
+    }
+}
+
 impl SessionReasons {
+    /// The set's bits (see [`SessionReason`]'s discriminants).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The number of reasons in the set.
+    pub const fn len(self) -> u32 {
+        self.0.count_ones()
+    }
+
+    /// Every reason in `other` added to this set.
+    pub const fn union(self, other: SessionReasons) -> SessionReasons {
+        SessionReasons(self.0 | other.0)
+    }
+
+    /// Comma-separated reason names, as [`Display`](fmt::Display) writes them, without allocating.
+    pub const fn as_str(self) -> &'static str {
+        REASON_NAMES[(self.0 & KNOWN_REASONS) as usize]
+    }
+
     /// Adds a reason.
     pub fn insert(&mut self, reason: SessionReason) {
         self.0 |= reason as u8;
@@ -95,13 +159,7 @@ impl SessionReasons {
 impl fmt::Display for SessionReasons {
     /// Comma-separated reason names.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, r) in self.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(r.as_str())?;
-        }
-        Ok(())
+        f.write_str(self.as_str())
     }
 }
 
@@ -118,6 +176,26 @@ pub struct SessionInfo {
     pub reasons: SessionReasons,
 }
 
+impl<S: Send + Sync> FromRequestParts<S> for SessionInfo {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts.extensions.get::<SessionInfo>().copied().ok_or_else(|| {
+            Problem::misconfigured(
+                "SessionInfo is missing: add FingerprintLayer inside the authentication layer, or extract Option<SessionInfo> on routes without credentials",
+            )
+        })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for SessionInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<SessionInfo>().copied())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +207,28 @@ mod tests {
         r.insert(SessionReason::StaleToken);
         r.insert(SessionReason::NewFingerprint);
         assert_eq!(r.to_string(), "new_fingerprint,stale_token");
+    }
+
+    #[test]
+    fn name_table_matches_the_reasons() {
+        for bits in 0u8..16 {
+            let set = SessionReasons::from(bits);
+            let joined: Vec<&str> = set.iter().map(SessionReason::as_str).collect();
+            assert_eq!(set.as_str(), joined.join(","), "bits {bits:04b}");
+            assert_eq!(set.len() as usize, joined.len());
+        }
+        assert_eq!(SessionReasons::from(0xff).bits(), 0b1111);
+    }
+
+    #[test]
+    fn verdicts_serialize_compactly() {
+        let mut r = SessionReasons::default();
+        r.insert(SessionReason::ConcurrentNetworks);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "2");
+        assert_eq!(serde_json::from_str::<SessionReasons>("2").unwrap(), r);
+        assert_eq!(
+            serde_json::to_string(&SessionHealth::Unhealthy).unwrap(),
+            "\"unhealthy\""
+        );
     }
 }

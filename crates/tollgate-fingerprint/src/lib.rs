@@ -1,0 +1,39 @@
+//! Session fingerprinting for [tollgate](https://docs.rs/tollgate): a session is more
+//! than its token.
+//!
+//! [`FingerprintLayer`] runs inside the authentication layer. For every request with a
+//! [`Principal`](tollgate_core::Principal) it
+//!
+//! 1. builds a **fingerprint** from coarsened traits only (network prefix, user-agent
+//!    family and major version, and, when enabled, the `Accept-Language` primary tag
+//!    and low-entropy client hints), as a keyed hash: nothing raw is kept;
+//! 2. updates the **session record** keyed by the credential (token `jti`, API key id
+//!    or token digest): first and last seen to the minute, a request count, the last
+//!    four fingerprints and network prefixes as 64-bit keyed hashes, bounded in number
+//!    of sessions and expiring with the session TTL;
+//! 3. reads the **signals**: a new fingerprint on an established session, use from two
+//!    network prefixes within the concurrency window, rapid alternation between
+//!    fingerprints, a token first seen long after it was issued;
+//! 4. gives a **verdict** ([`SessionHealth`]: one or two signals make a session
+//!    suspicious; alternation, or three signals at once, unhealthy) as a
+//!    [`SessionInfo`] in request extensions and as the span fields `session`,
+//!    `session.health` and `session.reasons`;
+//! 5. applies the route's **policy** ([`SessionPolicy`]): tag only (default), answer
+//!    401 so the client authenticates again, or freeze the credential on the freeze
+//!    list shared with the authentication layer; optionally report-only.
+//!
+//! A mobile client whose address moves within its /24 keeps its fingerprint: the
+//! network is coarsened before it is hashed.
+#![warn(missing_docs)]
+
+mod config;
+mod dimensions;
+mod layer;
+mod record;
+
+pub use config::{ActOn, ConfigError, Dimensions, FingerprintConfig, SessionPolicy};
+pub use layer::{
+    FingerprintLayer, FingerprintOverride, FingerprintService, ResponseFuture, SESSION_NAMESPACE, session_key,
+};
+pub use record::{MAX_FINGERPRINTS, MAX_NETWORKS, NetworkSeen, SessionRecord};
+pub use tollgate_core::{SessionHealth, SessionInfo, SessionReason, SessionReasons};

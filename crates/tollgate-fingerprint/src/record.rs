@@ -1,0 +1,354 @@
+//! The per-session record and the signals read from it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::clock::duration_nanos;
+use tollgate_core::{SessionHealth, SessionReason, SessionReasons, Timestamp};
+
+/// How many recent fingerprints a record keeps.
+pub const MAX_FINGERPRINTS: usize = 4;
+/// How many recent network prefixes a record keeps.
+pub const MAX_NETWORKS: usize = 4;
+
+/// A network prefix seen by a session: a 64-bit keyed hash of the coarsened prefix
+/// and the second it was last seen.
+///
+/// Seconds, not minutes, because concurrent use from two prefixes is judged over a
+/// window of seconds; this is the one time in the record kept finer than a minute,
+/// and it lives no longer than the record (the session TTL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSeen {
+    /// Keyed hash of the coarsened prefix (never the prefix); 0 marks an empty slot.
+    pub hash: u64,
+    /// When it was last seen, in whole seconds since the Unix epoch.
+    pub last_seen_secs: u64,
+}
+
+/// What the layer remembers about one session, under
+/// `tollgate:session:{digest of the credential}`.
+///
+/// Small and fixed-size (no heap): times at minute resolution (except
+/// [`NetworkSeen::last_seen_secs`]), the last [`MAX_FINGERPRINTS`] fingerprints and
+/// [`MAX_NETWORKS`] prefixes as 64-bit keyed hashes, most recent first. Nothing in it
+/// can be turned back into an address, a user agent or a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The first request, to the minute.
+    pub first_seen: Timestamp,
+    /// The latest request, to the minute.
+    pub last_seen: Timestamp,
+    /// Requests seen.
+    pub requests: u64,
+    /// Keyed hashes of recent fingerprints, most recent first; 0 marks an empty slot.
+    pub fingerprints: [u64; MAX_FINGERPRINTS],
+    /// Recent network prefixes, most recent first.
+    pub networks: [NetworkSeen; MAX_NETWORKS],
+    /// Fingerprint switches counted in the current alternation window.
+    pub switches: u16,
+    /// When the current alternation window opened, to the minute.
+    pub switch_window_start: Timestamp,
+    /// Reasons that hold for the whole session (a stale token).
+    pub sticky: SessionReasons,
+    /// The latest verdict.
+    pub health: SessionHealth,
+    /// The reasons behind the latest verdict.
+    pub reasons: SessionReasons,
+}
+
+/// One request, as the record sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Observation {
+    pub now: Timestamp,
+    /// Keyed hash of the fingerprint (never 0).
+    pub fingerprint: u64,
+    /// Keyed hash of the network prefix (never 0), when the client's network is known.
+    pub network: Option<u64>,
+    /// When the credential was issued, when known.
+    pub issued_at: Option<Timestamp>,
+}
+
+/// The signal thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Thresholds {
+    pub established_after: u64,
+    pub concurrency_window: Duration,
+    pub alternation_window: Duration,
+    pub alternation_switches: u16,
+    /// `None` disables the stale-token signal.
+    pub stale_after: Option<Duration>,
+    /// Tokens issued before this moment are not judged stale: nobody was watching.
+    pub watching_since: Timestamp,
+    pub unhealthy_reasons: u32,
+}
+
+/// A hash that cannot be mistaken for an empty slot.
+pub(crate) fn nonzero(h: u64) -> u64 {
+    if h == 0 { 1 } else { h }
+}
+
+impl SessionRecord {
+    /// The record after `obs`, given the record before it (if any). The verdict is in
+    /// [`SessionRecord::health`] and [`SessionRecord::reasons`].
+    pub(crate) fn observe(prev: Option<&SessionRecord>, obs: &Observation, th: &Thresholds) -> SessionRecord {
+        let now_min = obs.now.to_minute();
+        let now_secs = obs.now.as_secs();
+        let mut rec = match prev {
+            Some(prev) => *prev,
+            None => SessionRecord {
+                first_seen: now_min,
+                last_seen: now_min,
+                requests: 0,
+                fingerprints: [0; MAX_FINGERPRINTS],
+                networks: [NetworkSeen::default(); MAX_NETWORKS],
+                switches: 0,
+                switch_window_start: now_min,
+                sticky: SessionReasons::default(),
+                health: SessionHealth::Healthy,
+                reasons: SessionReasons::default(),
+            },
+        };
+        let mut reasons = SessionReasons::default();
+
+        if prev.is_none()
+            && let (Some(issued), Some(stale_after)) = (obs.issued_at, th.stale_after)
+            && issued >= th.watching_since.to_minute()
+            && obs.now.saturating_since(issued) > stale_after
+        {
+            rec.sticky.insert(SessionReason::StaleToken);
+        }
+
+        if prev.is_some() {
+            // A fingerprint this session has not shown recently, once it is established.
+            if rec.requests >= th.established_after && !rec.fingerprints.contains(&obs.fingerprint) {
+                reasons.insert(SessionReason::NewFingerprint);
+            }
+            // Switches between fingerprints, counted in a fixed window.
+            if rec.fingerprints[0] != obs.fingerprint {
+                if obs.now.saturating_since(rec.switch_window_start) >= th.alternation_window {
+                    rec.switches = 0;
+                    rec.switch_window_start = now_min;
+                }
+                rec.switches = rec.switches.saturating_add(1);
+            }
+            if rec.switches >= th.alternation_switches
+                && obs.now.saturating_since(rec.switch_window_start) < th.alternation_window
+            {
+                reasons.insert(SessionReason::FingerprintAlternation);
+            }
+        }
+
+        // Another prefix used within the concurrency window.
+        if let Some(net) = obs.network {
+            let window = th.concurrency_window.as_secs();
+            let concurrent = rec
+                .networks
+                .iter()
+                .any(|n| n.hash != 0 && n.hash != net && now_secs.saturating_sub(n.last_seen_secs) <= window);
+            if concurrent {
+                reasons.insert(SessionReason::ConcurrentNetworks);
+            }
+            move_to_front(
+                &mut rec.networks,
+                |n| n.hash == net,
+                NetworkSeen {
+                    hash: net,
+                    last_seen_secs: now_secs,
+                },
+            );
+        }
+        move_to_front(&mut rec.fingerprints, |f| *f == obs.fingerprint, obs.fingerprint);
+
+        rec.requests = rec.requests.saturating_add(1);
+        rec.last_seen = rec.last_seen.max(now_min);
+        let reasons = reasons.union(rec.sticky);
+        rec.reasons = reasons;
+        rec.health = if reasons.contains(SessionReason::FingerprintAlternation)
+            || reasons.len() >= th.unhealthy_reasons
+        {
+            SessionHealth::Unhealthy
+        } else if reasons.is_empty() {
+            SessionHealth::Healthy
+        } else {
+            SessionHealth::Suspicious
+        };
+        rec
+    }
+
+    /// How long the record may live: the session TTL, from its last update.
+    pub(crate) fn ttl(ttl: Duration) -> Duration {
+        // Moka and Redis both take whole durations; keep it non-zero.
+        Duration::from_nanos(duration_nanos(ttl).max(1_000_000_000))
+    }
+}
+
+/// Puts `item` first, dropping the matching entry or, if none matches, the last one.
+fn move_to_front<T: Copy, const N: usize>(slots: &mut [T; N], matches: impl Fn(&T) -> bool, item: T) {
+    let at = slots.iter().position(matches).unwrap_or(N - 1);
+    slots.copy_within(0..at, 1);
+    slots[0] = item;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u64 = 0xa;
+    const B: u64 = 0xb;
+    const NET_A: u64 = 0x1a;
+    const NET_B: u64 = 0x1b;
+
+    fn th() -> Thresholds {
+        Thresholds {
+            established_after: 3,
+            concurrency_window: Duration::from_secs(60),
+            alternation_window: Duration::from_secs(300),
+            alternation_switches: 3,
+            stale_after: Some(Duration::from_secs(3600)),
+            watching_since: Timestamp::ZERO,
+            unhealthy_reasons: 3,
+        }
+    }
+
+    fn obs(secs: u64, fp: u64, net: u64) -> Observation {
+        Observation {
+            now: Timestamp::from_secs(secs),
+            fingerprint: fp,
+            network: Some(net),
+            issued_at: None,
+        }
+    }
+
+    fn run(steps: &[(u64, u64, u64)]) -> Vec<SessionRecord> {
+        let mut rec: Option<SessionRecord> = None;
+        steps
+            .iter()
+            .map(|&(t, fp, net)| {
+                let next = SessionRecord::observe(rec.as_ref(), &obs(t, fp, net), &th());
+                rec = Some(next);
+                next
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steady_use_stays_healthy() {
+        let steps: Vec<_> = (0..50).map(|i| (1_000 + i * 7, A, NET_A)).collect();
+        for r in run(&steps) {
+            assert_eq!(r.health, SessionHealth::Healthy, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn new_prefix_is_suspicious_then_alternation_is_unhealthy() {
+        let recs = run(&[
+            (1_000, A, NET_A),
+            (1_001, A, NET_A),
+            (1_002, A, NET_A),
+            (1_003, B, NET_B),
+            (1_004, A, NET_A),
+            (1_005, B, NET_B),
+        ]);
+        assert_eq!(recs[2].health, SessionHealth::Healthy);
+        assert_eq!(recs[3].health, SessionHealth::Suspicious);
+        assert_eq!(recs[3].reasons.as_str(), "new_fingerprint,concurrent_networks");
+        // A is known: only concurrency.
+        assert_eq!(recs[4].reasons.as_str(), "concurrent_networks");
+        assert_eq!(recs[5].health, SessionHealth::Unhealthy);
+        assert!(recs[5].reasons.contains(SessionReason::FingerprintAlternation));
+    }
+
+    #[test]
+    fn a_move_settles_after_the_windows() {
+        let recs = run(&[
+            (1_000, A, NET_A),
+            (1_010, A, NET_A),
+            (1_020, A, NET_A),
+            (1_030, B, NET_B),
+            (1_120, B, NET_B),
+        ]);
+        assert_eq!(recs[3].health, SessionHealth::Suspicious);
+        assert_eq!(recs[4].health, SessionHealth::Healthy, "{:?}", recs[4]);
+    }
+
+    #[test]
+    fn young_sessions_do_not_flag_new_fingerprints() {
+        let recs = run(&[(1_000, A, NET_A), (1_100, B, NET_A)]);
+        assert_eq!(recs[1].health, SessionHealth::Healthy);
+    }
+
+    #[test]
+    fn alternation_window_resets() {
+        let recs = run(&[
+            (1_000, A, NET_A),
+            (1_100, B, NET_A),
+            (1_200, A, NET_A),
+            (1_700, B, NET_A),
+            (1_800, A, NET_A),
+        ]);
+        assert!(
+            recs.iter()
+                .all(|r| !r.reasons.contains(SessionReason::FingerprintAlternation))
+        );
+    }
+
+    #[test]
+    fn lists_are_bounded_most_recent_first() {
+        let steps: Vec<_> = (1..=10u64).map(|i| (1_000 + i * 1_000, i, 100 + i)).collect();
+        let last = *run(&steps).last().unwrap();
+        assert_eq!(last.fingerprints, [10, 9, 8, 7]);
+        assert_eq!(last.networks.map(|n| n.hash), [110, 109, 108, 107]);
+        assert_eq!(last.requests, 10);
+        assert_eq!(last.first_seen, Timestamp::from_secs(1_980));
+        assert_eq!(last.last_seen, Timestamp::from_secs(10_980));
+    }
+
+    #[test]
+    fn stale_tokens_stay_flagged_but_only_when_watched() {
+        let mut o = obs(10_000, A, NET_A);
+        o.issued_at = Some(Timestamp::from_secs(1_000));
+        let first = SessionRecord::observe(None, &o, &th());
+        assert_eq!(first.reasons.as_str(), "stale_token");
+        let next = SessionRecord::observe(Some(&first), &obs(10_001, A, NET_A), &th());
+        assert_eq!(next.health, SessionHealth::Suspicious);
+
+        let mut late_start = th();
+        late_start.watching_since = Timestamp::from_secs(5_000);
+        assert_eq!(
+            SessionRecord::observe(None, &o, &late_start).health,
+            SessionHealth::Healthy
+        );
+        late_start.stale_after = None;
+        o.issued_at = Some(Timestamp::from_secs(6_000));
+        assert_eq!(
+            SessionRecord::observe(None, &o, &late_start).health,
+            SessionHealth::Healthy
+        );
+    }
+
+    #[test]
+    fn three_reasons_at_once_are_unhealthy() {
+        let mut o = obs(10_000, A, NET_A);
+        o.issued_at = Some(Timestamp::from_secs(1_000));
+        let mut rec = SessionRecord::observe(None, &o, &th());
+        for t in 1..3 {
+            rec = SessionRecord::observe(Some(&rec), &obs(10_000 + t, A, NET_A), &th());
+        }
+        let moved = SessionRecord::observe(Some(&rec), &obs(10_005, B, NET_B), &th());
+        assert_eq!(moved.reasons.len(), 3);
+        assert_eq!(moved.health, SessionHealth::Unhealthy);
+    }
+
+    #[test]
+    fn clock_going_back_does_not_panic_or_flag() {
+        let recs = run(&[(2_000, A, NET_A), (1_000, A, NET_A), (0, A, NET_A)]);
+        assert!(recs.iter().all(|r| r.health == SessionHealth::Healthy));
+    }
+
+    #[test]
+    fn record_round_trips_through_serde() {
+        let rec = run(&[(1_000, A, NET_A), (1_001, B, NET_B)])[1];
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<SessionRecord>(&json).unwrap(), rec);
+    }
+}
