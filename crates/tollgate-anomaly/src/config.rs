@@ -1,0 +1,611 @@
+//! The anomaly layer's configuration, as read from TOML (`[anomaly]`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::SessionHealth;
+
+use crate::tags::{AnomalyKind, KIND_COUNT};
+
+/// What to do when a detector fires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Tag the request and go on (the default).
+    #[default]
+    Record,
+    /// Put the caller on the stricter throttle tier for a while.
+    Throttle,
+    /// Answer 403 `request-blocked` now and for a while.
+    Block,
+    /// Freeze the credential on the freeze list (the auth layer then refuses it).
+    Freeze,
+}
+
+impl Action {
+    /// `record`, `throttle`, `block` or `freeze`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Record => "record",
+            Action::Throttle => "throttle",
+            Action::Block => "block",
+            Action::Freeze => "freeze",
+        }
+    }
+
+    /// The name recorded in report-only mode: `would_throttle`, `would_block`, `would_freeze`.
+    pub const fn would(self) -> &'static str {
+        match self {
+            Action::Record => "record",
+            Action::Throttle => "would_throttle",
+            Action::Block => "would_block",
+            Action::Freeze => "would_freeze",
+        }
+    }
+}
+
+/// An action per anomaly kind; a missing entry means `record` globally and "as
+/// configured globally" in a route override.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionMap {
+    /// For [`AnomalyKind::Volume`].
+    pub volume: Option<Action>,
+    /// For [`AnomalyKind::CredentialStuffing`].
+    pub credential_stuffing: Option<Action>,
+    /// For [`AnomalyKind::Enumeration`].
+    pub enumeration: Option<Action>,
+    /// For [`AnomalyKind::TokenSharing`].
+    pub token_sharing: Option<Action>,
+    /// For [`AnomalyKind::UnusualSequence`].
+    pub unusual_sequence: Option<Action>,
+}
+
+impl ActionMap {
+    /// Sets the action for `kind`.
+    pub fn set(mut self, kind: AnomalyKind, action: Action) -> Self {
+        *self.slot(kind) = Some(action);
+        self
+    }
+
+    /// The action configured for `kind`, if any.
+    pub fn get(&self, kind: AnomalyKind) -> Option<Action> {
+        match kind {
+            AnomalyKind::Volume => self.volume,
+            AnomalyKind::CredentialStuffing => self.credential_stuffing,
+            AnomalyKind::Enumeration => self.enumeration,
+            AnomalyKind::TokenSharing => self.token_sharing,
+            AnomalyKind::UnusualSequence => self.unusual_sequence,
+        }
+    }
+
+    fn slot(&mut self, kind: AnomalyKind) -> &mut Option<Action> {
+        match kind {
+            AnomalyKind::Volume => &mut self.volume,
+            AnomalyKind::CredentialStuffing => &mut self.credential_stuffing,
+            AnomalyKind::Enumeration => &mut self.enumeration,
+            AnomalyKind::TokenSharing => &mut self.token_sharing,
+            AnomalyKind::UnusualSequence => &mut self.unusual_sequence,
+        }
+    }
+
+    pub(crate) fn to_array(self) -> [Option<Action>; KIND_COUNT] {
+        AnomalyKind::ALL.map(|k| self.get(k))
+    }
+}
+
+/// A per-route policy: action overrides and detectors turned off on this route.
+///
+/// Set in config under `[anomaly.routes."/v1/items/{id}"]`, or inserted into request
+/// extensions (which wins over config) by a layer or handler outside the anomaly layer.
+///
+/// ```
+/// use tollgate_anomaly::{Action, AnomalyKind, RoutePolicy};
+///
+/// let policy = RoutePolicy::default()
+///     .action(AnomalyKind::Enumeration, Action::Block)
+///     .disable(AnomalyKind::Volume);
+/// assert!(!policy.is_enabled(AnomalyKind::Volume));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutePolicy {
+    /// Action overrides for this route.
+    pub actions: ActionMap,
+    /// Detectors that do not run on this route.
+    pub disabled: Vec<AnomalyKind>,
+    /// Skip the anomaly layer entirely on this route (health checks).
+    pub skip: bool,
+}
+
+impl RoutePolicy {
+    /// Sets the action for `kind` on this route.
+    pub fn action(mut self, kind: AnomalyKind, action: Action) -> Self {
+        self.actions = self.actions.set(kind, action);
+        self
+    }
+
+    /// Turns `kind`'s detector off on this route.
+    pub fn disable(mut self, kind: AnomalyKind) -> Self {
+        if !self.disabled.contains(&kind) {
+            self.disabled.push(kind);
+        }
+        self
+    }
+
+    /// Skips the layer on this route.
+    pub fn skip(mut self) -> Self {
+        self.skip = true;
+        self
+    }
+
+    /// True if `kind`'s detector runs on this route.
+    pub fn is_enabled(&self, kind: AnomalyKind) -> bool {
+        !self.skip && !self.disabled.contains(&kind)
+    }
+
+    pub(crate) fn compile(&self) -> CompiledPolicy {
+        let mut disabled = 0u8;
+        for k in &self.disabled {
+            disabled |= 1 << k.index();
+        }
+        CompiledPolicy {
+            actions: self.actions.to_array(),
+            disabled,
+            skip: self.skip,
+        }
+    }
+}
+
+/// A route policy in the form the request path reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CompiledPolicy {
+    pub actions: [Option<Action>; KIND_COUNT],
+    pub disabled: u8,
+    pub skip: bool,
+}
+
+impl CompiledPolicy {
+    pub fn enabled(&self, kind: AnomalyKind) -> bool {
+        self.disabled & (1 << kind.index()) == 0
+    }
+}
+
+/// Volume: a principal's rate far above its own baseline and above its tier's norm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// The rate window in seconds (rates are requests per window).
+    pub window_secs: u64,
+    /// How many times its own baseline a principal's rate must reach.
+    pub baseline_factor: f64,
+    /// The weight of each new active, untagged window in the baseline (EWMA), in (0, 1].
+    pub baseline_alpha: f64,
+    /// The normal requests per window of each tier; a rate must also exceed it.
+    pub tier_norms: BTreeMap<String, u32>,
+    /// The norm for tiers not listed, and for unauthenticated callers (per network).
+    pub default_norm: u32,
+    /// The most principals and networks tracked.
+    pub max_entries: usize,
+    /// Seconds after its last request that a principal's baseline is forgotten.
+    pub ttl_secs: u64,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            enabled: true,
+            window_secs: 60,
+            baseline_factor: 4.0,
+            baseline_alpha: 0.2,
+            tier_norms: BTreeMap::new(),
+            default_norm: 120,
+            max_entries: 100_000,
+            ttl_secs: 6 * 3600,
+        }
+    }
+}
+
+/// Credential stuffing: failed logins (401s) or distinct subjects per network prefix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StuffingConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// The counting window in seconds.
+    pub window_secs: u64,
+    /// 401 answers per window from one network prefix above which it is tagged.
+    pub max_failures: u32,
+    /// Distinct subjects authenticated per window from one prefix above which it is tagged.
+    pub max_subjects: u32,
+    /// Seconds a tagged prefix stays tagged after the last trigger.
+    pub hold_secs: u64,
+    /// The most network prefixes tracked.
+    pub max_entries: usize,
+}
+
+impl Default for StuffingConfig {
+    fn default() -> Self {
+        StuffingConfig {
+            enabled: true,
+            window_secs: 600,
+            max_failures: 20,
+            max_subjects: 30,
+            hold_secs: 900,
+            max_entries: 50_000,
+        }
+    }
+}
+
+/// Enumeration: distinct object ids, or a high 403/404 ratio, per session and route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnumerationConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// The counting window in seconds (ids are counted over one to two windows).
+    pub window_secs: u64,
+    /// Distinct object ids on one route template above which a session is tagged.
+    pub max_distinct_ids: u32,
+    /// Requests on one route before the error ratio is judged.
+    pub ratio_min_requests: u32,
+    /// The share of 403/404 answers above which a session is tagged, in (0, 1].
+    pub max_error_ratio: f64,
+    /// The most session-and-route pairs tracked.
+    pub max_entries: usize,
+}
+
+impl Default for EnumerationConfig {
+    fn default() -> Self {
+        EnumerationConfig {
+            enabled: true,
+            window_secs: 3600,
+            max_distinct_ids: 100,
+            ratio_min_requests: 20,
+            max_error_ratio: 0.5,
+            max_entries: 200_000,
+        }
+    }
+}
+
+/// Token sharing: the fingerprinting layer's session verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSharingConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// The least healthy verdict that is tagged: `suspicious` or `unhealthy`.
+    pub min_health: HealthLevel,
+}
+
+impl Default for TokenSharingConfig {
+    fn default() -> Self {
+        TokenSharingConfig {
+            enabled: true,
+            min_health: HealthLevel::Unhealthy,
+        }
+    }
+}
+
+/// A session verdict threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthLevel {
+    /// Tag suspicious and unhealthy sessions.
+    Suspicious,
+    /// Tag unhealthy sessions only.
+    Unhealthy,
+}
+
+impl HealthLevel {
+    pub(crate) fn as_health(self) -> SessionHealth {
+        match self {
+            HealthLevel::Suspicious => SessionHealth::Suspicious,
+            HealthLevel::Unhealthy => SessionHealth::Unhealthy,
+        }
+    }
+}
+
+/// Unusual sequence: a small learned per-route transition model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequenceConfig {
+    /// Run this detector.
+    pub enabled: bool,
+    /// Observations of a route before its predecessors are judged.
+    pub min_observations: u32,
+    /// A transition seen less often than this share of a route's arrivals is tagged.
+    pub rare_transition: f64,
+    /// Observations in total before route rarity is judged.
+    pub min_total_observations: u64,
+    /// A route with less than this share of all requests is tagged ("a route sessions never call").
+    pub rare_route: f64,
+    /// The most distinct route templates modelled; later ones share one bucket.
+    pub max_routes: usize,
+    /// Seconds of inactivity after which a session starts over.
+    pub session_gap_secs: u64,
+    /// The model keeps two generations of counts, each this many seconds long.
+    pub model_window_secs: u64,
+    /// The most sessions tracked.
+    pub max_entries: usize,
+}
+
+impl Default for SequenceConfig {
+    fn default() -> Self {
+        SequenceConfig {
+            enabled: true,
+            min_observations: 200,
+            rare_transition: 0.002,
+            min_total_observations: 20_000,
+            rare_route: 0.0002,
+            max_routes: 64,
+            session_gap_secs: 1800,
+            model_window_secs: 86_400,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// How long penalties last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PenaltyConfig {
+    /// Seconds a `block` lasts.
+    pub block_secs: u64,
+    /// Seconds a `throttle` lasts.
+    pub throttle_secs: u64,
+    /// Seconds a `freeze` lasts (an operator can lift it sooner, or freeze for good by hand).
+    pub freeze_secs: u64,
+    /// The most callers under a penalty at once.
+    pub max_entries: usize,
+}
+
+impl Default for PenaltyConfig {
+    fn default() -> Self {
+        PenaltyConfig {
+            block_secs: 600,
+            throttle_secs: 600,
+            freeze_secs: 86_400,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// The stricter tier a throttled caller is held to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// The tier's name in `RateLimit-Policy` headers and spans.
+    pub tier: String,
+    /// Requests allowed per period.
+    pub requests: u32,
+    /// The period in seconds.
+    pub period_secs: u64,
+    /// Extra requests allowed in a burst.
+    pub burst: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            tier: "anomaly-throttle".into(),
+            requests: 10,
+            period_secs: 60,
+            burst: 0,
+        }
+    }
+}
+
+/// The anomaly layer's configuration (TOML section `[anomaly]`).
+///
+/// ```
+/// let config: tollgate_anomaly::AnomalyConfig = toml::from_str(r#"
+///     report_only = true
+///     [actions]
+///     enumeration = "block"
+///     [volume.tier_norms]
+///     free = 120
+///     pro = 1200
+///     [routes."/health"]
+///     skip = true
+/// "#).unwrap();
+/// assert!(config.report_only);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Decide actions but do not enforce them: record `would_block` and so on.
+    pub report_only: bool,
+    /// Send the tags in an `x-tollgate-anomaly` response header (for debugging; off by default).
+    pub debug_header: bool,
+    /// The action per anomaly kind (default: `record` for all).
+    pub actions: ActionMap,
+    /// Per-route policies, keyed by route template.
+    pub routes: BTreeMap<String, RoutePolicy>,
+    /// The volume detector.
+    pub volume: VolumeConfig,
+    /// The credential-stuffing detector.
+    pub stuffing: StuffingConfig,
+    /// The enumeration detector.
+    pub enumeration: EnumerationConfig,
+    /// The token-sharing detector.
+    pub token_sharing: TokenSharingConfig,
+    /// The unusual-sequence detector.
+    pub sequence: SequenceConfig,
+    /// Penalty durations.
+    pub penalties: PenaltyConfig,
+    /// The throttle tier.
+    pub throttle: ThrottleConfig,
+}
+
+/// A configuration that cannot work, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("anomaly.{setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting at fault, such as `volume.baseline_factor`.
+    pub setting: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn positive(setting: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::new(setting, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn fraction(setting: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(ConfigError::new(setting, format!("must be in (0, 1], got {v}")));
+    }
+    Ok(())
+}
+
+impl AnomalyConfig {
+    /// Checks every setting; the error names the first one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = &self.volume;
+        positive("volume.window_secs", v.window_secs)?;
+        positive("volume.default_norm", u64::from(v.default_norm))?;
+        positive("volume.max_entries", v.max_entries as u64)?;
+        positive("volume.ttl_secs", v.ttl_secs)?;
+        if !(v.baseline_factor > 1.0 && v.baseline_factor.is_finite()) {
+            return Err(ConfigError::new(
+                "volume.baseline_factor",
+                format!("must be a finite number above 1, got {}", v.baseline_factor),
+            ));
+        }
+        fraction("volume.baseline_alpha", v.baseline_alpha)?;
+        for (tier, norm) in &v.tier_norms {
+            if *norm == 0 {
+                return Err(ConfigError::new(
+                    format!("volume.tier_norms.{tier}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        let s = &self.stuffing;
+        positive("stuffing.window_secs", s.window_secs)?;
+        positive("stuffing.max_failures", u64::from(s.max_failures))?;
+        positive("stuffing.max_subjects", u64::from(s.max_subjects))?;
+        positive("stuffing.max_entries", s.max_entries as u64)?;
+        let e = &self.enumeration;
+        positive("enumeration.window_secs", e.window_secs)?;
+        positive("enumeration.max_distinct_ids", u64::from(e.max_distinct_ids))?;
+        if e.max_distinct_ids > 1_000 {
+            return Err(ConfigError::new(
+                "enumeration.max_distinct_ids",
+                "must be at most 1000 (the sketch saturates near 1400)",
+            ));
+        }
+        positive("enumeration.ratio_min_requests", u64::from(e.ratio_min_requests))?;
+        fraction("enumeration.max_error_ratio", e.max_error_ratio)?;
+        positive("enumeration.max_entries", e.max_entries as u64)?;
+        let q = &self.sequence;
+        fraction("sequence.rare_transition", q.rare_transition)?;
+        fraction("sequence.rare_route", q.rare_route)?;
+        positive("sequence.min_observations", u64::from(q.min_observations))?;
+        positive("sequence.session_gap_secs", q.session_gap_secs)?;
+        positive("sequence.model_window_secs", q.model_window_secs)?;
+        positive("sequence.max_entries", q.max_entries as u64)?;
+        if q.max_routes == 0 || q.max_routes > 250 {
+            return Err(ConfigError::new(
+                "sequence.max_routes",
+                "must be between 1 and 250",
+            ));
+        }
+        let p = &self.penalties;
+        positive("penalties.block_secs", p.block_secs)?;
+        positive("penalties.throttle_secs", p.throttle_secs)?;
+        positive("penalties.freeze_secs", p.freeze_secs)?;
+        positive("penalties.max_entries", p.max_entries as u64)?;
+        let t = &self.throttle;
+        positive("throttle.requests", u64::from(t.requests))?;
+        positive("throttle.period_secs", t.period_secs)?;
+        if t.tier.is_empty() {
+            return Err(ConfigError::new("throttle.tier", "must not be empty"));
+        }
+        for route in self.routes.keys() {
+            if !route.starts_with('/') {
+                return Err(ConfigError::new(
+                    format!("routes.\"{route}\""),
+                    "a route template starts with '/' (for example \"/v1/items/{id}\")",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The global action for `kind`.
+    pub fn action(&self, kind: AnomalyKind) -> Action {
+        self.actions.get(kind).unwrap_or_default()
+    }
+
+    /// True if some global or per-route action is `freeze`.
+    pub fn uses(&self, action: Action) -> bool {
+        AnomalyKind::ALL.iter().any(|k| self.action(*k) == action)
+            || self
+                .routes
+                .values()
+                .any(|r| AnomalyKind::ALL.iter().any(|k| r.actions.get(*k) == Some(action)))
+    }
+}
+
+pub(crate) fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_record_only() {
+        let c = AnomalyConfig::default();
+        c.validate().unwrap();
+        assert!(AnomalyKind::ALL.iter().all(|k| c.action(*k) == Action::Record));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut c = AnomalyConfig::default();
+        c.volume.baseline_factor = 0.5;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "volume.baseline_factor");
+        assert!(e.to_string().starts_with("anomaly.volume.baseline_factor"));
+        let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow = 3");
+        assert!(bad.unwrap_err().to_string().contains("unknown field"));
+        let bad: Result<AnomalyConfig, _> = toml::from_str("[actions]\nvolume = \"explode\"");
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn route_policy_from_toml() {
+        let c: AnomalyConfig = toml::from_str(
+            r#"
+            [routes."/v1/login"]
+            actions = { credential_stuffing = "block" }
+            disabled = ["volume"]
+            "#,
+        )
+        .unwrap();
+        let r = &c.routes["/v1/login"];
+        assert_eq!(r.actions.credential_stuffing, Some(Action::Block));
+        assert!(!r.is_enabled(AnomalyKind::Volume));
+        assert!(c.uses(Action::Block));
+        assert!(!c.uses(Action::Freeze));
+    }
+}

@@ -1,0 +1,47 @@
+//! The detectors: plain, synchronous structs over bounded state, driven with an
+//! explicit time (integer nanoseconds) so tests run them on a fake clock.
+//!
+//! Keys are 64-bit keyed hashes built by the layer; the detectors never see a raw
+//! identifier. Each detector answers with a score from 1 to 100 when it fires.
+
+mod enumeration;
+mod sequence;
+mod stuffing;
+mod token;
+mod volume;
+
+pub use enumeration::EnumerationDetector;
+pub use sequence::{RouteIndex, SequenceDetector};
+pub use stuffing::StuffingDetector;
+pub use token::TokenSharingDetector;
+pub use volume::VolumeDetector;
+
+/// A score from how far `value` is above `threshold`: 50 at the threshold, 100 at
+/// twice the threshold or more.
+pub(crate) fn excess_score(value: f64, threshold: f64) -> u8 {
+    if threshold <= 0.0 {
+        return 100;
+    }
+    let over = ((value - threshold) / threshold).clamp(0.0, 1.0);
+    (50.0 + 50.0 * over).round() as u8
+}
+
+/// A score from how far `value` is below `threshold`: 50 just under it, 100 at zero.
+pub(crate) fn rarity_score(value: f64, threshold: f64) -> u8 {
+    let under = (1.0 - value / threshold).clamp(0.0, 1.0);
+    (50.0 + 50.0 * under).round() as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores() {
+        assert_eq!(excess_score(10.0, 10.0), 50);
+        assert_eq!(excess_score(15.0, 10.0), 75);
+        assert_eq!(excess_score(100.0, 10.0), 100);
+        assert_eq!(rarity_score(0.0, 0.01), 100);
+        assert_eq!(rarity_score(0.005, 0.01), 75);
+    }
+}

@@ -1,0 +1,388 @@
+//! Unusual sequence: a small learned per-route transition model.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::bounded::BoundedMap;
+use crate::config::{CompiledPolicy, SequenceConfig, secs};
+
+use super::rarity_score;
+
+type RouteMap = HashMap<Box<str>, (u8, Option<CompiledPolicy>)>;
+
+/// Maps route templates to small indices (for the transition model) and their
+/// configured policy. Bounded: past `max_routes` templates, new ones share the
+/// `other` index. Reads are lock-free.
+#[derive(Debug)]
+pub struct RouteIndex {
+    routes: ArcSwap<RouteMap>,
+    max_routes: usize,
+}
+
+impl RouteIndex {
+    pub(crate) fn new(
+        max_routes: usize,
+        policies: impl IntoIterator<Item = (String, CompiledPolicy)>,
+    ) -> Self {
+        let mut map = HashMap::new();
+        for (route, policy) in policies {
+            let next = map.len();
+            let idx = if next < max_routes {
+                next as u8
+            } else {
+                max_routes as u8
+            };
+            map.insert(route.into_boxed_str(), (idx, Some(policy)));
+        }
+        RouteIndex {
+            routes: ArcSwap::from_pointee(map),
+            max_routes,
+        }
+    }
+
+    /// The index shared by unmatched requests and templates past the cap.
+    pub fn other(&self) -> u8 {
+        self.max_routes as u8
+    }
+
+    /// The pseudo-route before a session's first request.
+    pub fn start(&self) -> u8 {
+        self.max_routes as u8 + 1
+    }
+
+    /// The number of indices (routes, `other`, `start`).
+    pub fn len(&self) -> usize {
+        self.max_routes + 2
+    }
+
+    /// Never empty: `other` and `start` always exist.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The index and configured policy of `template` (`None`: unmatched).
+    pub(crate) fn lookup(&self, template: Option<&str>) -> (u8, Option<CompiledPolicy>) {
+        let Some(template) = template else {
+            return (self.other(), None);
+        };
+        if let Some(found) = self.routes.load().get(template) {
+            return *found;
+        }
+        let mut result = (self.other(), None);
+        self.routes.rcu(|current| {
+            if let Some(found) = current.get(template) {
+                result = *found;
+                return Arc::clone(current);
+            }
+            if current.len() >= self.max_routes {
+                result = (self.other(), None);
+                return Arc::clone(current);
+            }
+            let mut next = HashMap::clone(current);
+            result = (current.len() as u8, None);
+            next.insert(template.into(), result);
+            Arc::new(next)
+        });
+        result
+    }
+
+    /// The number of templates indexed.
+    pub fn routes(&self) -> usize {
+        self.routes.load().len()
+    }
+}
+
+/// One generation of the transition model.
+#[derive(Debug)]
+struct Counts {
+    trans: Box<[AtomicU32]>,
+    arrivals: Box<[AtomicU32]>,
+    total: AtomicU64,
+}
+
+impl Counts {
+    fn new(n: usize) -> Self {
+        Counts {
+            trans: (0..n * n).map(|_| AtomicU32::new(0)).collect(),
+            arrivals: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    fn clear(&self) {
+        for c in self.trans.iter().chain(self.arrivals.iter()) {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.total.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A first-order transition model over route templates, learned from untagged
+/// traffic: for each route, how often each route (or the start of a session)
+/// came just before it. A request is tagged when its transition is rarer than
+/// `rare_transition` of the route's arrivals (a skipped step), or when the route
+/// itself gets less than `rare_route` of all traffic (a route sessions never call).
+///
+/// The model is two generations of `(max_routes + 2)²` aggregate counters, each
+/// covering `model_window_secs`: counts older than two windows are gone, so the
+/// model follows change. Per session it keeps one byte (the previous route),
+/// forgotten after `session_gap_secs` of inactivity.
+///
+/// ```
+/// use tollgate_anomaly::SequenceConfig;
+/// use tollgate_anomaly::detectors::SequenceDetector;
+///
+/// let config = SequenceConfig { min_observations: 10, ..SequenceConfig::default() };
+/// let d = SequenceDetector::new(&config);
+/// let (search, item) = (0u8, 1u8);
+/// for s in 0..100u64 {
+///     for route in [search, item] {
+///         let (prev, score) = d.observe(s, route, 0);
+///         assert!(score.is_none() || s < 10);
+///         d.learn(prev, route, 0);
+///     }
+/// }
+/// // Straight to `item`, skipping `search`: a skipped step.
+/// let (_, score) = d.observe(1_000, item, 0);
+/// assert!(score.is_some());
+/// ```
+#[derive(Debug)]
+pub struct SequenceDetector {
+    n: usize,
+    start: u8,
+    other: u8,
+    counts: [Counts; 2],
+    generation: AtomicU64,
+    window: u64,
+    sessions: BoundedMap<u8>,
+    min_observations: u32,
+    rare_transition: f64,
+    min_total: u64,
+    rare_route: f64,
+}
+
+impl SequenceDetector {
+    /// A detector with this configuration.
+    pub fn new(config: &SequenceConfig) -> Self {
+        let n = config.max_routes + 2;
+        SequenceDetector {
+            n,
+            start: (config.max_routes + 1) as u8,
+            other: config.max_routes as u8,
+            counts: [Counts::new(n), Counts::new(n)],
+            generation: AtomicU64::new(0),
+            window: config.model_window_secs.max(1) * 1_000_000_000,
+            sessions: BoundedMap::new(config.max_entries, secs(config.session_gap_secs)),
+            min_observations: config.min_observations,
+            rare_transition: config.rare_transition,
+            min_total: config.min_total_observations,
+            rare_route: config.rare_route,
+        }
+    }
+
+    /// Records that `session` called `route` at `now`. Returns the previous route
+    /// (for [`SequenceDetector::learn`]) and a score if the step is unusual.
+    pub fn observe(&self, session: u64, route: u8, now: u64) -> (u8, Option<u8>) {
+        let route = route.min(self.other);
+        let start = self.start;
+        let prev = self
+            .sessions
+            .update(session, now, || start, |last| std::mem::replace(last, route));
+        (prev, self.judge(prev, route))
+    }
+
+    fn arrivals(&self, r: usize) -> u32 {
+        self.counts
+            .iter()
+            .map(|c| c.arrivals[r].load(Ordering::Relaxed))
+            .fold(0, u32::saturating_add)
+    }
+
+    fn judge(&self, prev: u8, route: u8) -> Option<u8> {
+        if route == self.other {
+            return None;
+        }
+        let r = usize::from(route);
+        let arrivals = self.arrivals(r);
+        let mut score = None;
+        if arrivals >= self.min_observations {
+            let i = usize::from(prev) * self.n + r;
+            let seen = self
+                .counts
+                .iter()
+                .map(|c| c.trans[i].load(Ordering::Relaxed))
+                .fold(0, u32::saturating_add);
+            let p = f64::from(seen) / f64::from(arrivals);
+            if p < self.rare_transition {
+                score = Some(rarity_score(p, self.rare_transition));
+            }
+        }
+        let total: u64 = self.counts.iter().map(|c| c.total.load(Ordering::Relaxed)).sum();
+        if total >= self.min_total {
+            let share = f64::from(arrivals) / total as f64;
+            if share < self.rare_route {
+                let s = rarity_score(share, self.rare_route);
+                score = Some(score.map_or(s, |x: u8| x.max(s)));
+            }
+        }
+        score
+    }
+
+    /// Learns the transition `prev -> route` at `now` (call it for untagged requests
+    /// only, so attacks do not teach the model).
+    pub fn learn(&self, prev: u8, route: u8, now: u64) {
+        let generation = now / self.window;
+        let seen = self.generation.load(Ordering::Relaxed);
+        if generation > seen
+            && self
+                .generation
+                .compare_exchange(seen, generation, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // The slot of this generation held generation - 2: drop it (and the other
+            // one too if a whole window passed without traffic).
+            self.counts[(generation % 2) as usize].clear();
+            if generation > seen + 1 {
+                self.counts[((generation + 1) % 2) as usize].clear();
+            }
+        }
+        let counts = &self.counts[(generation.max(seen) % 2) as usize];
+        let route = usize::from(route.min(self.other));
+        let prev = usize::from(prev).min(self.n - 1);
+        counts.trans[prev * self.n + route].fetch_add(1, Ordering::Relaxed);
+        counts.arrivals[route].fetch_add(1, Ordering::Relaxed);
+        counts.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The probability of `prev -> route` among `route`'s arrivals, if observed.
+    pub fn transition_share(&self, prev: u8, route: u8) -> Option<f64> {
+        let r = usize::from(route.min(self.other));
+        let arrivals = self.arrivals(r);
+        let i = usize::from(prev).min(self.n - 1) * self.n + r;
+        (arrivals > 0).then(|| {
+            let seen: u32 = self
+                .counts
+                .iter()
+                .map(|c| c.trans[i].load(Ordering::Relaxed))
+                .sum();
+            f64::from(seen) / f64::from(arrivals)
+        })
+    }
+
+    /// The pseudo-route before a session's first request.
+    pub fn start(&self) -> u8 {
+        self.start
+    }
+
+    /// The number of sessions tracked.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True if no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The most sessions tracked.
+    pub fn capacity(&self) -> usize {
+        self.sessions.capacity()
+    }
+
+    pub(crate) fn map(&self) -> &BoundedMap<impl Sized> {
+        &self.sessions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn trained() -> SequenceDetector {
+        let config = SequenceConfig {
+            min_observations: 20,
+            min_total_observations: 1_000,
+            ..SequenceConfig::default()
+        };
+        let d = SequenceDetector::new(&config);
+        // login(0) -> account(1) -> export(2), or login -> items(3) -> items ...
+        for s in 0..2_000u64 {
+            let path: &[u8] = if s % 50 == 0 { &[0, 1, 2] } else { &[0, 3, 3, 3, 1] };
+            for (i, r) in path.iter().enumerate() {
+                let (prev, score) = d.observe(s, *r, i as u64 * S);
+                if score.is_none() {
+                    d.learn(prev, *r, i as u64 * S);
+                }
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn normal_paths_are_quiet() {
+        let d = trained();
+        for (i, r) in [0u8, 3, 3, 1, 2].iter().enumerate() {
+            assert_eq!(d.observe(99_999, *r, i as u64 * S).1, None, "step {i}");
+        }
+    }
+
+    #[test]
+    fn skipped_steps_fire() {
+        let d = trained();
+        // Straight to export without account: never seen.
+        assert!(d.observe(77_777, 0, 0).1.is_none());
+        assert!(d.observe(77_777, 2, S).1.is_some());
+        // A session that starts at export.
+        assert!(d.observe(88_888, 2, 0).1.is_some());
+    }
+
+    #[test]
+    fn a_session_starts_over_after_a_gap() {
+        let d = trained();
+        d.observe(5, 0, 0);
+        d.observe(5, 1, S);
+        let (prev, _) = d.observe(5, 3, 10_000 * S);
+        assert_eq!(prev, d.start());
+    }
+
+    #[test]
+    fn route_index_is_bounded() {
+        let idx = RouteIndex::new(3, []);
+        assert_eq!(idx.lookup(Some("/a")).0, 0);
+        assert_eq!(idx.lookup(Some("/b")).0, 1);
+        assert_eq!(idx.lookup(Some("/a")).0, 0);
+        assert_eq!(idx.lookup(Some("/c")).0, 2);
+        assert_eq!(idx.lookup(Some("/d")).0, idx.other());
+        assert_eq!(idx.lookup(None).0, idx.other());
+        assert_eq!(idx.routes(), 3);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn the_model_forgets_after_two_windows() {
+        let config = SequenceConfig {
+            min_observations: 5,
+            model_window_secs: 100,
+            ..SequenceConfig::default()
+        };
+        let d = SequenceDetector::new(&config);
+        let s = 1_000_000_000u64;
+        for i in 0..10 {
+            d.learn(d.start(), 0, i * s);
+        }
+        assert_eq!(d.transition_share(d.start(), 0), Some(1.0));
+        d.learn(0, 1, 150 * s);
+        assert_eq!(d.transition_share(d.start(), 0), Some(1.0));
+        d.learn(0, 1, 250 * s);
+        assert_eq!(d.transition_share(d.start(), 0), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! Anomaly tagging for axum: [`AnomalyLayer`].
+//!
+//! Five streaming detectors over bounded state (per-key entries with an idle TTL
+//! under a fixed entry cap, sketches where the keys are unbounded):
+//!
+//! | tag | fires when | reads |
+//! |---|---|---|
+//! | `volume` | a principal's rate is far above its own baseline (EWMA) and above its tier's norm | `Principal` |
+//! | `credential_stuffing` | many 401s, or many distinct subjects, from one network prefix | `ClientContext`, status |
+//! | `enumeration` | one session walks many distinct object ids on one route, or draws many 403/404s | `MatchedPath`, path, status |
+//! | `token_sharing` | the fingerprinting layer judged the session unhealthy | `SessionInfo` |
+//! | `unusual_sequence` | a route sessions hardly call, or a skipped step (learned transition model) | `MatchedPath`, session |
+//!
+//! The verdict goes into [`AnomalyTags`] (request and response extensions), the
+//! request span's `anomaly` field (`kind:score` pairs, then `;action=...`), and
+//! optionally an `x-tollgate-anomaly` response header. Per tag and per route, the
+//! action is `record` (default), `throttle` (a stricter rate-limit tier),
+//! `block` (403 `request-blocked`) or `freeze` (the credential goes on the freeze
+//! list); `report_only` records what would have been done.
+//!
+//! # Where the layers go
+//! ```text
+//! PrivacyTraceLayer            (outermost: span, ClientContext)
+//!   FailureWatchLayer          (anomaly.failure_watch(): counts auth's 401s per network)
+//!     AuthLayer                (Principal; 401/403)
+//!       FingerprintLayer       (SessionInfo)
+//!         RateLimitLayer       (429)
+//!           AnomalyLayer       (innermost: every detector, sees the handler's status)
+//! ```
+//! With axum, `.layer()` calls wrap outward, so the innermost is added first.
+//!
+//! No raw identifier is kept: state is keyed by keyed hashes of pseudonyms, digests
+//! and coarsened networks; object ids only set bits in fixed-size sketches.
+#![warn(missing_docs)]
+
+mod bounded;
+mod config;
+pub mod detectors;
+mod engine;
+mod hash;
+mod inventory;
+mod layer;
+pub mod sketch;
+mod tags;
+mod watch;
+
+pub use bounded::BoundedMap;
+pub use config::{
+    Action, ActionMap, AnomalyConfig, ConfigError, EnumerationConfig, HealthLevel, PenaltyConfig,
+    RoutePolicy, SequenceConfig, StuffingConfig, ThrottleConfig, TokenSharingConfig, VolumeConfig,
+};
+pub use engine::{DEBUG_HEADER, StateSize, THROTTLE_SCOPE};
+pub use hash::KeyedHasher;
+pub use layer::{AnomalyLayer, AnomalyLayerBuilder, AnomalyService, ResponseFuture};
+pub use tags::{AnomalyKind, AnomalyTags, KIND_COUNT};
+pub use watch::{FailureWatch, FailureWatchLayer, WatchFuture};
