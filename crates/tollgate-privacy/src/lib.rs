@@ -1,1 +1,19 @@
-//! placeholder
+//! Data-minimizing request logging for axum: [`PrivacyTraceLayer`].
+//!
+//! The outermost tollgate layer. It opens one span per request in which every field
+//! the other layers fill is declared up front ([`tollgate_core::fields::ALL`]), and
+//! writes one completion line per request. What it logs is listed by
+//! [`PrivacyTraceLayer::inventory`]; what it never logs: the raw path, the query
+//! string, the client address, the user agent, credentials, or any header outside
+//! the allowlist.
+#![warn(missing_docs)]
+
+mod config;
+mod layer;
+mod log;
+mod trace_id;
+
+pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig, PrivacyConfigError};
+pub use layer::{PrivacyTrace, PrivacyTraceLayer, ResponseFuture, TARGET, UNMATCHED_ROUTE};
+pub use log::{MinuteTimer, json_layer};
+pub use trace_id::{TraceId, TraceIdHex};

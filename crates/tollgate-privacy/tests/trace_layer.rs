@@ -1,0 +1,276 @@
+//! The privacy trace layer over real HTTP, with every byte of log output captured.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::{Router, routing::get};
+use serde_json::Value;
+use tollgate_core::{ClientConfig, ClientContext, PseudonymSecret, Pseudonymizer, fields};
+use tollgate_privacy::{LogProfile, PrivacyTraceLayer};
+use tracing_subscriber::prelude::*;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+    fn lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn pseudonymizer() -> Pseudonymizer {
+    Pseudonymizer::new(
+        PseudonymSecret::from_bytes(&[5; 32]).unwrap(),
+        Duration::from_secs(86_400),
+    )
+}
+
+async fn network(ctx: ClientContext) -> String {
+    ctx.network().to_string()
+}
+
+/// Serves `layer` around a small app on 127.0.0.1, on a thread of its own whose
+/// every log event (all levels, all targets) is captured. The test's own HTTP client
+/// runs elsewhere, so the capture holds exactly what the server emitted.
+fn serve(layer: PrivacyTraceLayer) -> (SocketAddr, Capture) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let subscriber = tracing_subscriber::registry()
+            .with(tollgate_privacy::json_layer(move || writer.clone()))
+            .with(tracing_subscriber::filter::LevelFilter::TRACE);
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = Router::new()
+                .route("/health", get(|| async { "ok" }))
+                .route("/v1/items/{id}", get(|| async { "item" }))
+                .route("/network", get(network))
+                .layer(layer);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .unwrap()
+        });
+    });
+    (rx.recv().unwrap(), capture)
+}
+
+/// The request lines (target `tollgate::request`) among the captured events.
+fn request_lines(capture: &Capture) -> Vec<Value> {
+    capture
+        .lines()
+        .into_iter()
+        .filter(|l| l["target"] == tollgate_privacy::TARGET)
+        .collect()
+}
+
+fn trusting_loopback() -> ClientConfig {
+    ClientConfig::default().trust_proxies(["127.0.0.0/8".parse().unwrap()])
+}
+
+#[tokio::test]
+async fn one_line_per_request_with_route_template_and_no_raw_path() {
+    let (addr, capture) = serve(PrivacyTraceLayer::new(pseudonymizer()));
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!(
+            "http://{addr}/v1/items/order-99817?email=canary@example.com"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let lines = request_lines(&capture);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let span = &lines[0]["span"];
+    assert_eq!(span["http.route"], "/v1/items/{id}");
+    assert_eq!(span["http.method"], "GET");
+    assert_eq!(span["http.status"], 200);
+    assert_eq!(span["trace_id"].as_str().unwrap().len(), 32);
+    assert_eq!(span["client.network"].as_str().unwrap().len(), 24);
+    assert!(lines[0]["timestamp"].as_str().unwrap().ends_with(":00Z"));
+    let text = capture.text();
+    for canary in ["order-99817", "canary@example.com", "127.0.0.1", "email"] {
+        assert!(!text.contains(canary), "{canary} leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
+    // No trusted proxies: the loopback peer's own prefix is the client's.
+    let (addr, _) = serve(PrivacyTraceLayer::new(pseudonymizer()));
+    let client = reqwest::Client::new();
+    let plain = client
+        .get(format!("http://{addr}/network"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let spoofed = client
+        .get(format!("http://{addr}/network"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("forwarded", "for=198.51.100.7")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(plain, "127.0.0.0/24");
+    assert_eq!(spoofed, plain);
+}
+
+#[tokio::test]
+async fn trusted_proxy_header_sets_the_client_network() {
+    let (addr, _) = serve(PrivacyTraceLayer::new(pseudonymizer()).client_config(trusting_loopback()));
+    let client = reqwest::Client::new();
+    let via_proxy = client
+        .get(format!("http://{addr}/network"))
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.7")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(via_proxy, "198.51.100.0/24");
+}
+
+#[tokio::test]
+async fn incoming_traceparent_is_kept_and_minimal_routes_carry_no_client_fields() {
+    let layer = PrivacyTraceLayer::new(pseudonymizer())
+        .route_profile("/health", LogProfile::Minimal)
+        .route_profile("/network", LogProfile::Off);
+    let (addr, capture) = serve(layer);
+    let client = reqwest::Client::new();
+    client
+        .get(format!("http://{addr}/health"))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    // An Off route still gets its ClientContext, but writes nothing.
+    let network = client.get(format!("http://{addr}/network")).send().await.unwrap();
+    assert_eq!(network.text().await.unwrap(), "127.0.0.0/24");
+
+    let lines = request_lines(&capture);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let span = lines[0]["span"].as_object().unwrap();
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(!span.contains_key(fields::CLIENT_NETWORK));
+}
+
+#[tokio::test]
+async fn allowlisted_headers_only() {
+    let layer = PrivacyTraceLayer::new(pseudonymizer())
+        .log_headers(["accept"])
+        .unwrap();
+    let (addr, capture) = serve(layer);
+    reqwest::Client::new()
+        .get(format!("http://{addr}/health"))
+        .header("accept", "application/json")
+        .header("x-secret-thing", "canary-value")
+        .send()
+        .await
+        .unwrap();
+    let lines = request_lines(&capture);
+    assert_eq!(lines[0]["span"][fields::HEADERS], "accept=application/json");
+    assert!(!capture.text().contains("canary-value"));
+}
+
+#[test]
+fn identifying_headers_cannot_be_allowlisted() {
+    for name in [
+        "Authorization",
+        "user-agent",
+        "X-Forwarded-For",
+        "cookie",
+        "x-api-key",
+    ] {
+        let err = PrivacyTraceLayer::new(pseudonymizer())
+            .log_headers([name])
+            .unwrap_err();
+        assert!(err.to_string().contains("privacy.log_headers"), "{err}");
+    }
+    assert!(
+        PrivacyTraceLayer::new(pseudonymizer())
+            .log_headers(["not a header"])
+            .is_err()
+    );
+}
+
+#[test]
+fn the_span_declares_every_field_in_order() {
+    use tracing::subscriber::with_default;
+    use tracing_subscriber::layer::Context;
+    use tracing_subscriber::registry::LookupSpan;
+
+    #[derive(Clone, Default)]
+    struct Names(Arc<Mutex<Vec<Vec<String>>>>);
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Names {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: Context<'_, S>,
+        ) {
+            let names = attrs
+                .metadata()
+                .fields()
+                .iter()
+                .map(|f| f.name().to_string())
+                .collect();
+            self.0.lock().unwrap().push(names);
+        }
+    }
+
+    let names = Names::default();
+    let subscriber = tracing_subscriber::registry().with(names.clone());
+    with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            use tower::ServiceExt;
+            let app = Router::new()
+                .route("/x", get(|| async { "x" }))
+                .layer(PrivacyTraceLayer::new(pseudonymizer()));
+            let req = http::Request::get("/x").body(axum::body::Body::empty()).unwrap();
+            app.oneshot(req).await.unwrap();
+        });
+    });
+    let seen = names.0.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0],
+        fields::ALL.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    );
+}
