@@ -1,0 +1,286 @@
+//! The session store: bounded, expiring, and usable through any `StateStore`.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::Request;
+use support::Env;
+use tollgate_core::inventory::Retention;
+use tollgate_core::{
+    ClientConfig, FailurePolicy, MemoryStore, Principal, SessionHealth, SessionInfo, StateStore, StoreError,
+    StoreKey, fields,
+};
+use tollgate_fingerprint::{FingerprintConfig, FingerprintLayer, SessionPolicy, SessionRecord, session_key};
+use tower::{Layer, Service, ServiceExt};
+
+/// The handler: 200, with the verdict in a header.
+fn handler()
+-> impl Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone + Send {
+    tower::service_fn(|req: Request<Body>| async move {
+        let health = req
+            .extensions()
+            .get::<SessionInfo>()
+            .map_or("none", |i| i.health.as_str());
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("x-health", health)
+                .body(Body::empty())
+                .unwrap(),
+        )
+    })
+}
+
+fn request(env: &Env, principal: &Principal, ip: &str) -> Request<Body> {
+    let mut req = Request::new(Body::empty());
+    let ip: IpAddr = ip.parse().unwrap();
+    let ctx = ClientConfig::default().context(ip, req.headers(), &env.p);
+    req.extensions_mut().insert(ctx);
+    req.extensions_mut().insert(principal.clone());
+    req
+}
+
+async fn send<S>(svc: &S, req: Request<Body>) -> Response
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
+    svc.clone().oneshot(req).await.unwrap()
+}
+
+fn health(r: &Response) -> &str {
+    r.headers()
+        .get("x-health")
+        .map_or("refused", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn the_store_stays_bounded_under_many_sessions() {
+    let env = Env::new();
+    let config = FingerprintConfig {
+        max_sessions: 500,
+        ..FingerprintConfig::default()
+    };
+    let layer = env.layer(&config);
+    let svc = layer.layer(handler());
+    for i in 0..20_000u32 {
+        let principal = env.principal(&format!("flood-{i}"));
+        let r = send(&svc, request(&env, &principal, "198.51.100.7")).await;
+        assert_eq!(health(&r), "healthy");
+    }
+    let store = layer.session_store();
+    store.run_pending_tasks();
+    assert!(store.entry_count() <= 500, "{} records", store.entry_count());
+    assert!(store.entry_count() > 0);
+}
+
+#[tokio::test]
+async fn records_expire_with_their_ttl() {
+    let env = Env::new();
+    let config = FingerprintConfig {
+        session_ttl_secs: 1,
+        concurrency_window_secs: 1,
+        alternation_window_secs: 1,
+        ..FingerprintConfig::default()
+    };
+    let layer = env.layer(&config);
+    let svc = layer.layer(handler());
+    let principal = env.principal("short-lived");
+    send(&svc, request(&env, &principal, "198.51.100.7")).await;
+    let key = session_key(&principal.credential_key());
+    let store = layer.session_store();
+    let record = StateStore::get(store, &key).await.unwrap().expect("recorded");
+    assert_eq!(record.requests, 1);
+    assert_eq!(
+        record.first_seen.as_nanos() % 60_000_000_000,
+        0,
+        "minute resolution"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(StateStore::get(store, &key).await.unwrap().is_none());
+    // The inventory states that retention.
+    let declared = layer.inventory();
+    let record_spec = declared.iter().find(|f| f.name == "tollgate:session").unwrap();
+    assert_eq!(record_spec.retention, Retention::Ttl { seconds: 1 });
+}
+
+#[tokio::test]
+async fn store_keys_are_keyed_digests_of_the_credential() {
+    let env = Env::new();
+    let layer = env.layer(&FingerprintConfig::default());
+    let svc = layer.layer(handler());
+    let principal = env.principal("jti-key");
+    send(&svc, request(&env, &principal, "198.51.100.7")).await;
+    let entries = layer.session_store().entries();
+    assert_eq!(entries.len(), 1);
+    let key: &StoreKey = &entries[0].0;
+    assert_eq!(*key, session_key(&principal.credential_key()));
+    let text = key.as_str().strip_prefix("tollgate:session:").unwrap();
+    assert_eq!(text.len(), 32);
+    assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+/// A store that is not the in-process one, so the layer takes its get-then-insert
+/// path; it can be made to fail.
+#[derive(Clone)]
+struct Remote {
+    inner: MemoryStore<SessionRecord>,
+    down: Arc<AtomicBool>,
+}
+
+impl Remote {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("test store down".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StateStore<SessionRecord> for Remote {
+    async fn get(&self, key: &StoreKey) -> Result<Option<SessionRecord>, StoreError> {
+        self.check()?;
+        // Through serde, as a remote store would.
+        let json = StateStore::get(&self.inner, key)
+            .await?
+            .map(|r| serde_json::to_string(&r).unwrap());
+        Ok(json.map(|j| serde_json::from_str(&j).unwrap()))
+    }
+
+    async fn insert(&self, key: &StoreKey, value: SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+        self.check()?;
+        StateStore::insert(&self.inner, key, value, ttl).await
+    }
+
+    async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.check()?;
+        StateStore::remove(&self.inner, key).await
+    }
+}
+
+#[tokio::test]
+async fn a_remote_store_gives_the_same_verdicts() {
+    let env = Env::new();
+    let remote = Remote {
+        inner: MemoryStore::new(1_000),
+        down: Arc::new(AtomicBool::new(false)),
+    };
+    let layer = env
+        .layer(&FingerprintConfig {
+            policy: SessionPolicy::Reauthenticate,
+            ..FingerprintConfig::default()
+        })
+        .store(remote.clone());
+    let svc = layer.layer(handler());
+    let principal = env.principal("jti-remote");
+    let a = "198.51.100.7";
+    let b = "203.0.113.9";
+    let mut seen = Vec::new();
+    for ip in [a, a, a, b, a, b] {
+        let r = send(&svc, request(&env, &principal, ip)).await;
+        seen.push((r.status().as_u16(), health(&r).to_owned()));
+    }
+    let want: Vec<(u16, String)> = [
+        (200, "healthy"),
+        (200, "healthy"),
+        (200, "healthy"),
+        (200, "suspicious"),
+        (200, "suspicious"),
+        (401, "refused"),
+    ]
+    .into_iter()
+    .map(|(s, h)| (s, h.to_owned()))
+    .collect();
+    assert_eq!(seen, want);
+    let record = StateStore::get(&remote.inner, &session_key(&principal.credential_key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.requests, 6);
+    assert_eq!(record.health, SessionHealth::Unhealthy);
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_open_or_closed_as_configured() {
+    let env = Env::new();
+    let remote = Remote {
+        inner: MemoryStore::new(1_000),
+        down: Arc::new(AtomicBool::new(true)),
+    };
+    let principal = env.principal("jti-down");
+    let open = env.layer(&FingerprintConfig::default()).store(remote.clone());
+    let r = send(&open.layer(handler()), request(&env, &principal, "198.51.100.7")).await;
+    assert_eq!((r.status().as_u16(), health(&r)), (200, "none"));
+
+    let closed = env
+        .layer(&FingerprintConfig {
+            store_failure: FailurePolicy::Closed,
+            ..FingerprintConfig::default()
+        })
+        .store(remote.clone());
+    let r = send(
+        &closed.layer(handler()),
+        request(&env, &principal, "198.51.100.7"),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
+
+#[test]
+fn the_inventory_declares_every_span_field_and_store_field() {
+    let env = Env::new();
+    let layer = env.layer(&FingerprintConfig {
+        policy: SessionPolicy::Freeze,
+        ..FingerprintConfig::default()
+    });
+    let declared = layer.inventory();
+    for name in [
+        fields::SESSION,
+        fields::SESSION_HEALTH,
+        fields::SESSION_REASONS,
+        fields::SESSION_ACTION,
+        "tollgate:session",
+        "session.networks",
+        "session.fingerprints",
+        "tollgate:freeze-credential",
+        "fingerprint.user_agent_cache",
+    ] {
+        assert!(declared.iter().any(|f| f.name == name), "{name} not declared");
+    }
+    for f in &declared {
+        if f.sinks.contains(&tollgate_core::inventory::Sink::Store) {
+            assert!(
+                matches!(f.retention, Retention::Ttl { .. }),
+                "{} has no TTL",
+                f.name
+            );
+        }
+    }
+    let no_freeze = env.layer(&FingerprintConfig::default()).inventory();
+    assert!(!no_freeze.iter().any(|f| f.name == "tollgate:freeze-credential"));
+}
+
+#[test]
+fn a_bad_config_fails_at_build_naming_the_setting() {
+    let env = Env::new();
+    let err = FingerprintLayer::from_config(
+        &FingerprintConfig {
+            alternation_switches: 0,
+            ..FingerprintConfig::default()
+        },
+        env.p.clone(),
+        env.freeze_list.clone(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("fingerprint.alternation_switches"),
+        "{err}"
+    );
+}
