@@ -569,9 +569,6 @@ impl Engine {
                 early = self.enforce(action, tags, &keys, principal, network.as_ref(), now_ts);
                 if action == Action::Throttle {
                     throttled = false; // already spent by `enforce`
-                    if early.is_none() {
-                        record.action = None;
-                    }
                 }
             }
         }
