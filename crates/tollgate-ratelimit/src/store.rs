@@ -207,7 +207,7 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
 /// TATs per limit, in limit order.
 type Tats = [u64; MAX_LIMITS];
 
-/// An FxHash-style hasher: the keys are keyed HMAC outputs the caller cannot choose,
+/// A folded-multiply hasher: the keys are keyed HMAC outputs the caller cannot choose,
 /// so a fast non-cryptographic mix is enough and HashDoS is not a concern.
 #[derive(Default, Clone, Copy)]
 struct MixHasher(u64);
@@ -224,7 +224,10 @@ impl Hasher for MixHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(MIX);
+        // Folded multiply: high and low halves of the 128-bit product, so every input
+        // bit reaches both the shard bits (high) and the table bits (low).
+        let full = u128::from(self.0 ^ n) * u128::from(MIX);
+        self.0 = (full as u64) ^ ((full >> 64) as u64);
     }
 
     fn write_usize(&mut self, n: usize) {

@@ -1,0 +1,502 @@
+//! The layer end to end, on a fake clock, through an axum router.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use http::{HeaderMap, Request, StatusCode};
+use tollgate_core::store::{FailurePolicy, StoreError, StoreKey};
+use tollgate_core::{
+    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, PseudonymSecret, Pseudonymizer, Tier,
+    Timestamp,
+};
+use tollgate_ratelimit::{
+    Decision, Limit, LimitConfig, MemoryRateLimitStore, Mode, Outcome, RateLimitConfig, RateLimitKey,
+    RateLimitLayer, RateLimitOverride, RateLimitStatus, RateLimitStore, RouteConfig,
+};
+use tower::ServiceExt;
+
+fn pseudonymizer() -> Pseudonymizer {
+    Pseudonymizer::new(
+        PseudonymSecret::from_bytes(&[4; 32]).unwrap(),
+        Duration::from_secs(86_400),
+    )
+}
+
+fn clock() -> FakeClock {
+    FakeClock::new(Timestamp::from_secs(1_700_000_000))
+}
+
+fn config() -> RateLimitConfig {
+    RateLimitConfig::default()
+        .tier(
+            "free",
+            [
+                LimitConfig::new("burst", 2, Duration::from_secs(1)).burst(3),
+                LimitConfig::new("daily", 5, Duration::from_secs(86_400)),
+            ],
+        )
+        .tier("pro", [LimitConfig::new("burst", 10, Duration::from_secs(1))])
+        .tier(
+            "anonymous",
+            [LimitConfig::new("burst", 2, Duration::from_secs(1))],
+        )
+        .default_tier("free")
+}
+
+fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route(
+            "/items",
+            get(|status: Option<RateLimitStatus>| async move {
+                status.map(|s| s.outcome().to_string()).unwrap_or_default()
+            }),
+        )
+        .route("/login", get(|| async { "login" }))
+        .route("/health", get(|| async { "ok" }))
+        .route("/export", get(|| async { "big" }))
+        .layer(layer)
+}
+
+fn principal(p: &Pseudonymizer, subject: &str, tier: &str) -> Principal {
+    Principal::new(p, CredentialKind::ApiKey, subject, subject.as_bytes()).with_tier(Tier::new(tier))
+}
+
+async fn send(app: &Router, path: &str, principal: Option<&Principal>) -> http::Response<Body> {
+    let mut req = Request::get(path).body(Body::empty()).unwrap();
+    if let Some(p) = principal {
+        req.extensions_mut().insert(p.clone());
+    }
+    app.clone().oneshot(req).await.unwrap()
+}
+
+async fn send_from(app: &Router, path: &str, ip: &str, p: &Pseudonymizer) -> http::Response<Body> {
+    let mut req = Request::get(path).body(Body::empty()).unwrap();
+    let ip: IpAddr = ip.parse().unwrap();
+    req.extensions_mut()
+        .insert(ClientConfig::default().context(ip, &HeaderMap::new(), p));
+    app.clone().oneshot(req).await.unwrap()
+}
+
+fn admitted(statuses: &[StatusCode]) -> usize {
+    statuses.iter().filter(|s| **s == StatusCode::OK).count()
+}
+
+#[tokio::test]
+async fn two_tiers_side_by_side() {
+    let p = pseudonymizer();
+    let clock = clock();
+    let layer = RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock.clone()));
+    let app = app(layer);
+    let free = principal(&p, "free-user", "free");
+    let pro = principal(&p, "pro-user", "pro");
+    let mut f = Vec::new();
+    let mut q = Vec::new();
+    for _ in 0..12 {
+        f.push(send(&app, "/items", Some(&free)).await.status());
+        q.push(send(&app, "/items", Some(&pro)).await.status());
+    }
+    assert_eq!(admitted(&f), 3, "free: burst 3");
+    assert_eq!(admitted(&q), 10, "pro: burst 10");
+    let r = send(&app, "/items", Some(&pro)).await;
+    assert_eq!(r.headers()["ratelimit-policy"], "\"burst\";q=10;w=1");
+    let r = send(&app, "/items", Some(&free)).await;
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"burst\";q=3;w=2, \"daily\";q=5;w=86400"
+    );
+}
+
+#[tokio::test]
+async fn daily_denial_does_not_spend_the_per_second_budget() {
+    let p = pseudonymizer();
+    let clock = clock();
+    let layer = RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock.clone()));
+    let store = layer.store_ref().clone();
+    let app = app(layer);
+    let user = principal(&p, "stacked", "free");
+    // 5 a day, 3 at once: spend the daily budget over a few seconds.
+    for _ in 0..5 {
+        assert_eq!(send(&app, "/items", Some(&user)).await.status(), StatusCode::OK);
+        clock.advance(Duration::from_secs(2));
+    }
+    let key = RateLimitKey::new(user.subject_key());
+    let before = store.tats(&key, clock.now()).unwrap();
+    for _ in 0..20 {
+        let r = send(&app, "/items", Some(&user)).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            r.headers()["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"daily\";r=0;")
+        );
+    }
+    assert_eq!(
+        store.tats(&key, clock.now()).unwrap(),
+        before,
+        "denials spent nothing"
+    );
+    // The per-second budget is full: the status shows the daily limit refusing, and the
+    // burst limit still reports 3 left.
+    let burst = Limit::new(2, Duration::from_secs(1), 3).unwrap();
+    let now = clock.now().as_nanos();
+    assert_eq!(
+        tollgate_ratelimit::gcra::decide(before[0], now, &burst, 0).remaining,
+        3
+    );
+}
+
+#[tokio::test]
+async fn refusal_is_problem_json_with_retry_after_and_not_cacheable() {
+    let p = pseudonymizer();
+    let clock = clock();
+    let app = app(RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock.clone())));
+    let user = principal(&p, "u", "free");
+    for _ in 0..3 {
+        send(&app, "/items", Some(&user)).await;
+    }
+    let r = send(&app, "/items", Some(&user)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["ratelimit"], "\"burst\";r=0;t=2");
+    let status = r.extensions().get::<RateLimitStatus>().unwrap().clone();
+    assert_eq!(status.outcome(), Outcome::Denied);
+    assert_eq!(status.policy(), "free/burst");
+    assert_eq!(status.retry_after(), Some(Duration::from_millis(500)));
+    let body = axum::body::to_bytes(r.into_body(), 10_000).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["type"], "urn:tollgate:problem:rate-limited");
+    assert_eq!(v["status"], 429);
+    // Half a second later one more passes.
+    clock.advance(Duration::from_millis(500));
+    assert_eq!(send(&app, "/items", Some(&user)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn anonymous_traffic_is_limited_per_network() {
+    let p = pseudonymizer();
+    let clock = clock();
+    let app = app(RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock.clone())));
+    // Two addresses in one /24 share the anonymous budget of 2.
+    assert_eq!(
+        send_from(&app, "/items", "198.51.100.7", &p).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_from(&app, "/items", "198.51.100.200", &p).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_from(&app, "/items", "198.51.100.9", &p).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another network has its own.
+    assert_eq!(
+        send_from(&app, "/items", "198.51.101.7", &p).await.status(),
+        StatusCode::OK
+    );
+    // Without ClientContext the peer address from ConnectInfo is coarsened the same way.
+    let mut req = Request::get("/items").body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([198, 51, 100, 50], 4000))));
+    assert_eq!(
+        app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Without either, the request passes unlimited (and a warning is logged once).
+    for _ in 0..5 {
+        assert_eq!(send(&app, "/items", None).await.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn routes_exempt_own_limits_and_cost() {
+    let p = pseudonymizer();
+    let clock = clock();
+    let config = config()
+        .route("/health", RouteConfig::exempt())
+        .route(
+            "/login",
+            RouteConfig::limits([LimitConfig::new("login", 1, Duration::from_secs(60))]),
+        )
+        .route(
+            "/export",
+            RouteConfig {
+                cost: Some(3),
+                ..Default::default()
+            },
+        );
+    let layer = RateLimitLayer::new(&config, p.clone())
+        .unwrap()
+        .clock(Arc::new(clock.clone()));
+    let store = layer.store_ref().clone();
+    let app = app(layer);
+    let user = principal(&p, "router", "free");
+    for _ in 0..50 {
+        let r = send(&app, "/health", Some(&user)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers().get("ratelimit").is_none());
+    }
+    let r = send(&app, "/login", Some(&user)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"login\";q=1;w=60");
+    let r = send(&app, "/login", Some(&user)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.extensions().get::<RateLimitStatus>().unwrap().policy(),
+        "route:login/login"
+    );
+    // /login has its own key: the tier's budget is untouched.
+    assert!(
+        store
+            .tats(&RateLimitKey::new(user.subject_key()), clock.now())
+            .is_none()
+    );
+    assert!(
+        store
+            .tats(
+                &RateLimitKey::scoped("login", user.subject_key()).unwrap(),
+                clock.now()
+            )
+            .is_some()
+    );
+    // /export costs 3: the whole burst at once.
+    assert_eq!(send(&app, "/export", Some(&user)).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&app, "/items", Some(&user)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // An override in the extensions wins over the route map.
+    let mut req = Request::get("/items").body(Body::empty()).unwrap();
+    req.extensions_mut().insert(user.clone());
+    req.extensions_mut().insert(RateLimitOverride::Exempt);
+    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn report_only_lets_through_and_records() {
+    let p = pseudonymizer();
+    let clock = clock();
+    let layer = RateLimitLayer::new(&config().mode(Mode::ReportOnly), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock.clone()));
+    let app = app(layer);
+    let user = principal(&p, "shadow", "free");
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let r = send(&app, "/items", Some(&user)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers().contains_key("ratelimit"));
+        let body = axum::body::to_bytes(r.into_body(), 100).await.unwrap();
+        outcomes.push(String::from_utf8(body.to_vec()).unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        ["allowed", "allowed", "allowed", "would_deny", "would_deny"]
+    );
+}
+
+#[tokio::test]
+async fn headers_can_be_switched_off_and_unknown_tiers_use_the_default() {
+    let p = pseudonymizer();
+    let layer = RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock()))
+        .headers(false);
+    let app = app(layer);
+    let user = principal(&p, "mystery", "platinum");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = send(&app, "/items", Some(&user)).await;
+        assert!(r.headers().get("ratelimit").is_none());
+        assert!(r.headers().get("ratelimit-policy").is_none());
+        statuses.push(r.status());
+    }
+    // The default tier is `free`: burst 3.
+    assert_eq!(admitted(&statuses), 3);
+    let r = send(&app, "/items", Some(&user)).await;
+    assert_eq!(r.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn custom_key_function() {
+    let p = pseudonymizer();
+    let keyer = p.clone();
+    let layer = RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock()))
+        .key_fn(move |headers, _| {
+            let tenant = headers.get("x-tenant")?;
+            Some(keyer.digest(Domain::new("tenant"), tenant.as_bytes()))
+        });
+    let app = app(layer);
+    // Two principals of one tenant share a budget.
+    let a = principal(&p, "a", "free");
+    let b = principal(&p, "b", "free");
+    let mut statuses = Vec::new();
+    for who in [&a, &b, &a, &b] {
+        let mut req = Request::get("/items")
+            .header("x-tenant", "acme")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(who.clone());
+        statuses.push(app.clone().oneshot(req).await.unwrap().status());
+    }
+    assert_eq!(admitted(&statuses), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tasks_on_one_key_never_exceed_the_quota() {
+    let p = pseudonymizer();
+    let config = RateLimitConfig::default().tier(
+        "default",
+        [LimitConfig::new("burst", 100, Duration::from_secs(3600))],
+    );
+    let app = app(RateLimitLayer::new(&config, p.clone())
+        .unwrap()
+        .clock(Arc::new(clock())));
+    let user = principal(&p, "hot", "default");
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (app, user, ok) = (app.clone(), user.clone(), ok.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                if send(&app, "/items", Some(&user)).await.status() == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ok.load(Ordering::Relaxed), 100);
+}
+
+/// A store that can only answer asynchronously: exercises the boxed path.
+#[derive(Clone)]
+struct AsyncOnly(MemoryRateLimitStore, bool);
+
+impl RateLimitStore for AsyncOnly {
+    async fn check_and_spend(
+        &self,
+        key: &StoreKey,
+        limits: &[Limit],
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
+        tokio::task::yield_now().await;
+        if self.1 {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        self.0.check_and_spend(key, limits, cost, now).await
+    }
+}
+
+#[tokio::test]
+async fn awaited_stores_and_store_failures() {
+    let p = pseudonymizer();
+    let user = principal(&p, "remote", "free");
+    let layer = RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock()))
+        .store(AsyncOnly(MemoryRateLimitStore::new(100), false));
+    let app = Router::new().route("/items", get(|| async { "ok" })).layer(layer);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = send(&app, "/items", Some(&user)).await;
+        statuses.push(r.status());
+        assert!(r.headers().contains_key("ratelimit"));
+    }
+    assert_eq!(admitted(&statuses), 3);
+
+    for (policy, expected) in [
+        (FailurePolicy::Open, StatusCode::OK),
+        (FailurePolicy::Closed, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let layer = RateLimitLayer::new(&config(), p.clone())
+            .unwrap()
+            .store(AsyncOnly(MemoryRateLimitStore::new(100), true))
+            .on_store_failure(policy);
+        let app = Router::new().route("/items", get(|| async { "ok" })).layer(layer);
+        for _ in 0..5 {
+            assert_eq!(send(&app, "/items", Some(&user)).await.status(), expected);
+        }
+    }
+}
+
+#[test]
+fn misconfiguration_names_the_setting() {
+    let p = pseudonymizer();
+    let err = |c: RateLimitConfig| RateLimitLayer::new(&c, p.clone()).unwrap_err().to_string();
+    assert_eq!(
+        err(config().default_tier("gold")),
+        "ratelimit.default_tier: \"gold\" names no tier in ratelimit.tiers"
+    );
+    assert_eq!(
+        err(config().anonymous_tier("anon")),
+        "ratelimit.anonymous_tier: \"anon\" names no tier in ratelimit.tiers"
+    );
+    assert!(
+        err(config().tier("Bad Name", [LimitConfig::new("a", 1, Duration::from_secs(1))]))
+            .starts_with("ratelimit.tiers.Bad Name")
+    );
+    let five = (0..5).map(|i| LimitConfig::new(format!("l{i}"), 1, Duration::from_secs(1)));
+    assert_eq!(
+        err(config().tier("big", five)),
+        "ratelimit.tiers.big.limits: needs 1 to 4 limits, got 5"
+    );
+    let clash = config()
+        .route(
+            "/a-b",
+            RouteConfig::limits([LimitConfig::new("x", 1, Duration::from_secs(1))]),
+        )
+        .route(
+            "/a/b",
+            RouteConfig::limits([LimitConfig::new("x", 1, Duration::from_secs(1))]),
+        );
+    assert!(err(clash).contains("scope \"a-b\" is also used"));
+    let exempt_with_limits = config().route(
+        "/h",
+        RouteConfig {
+            exempt: true,
+            limits: vec![LimitConfig::new("x", 1, Duration::from_secs(1))],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        err(exempt_with_limits),
+        "ratelimit.routes.\"/h\": an exempt route takes no limits, cost or mode"
+    );
+    let toml_config: RateLimitConfig = toml::from_str(
+        r#"
+        default_tier = "free"
+        [tiers.free]
+        limits = [{ name = "burst", quota = 10, window = "1s", burst = 0 }]
+        [tiers.anonymous]
+        limits = [{ name = "burst", quota = 1, window = "1s" }]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        err(toml_config),
+        "ratelimit.tiers.free.limits[0]: burst must be at least 1"
+    );
+}
