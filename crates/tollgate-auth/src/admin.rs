@@ -152,10 +152,7 @@ impl<F: FreezeList> FreezeAdmin<F> {
     pub fn router(self) -> Router {
         let scope = require_scope([self.admin_scope.as_str()]);
         Router::new()
-            .route(
-                "/freezes",
-                get(list::<F>).post(freeze::<F>).delete(unfreeze::<F>),
-            )
+            .route("/freezes", get(list::<F>).post(freeze::<F>).delete(unfreeze::<F>))
             .route("/freezes/{kind}/{digest}", delete(unfreeze_digest::<F>))
             .route_layer(scope)
             .with_state(Arc::new(self))
@@ -170,7 +167,9 @@ impl<F: FreezeList> FreezeAdmin<F> {
 }
 
 fn bad(detail: &'static str) -> Response {
-    Problem::new(INVALID_ADMIN_REQUEST).with_detail(detail).into_response()
+    Problem::new(INVALID_ADMIN_REQUEST)
+        .with_detail(detail)
+        .into_response()
 }
 
 fn unavailable(e: tollgate_core::StoreError) -> Response {
@@ -188,13 +187,14 @@ fn kind_name(kind: FreezeKind) -> &'static str {
     }
 }
 
-fn parse(body: Result<Json<FreezeRequest>, JsonRejection>) -> Result<FreezeRequest, Response> {
-    let Json(req) = body.map_err(|_| bad("the body must be JSON: {kind, id, reason?, ttl_s?}"))?;
+/// The request, or the detail of a 400.
+fn parse(body: Result<Json<FreezeRequest>, JsonRejection>) -> Result<FreezeRequest, &'static str> {
+    let Json(req) = body.map_err(|_| "the body must be JSON: {kind, id, reason?, ttl_s?}")?;
     if req.id.is_empty() || req.id.len() > MAX_ID {
-        return Err(bad("id must be 1 to 1024 bytes"));
+        return Err("id must be 1 to 1024 bytes");
     }
     if req.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
-        return Err(bad("reason must be at most 256 bytes"));
+        return Err("reason must be at most 256 bytes");
     }
     Ok(req)
 }
@@ -212,7 +212,7 @@ async fn freeze<F: FreezeList>(
 ) -> Response {
     let req = match parse(body) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(detail) => return bad(detail),
     };
     let target = admin.target(req.kind, &req.id);
     let ttl = req
@@ -244,7 +244,7 @@ async fn unfreeze<F: FreezeList>(
 ) -> Response {
     let req = match parse(body) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(detail) => return bad(detail),
     };
     let target = admin.target(req.kind, &req.id);
     remove(&admin, &target, kind_name(req.kind)).await
@@ -265,7 +265,11 @@ async fn unfreeze_digest<F: FreezeList>(
     remove(&admin, &target, name).await
 }
 
-async fn remove<F: FreezeList>(admin: &FreezeAdmin<F>, target: &FreezeTarget, kind: &'static str) -> Response {
+async fn remove<F: FreezeList>(
+    admin: &FreezeAdmin<F>,
+    target: &FreezeTarget,
+    kind: &'static str,
+) -> Response {
     match admin.list.unfreeze(target).await {
         Ok(true) => {
             tracing::info!(kind, "freeze lifted");

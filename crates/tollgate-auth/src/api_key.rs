@@ -178,11 +178,14 @@ impl ApiKeys {
             let digest = record.sha256;
             remove_digest(&mut next, &digest);
             next.ids.insert(record.id.clone(), digest);
-            next.buckets.entry(bucket(&digest)).or_default().push(Arc::new(ApiKeyEntry {
-                scopes: Scopes::new(&record.scopes),
-                record: record.clone(),
-                principal: ArcSwapOption::empty(),
-            }));
+            next.buckets
+                .entry(bucket(&digest))
+                .or_default()
+                .push(Arc::new(ApiKeyEntry {
+                    scopes: Scopes::new(&record.scopes),
+                    record: record.clone(),
+                    principal: ArcSwapOption::empty(),
+                }));
             next
         });
     }
@@ -277,7 +280,10 @@ mod tests {
         keys.insert(ApiKeyRecord::new("k2", ApiKeyRecord::digest_of(b"beta")));
         assert!(keys.lookup(b"alpha").is_some());
         assert!(keys.lookup(b"alphA").is_none());
-        let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[1; 32]).unwrap(), Duration::from_secs(60));
+        let p = Pseudonymizer::new(
+            PseudonymSecret::from_bytes(&[1; 32]).unwrap(),
+            Duration::from_secs(60),
+        );
         let entry = keys.lookup(b"alpha").unwrap();
         let now = tollgate_core::Clock::now(&tollgate_core::SystemClock);
         let a = entry.principal(&p, &TierPolicy::default(), now);

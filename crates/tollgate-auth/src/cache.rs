@@ -139,7 +139,11 @@ mod tests {
         // Already expired: not cached.
         cache.insert(k, principal.clone(), Some(Timestamp::from_secs(86_400 * 10 + 50)));
         assert!(cache.get(k).is_none());
-        cache.insert(k, principal.clone(), Some(Timestamp::from_secs(86_400 * 10 + 200)));
+        cache.insert(
+            k,
+            principal.clone(),
+            Some(Timestamp::from_secs(86_400 * 10 + 200)),
+        );
         assert!(cache.get(k).is_some());
         assert_eq!(cache.len(), 1);
         cache.clear();

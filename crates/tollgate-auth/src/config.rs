@@ -362,7 +362,10 @@ impl StaticKeyConfig {
             if bytes.len() < min_hmac_secret(alg) {
                 return Err(invalid(
                     setting,
-                    format!("{alg:?} needs a secret of at least {} bytes", min_hmac_secret(alg)),
+                    format!(
+                        "{alg:?} needs a secret of at least {} bytes",
+                        min_hmac_secret(alg)
+                    ),
                 ));
             }
             DecodingKey::from_secret(&bytes)
@@ -373,7 +376,8 @@ impl StaticKeyConfig {
             if let Some(jwk) = &self.jwk {
                 let v: serde_json::Value =
                     serde_json::from_str(jwk).map_err(|e| invalid(at("jwk"), format!("not JSON: {e}")))?;
-                let pinned = crate::jwt::jwk_algorithm(&v, &rules.algorithms).map_err(|m| invalid(at("jwk"), m))?;
+                let pinned =
+                    crate::jwt::jwk_algorithm(&v, &rules.algorithms).map_err(|m| invalid(at("jwk"), m))?;
                 if pinned != alg {
                     return Err(invalid(at("jwk"), "the JWK's alg or curve differs from alg"));
                 }

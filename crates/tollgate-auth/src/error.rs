@@ -183,13 +183,13 @@ impl Challenges {
     /// The problem for `error`, with its challenge on 401s.
     pub(crate) fn problem(&self, error: AuthError) -> Problem {
         let problem = Problem::new(error.problem_type()).with_detail(error.detail());
-        if error.problem_type().status != http::StatusCode::UNAUTHORIZED {
-            return problem;
-        }
-        let challenge = match error.rfc6750_code() {
-            None => &self.plain,
-            Some("invalid_request") => &self.invalid_request,
-            Some(_) => &self.invalid_token,
+        // 401s carry a challenge (RFC 6750 §3); so do 400/431 `invalid_request`
+        // answers, to name the error code. 503s and 403s (see `require_scope`) do not.
+        let challenge = match (error.problem_type().status.as_u16(), error.rfc6750_code()) {
+            (401, None) => &self.plain,
+            (_, Some("invalid_request")) => &self.invalid_request,
+            (401, Some(_)) => &self.invalid_token,
+            _ => return problem,
         };
         problem.with_header(WWW_AUTHENTICATE, challenge.clone())
     }
@@ -206,7 +206,8 @@ pub(crate) fn insufficient_scope_challenge(realm: Option<&str>, scopes: &[Box<st
         ),
         None => format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
     };
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_scope\""))
+    HeaderValue::from_str(&text)
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_scope\""))
 }
 
 #[cfg(test)]
@@ -218,11 +219,18 @@ mod tests {
         let c = Challenges::new(Some("api"));
         let p = c.problem(AuthError::Expired);
         assert_eq!(p.status(), 401);
-        assert_eq!(p.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\", error=\"invalid_token\"");
+        assert_eq!(
+            p.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"api\", error=\"invalid_token\""
+        );
         let p = c.problem(AuthError::MissingCredentials);
         assert_eq!(p.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
         let p = c.problem(AuthError::RepeatedHeader);
         assert_eq!(p.status(), 431);
+        assert_eq!(
+            p.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"api\", error=\"invalid_request\""
+        );
         let p = c.problem(AuthError::IntrospectionUnavailable);
         assert_eq!(p.status(), 503);
         assert!(p.headers().get(WWW_AUTHENTICATE).is_none());

@@ -7,7 +7,8 @@ use std::time::Duration;
 use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType};
 use oauth2::{
     AccessToken, ClientId, ClientSecret, EndpointNotSet, EndpointSet, ExtraTokenFields, IntrospectionUrl,
-    RequestTokenError, StandardRevocableToken, StandardTokenIntrospectionResponse, TokenIntrospectionResponse,
+    RequestTokenError, StandardRevocableToken, StandardTokenIntrospectionResponse,
+    TokenIntrospectionResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -70,7 +70,11 @@ impl std::fmt::Debug for Jwks {
 }
 
 impl Jwks {
-    pub(crate) fn new(settings: JwksSettings, rules: JwtRules, clock: SharedClock) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(
+        settings: JwksSettings,
+        rules: JwtRules,
+        clock: SharedClock,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -246,7 +250,12 @@ pub(crate) fn parse_max_age(value: &str) -> Option<Duration> {
         if let Some((name, secs)) = d.split_once('=')
             && name.trim().eq_ignore_ascii_case("max-age")
         {
-            max_age = secs.trim().trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+            max_age = secs
+                .trim()
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     max_age
@@ -258,7 +267,10 @@ mod tests {
 
     #[test]
     fn max_age() {
-        assert_eq!(parse_max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(
+            parse_max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
         assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("public"), None);
         assert_eq!(parse_max_age("max-age=abc"), None);

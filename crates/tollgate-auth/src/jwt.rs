@@ -296,11 +296,24 @@ impl JwtVerifier {
             .filter(|s| !s.is_empty())
             .ok_or(AuthError::MissingClaim)?;
         let scopes = scopes_of(claims);
-        let tier_claim = tiers.claim.as_deref().and_then(|c| claims.get(c)).and_then(Value::as_str);
+        let tier_claim = tiers
+            .claim
+            .as_deref()
+            .and_then(|c| claims.get(c))
+            .and_then(Value::as_str);
         let tier = tiers.resolve(tier_claim, &scopes);
-        let principal = match claims.get("jti").and_then(Value::as_str).filter(|j| !j.is_empty()) {
+        let principal = match claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty())
+        {
             Some(jti) => Principal::new(p, CredentialKind::Jwt, subject, jti.as_bytes()),
-            None => Principal::new(p, CredentialKind::Jwt, subject, token_digest_hex(token).as_bytes()),
+            None => Principal::new(
+                p,
+                CredentialKind::Jwt,
+                subject,
+                token_digest_hex(token).as_bytes(),
+            ),
         };
         let mut principal = principal.with_tier(tier).with_scopes(scopes);
         if let Some(iat) = claims.get("iat").and_then(numeric_date) {
@@ -320,7 +333,9 @@ pub fn token_digest_hex(token: &str) -> String {
 }
 
 fn numeric_date(v: &Value) -> Option<Timestamp> {
-    let secs = v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
+    let secs = v
+        .as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
     Some(Timestamp::from_secs(secs))
 }
 
@@ -413,7 +428,12 @@ pub(crate) fn jwk_algorithm(jwk: &Value, allowed: &[Algorithm]) -> Result<Algori
 pub(crate) fn rsa_family(a: Algorithm) -> bool {
     matches!(
         a,
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
     )
 }
 

@@ -13,7 +13,9 @@ use jsonwebtoken::DecodingKey;
 use pin_project_lite::pin_project;
 use tollgate_core::clock::{SharedClock, system_clock};
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
-use tollgate_core::{FailurePolicy, FreezeList, MemoryFreezeList, Principal, ProblemResponder, Pseudonymizer, fields};
+use tollgate_core::{
+    FailurePolicy, FreezeList, MemoryFreezeList, Principal, ProblemResponder, Pseudonymizer, fields,
+};
 use tower::{Layer, Service};
 
 use crate::api_key::ApiKeys;
@@ -275,7 +277,10 @@ impl<F: FreezeList> AuthBuilder<F> {
                     }
                 };
                 if keys.is_empty() && jwks.is_none() {
-                    return Err(invalid("auth.jwt", "set jwks_url or at least one [[auth.jwt.keys]]"));
+                    return Err(invalid(
+                        "auth.jwt",
+                        "set jwks_url or at least one [[auth.jwt.keys]]",
+                    ));
                 }
                 Some(JwtVerifier {
                     rules,
@@ -303,7 +308,10 @@ impl<F: FreezeList> AuthBuilder<F> {
                 check_scheme("auth.introspection.url", &url)?;
                 let secret = match (&ic.client_secret_env, &ic.client_secret) {
                     (Some(var), _) => Some(std::env::var(var).map_err(|_| {
-                        invalid("auth.introspection.client_secret_env", format!("{var} is not set"))
+                        invalid(
+                            "auth.introspection.client_secret_env",
+                            format!("{var} is not set"),
+                        )
                     })?),
                     (None, secret) => secret.clone(),
                 };
@@ -433,7 +441,11 @@ impl<F: FreezeList> AuthLayer<F> {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        crate::RequireScopeLayer::new(scopes, self.shared.realm.as_deref(), self.shared.responder.clone())
+        crate::RequireScopeLayer::new(
+            scopes,
+            self.shared.realm.as_deref(),
+            self.shared.responder.clone(),
+        )
     }
 
     /// A [`FreezeAdmin`](crate::FreezeAdmin) over this layer's freeze list and
@@ -548,7 +560,9 @@ impl<S: Clone, F> Clone for AuthService<S, F> {
 
 impl<S: std::fmt::Debug, F> std::fmt::Debug for AuthService<S, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthService").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("AuthService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -667,7 +681,9 @@ impl<F: FreezeList> Shared<F> {
     fn authenticate_now(&self, credential: Credential<'_>) -> Step {
         match credential {
             Credential::ApiKey(key) => match self.api_keys.as_ref().and_then(|k| k.lookup(key)) {
-                Some(entry) => Step::Done(entry.principal(&self.pseudonymizer, &self.tiers, self.clock.now())),
+                Some(entry) => {
+                    Step::Done(entry.principal(&self.pseudonymizer, &self.tiers, self.clock.now()))
+                }
                 None => Step::Fail(AuthError::UnknownApiKey),
             },
             Credential::Bearer(token) => {

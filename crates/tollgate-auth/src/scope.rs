@@ -86,11 +86,12 @@ impl RequireScopeLayer {
         }
     }
 
-    fn check(&self, principal: Option<&Principal>) -> Result<(), Response> {
+    /// `None` if the principal may pass, the refusal otherwise.
+    fn check(&self, principal: Option<&Principal>) -> Option<Response> {
         let i = &self.inner;
         let error = match principal {
             None => AuthError::MissingCredentials,
-            Some(p) if i.scopes.iter().all(|s| p.scopes().contains(s)) => return Ok(()),
+            Some(p) if i.scopes.iter().all(|s| p.scopes().contains(s)) => return None,
             Some(_) => AuthError::InsufficientScope,
         };
         tracing::Span::current().record(fields::AUTH_ERROR, error.slug());
@@ -100,7 +101,7 @@ impl RequireScopeLayer {
                 .with_header(WWW_AUTHENTICATE, i.challenge.clone()),
             _ => i.unauthenticated.problem(error),
         };
-        Err(i.responder.respond(problem))
+        Some(i.responder.respond(problem))
     }
 }
 
@@ -163,11 +164,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.layer.check(req.extensions().get::<Principal>()) {
-            Ok(()) => RequireScopeFuture {
+            None => RequireScopeFuture {
                 inner: Some(self.inner.call(req)),
                 early: None,
             },
-            Err(response) => RequireScopeFuture {
+            Some(response) => RequireScopeFuture {
                 inner: None,
                 early: Some(response),
             },

@@ -1,0 +1,62 @@
+//! OAuth2 token introspection over real HTTP.
+
+use serde_json::Value;
+use tollgate_auth::{AuthConfig, AuthLayer, IntrospectionConfig};
+
+use crate::common::*;
+
+fn introspection_config(url: &str) -> AuthConfig {
+    let mut cfg = config(None);
+    cfg.introspection = Some(
+        toml::from_str::<IntrospectionConfig>(&format!(
+            "url = \"{url}\"\nclient_id = \"rs-1\"\nclient_secret = \"rs-secret\"\ntimeout_ms = 1000\ncache_ttl_s = 60\ntier_claim = \"plan\"\n"
+        ))
+        .unwrap(),
+    );
+    cfg
+}
+
+#[tokio::test]
+async fn active_inactive_cached_and_unreachable() {
+    let server = IntrospectionServer::start().await;
+    let layer = AuthLayer::from_config(&introspection_config(&server.url()), pseudonymizer())
+        .await
+        .unwrap();
+    let app = run(app(layer)).await;
+
+    let r = app.bearer("/me", "active-bob").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["credential"], "introspection");
+    assert_eq!(body["tier"], "gold");
+    assert_eq!(server.hits(), 1);
+    // Client credentials went as HTTP Basic.
+    let auth = server.last_authorization.lock().unwrap().clone().unwrap();
+    assert!(auth.starts_with("Basic "), "{auth}");
+    // Cached: no second call.
+    assert_eq!(app.bearer("/me", "active-bob").await.status(), 200);
+    assert_eq!(server.hits(), 1);
+
+    let (status, code, problem) = outcome(app.bearer("/me", "revoked-token").await).await;
+    assert_eq!((status, code.as_deref()), (401, Some("invalid_token")));
+    assert_eq!(problem, "urn:tollgate:problem:invalid-token");
+
+    // JWT-shaped tokens still go to JWT verification.
+    assert_eq!(app.bearer("/me", "abc.def.ghi").await.status(), 401);
+    assert_eq!(server.hits(), 2);
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_a_503_never_a_pass() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+    drop(listener);
+    let layer = AuthLayer::from_config(&introspection_config(&url), pseudonymizer())
+        .await
+        .unwrap();
+    let app = run(app(layer)).await;
+    let r = app.bearer("/me", "active-bob").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("www-authenticate").is_none());
+    assert_eq!(outcome(r).await.2, "urn:tollgate:problem:unavailable");
+}

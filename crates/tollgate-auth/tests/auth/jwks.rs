@@ -1,0 +1,208 @@
+//! Key rotation, refetch storms and an unreachable JWKS endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use tollgate_auth::{AuthConfig, AuthLayer};
+use tollgate_core::{FakeClock, Timestamp};
+
+use crate::common::*;
+
+fn rsa_doc(kids: &[(&str, &str)]) -> serde_json::Value {
+    json!({"keys": kids.iter().map(|(kid, rsa)| public_jwk(Algorithm::RS256, kid, rsa)).collect::<Vec<_>>()})
+}
+
+fn jwks_config(url: &str, min_refresh_s: f64) -> AuthConfig {
+    let mut cfg = config(Some(url));
+    let jwt = cfg.jwt.as_mut().unwrap();
+    jwt.jwks_min_refresh_s = min_refresh_s;
+    jwt.jwks_unknown_kid_interval_s = 30.0;
+    cfg
+}
+
+async fn wait_for_hits(server: &JwksServer, at_least: usize) {
+    for _ in 0..200 {
+        if server.hits() >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("JWKS hits stayed at {}", server.hits());
+}
+
+#[tokio::test]
+async fn rotation_is_picked_up_and_forged_kids_cause_one_refetch_per_interval() {
+    let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
+    let clock = FakeClock::new(Timestamp::from_secs(now()));
+    let layer = AuthLayer::builder(jwks_config(&server.url(), 3600.0), pseudonymizer())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let handle = layer.clone();
+    let app = run(app(layer)).await;
+    assert_eq!(server.hits(), 1);
+
+    let old = sign_with(Algorithm::RS256, Some("k1"), &claims("alice"), "rsa1");
+    assert_eq!(app.bearer("/me", &old).await.status(), 200);
+
+    // The issuer rotates: k2 (a new key) is published next to k1.
+    server.set_doc(rsa_doc(&[("k1", "rsa1"), ("k2", "rsa2")]));
+    let new = sign_with(Algorithm::RS256, Some("k2"), &claims("bob"), "rsa2");
+    assert_eq!(
+        app.bearer("/me", &new).await.status(),
+        200,
+        "accepted after refetch, no restart"
+    );
+    assert_eq!(server.hits(), 2, "one refetch for the new kid");
+    assert_eq!(app.bearer("/me", &old).await.status(), 200);
+
+    // A burst of forged kids inside the interval: no fetch at all.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = app.client.clone();
+        let url = format!("{}/me", app.base);
+        let forged = sign_with(
+            Algorithm::RS256,
+            Some(&format!("forged-{i}")),
+            &claims("eve"),
+            "rsa2",
+        );
+        tasks.push(tokio::spawn(async move {
+            client.get(url).bearer_auth(forged).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    assert_eq!(
+        server.hits(),
+        2,
+        "forged kids within the interval cause no refetch"
+    );
+
+    // After the interval: a second burst causes exactly one refetch.
+    clock.advance(Duration::from_secs(31));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = app.client.clone();
+        let url = format!("{}/me", app.base);
+        let forged = sign_with(
+            Algorithm::RS256,
+            Some(&format!("forged2-{i}")),
+            &claims("eve"),
+            "rsa2",
+        );
+        tasks.push(tokio::spawn(async move {
+            client.get(url).bearer_auth(forged).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    assert_eq!(server.hits(), 3, "one refetch per interval");
+    assert_eq!(handle.jwks_fetch_count(), 3);
+
+    // k1 retired: new k1 tokens fail once the keys are refetched (cached ones
+    // still end at their exp, at the latest).
+    server.set_doc(rsa_doc(&[("k2", "rsa2")]));
+    clock.advance(Duration::from_secs(31));
+    let probe = sign_with(Algorithm::RS256, Some("k3"), &claims("eve"), "rsa2");
+    assert_eq!(app.bearer("/me", &probe).await.status(), 401);
+    assert_eq!(server.hits(), 4);
+    let fresh_old = sign_with(Algorithm::RS256, Some("k1"), &claims("carol"), "rsa1");
+    assert_eq!(app.bearer("/me", &fresh_old).await.status(), 401);
+}
+
+#[tokio::test]
+async fn background_refresh_honours_max_age() {
+    let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
+    *server.cache_control.lock().unwrap() = Some("public, max-age=0".into());
+    let clock = FakeClock::new(Timestamp::from_secs(now()));
+    let layer = AuthLayer::builder(jwks_config(&server.url(), 0.1), pseudonymizer())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let app = run(app(layer)).await;
+    // Use up the unknown-kid refetch (the fake clock never moves), so only the
+    // background refresh can bring in new keys.
+    let forged = sign_with(Algorithm::RS256, Some("nope"), &claims("eve"), "rsa2");
+    assert_eq!(app.bearer("/me", &forged).await.status(), 401);
+    let before = server.hits();
+
+    server.set_doc(rsa_doc(&[("k1", "rsa1"), ("k2", "rsa2")]));
+    wait_for_hits(&server, before + 1).await;
+    let new = sign_with(Algorithm::RS256, Some("k2"), &claims("bob"), "rsa2");
+    assert_eq!(app.bearer("/me", &new).await.status(), 200);
+
+    // max-age=3600 is honoured: once a fetch has seen it, no refresh for a while.
+    *server.cache_control.lock().unwrap() = Some("max-age=3600".into());
+    let seen = server.hits() + 1;
+    wait_for_hits(&server, seen).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = server.hits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.hits(), settled, "max-age=3600 defers the next refresh");
+}
+
+#[tokio::test]
+async fn endpoint_down_keeps_the_last_good_keys() {
+    let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
+    *server.cache_control.lock().unwrap() = Some("max-age=0".into());
+    let layer = AuthLayer::from_config(&jwks_config(&server.url(), 0.05), pseudonymizer())
+        .await
+        .unwrap();
+    let app = run(app(layer)).await;
+    assert_eq!(
+        app.bearer("/me", &sign(Algorithm::RS256, Some("k1"), &claims("alice")))
+            .await
+            .status(),
+        200
+    );
+
+    server.set_status(StatusCode::INTERNAL_SERVER_ERROR);
+    let hits = server.hits();
+    wait_for_hits(&server, hits + 2).await;
+    // Uncached tokens (new subjects) under the old key still verify.
+    for sub in ["bob", "carol"] {
+        let t = sign(Algorithm::RS256, Some("k1"), &claims(sub));
+        assert_eq!(app.bearer("/me", &t).await.status(), 200, "{sub}");
+    }
+    // A document without usable keys is refused too, keeping the old keys.
+    server.set_status(StatusCode::OK);
+    server.set_doc(json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1", "alg": "HS256"}]}));
+    let hits = server.hits();
+    wait_for_hits(&server, hits + 2).await;
+    let t = sign(Algorithm::RS256, Some("k1"), &claims("dave"));
+    assert_eq!(app.bearer("/me", &t).await.status(), 200);
+}
+
+#[tokio::test]
+async fn start_without_jwks() {
+    // Nothing listens on this port: bind one, then free it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    drop(listener);
+    let err = AuthLayer::from_config(&config(Some(&url)), pseudonymizer())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("auth.jwt.jwks_url: first fetch failed"),
+        "{err}"
+    );
+
+    // When allowed, the layer starts with its static keys and keeps answering.
+    let mut cfg = config(Some(&url));
+    cfg.jwt.as_mut().unwrap().jwks_required_at_start = false;
+    let layer = AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap();
+    let app = run(app(layer)).await;
+    let hs = sign(Algorithm::HS256, Some("hs256"), &claims("alice"));
+    assert_eq!(app.bearer("/me", &hs).await.status(), 200);
+    let rs = sign(Algorithm::RS256, Some("rs256"), &claims("alice"));
+    assert_eq!(outcome(app.bearer("/me", &rs).await).await.0, 401);
+}

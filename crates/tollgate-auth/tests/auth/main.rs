@@ -1,0 +1,9 @@
+//! tollgate-auth over real HTTP: JWKS and introspection servers on 127.0.0.1.
+
+mod api_keys;
+mod canary;
+mod common;
+mod freeze;
+mod introspection;
+mod jwks;
+mod jwt;
