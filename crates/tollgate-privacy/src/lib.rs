@@ -15,5 +15,5 @@ mod trace_id;
 
 pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig, PrivacyConfigError};
 pub use layer::{PrivacyTrace, PrivacyTraceLayer, ResponseFuture, TARGET, UNMATCHED_ROUTE};
-pub use log::{MinuteTimer, json_layer};
+pub use log::{JsonLogLayer, json_layer};
 pub use trace_id::{TraceId, TraceIdHex};

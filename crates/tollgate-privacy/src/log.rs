@@ -1,26 +1,281 @@
-//! A JSON log subscriber that writes the request line as tollgate means it: the
+//! The request log writer: one JSON line per event, with the enclosing request
 //! span's fields, timestamps to the minute.
+//!
+//! tracing-subscriber's own JSON formatter re-parses and re-serializes a span's
+//! fields on every `record`, which costs more than the rest of the stack together.
+//! [`JsonLogLayer`] keeps the request span's fields as typed slots instead and
+//! writes the line once, when the event fires. Its output has the shape of
+//! tracing-subscriber's JSON format (`timestamp`, `level`, `fields`, `target`,
+//! `span`), so log pipelines that read one read the other.
 
-use std::fmt;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
 
-use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
-use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::{self as tfmt, MakeWriter};
+use tracing::field::{Field, FieldSet, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
 
 use tollgate_core::{Clock, SystemClock};
 
-/// Writes log timestamps to the minute (`2026-11-25T14:07:00Z`): exact times are a
-/// linking dimension that request logs rarely need (latency is logged separately).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MinuteTimer;
+use crate::layer::TARGET;
 
-impl FormatTime for MinuteTimer {
-    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        let minutes = SystemClock.now().as_secs() / 60;
-        let (y, m, d) = civil_from_days((minutes / 1440) as i64);
-        let (hh, mm) = ((minutes % 1440) / 60, minutes % 60);
-        write!(w, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:00Z")
+/// A tracing-subscriber layer that writes every event as one JSON line, with the
+/// fields of its enclosing tollgate request span under `span` and the time to the
+/// minute (exact times are a linking dimension that request logs rarely need;
+/// latency is logged separately).
+///
+/// Pair it with a non-blocking writer (such as `tracing_appender::non_blocking`) so a
+/// request never waits on a write to stdout.
+///
+/// ```
+/// use tracing_subscriber::prelude::*;
+///
+/// let subscriber = tracing_subscriber::registry()
+///     .with(tollgate_privacy::JsonLogLayer::new(std::io::stdout))
+///     .with(tracing_subscriber::filter::LevelFilter::INFO);
+/// # let _ = subscriber;
+/// ```
+#[derive(Debug)]
+pub struct JsonLogLayer<W> {
+    make_writer: W,
+}
+
+impl<W> JsonLogLayer<W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    /// A layer writing lines to `make_writer`.
+    pub fn new(make_writer: W) -> Self {
+        JsonLogLayer { make_writer }
     }
+}
+
+/// Shorthand for [`JsonLogLayer::new`].
+pub fn json_layer<W>(make_writer: W) -> JsonLogLayer<W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    JsonLogLayer::new(make_writer)
+}
+
+/// Most fields a request span may declare.
+const MAX_FIELDS: usize = 32;
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Empty,
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    /// Escaped JSON string content, as a range of `RequestFields::text`.
+    Str(u32, u32),
+}
+
+/// A request span's recorded fields, kept in the span's extensions.
+struct RequestFields {
+    names: &'static FieldSet,
+    slots: [Slot; MAX_FIELDS],
+    text: Vec<u8>,
+}
+
+impl RequestFields {
+    fn set(&mut self, field: &Field, slot: Slot) {
+        if let Some(s) = self.slots.get_mut(field.index()) {
+            *s = slot;
+        }
+    }
+
+    fn set_str(&mut self, field: &Field, write: impl FnOnce(&mut JsonEscaper<'_>) -> fmt::Result) {
+        let start = self.text.len();
+        let _ = write(&mut JsonEscaper(&mut self.text));
+        let slot = Slot::Str(start as u32, self.text.len() as u32);
+        self.set(field, slot);
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for field in self.names.iter() {
+            let slot = self.slots.get(field.index()).copied().unwrap_or(Slot::Empty);
+            if matches!(slot, Slot::Empty) {
+                continue;
+            }
+            write_key(out, field.name());
+            match slot {
+                Slot::Empty => {}
+                Slot::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+                Slot::I64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+                Slot::F64(v) => write_f64(out, v),
+                Slot::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
+                Slot::Str(a, b) => {
+                    out.push(b'"');
+                    out.extend_from_slice(&self.text[a as usize..b as usize]);
+                    out.push(b'"');
+                }
+            }
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""name":"request"}"#);
+    }
+}
+
+impl Visit for RequestFields {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(field, Slot::U64(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field, Slot::I64(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field, Slot::F64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field, Slot::Bool(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set_str(field, |w| w.write_str(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.set_str(field, |w| write!(w, "{value:?}"));
+    }
+}
+
+/// Writes an event's own fields as a JSON object body.
+struct EventFields<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl EventFields<'_> {
+    fn key(&mut self, field: &Field) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_key(self.out, field.name());
+    }
+}
+
+impl Visit for EventFields<'_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        write_f64(self.out, value);
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        self.out.push(b'"');
+        let _ = JsonEscaper(self.out).write_str(value);
+        self.out.push(b'"');
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        self.out.push(b'"');
+        let _ = write!(JsonEscaper(self.out), "{value:?}");
+        self.out.push(b'"');
+    }
+}
+
+/// `"name":`
+fn write_key(out: &mut Vec<u8>, name: &str) {
+    out.push(b'"');
+    let _ = JsonEscaper(out).write_str(name);
+    out.extend_from_slice(b"\":");
+}
+
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let _ = write!(out, "{v}");
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Writes text into a buffer as the content of a JSON string.
+struct JsonEscaper<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for JsonEscaper<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            self.0.extend_from_slice(&bytes[start..i]);
+            if escape.is_empty() {
+                let _ = write!(self.0, "\\u{:04x}", b);
+            } else {
+                self.0.extend_from_slice(escape);
+            }
+            start = i + 1;
+        }
+        self.0.extend_from_slice(&bytes[start..]);
+        Ok(())
+    }
+}
+
+fn level_str(level: &Level) -> &'static str {
+    match *level {
+        Level::TRACE => "TRACE",
+        Level::DEBUG => "DEBUG",
+        Level::INFO => "INFO",
+        Level::WARN => "WARN",
+        Level::ERROR => "ERROR",
+    }
+}
+
+thread_local! {
+    /// The line being written, reused across events on this thread.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    /// The last minute formatted on this thread and its text.
+    static MINUTE: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
+}
+
+/// `2026-11-25T14:07:00Z` for the current minute, cached per thread.
+fn write_minute(out: &mut Vec<u8>) {
+    let minutes = SystemClock.now().as_secs() / 60;
+    MINUTE.with_borrow_mut(|(cached, text)| {
+        if *cached != minutes {
+            let (y, m, d) = civil_from_days((minutes / 1440) as i64);
+            let (hh, mm) = ((minutes % 1440) / 60, minutes % 60);
+            let mut buf = Vec::with_capacity(20);
+            let _ = write!(buf, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:00Z");
+            if buf.len() == 20 {
+                text.copy_from_slice(&buf);
+                *cached = minutes;
+            } else {
+                // Years past 9999: write uncached.
+                out.extend_from_slice(&buf);
+                return;
+            }
+        }
+        out.extend_from_slice(&text[..]);
+    });
 }
 
 /// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
@@ -36,31 +291,69 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// A tracing-subscriber JSON layer for request logs: one line per event, the
-/// request span's fields under `span`, timestamps to the minute.
-///
-/// ```
-/// use tracing_subscriber::prelude::*;
-///
-/// let subscriber = tracing_subscriber::registry().with(tollgate_privacy::json_layer(std::io::stdout));
-/// # let _ = subscriber;
-/// ```
-pub fn json_layer<S, W>(writer: W) -> tfmt::Layer<S, JsonFields, Format<Json, MinuteTimer>, W>
+impl<S, W> Layer<S> for JsonLogLayer<W>
 where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + 'static,
 {
-    tfmt::layer()
-        .json()
-        .with_timer(MinuteTimer)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(writer)
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let metadata = attrs.metadata();
+        if metadata.target() != TARGET {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = RequestFields {
+            names: metadata.fields(),
+            slots: [Slot::Empty; MAX_FIELDS],
+            text: Vec::with_capacity(160),
+        };
+        attrs.record(&mut fields);
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        if let Some(fields) = span.extensions_mut().get_mut::<RequestFields>() {
+            values.record(fields);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let metadata = event.metadata();
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.extend_from_slice(br#"{"timestamp":""#);
+            write_minute(line);
+            line.extend_from_slice(br#"","level":""#);
+            line.extend_from_slice(level_str(metadata.level()).as_bytes());
+            line.extend_from_slice(br#"","fields":{"#);
+            event.record(&mut EventFields {
+                out: line,
+                first: true,
+            });
+            line.extend_from_slice(br#"},"target":""#);
+            let _ = JsonEscaper(line).write_str(metadata.target());
+            line.push(b'"');
+            if let Some(scope) = ctx.event_scope(event) {
+                for span in scope {
+                    if let Some(fields) = span.extensions().get::<RequestFields>() {
+                        line.extend_from_slice(br#","span":"#);
+                        fields.write_json(line);
+                        break;
+                    }
+                }
+            }
+            line.extend_from_slice(b"}\n");
+            let _ = self.make_writer.make_writer_for(metadata).write_all(line);
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::prelude::*;
 
     #[test]
     fn dates() {
@@ -68,5 +361,61 @@ mod tests {
         assert_eq!(civil_from_days(20_517), (2026, 3, 5));
         assert_eq!(civil_from_days(20_782), (2026, 11, 25));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn capture(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).expect(l)).collect()
+    }
+
+    #[test]
+    fn request_span_fields_and_escaping() {
+        let lines = capture(|| {
+            let span = tracing::info_span!(target: TARGET, "request", a = "q\"uo\\te\n", b = tracing::field::Empty, c = tracing::field::Empty);
+            span.record("b", 7u64);
+            span.record("b", 8u64);
+            span.record("c", tracing::field::display("shown"));
+            let _e = span.enter();
+            tracing::info!(n = -3i64, ok = true, "done \u{1}");
+        });
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        assert_eq!(l["span"]["a"], "q\"uo\\te\n");
+        assert_eq!(l["span"]["b"], 8);
+        assert_eq!(l["span"]["c"], "shown");
+        assert_eq!(l["span"]["name"], "request");
+        assert_eq!(l["fields"]["message"], "done \u{1}");
+        assert_eq!(l["fields"]["n"], -3);
+        assert_eq!(l["fields"]["ok"], true);
+        assert_eq!(l["level"], "INFO");
+        assert!(l["timestamp"].as_str().unwrap().ends_with(":00Z"));
+    }
+
+    #[test]
+    fn other_spans_are_not_kept() {
+        let lines = capture(|| {
+            let span = tracing::info_span!("other", secret = "x");
+            let _e = span.enter();
+            tracing::warn!("outside any request");
+        });
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].get("span").is_none());
+        assert_eq!(lines[0]["level"], "WARN");
     }
 }
