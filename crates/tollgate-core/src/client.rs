@@ -152,7 +152,7 @@ impl ClientConfig {
         let (bytes, len) = network.to_bytes();
         ClientContext {
             network,
-            network_pseudonym: p.pseudonym(Domain::NETWORK, &bytes[..len]),
+            network_pseudonym: p.pseudonym_memoized(Domain::NETWORK, &bytes[..len]),
         }
     }
 }

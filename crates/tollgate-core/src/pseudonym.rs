@@ -8,8 +8,10 @@
 //!
 //! Both are one-way: there is no accessor for the input.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -215,6 +217,8 @@ struct EpochKey {
 }
 
 struct Inner {
+    /// Distinguishes pseudonymizers in the per-thread memo.
+    id: u64,
     root: HmacSha256,
     digest_mac: HmacSha256,
     epoch_nanos: u64,
@@ -286,7 +290,9 @@ impl Pseudonymizer {
         let epoch_nanos = duration_nanos(epoch).max(1_000_000_000);
         let epoch_index = clock.now().as_nanos() / epoch_nanos;
         let current = ArcSwap::from_pointee(epoch_key(&root, epoch_index));
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Pseudonymizer(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             root,
             digest_mac,
             epoch_nanos,
@@ -333,6 +339,48 @@ impl Pseudonymizer {
         Pseudonym { epoch, bytes }
     }
 
+    /// As [`Pseudonymizer::pseudonym`], remembered in a small per-thread table.
+    ///
+    /// Only for short, already coarsened inputs (network prefixes, at most
+    /// [`MEMO_INPUT_LEN`] bytes): the table holds the input in this process's memory
+    /// for as long as its slot is not reused. Longer inputs are not remembered.
+    pub fn pseudonym_memoized(&self, domain: Domain, input: &[u8]) -> Pseudonym {
+        if input.len() > MEMO_INPUT_LEN {
+            return self.pseudonym(domain, input);
+        }
+        let now = self.0.clock.now();
+        let epoch = now.as_nanos() / self.0.epoch_nanos;
+        let mut key = [0u8; MEMO_INPUT_LEN];
+        key[..input.len()].copy_from_slice(input);
+        let slot = memo_slot(self.0.id, domain, &key);
+        let hit = MEMO.with_borrow(|memo| {
+            memo.get(slot).copied().flatten().filter(|e| {
+                e.owner == self.0.id
+                    && e.domain == domain.0
+                    && usize::from(e.len) == input.len()
+                    && e.input == key
+                    && e.pseudonym.epoch == epoch
+            })
+        });
+        if let Some(entry) = hit {
+            return entry.pseudonym;
+        }
+        let pseudonym = self.pseudonym_at(domain, input, now);
+        MEMO.with_borrow_mut(|memo| {
+            if memo.is_empty() {
+                memo.resize(MEMO_SLOTS, None);
+            }
+            memo[slot] = Some(MemoEntry {
+                owner: self.0.id,
+                domain: domain.0,
+                len: input.len() as u8,
+                input: key,
+                pseudonym,
+            });
+        });
+        pseudonym
+    }
+
     /// The stable keyed digest of `input` in `domain`, for store keys.
     pub fn digest(&self, domain: Domain, input: &[u8]) -> KeyedDigest {
         let out = finish(self.0.digest_mac.clone(), domain, input);
@@ -340,6 +388,33 @@ impl Pseudonymizer {
         bytes.copy_from_slice(&out[..DIGEST_LEN]);
         KeyedDigest(bytes)
     }
+}
+
+/// The longest input [`Pseudonymizer::pseudonym_memoized`] remembers: an IPv6 prefix
+/// in [`crate::coarsen::NetworkPrefix::to_bytes`] form.
+pub const MEMO_INPUT_LEN: usize = 18;
+const MEMO_SLOTS: usize = 256;
+
+#[derive(Clone, Copy)]
+struct MemoEntry {
+    owner: u64,
+    domain: &'static str,
+    len: u8,
+    input: [u8; MEMO_INPUT_LEN],
+    pseudonym: Pseudonym,
+}
+
+thread_local! {
+    static MEMO: RefCell<Vec<Option<MemoEntry>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A direct-mapped slot for (pseudonymizer, domain, input): FNV-1a, folded.
+fn memo_slot(owner: u64, domain: Domain, input: &[u8; MEMO_INPUT_LEN]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ owner;
+    for &b in domain.0.as_bytes().iter().chain(input) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as usize % MEMO_SLOTS
 }
 
 fn epoch_key(root: &HmacSha256, epoch: u64) -> EpochKey {
@@ -420,6 +495,26 @@ mod tests {
             a.pseudonym(Domain::SUBJECT, b"y")
         );
         assert_ne!(a.digest(Domain::SUBJECT, b"x"), b.digest(Domain::SUBJECT, b"x"));
+    }
+
+    #[test]
+    fn memoized_pseudonyms_match_and_follow_epochs_and_owners() {
+        let clock = FakeClock::new(Timestamp::from_secs(10 * 86_400));
+        let a = at(&clock, 1);
+        let b = at(&clock, 2);
+        let input = [4, 24, 198, 51, 100, 0];
+        for _ in 0..2 {
+            assert_eq!(a.pseudonym_memoized(Domain::NETWORK, &input), a.pseudonym(Domain::NETWORK, &input));
+            assert_eq!(b.pseudonym_memoized(Domain::NETWORK, &input), b.pseudonym(Domain::NETWORK, &input));
+            assert_eq!(a.pseudonym_memoized(Domain::SUBJECT, &input), a.pseudonym(Domain::SUBJECT, &input));
+        }
+        let before = a.pseudonym_memoized(Domain::NETWORK, &input);
+        clock.advance(DAY);
+        let after = a.pseudonym_memoized(Domain::NETWORK, &input);
+        assert_ne!(before, after);
+        assert_eq!(after, a.pseudonym(Domain::NETWORK, &input));
+        let long = [7u8; 40];
+        assert_eq!(a.pseudonym_memoized(Domain::NETWORK, &long), a.pseudonym(Domain::NETWORK, &long));
     }
 
     #[test]
