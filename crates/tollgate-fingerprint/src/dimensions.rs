@@ -3,15 +3,16 @@
 //! Each trait is reduced to a low-entropy value and written, tagged, into a small stack
 //! buffer that only ever goes into a keyed hash. Nothing here is kept or logged.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::HeaderMap;
 use http::header::{ACCEPT_LANGUAGE, USER_AGENT};
-use tollgate_core::{NetworkPrefix, UserAgentFamily};
+use tollgate_core::{NetworkPrefix, Timestamp, UserAgentFamily};
 
 use crate::config::Dimensions;
+use crate::memory::LocalHasher;
 
 /// The bytes a fingerprint is hashed from: tagged, length-prefixed fields on the stack.
 pub(crate) struct FingerprintInput {
@@ -46,59 +47,85 @@ impl FingerprintInput {
     }
 }
 
-/// Parsed user-agent families, keyed by a keyed hash of the header under a random
-/// per-process key (the raw header is never kept), bounded and expiring.
+/// Parsed user-agent families in a fixed array of slots, indexed and tagged by a
+/// hash of the header under a random per-process key (the raw header is never kept).
+/// Reads are lock-free; a slot is overwritten by the next user agent that hashes to
+/// it, and an entry older than [`USER_AGENT_CACHE_TTL`] is parsed again.
 #[derive(Clone)]
 pub(crate) struct UserAgentCache {
-    cache: Option<moka::sync::Cache<u64, Arc<UserAgentFamily>>>,
-    hasher: std::collections::hash_map::RandomState,
+    slots: Arc<[ArcSwapOption<UaEntry>]>,
+    hasher: LocalHasher,
+}
+
+struct UaEntry {
+    key: u64,
+    inserted: Timestamp,
+    family: UserAgentFamily,
 }
 
 /// How long a parsed user-agent family is cached.
 pub(crate) const USER_AGENT_CACHE_TTL: Duration = Duration::from_secs(3_600);
 
+/// The most slots the cache has, whatever the configuration asks.
+const MAX_UA_SLOTS: u64 = 1 << 16;
+
 impl UserAgentCache {
+    /// A cache of about `entries` slots (rounded up to a power of two, at most 65 536);
+    /// 0 parses every request.
     pub(crate) fn new(entries: u64) -> Self {
+        let n = if entries == 0 {
+            0
+        } else {
+            entries.min(MAX_UA_SLOTS).next_power_of_two() as usize
+        };
         UserAgentCache {
-            cache: (entries > 0).then(|| {
-                moka::sync::Cache::builder()
-                    .max_capacity(entries)
-                    .time_to_live(USER_AGENT_CACHE_TTL)
-                    .build()
-            }),
-            hasher: Default::default(),
+            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            hasher: LocalHasher::default(),
         }
     }
 
-    /// The family of the request's user agent: `other` unless there is exactly one
-    /// `User-Agent` header and it is text (as [`UserAgentFamily::from_headers`]).
-    pub(crate) fn family(&self, headers: &HeaderMap) -> Arc<UserAgentFamily> {
+    /// Calls `f` with the family of the request's user agent: `other` unless there is
+    /// exactly one `User-Agent` header and it is text (as [`UserAgentFamily::from_headers`]).
+    pub(crate) fn with_family<R>(
+        &self,
+        headers: &HeaderMap,
+        now: Timestamp,
+        f: impl FnOnce(&UserAgentFamily) -> R,
+    ) -> R {
         let mut values = headers.get_all(USER_AGENT).iter();
         let text = match (values.next(), values.next()) {
             (Some(v), None) => v.to_str().ok(),
             _ => None,
         };
         let Some(text) = text else {
-            return Arc::new(UserAgentFamily::other());
+            return f(&UserAgentFamily::other());
         };
-        let Some(cache) = &self.cache else {
-            return Arc::new(UserAgentFamily::parse(text));
-        };
-        let key = self.hasher.hash_one(text.as_bytes());
-        if let Some(family) = cache.get(&key) {
-            return family;
+        if self.slots.is_empty() {
+            return f(&UserAgentFamily::parse(text));
         }
-        let family = Arc::new(UserAgentFamily::parse(text));
-        cache.insert(key, family.clone());
-        family
+        let key = self.hasher.hash(text.as_bytes());
+        let slot = &self.slots[key as usize & (self.slots.len() - 1)];
+        {
+            let current = slot.load();
+            if let Some(entry) = current.as_deref()
+                && entry.key == key
+                && now.saturating_since(entry.inserted) < USER_AGENT_CACHE_TTL
+            {
+                return f(&entry.family);
+            }
+        }
+        let entry = Arc::new(UaEntry {
+            key,
+            inserted: now,
+            family: UserAgentFamily::parse(text),
+        });
+        slot.store(Some(entry.clone()));
+        f(&entry.family)
     }
 
     #[cfg(test)]
-    pub(crate) fn len(&self) -> u64 {
-        self.cache.as_ref().map_or(0, |c| {
-            c.run_pending_tasks();
-            c.entry_count()
-        })
+    pub(crate) fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.load().is_some()).count()
     }
 }
 
@@ -114,6 +141,7 @@ pub(crate) fn fingerprint_input(
     network: Option<NetworkPrefix>,
     headers: &HeaderMap,
     user_agents: &UserAgentCache,
+    now: Timestamp,
 ) -> FingerprintInput {
     let mut input = FingerprintInput::new();
     if dims.network {
@@ -126,15 +154,16 @@ pub(crate) fn fingerprint_input(
         }
     }
     if dims.user_agent {
-        let family = user_agents.family(headers);
-        let mut ua = [0u8; 69];
-        let name = family.family().as_bytes();
-        let name = &name[..name.len().min(64)];
-        ua[..name.len()].copy_from_slice(name);
-        ua[name.len()] = b'/';
-        let major = family.major().unwrap_or(u32::MAX).to_be_bytes();
-        ua[name.len() + 1..name.len() + 5].copy_from_slice(&major);
-        input.push(TAG_USER_AGENT, &ua[..name.len() + 5]);
+        user_agents.with_family(headers, now, |family| {
+            let mut ua = [0u8; 69];
+            let name = family.family().as_bytes();
+            let name = &name[..name.len().min(64)];
+            ua[..name.len()].copy_from_slice(name);
+            ua[name.len()] = b'/';
+            let major = family.major().unwrap_or(u32::MAX).to_be_bytes();
+            ua[name.len() + 1..name.len() + 5].copy_from_slice(&major);
+            input.push(TAG_USER_AGENT, &ua[..name.len() + 5]);
+        });
     }
     if dims.accept_language {
         let mut tag = [0u8; 8];
@@ -239,9 +268,15 @@ mod tests {
     };
 
     fn input(pairs: &[(&str, &str)]) -> Vec<u8> {
-        fingerprint_input(ALL, None, &headers(pairs), &UserAgentCache::new(10))
-            .as_bytes()
-            .to_vec()
+        fingerprint_input(
+            ALL,
+            None,
+            &headers(pairs),
+            &UserAgentCache::new(10),
+            Timestamp::ZERO,
+        )
+        .as_bytes()
+        .to_vec()
     }
 
     #[test]
@@ -322,16 +357,32 @@ mod tests {
     #[test]
     fn user_agent_cache_is_bounded_and_keyed() {
         let cache = UserAgentCache::new(50);
+        let t = Timestamp::from_secs(10_000);
+        let name = |h: &HeaderMap, t| cache.with_family(h, t, |f| f.to_string());
         for i in 0..2_000 {
-            let h = headers(&[("user-agent", &format!("Client/{i}"))]);
-            cache.family(&h);
+            name(&headers(&[("user-agent", &format!("Client/{i}"))]), t);
         }
-        assert!(cache.len() <= 50, "{}", cache.len());
-        let uncached = UserAgentCache::new(0);
+        assert!(cache.len() <= 64, "{}", cache.len());
         let firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
-        let h = headers(&[("user-agent", firefox)]);
-        assert_eq!(uncached.family(&h).to_string(), "Firefox 133");
-        assert_eq!(cache.family(&h).to_string(), "Firefox 133");
-        assert_eq!(cache.family(&h).to_string(), "Firefox 133");
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36";
+        let (ff, ch) = (
+            headers(&[("user-agent", firefox)]),
+            headers(&[("user-agent", chrome)]),
+        );
+        for _ in 0..3 {
+            assert_eq!(name(&ff, t), "Firefox 133");
+            assert_eq!(name(&ch, t), "Chrome 131");
+        }
+        // Stale entries are parsed again, with the same answer.
+        assert_eq!(name(&ff, Timestamp::from_secs(20_000)), "Firefox 133");
+        let uncached = UserAgentCache::new(0);
+        assert_eq!(uncached.with_family(&ff, t, |f| f.to_string()), "Firefox 133");
+        assert_eq!(uncached.len(), 0);
+        // A single slot: two user agents take turns, answers stay right.
+        let tiny = UserAgentCache::new(1);
+        for _ in 0..3 {
+            assert_eq!(tiny.with_family(&ff, t, |f| f.to_string()), "Firefox 133");
+            assert_eq!(tiny.with_family(&ch, t, |f| f.to_string()), "Chrome 131");
+        }
     }
 }

@@ -14,18 +14,20 @@ use axum::response::Response;
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Request};
 use pin_project_lite::pin_project;
+use tollgate_core::clock::duration_nanos;
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
 use tollgate_core::problem::types;
 use tollgate_core::{
     ClientConfig, ClientContext, Domain, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest,
-    MemoryFreezeList, MemoryStore, Principal, Problem, ProblemResponder, Pseudonym, Pseudonymizer,
-    SessionInfo, SharedClock, StateStore, StoreKey, SystemClock, fields,
+    MemoryFreezeList, NetworkPrefix, Principal, Problem, ProblemResponder, Pseudonym, Pseudonymizer,
+    SessionInfo, SharedClock, StateStore, StoreKey, SystemClock, Timestamp, fields,
 };
 use tower::{Layer, Service};
 use tracing::Span;
 
 use crate::config::{ActOn, ConfigError, FingerprintConfig, SessionPolicy};
-use crate::dimensions::{USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input};
+use crate::dimensions::{FingerprintInput, USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input};
+use crate::memory::{LocalHasher, MemorySessionStore};
 use crate::record::{Observation, SessionRecord, Thresholds, nonzero};
 
 /// The store namespace of session records: keys are `tollgate:session:{digest}`.
@@ -93,6 +95,7 @@ struct Shared {
     client: ClientConfig,
     responder: ProblemResponder,
     user_agents: UserAgentCache,
+    local: LocalHasher,
 }
 
 /// A tower layer that fingerprints each authenticated request's session and judges
@@ -107,8 +110,9 @@ struct Shared {
 /// extensions, and applies the [`SessionPolicy`]. Requests without a `Principal` pass
 /// untouched.
 ///
-/// `St` stores session records. With the default in-process [`MemoryStore`] the
-/// read-modify-write of a record is atomic per session. With another
+/// `St` stores session records. With the default in-process [`MemorySessionStore`]
+/// the read-modify-write of a record is atomic per session, and a steady session
+/// costs no HMAC (its pseudonyms are cached with the record, in memory). With another
 /// [`StateStore`] (such as Redis) it is a `get` then an `insert`: two replicas
 /// serving one session at the same instant each write their own view, and the
 /// last writer wins (one request's fingerprint may be missing from the record).
@@ -126,18 +130,21 @@ struct Shared {
 ///     .route("/me", get(|s: Option<SessionInfo>| async move { format!("{:?}", s.map(|s| s.health)) }))
 ///     .layer(layer); // inside the AuthLayer, outside the rate limiter
 /// ```
-pub struct FingerprintLayer<St = MemoryStore<SessionRecord>, F = MemoryFreezeList> {
+pub struct FingerprintLayer<St = MemorySessionStore, F = MemoryFreezeList> {
     shared: Arc<Shared>,
+    backends: Arc<Backends<St, F>>,
+}
+
+struct Backends<St, F> {
     store: St,
     freeze_list: F,
 }
 
-impl<St: Clone, F: Clone> Clone for FingerprintLayer<St, F> {
+impl<St, F> Clone for FingerprintLayer<St, F> {
     fn clone(&self) -> Self {
         FingerprintLayer {
             shared: self.shared.clone(),
-            store: self.store.clone(),
-            freeze_list: self.freeze_list.clone(),
+            backends: self.backends.clone(),
         }
     }
 }
@@ -176,7 +183,7 @@ impl FingerprintLayer {
     }
 }
 
-impl<F: FreezeList> FingerprintLayer<MemoryStore<SessionRecord>, F> {
+impl<F: FreezeList> FingerprintLayer<MemorySessionStore, F> {
     /// A layer from its configuration, with the freeze list shared with the
     /// authentication layer. Fails on an invalid setting, naming it.
     pub fn from_config(
@@ -194,11 +201,14 @@ impl<F: FreezeList> FingerprintLayer<MemoryStore<SessionRecord>, F> {
             client: ClientConfig::default(),
             responder: ProblemResponder::default(),
             user_agents: UserAgentCache::new(config.user_agent_cache),
+            local: LocalHasher::default(),
         };
         Ok(FingerprintLayer {
             shared: Arc::new(shared),
-            store: MemoryStore::new(config.max_sessions),
-            freeze_list,
+            backends: Arc::new(Backends {
+                store: MemorySessionStore::new(config.max_sessions, config.session_ttl()),
+                freeze_list,
+            }),
         })
     }
 }
@@ -252,11 +262,16 @@ impl<St, F> FingerprintLayer<St, F> {
 
     /// Freezes through `freeze_list`: give it the authentication layer's, so that a
     /// frozen credential is refused from the next request on.
-    pub fn freeze_list<F2: FreezeList>(self, freeze_list: F2) -> FingerprintLayer<St, F2> {
+    pub fn freeze_list<F2: FreezeList>(self, freeze_list: F2) -> FingerprintLayer<St, F2>
+    where
+        St: Clone,
+    {
         FingerprintLayer {
             shared: self.shared,
-            store: self.store,
-            freeze_list,
+            backends: Arc::new(Backends {
+                store: self.backends.store.clone(),
+                freeze_list,
+            }),
         }
     }
 
@@ -264,17 +279,20 @@ impl<St, F> FingerprintLayer<St, F> {
     pub fn store<St2>(self, store: St2) -> FingerprintLayer<St2, F>
     where
         St2: StateStore<SessionRecord>,
+        F: Clone,
     {
         FingerprintLayer {
             shared: self.shared,
-            store,
-            freeze_list: self.freeze_list,
+            backends: Arc::new(Backends {
+                store,
+                freeze_list: self.backends.freeze_list.clone(),
+            }),
         }
     }
 
     /// The session store.
     pub fn session_store(&self) -> &St {
-        &self.store
+        &self.backends.store
     }
 
     /// The configuration in force.
@@ -422,7 +440,7 @@ impl<St, F> FingerprintLayer<St, F> {
     }
 }
 
-impl<S, St: Clone, F: Clone> Layer<S> for FingerprintLayer<St, F> {
+impl<S, St, F> Layer<S> for FingerprintLayer<St, F> {
     type Service = FingerprintService<S, St, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -434,12 +452,12 @@ impl<S, St: Clone, F: Clone> Layer<S> for FingerprintLayer<St, F> {
 }
 
 /// The service made by [`FingerprintLayer`].
-pub struct FingerprintService<S, St = MemoryStore<SessionRecord>, F = MemoryFreezeList> {
+pub struct FingerprintService<S, St = MemorySessionStore, F = MemoryFreezeList> {
     inner: S,
     layer: FingerprintLayer<St, F>,
 }
 
-impl<S: Clone, St: Clone, F: Clone> Clone for FingerprintService<S, St, F> {
+impl<S: Clone, St, F> Clone for FingerprintService<S, St, F> {
     fn clone(&self) -> Self {
         FingerprintService {
             inner: self.inner.clone(),
@@ -530,10 +548,11 @@ enum Decision {
     Freeze(Freeze),
 }
 
-/// One request's fingerprint.
-struct Seen {
-    observation: Observation,
-    fingerprint: Pseudonym,
+/// One request's coarsened traits, before any keyed hash.
+struct Traits {
+    now: Timestamp,
+    network: Option<NetworkPrefix>,
+    input: FingerprintInput,
 }
 
 fn first_u64(d: KeyedDigest) -> u64 {
@@ -551,9 +570,9 @@ impl Shared {
         }
     }
 
-    /// The request's fingerprint; computes and inserts the [`ClientContext`] when no
-    /// outer layer did.
-    fn see<B>(&self, req: &mut Request<B>, issued_at: Option<tollgate_core::Timestamp>) -> Seen {
+    /// The request's coarsened traits; computes and inserts the [`ClientContext`]
+    /// when no outer layer did.
+    fn traits<B>(&self, req: &mut Request<B>) -> Traits {
         let dims = self.config.dimensions;
         let network = if dims.network {
             match req.extensions().get::<ClientContext>() {
@@ -570,26 +589,108 @@ impl Shared {
         } else {
             None
         };
-        let input = fingerprint_input(dims, network, req.headers(), &self.user_agents);
-        let p = &self.pseudonymizer;
-        let network_hash = network.map(|n| {
-            let (bytes, len) = n.to_bytes();
-            first_u64(p.digest(SESSION_NETWORK, &bytes[..len]))
-        });
-        Seen {
-            observation: Observation {
-                now: self.clock.now(),
-                fingerprint: first_u64(p.digest(Domain::FINGERPRINT, input.as_bytes())),
-                network: network_hash,
-                issued_at,
-            },
-            fingerprint: p.pseudonym(Domain::FINGERPRINT, input.as_bytes()),
+        let now = self.clock.now();
+        Traits {
+            now,
+            network,
+            input: fingerprint_input(dims, network, req.headers(), &self.user_agents, now),
         }
     }
 
-    fn session_pseudonym(&self, credential: &KeyedDigest) -> Pseudonym {
+    fn network_hash(&self, network: NetworkPrefix) -> u64 {
+        let (bytes, len) = network.to_bytes();
+        first_u64(self.pseudonymizer.digest(SESSION_NETWORK, &bytes[..len]))
+    }
+
+    fn fingerprint_hash(&self, input: &[u8], now: Timestamp) -> (u64, Pseudonym) {
+        let p = &self.pseudonymizer;
+        (
+            first_u64(p.digest(Domain::FINGERPRINT, input)),
+            p.pseudonym_at(Domain::FINGERPRINT, input, now),
+        )
+    }
+
+    fn session_pseudonym(&self, credential: &KeyedDigest, now: Timestamp) -> Pseudonym {
         self.pseudonymizer
-            .pseudonym(Domain::SESSION, credential.to_hex().as_str().as_bytes())
+            .pseudonym_at(Domain::SESSION, credential.to_hex().as_str().as_bytes(), now)
+    }
+
+    /// The pseudonym epoch `now` falls in.
+    fn epoch(&self, now: Timestamp) -> u64 {
+        now.as_nanos() / duration_nanos(self.pseudonymizer.epoch_length()).max(1)
+    }
+
+    /// Every keyed hash of the request, computed afresh (the remote-store path).
+    fn observation(&self, traits: &Traits, issued_at: Option<Timestamp>) -> (Observation, Pseudonym) {
+        let (fingerprint, fingerprint_pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), traits.now);
+        let observation = Observation {
+            now: traits.now,
+            fingerprint,
+            network: traits.network.map(|n| self.network_hash(n)),
+            issued_at,
+        };
+        (observation, fingerprint_pseudonym)
+    }
+
+    /// Judges the request through the in-process store, in one locked update of the
+    /// session's cell; keyed hashes are reused while the session's traits and the
+    /// pseudonym epoch stay the same.
+    fn observe_local(
+        &self,
+        store: &MemorySessionStore,
+        credential: KeyedDigest,
+        traits: &Traits,
+        issued_at: Option<Timestamp>,
+    ) -> SessionInfo {
+        let now = traits.now;
+        let epoch = self.epoch(now);
+        let input_key = self.local.hash(traits.input.as_bytes());
+        let network_key = traits.network.map(|n| {
+            let (bytes, len) = n.to_bytes();
+            (n, self.local.hash(&bytes[..len]))
+        });
+        let cell = store.cell(credential);
+        let mut cell = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let session = match cell.session {
+            Some(s) if s.epoch() == epoch => s,
+            _ => {
+                let s = self.session_pseudonym(&credential, now);
+                cell.session = Some(s);
+                s
+            }
+        };
+        let (fingerprint, fingerprint_pseudonym) = match cell.fingerprint {
+            Some((key, hash, pseudonym)) if key == input_key && pseudonym.epoch() == epoch => {
+                (hash, pseudonym)
+            }
+            _ => {
+                let (hash, pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), now);
+                cell.fingerprint = Some((input_key, hash, pseudonym));
+                (hash, pseudonym)
+            }
+        };
+        let network = network_key.map(|(prefix, key)| match cell.network {
+            Some((k, hash)) if k == key => hash,
+            _ => {
+                let hash = self.network_hash(prefix);
+                cell.network = Some((key, hash));
+                hash
+            }
+        });
+        let observation = Observation {
+            now,
+            fingerprint,
+            network,
+            issued_at,
+        };
+        let record = SessionRecord::observe(cell.record.as_ref(), &observation, &self.thresholds);
+        cell.record = Some(record);
+        SessionInfo {
+            session,
+            fingerprint: fingerprint_pseudonym,
+            health: record.health,
+            reasons: record.reasons,
+        }
     }
 
     /// Applies `settings` to the verdict; records the outcome in `span`.
@@ -722,23 +823,10 @@ where
             return ResponseFuture::inner(self.inner.call(req));
         };
 
-        let seen = shared.see(&mut req, issued_at);
-        let session = shared.session_pseudonym(&credential);
-        let key = session_key(&credential);
-        let ttl = SessionRecord::ttl(shared.config.session_ttl());
-        let thresholds = shared.thresholds;
-
-        if let Some(memory) = (&self.layer.store as &dyn Any).downcast_ref::<MemoryStore<SessionRecord>>() {
-            let record = memory.update(key, |prev| {
-                let next = SessionRecord::observe(prev, &seen.observation, &thresholds);
-                (Some((next, ttl)), next)
-            });
-            let info = SessionInfo {
-                session,
-                fingerprint: seen.fingerprint,
-                health: record.health,
-                reasons: record.reasons,
-            };
+        let traits = shared.traits(&mut req);
+        let backends = &self.layer.backends;
+        if let Some(memory) = (&backends.store as &dyn Any).downcast_ref::<MemorySessionStore>() {
+            let info = shared.observe_local(memory, credential, &traits, issued_at);
             let span = Span::current();
             record_verdict(&span, &info);
             req.extensions_mut().insert(info);
@@ -747,14 +835,19 @@ where
         }
 
         // A remote store: get, then insert (last writer wins).
+        let (observation, fingerprint) = shared.observation(&traits, issued_at);
+        let session = shared.session_pseudonym(&credential, traits.now);
+        let key = session_key(&credential);
+        let ttl = SessionRecord::ttl(shared.config.session_ttl());
+        let thresholds = shared.thresholds;
         let shared = shared.clone();
-        let store = self.layer.store.clone();
-        let freeze_list = self.layer.freeze_list.clone();
+        let backends = backends.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = Span::current();
         ResponseFuture::boxed(Box::pin(async move {
             span.record(fields::SESSION, session.to_hex().as_str());
+            let store = &backends.store;
             let prev = match store.get(&key).await {
                 Ok(prev) => prev,
                 Err(error) => {
@@ -767,13 +860,13 @@ where
                     };
                 }
             };
-            let record = SessionRecord::observe(prev.as_ref(), &seen.observation, &thresholds);
+            let record = SessionRecord::observe(prev.as_ref(), &observation, &thresholds);
             if let Err(error) = store.insert(&key, record, ttl).await {
                 tracing::warn!(target: "tollgate::fingerprint", %error, "could not save the session record");
             }
             let info = SessionInfo {
                 session,
-                fingerprint: seen.fingerprint,
+                fingerprint,
                 health: record.health,
                 reasons: record.reasons,
             };
@@ -782,7 +875,9 @@ where
             match shared.decide(&info, Some(credential), settings, &span) {
                 Decision::Pass => inner.call(req).await,
                 Decision::Respond(response) => Ok(response),
-                Decision::Freeze(freeze) => Ok(freeze_and_respond(shared, freeze_list, freeze).await),
+                Decision::Freeze(freeze) => {
+                    Ok(freeze_and_respond(shared, backends.freeze_list.clone(), freeze).await)
+                }
             }
         }))
     }
@@ -802,7 +897,7 @@ where
             Decision::Respond(response) => ResponseFuture::ready(response),
             Decision::Freeze(freeze) => {
                 let shared = self.layer.shared.clone();
-                let list = self.layer.freeze_list.clone();
+                let list = self.layer.backends.freeze_list.clone();
                 ResponseFuture::boxed(Box::pin(async move {
                     Ok(freeze_and_respond(shared, list, freeze).await)
                 }))

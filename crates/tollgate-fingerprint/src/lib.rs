@@ -29,11 +29,13 @@
 mod config;
 mod dimensions;
 mod layer;
+mod memory;
 mod record;
 
 pub use config::{ActOn, ConfigError, Dimensions, FingerprintConfig, SessionPolicy};
 pub use layer::{
     FingerprintLayer, FingerprintOverride, FingerprintService, ResponseFuture, SESSION_NAMESPACE, session_key,
 };
+pub use memory::MemorySessionStore;
 pub use record::{MAX_FINGERPRINTS, MAX_NETWORKS, NetworkSeen, SessionRecord};
 pub use tollgate_core::{SessionHealth, SessionInfo, SessionReason, SessionReasons};

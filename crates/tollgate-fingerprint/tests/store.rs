@@ -24,13 +24,13 @@ use tower::{Layer, Service, ServiceExt};
 fn handler()
 -> impl Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone + Send {
     tower::service_fn(|req: Request<Body>| async move {
-        let health = req
-            .extensions()
-            .get::<SessionInfo>()
-            .map_or("none", |i| i.health.as_str());
+        let info = req.extensions().get::<SessionInfo>();
+        let health = info.map_or("none", |i| i.health.as_str());
+        let session = info.map_or(String::new(), |i| format!("{} {}", i.session, i.fingerprint));
         Ok::<_, Infallible>(
             Response::builder()
                 .header("x-health", health)
+                .header("x-session", session)
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -283,4 +283,72 @@ fn a_bad_config_fails_at_build_naming_the_setting() {
         err.to_string().contains("fingerprint.alternation_switches"),
         "{err}"
     );
+}
+
+fn session_header(r: &Response) -> String {
+    r.headers()["x-session"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn pseudonyms_rotate_with_the_epoch_and_verdicts_do_not() {
+    let env = Env::new();
+    let layer = env.layer(&FingerprintConfig::default());
+    let svc = layer.layer(handler());
+    let principal = env.principal("jti-epoch");
+    let first = send(&svc, request(&env, &principal, "198.51.100.7")).await;
+    let again = send(&svc, request(&env, &principal, "198.51.100.7")).await;
+    assert_eq!(
+        session_header(&first),
+        session_header(&again),
+        "cached pseudonyms are the same"
+    );
+    // The same pseudonyms as computed afresh by a layer with an empty store.
+    let fresh = env.layer(&FingerprintConfig::default()).layer(handler());
+    let other = send(&fresh, request(&env, &principal, "198.51.100.7")).await;
+    assert_eq!(session_header(&first), session_header(&other));
+
+    env.clock.advance(Duration::from_secs(86_400));
+    let next_day = send(&svc, request(&env, &principal, "198.51.100.7")).await;
+    assert_eq!(
+        health(&next_day),
+        "healthy",
+        "stable digests: same fingerprint, same network"
+    );
+    let (before, after) = (session_header(&first), session_header(&next_day));
+    let (before, after): (Vec<&str>, Vec<&str>) = (before.split(' ').collect(), after.split(' ').collect());
+    assert_ne!(before[0], after[0], "session pseudonym rotates");
+    assert_ne!(before[1], after[1], "fingerprint pseudonym rotates");
+    let record = layer.session_store().record(&principal.credential_key()).unwrap();
+    assert_eq!(record.requests, 3);
+    assert_eq!(record.fingerprints[1], 0, "one fingerprint across the epoch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_session_are_all_counted() {
+    let env = Env::new();
+    let layer = env.layer(&FingerprintConfig::default());
+    let svc = layer.layer(handler());
+    let principal = env.principal("jti-busy");
+    let env = Arc::new(env);
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (svc, env, principal) = (svc.clone(), env.clone(), principal.clone());
+            tokio::spawn(async move {
+                let ip = if t % 2 == 0 {
+                    "198.51.100.7"
+                } else {
+                    "198.51.100.8"
+                };
+                for _ in 0..250 {
+                    send(&svc, request(&env, &principal, ip)).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let record = layer.session_store().record(&principal.credential_key()).unwrap();
+    assert_eq!(record.requests, 2_000);
+    assert_eq!(record.health, SessionHealth::Healthy);
 }
