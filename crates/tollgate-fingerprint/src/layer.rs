@@ -117,6 +117,14 @@ struct Shared {
 /// serving one session at the same instant each write their own view, and the
 /// last writer wins (one request's fingerprint may be missing from the record).
 ///
+/// # Per route
+///
+/// Mount it with `Router::layer` for every route, or with `route_layer` /
+/// `MethodRouter::layer` for some. A second `FingerprintLayer` on a request (say a
+/// stricter one on `/admin`) reuses the first one's verdict, without counting the
+/// request twice, and applies its own policy. A [`FingerprintOverride`] in request
+/// extensions replaces the policy, or skips the request.
+///
 /// ```
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
@@ -301,7 +309,10 @@ impl<St, F> FingerprintLayer<St, F> {
     }
 
     /// Every field this layer logs or stores, with its retention.
-    pub fn inventory(&self) -> Vec<FieldSpec> {
+    pub fn inventory(&self) -> Vec<FieldSpec>
+    where
+        St: 'static,
+    {
         let config = &self.shared.config;
         let session_ttl = Retention::ttl(config.session_ttl());
         let mut out = vec![
@@ -414,6 +425,17 @@ impl<St, F> FingerprintLayer<St, F> {
                 sinks: &[Sink::Store],
             },
         ];
+        if (&self.backends.store as &dyn Any).is::<MemorySessionStore>() {
+            out.push(FieldSpec {
+                name: "session.cache",
+                layer: "fingerprint",
+                derived_from: "the session's and latest fingerprint's pseudonyms, and the keyed hashes of its latest fingerprint and prefix, tagged with hashes under a random per-process key",
+                protection: Protection::Pseudonym,
+                purpose: "spare a steady session's requests every HMAC; in process memory only, never stored elsewhere",
+                retention: session_ttl,
+                sinks: &[Sink::Store],
+            });
+        }
         if config.dimensions.user_agent && config.user_agent_cache > 0 {
             out.push(FieldSpec {
                 name: "fingerprint.user_agent_cache",
