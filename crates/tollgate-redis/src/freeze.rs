@@ -260,7 +260,7 @@ fn lookup(entries: &Entries, principal: &Principal, clock: &SharedClock) -> Opti
 }
 
 impl Shared {
-    fn set_synced(&self, synced: bool) {
+    fn set_synced(&self, synced: bool, cause: &str) {
         if self.synced.swap(synced, Ordering::AcqRel) != synced {
             let c = self.backend.counters();
             if synced {
@@ -277,6 +277,7 @@ impl Shared {
                     store = "redis",
                     r#use = "freeze_list",
                     synced,
+                    cause,
                     "freeze list subscription lost: checks read redis until it is back"
                 );
             }
@@ -389,7 +390,7 @@ async fn follow(shared: &Shared, heartbeat: Duration, resync: Duration) -> Resul
     // Subscribed first, then loaded: every change after the load arrives as an event
     // (queued in `stream` meanwhile), and replaying older ones is harmless.
     shared.reload().await.map_err(|e| e.to_string())?;
-    shared.set_synced(true);
+    shared.set_synced(true, "");
     let mut hb = tokio::time::interval(heartbeat);
     hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     hb.tick().await;
@@ -403,7 +404,7 @@ async fn follow(shared: &Shared, heartbeat: Duration, resync: Duration) -> Resul
                 None => return Err("subscription closed".into()),
             },
             _ = hb.tick() => {
-                match tokio::time::timeout(ct, sink.ping::<String>()).await {
+                match tokio::time::timeout(ct, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e.category().to_string()),
                     Err(_) => return Err("heartbeat timeout".into()),
@@ -417,8 +418,8 @@ async fn follow(shared: &Shared, heartbeat: Duration, resync: Duration) -> Resul
 async fn subscriber(shared: Arc<Shared>, heartbeat: Duration, resync: Duration) {
     let retry = shared.backend.config().retry_interval();
     loop {
-        let _cause = follow(&shared, heartbeat, resync).await;
-        shared.set_synced(false);
+        let cause = follow(&shared, heartbeat, resync).await.err().unwrap_or_default();
+        shared.set_synced(false, &cause);
         tokio::time::sleep(retry).await;
     }
 }

@@ -77,8 +77,13 @@ fn freeze_of(target: FreezeTarget, until: Option<Timestamp>) -> Freeze {
 #[tokio::test]
 async fn freeze_on_one_replica_holds_on_the_other_within_100ms() {
     let Some(t) = TestRedis::new() else { return };
-    let a = RedisFreezeList::new(&t.backend());
-    let b = RedisFreezeList::new(&t.backend());
+    // Heartbeats every 20 ms: the subscription must stay up through them.
+    let config = FreezeConfig {
+        heartbeat_ms: 20,
+        ..FreezeConfig::default()
+    };
+    let a = RedisFreezeList::with_config(&t.backend(), &config, system_clock());
+    let b = RedisFreezeList::with_config(&t.backend(), &config, system_clock());
     assert!(a.wait_synced(Duration::from_secs(5)).await);
     assert!(b.wait_synced(Duration::from_secs(5)).await);
 
@@ -125,7 +130,15 @@ async fn freeze_on_one_replica_holds_on_the_other_within_100ms() {
         lags[lags.len() / 2],
         lags[lags.len() - 1]
     );
-    assert_eq!(a.backend().stats().freeze_read_through, 0);
+    for list in [&a, &b] {
+        let stats = list.backend().stats();
+        assert_eq!(stats.freeze_read_through, 0, "{stats:?}");
+        assert_eq!(
+            (stats.freeze_syncs, stats.freeze_sync_losses),
+            (1, 0),
+            "{stats:?}"
+        );
+    }
 
     // A subject freeze covers every credential of the subject, on both.
     let other = Principal::new(&p, CredentialKind::Jwt, "sub-9", b"jti-x");
