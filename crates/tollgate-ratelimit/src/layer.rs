@@ -281,10 +281,27 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
                 let tier = format!("route:{scope}");
                 Some(Arc::new(policy(&tier, Some(&scope), &route.limits, mode, &at)?))
             };
+            let cost = route.cost.unwrap_or(1);
+            let applies: Vec<&Arc<Policy>> = match &policy {
+                Some(p) => vec![p],
+                None => tiers.values().collect(),
+            };
+            for p in applies {
+                if let Some(l) = p.named.iter().find(|l| l.limit.burst() < cost) {
+                    return Err(invalid(
+                        format!("{at}.cost"),
+                        format!(
+                            "cost {cost} exceeds the burst {} of {}, so no request could pass",
+                            l.limit.burst(),
+                            l.span_name
+                        ),
+                    ));
+                }
+            }
             let rule = Rule {
                 exempt: route.exempt,
                 policy,
-                cost: route.cost.unwrap_or(1),
+                cost,
                 mode: route.mode,
             };
             routes.insert(Box::<str>::from(template.as_str()), Arc::new(rule));
@@ -453,10 +470,10 @@ enum Verdict {
     Continue(Option<Stamp>),
 }
 
-/// What goes onto the response.
+/// What goes onto the response: the status, and whether to write its headers.
 struct Stamp {
     status: RateLimitStatus,
-    headers: Option<(HeaderValue, HeaderValue)>,
+    headers: bool,
 }
 
 impl Shared {
@@ -566,11 +583,11 @@ impl Shared {
             response.extensions_mut().insert(status);
             return Verdict::Early(response);
         }
-        let headers = self
-            .headers
-            .then(|| (status.policy_header(), status.ratelimit_header()));
         ext.insert(status.clone());
-        Verdict::Continue(Some(Stamp { status, headers }))
+        Verdict::Continue(Some(Stamp {
+            status,
+            headers: self.headers,
+        }))
     }
 
     fn store_failed(&self, error: StoreError) -> Verdict {
@@ -616,10 +633,10 @@ fn limit_detail(status: &RateLimitStatus) -> String {
 fn stamp(response: &mut Response, stamp: Option<Stamp>) {
     if let Some(stamp) = stamp {
         let Stamp { status, headers } = stamp;
-        if let Some((policy, limit)) = headers {
+        if headers {
             let h = response.headers_mut();
-            h.insert(RATELIMIT_POLICY.clone(), policy);
-            h.insert(RATELIMIT.clone(), limit);
+            h.insert(RATELIMIT_POLICY.clone(), status.policy_header());
+            h.insert(RATELIMIT.clone(), status.ratelimit_header());
         }
         response.extensions_mut().insert(status);
     }

@@ -63,6 +63,7 @@ async fn no_identifier_leaves_the_layer() {
         .unwrap()
         .clock(Arc::new(FakeClock::new(Timestamp::from_secs(1_700_000_000))));
     let store = layer.store_ref().clone();
+    let inventory = layer.inventory();
     let app = Router::new()
         .route("/items/{id}", get(|| async { "ok" }))
         .layer(layer);
@@ -113,6 +114,23 @@ async fn no_identifier_leaves_the_layer() {
     assert!(logs.contains(r#""ratelimit.outcome":"denied""#), "{logs}");
     assert!(logs.contains(r#""ratelimit.remaining":0"#), "{logs}");
     assert_eq!(store.keys().len(), 2, "one subject key, one network key");
+
+    // Every field the layer put into a span is declared in its inventory.
+    let mut emitted = std::collections::BTreeSet::new();
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(span) = v["span"].as_object() {
+            emitted.extend(span.keys().filter(|k| k.starts_with("ratelimit.")).cloned());
+        }
+    }
+    assert_eq!(emitted.len(), 3, "{emitted:?}");
+    for field in &emitted {
+        assert!(
+            inventory.iter().any(|f| f.name == field),
+            "{field} is not in the inventory"
+        );
+    }
+    assert!(inventory.iter().any(|f| f.name.starts_with("tollgate:rl:")));
 
     let everything = format!("{logs}\n{}", seen.join("\n"));
     let subject_key = principal.subject_key().to_hex();

@@ -238,7 +238,7 @@ async fn routes_exempt_own_limits_and_cost() {
         .route(
             "/export",
             RouteConfig {
-                cost: Some(3),
+                cost: Some(2),
                 ..Default::default()
             },
         );
@@ -276,12 +276,12 @@ async fn routes_exempt_own_limits_and_cost() {
             )
             .is_some()
     );
-    // /export costs 3: the whole burst at once.
+    // /export costs 2 of the burst of 3.
+    let limited = StatusCode::TOO_MANY_REQUESTS;
     assert_eq!(send(&app, "/export", Some(&user)).await.status(), StatusCode::OK);
-    assert_eq!(
-        send(&app, "/items", Some(&user)).await.status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    assert_eq!(send(&app, "/export", Some(&user)).await.status(), limited);
+    assert_eq!(send(&app, "/items", Some(&user)).await.status(), StatusCode::OK);
+    assert_eq!(send(&app, "/items", Some(&user)).await.status(), limited);
     // An override in the extensions wins over the route map.
     let mut req = Request::get("/items").body(Body::empty()).unwrap();
     req.extensions_mut().insert(user.clone());
@@ -484,6 +484,17 @@ fn misconfiguration_names_the_setting() {
     assert_eq!(
         err(exempt_with_limits),
         "ratelimit.routes.\"/h\": an exempt route takes no limits, cost or mode"
+    );
+    let costly = config().route(
+        "/x",
+        RouteConfig {
+            cost: Some(4),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        err(costly),
+        "ratelimit.routes.\"/x\".cost: cost 4 exceeds the burst 2 of anonymous/burst, so no request could pass"
     );
     let toml_config: RateLimitConfig = toml::from_str(
         r#"
