@@ -1,1 +1,210 @@
-fn main() {}
+//! Verification per algorithm, the verified-token cache hit, API key lookup, and the
+//! whole service on a cache hit against a bare inner service.
+//!
+//! `cargo bench -p tollgate-auth --bench auth -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::Response;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Request};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use sha2::Digest;
+use tollgate_auth::{AuthConfig, AuthLayer, bench};
+use tollgate_core::{PseudonymSecret, Pseudonymizer};
+use tower::{Layer, Service, ServiceExt};
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn keys(alg: Algorithm) -> (EncodingKey, DecodingKey) {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            (EncodingKey::from_secret(SECRET), DecodingKey::from_secret(SECRET))
+        }
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(&key("p256.key")).unwrap(),
+            DecodingKey::from_ec_pem(&key("p256.pub")).unwrap(),
+        ),
+        Algorithm::ES384 => (
+            EncodingKey::from_ec_pem(&key("p384.key")).unwrap(),
+            DecodingKey::from_ec_pem(&key("p384.pub")).unwrap(),
+        ),
+        Algorithm::EdDSA => (
+            EncodingKey::from_ed_pem(&key("ed25519.key")).unwrap(),
+            DecodingKey::from_ed_pem(&key("ed25519.pub")).unwrap(),
+        ),
+        _ => (
+            EncodingKey::from_rsa_pem(&key("rsa1.key")).unwrap(),
+            DecodingKey::from_rsa_pem(&key("rsa1.pub")).unwrap(),
+        ),
+    }
+}
+
+const ALGS: &[Algorithm] = &[
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+fn token(alg: Algorithm, sub: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "sub": sub, "iss": "https://issuer.test", "aud": "api", "iat": now, "exp": now + 3600,
+        "jti": format!("jti-{sub}"), "scope": "read:items write:items", "plan": "pro",
+    });
+    let mut h = Header::new(alg);
+    h.kid = Some(format!("{alg:?}"));
+    jsonwebtoken::encode(&h, &claims, &keys(alg).0).unwrap()
+}
+
+fn layer(rt: &tokio::runtime::Runtime) -> AuthLayer {
+    let algs: Vec<String> = ALGS.iter().map(|a| format!("\"{a:?}\"")).collect();
+    let config: AuthConfig = toml::from_str(&format!(
+        r#"
+[jwt]
+issuer = "https://issuer.test"
+audience = "api"
+algorithms = [{}]
+keys = []
+tier_claim = "plan"
+[[api_keys]]
+id = "key-1"
+sha256 = "{}"
+tier = "pro"
+scopes = ["read:items"]
+"#,
+        algs.join(", "),
+        hex::encode(sha2::Sha256::digest(b"tg_bench_key_0123456789abcdef"))
+    ))
+    .unwrap();
+    let p = Pseudonymizer::new(
+        PseudonymSecret::from_bytes(&[5; 32]).unwrap(),
+        Duration::from_secs(86_400),
+    );
+    let mut builder = AuthLayer::builder(config, p);
+    for alg in ALGS {
+        builder = builder.jwt_key(Some(&format!("{alg:?}")), *alg, keys(*alg).1);
+    }
+    rt.block_on(builder.build()).unwrap()
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let auth = layer(&rt);
+
+    let mut verify = c.benchmark_group("verify");
+    for alg in ALGS {
+        let t = token(*alg, "alice");
+        assert!(bench::verify_jwt(&auth, &t), "{alg:?} verifies");
+        verify.bench_function(format!("{alg:?}"), |b| {
+            b.iter(|| bench::verify_jwt(&auth, black_box(&t)))
+        });
+    }
+    verify.finish();
+
+    let mut hit = c.benchmark_group("cache_hit");
+    for alg in [Algorithm::RS256, Algorithm::ES256] {
+        let t = token(alg, "bob");
+        let headers = bearer(&t);
+        assert!(bench::authenticate(&auth, &headers).is_some());
+        hit.bench_function(format!("{alg:?} ({} byte token)", t.len()), |b| {
+            b.iter(|| bench::authenticate(&auth, black_box(&headers)))
+        });
+    }
+    hit.finish();
+
+    let mut hashes = c.benchmark_group("cache_key");
+    let t = token(Algorithm::RS256, "carol");
+    hashes.bench_function(format!("siphash13-128, the cache key ({} bytes)", t.len()), |b| {
+        b.iter(|| bench::cache_key(&auth, black_box(t.as_bytes())))
+    });
+    hashes.bench_function(
+        format!("siphash24-128 ({} bytes, for comparison)", t.len()),
+        |b| {
+            b.iter(|| {
+                use siphasher::sip128::Hasher128;
+                use std::hash::Hasher;
+                let mut h = siphasher::sip128::SipHasher24::new_with_keys(1, 2);
+                h.write(black_box(t.as_bytes()));
+                h.finish128().as_u128()
+            })
+        },
+    );
+    hashes.bench_function(format!("sha256 ({} bytes, for comparison)", t.len()), |b| {
+        b.iter(|| sha2::Sha256::digest(black_box(t.as_bytes())))
+    });
+    hashes.finish();
+
+    let mut api = c.benchmark_group("api_key");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-api-key",
+        HeaderValue::from_static("tg_bench_key_0123456789abcdef"),
+    );
+    assert!(bench::authenticate(&auth, &headers).is_some());
+    api.bench_function("lookup (sha256 + constant-time compare)", |b| {
+        b.iter(|| bench::authenticate(&auth, black_box(&headers)))
+    });
+    api.finish();
+
+    // The whole service on a cache hit, against the bare inner service.
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+    });
+    let mut service = auth.layer(inner);
+    let t = token(Algorithm::RS256, "dave");
+    let value = HeaderValue::from_str(&format!("Bearer {t}")).unwrap();
+    let mut svc = c.benchmark_group("service");
+    svc.bench_function("bare inner service", |b| {
+        let mut bare = inner;
+        b.iter(|| {
+            let req = Request::builder()
+                .header("authorization", value.clone())
+                .body(Body::empty())
+                .unwrap();
+            rt.block_on(async { bare.ready().await.unwrap().call(req).await.unwrap() })
+        })
+    });
+    svc.bench_function("AuthService, cache hit", |b| {
+        b.iter(|| {
+            let req = Request::builder()
+                .header("authorization", value.clone())
+                .body(Body::empty())
+                .unwrap();
+            let r = rt.block_on(async { service.ready().await.unwrap().call(req).await.unwrap() });
+            assert_eq!(r.status(), 200);
+            r
+        })
+    });
+    svc.finish();
+}
+
+criterion_group!(auth_benches, benches);
+criterion_main!(auth_benches);

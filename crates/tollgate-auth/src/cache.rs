@@ -1,17 +1,20 @@
 //! The verified-credential cache: a repeated token or API key skips verification.
 //!
-//! Keys are SipHash-2-4-128 of the credential under a random per-process key: a
-//! 128-bit pseudo-random function of the credential, never the credential itself.
-//! Without the key nobody can compute an entry's key, let alone forge a credential
-//! that collides with one (a blind guess succeeds with probability 2^-128), so the
-//! lookup needs no further comparison. Values are ready-made [`Principal`]s behind
-//! an `Arc`, so a hit allocates nothing.
+//! Keys are SipHash-1-3-128 of the credential under a random per-process 128-bit
+//! key: a keyed 128-bit pseudo-random function of the credential, never the
+//! credential itself. Without the key nobody can compute an entry's key, and the
+//! only oracle is the service's answer, so forging a token that lands on a cached
+//! entry is a blind guess at a 128-bit value; the lookup therefore needs no second
+//! comparison (a stored SHA-256 would cost more than the whole hit). SipHash-1-3 is
+//! the variant Rust's `HashMap` and CPython use; it hashes a 600-byte RS256 token
+//! about twice as fast as SipHash-2-4 and three times as fast as SHA-256 here.
+//! Values are ready-made [`Principal`]s behind an `Arc`, so a hit allocates nothing.
 
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use siphasher::sip128::{Hasher128, SipHasher24};
+use siphasher::sip128::{Hasher128, SipHasher13};
 use tollgate_core::clock::{SharedClock, Timestamp};
 use tollgate_core::store::MemoryCache;
 use tollgate_core::{Principal, Pseudonymizer};
@@ -67,7 +70,7 @@ impl TokenCache {
     /// The cache key of a presented credential.
     #[inline]
     pub(crate) fn key(&self, kind: Presented, credential: &[u8]) -> u128 {
-        let mut h = SipHasher24::new_with_keys(self.keys.0, self.keys.1);
+        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
         h.write_u8(kind as u8);
         h.write(credential);
         h.finish128().as_u128()

@@ -504,7 +504,7 @@ impl<F: FreezeList> AuthLayer<F> {
             FieldSpec {
                 name: "auth.token_cache",
                 layer: LAYER,
-                derived_from: "SipHash-2-4-128 of the token under a per-process random key, mapped to the principal's pseudonyms, keyed digests, tier and scopes",
+                derived_from: "SipHash-1-3-128 of the token under a per-process random key, mapped to the principal's pseudonyms, keyed digests, tier and scopes",
                 protection: Protection::KeyedDigest,
                 purpose: "skip signature verification or introspection for a token already verified",
                 retention: Retention::ttl(self.shared.cache.max_ttl()),
@@ -621,7 +621,9 @@ impl<Fut, E> AuthFuture<Fut, E> {
 }
 
 enum Credential<'a> {
-    Bearer(&'a str),
+    /// The raw bearer token: validated only on a cache miss (a hit means these exact
+    /// bytes were validated before).
+    Bearer(&'a [u8]),
     ApiKey(&'a [u8]),
 }
 
@@ -664,12 +666,10 @@ impl<F: FreezeList> Shared<F> {
         };
         let rest = rest.trim_ascii();
         if scheme.eq_ignore_ascii_case(b"bearer") {
-            if !is_b64token(rest) {
+            if rest.is_empty() {
                 return Err(AuthError::MalformedRequest);
             }
-            // b64token characters are ASCII.
-            let token = std::str::from_utf8(rest).map_err(|_| AuthError::MalformedRequest)?;
-            Ok(Credential::Bearer(token))
+            Ok(Credential::Bearer(rest))
         } else if self.api_key_scheme && scheme.eq_ignore_ascii_case(b"apikey") {
             Ok(Credential::ApiKey(api_key_bytes(rest)?))
         } else {
@@ -686,11 +686,16 @@ impl<F: FreezeList> Shared<F> {
                 }
                 None => Step::Fail(AuthError::UnknownApiKey),
             },
-            Credential::Bearer(token) => {
-                let key = self.cache.key(Presented::Bearer, token.as_bytes());
+            Credential::Bearer(raw) => {
+                let key = self.cache.key(Presented::Bearer, raw);
                 if let Some(principal) = self.cache.get(key) {
                     return Step::Done(principal);
                 }
+                // b64token characters are ASCII, so the UTF-8 check cannot fail after it.
+                let token = match is_b64token(raw).then(|| std::str::from_utf8(raw)) {
+                    Some(Ok(token)) => token,
+                    _ => return Step::Fail(AuthError::MalformedRequest),
+                };
                 let is_jwt = looks_like_jwt(token);
                 if is_jwt && let Some(jwt) = &self.jwt {
                     return match jwt.verify(token, jwt.jwks.is_some(), &self.pseudonymizer, &self.jwt_tiers) {
