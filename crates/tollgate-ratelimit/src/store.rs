@@ -645,6 +645,44 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Without eviction, the store decides exactly as `gcra::decide_all` on a model
+        /// that keeps every key's TATs forever (expiry only drops state equal to none).
+        #[test]
+        fn store_matches_the_model(
+            ops in proptest::collection::vec((0u64..6, 0u64..400_000_000, 0u64..4, proptest::bool::ANY), 1..300),
+        ) {
+            let store = MemoryRateLimitStore::new(10_000);
+            let limits = [
+                Limit::new(5, Duration::from_secs(1), 3).unwrap(),
+                Limit::new(20, Duration::from_secs(60), 20).unwrap(),
+            ];
+            let mut model: HashMap<u64, [u64; 2]> = HashMap::new();
+            let mut now = 1_700_000_000 * SEC;
+            for (k, dt, cost, scoped) in ops {
+                now += dt;
+                let id = k * 2 + u64::from(scoped);
+                let key = if scoped {
+                    RateLimitKey::scoped("p", digest(k)).unwrap()
+                } else {
+                    RateLimitKey::new(digest(k))
+                };
+                let tats = model.entry(id).or_default();
+                let expected = gcra::decide_all(&tats[..], now, &limits, cost);
+                let got = store.decide(&key, &limits, cost, Timestamp::from_nanos(now));
+                proptest::prop_assert_eq!(got.allowed(), expected.allowed());
+                for (a, b) in got.cells().iter().zip(expected.cells()) {
+                    proptest::prop_assert_eq!(a.remaining, b.remaining);
+                    proptest::prop_assert_eq!(a.retry_after, b.retry_after);
+                    proptest::prop_assert_eq!(a.reset, b.reset);
+                }
+                if expected.allowed() {
+                    tats.copy_from_slice(&[expected.cells()[0].tat, expected.cells()[1].tat]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn concurrent_spends_on_one_key_never_exceed_quota() {
         let store = MemoryRateLimitStore::new(1000);
