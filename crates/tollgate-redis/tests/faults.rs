@@ -346,3 +346,65 @@ async fn redis_killed_and_restarted_mid_test() {
         "{stats:?}"
     );
 }
+
+/// Redis hangs (SIGSTOP: connections stay open, nothing answers), then resumes: calls
+/// time out after `timeout_ms` and follow their policies, the freeze list notices by
+/// its heartbeat, and everything recovers after SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_times_out_then_recovers() {
+    let Some(bin) = redis_server() else { return };
+    let port = closed_port();
+    let server = Server::start(&bin, port);
+    let pid = server.0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    };
+    let backend = RedisBackend::new(&fast_config(format!("redis://127.0.0.1:{port}"))).unwrap();
+    let rl = RedisRateLimitStore::new(&backend);
+    let freeze = RedisFreezeList::new(&backend);
+    assert!(freeze.wait_synced(Duration::from_secs(5)).await);
+    let p = pseudonymizer();
+    let principal = Principal::new(&p, CredentialKind::ApiKey, "owner", b"key-1");
+    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"k")).store_key();
+    assert!(
+        rl.check_and_spend(&key, &limits(), 1, SystemClock.now())
+            .await
+            .unwrap()
+            .allowed()
+    );
+
+    signal("-STOP");
+    let t = Instant::now();
+    let d = rl
+        .check_and_spend(&key, &limits(), 1, SystemClock.now())
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert!(d.allowed(), "fails open");
+    assert!(
+        took >= Duration::from_millis(90) && took < Duration::from_millis(400),
+        "{took:?}"
+    );
+    assert_eq!(backend.stats().timeouts, 1);
+    eventually("heartbeat notices", Duration::from_secs(2), async || {
+        !freeze.is_synced()
+    })
+    .await;
+    assert!(freeze.check(&principal).await.is_err(), "fails closed");
+
+    signal("-CONT");
+    eventually("freeze list resync", Duration::from_secs(5), async || {
+        freeze.is_synced()
+    })
+    .await;
+    eventually("backend up", Duration::from_secs(5), async || {
+        let _ = rl.check_and_spend(&key, &limits(), 0, SystemClock.now()).await;
+        backend.is_up()
+    })
+    .await;
+    assert!(freeze.check(&principal).await.unwrap().is_none());
+    let stats = backend.stats();
+    assert_eq!(stats.outages, 1, "{stats:?}");
+    assert!(stats.recoveries >= 1, "{stats:?}");
+    drop(server);
+}
