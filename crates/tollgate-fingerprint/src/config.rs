@@ -115,8 +115,11 @@ pub struct FingerprintConfig {
     /// Switches between fingerprints within the window that make the session
     /// unhealthy. Default 3 (A, B, A, B).
     pub alternation_switches: u16,
-    /// A token first seen this many seconds after it was issued (`iat`) is stale; 0
-    /// turns the signal off. Default 3 600.
+    /// A token first seen this many seconds after it was issued (`iat`) is stale, and
+    /// stays `stale_token` for its session's life; 0 turns the signal off. Only tokens
+    /// issued after the layer started are judged (before that nobody was watching);
+    /// with the in-process store, each replica and each restart watches afresh.
+    /// Default 3 600.
     pub stale_after_secs: u64,
     /// This many signals at once make a session unhealthy (alternation alone does).
     /// Default 3.
