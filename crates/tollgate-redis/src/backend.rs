@@ -92,7 +92,8 @@ struct Inner {
 ///   `info` when back) and counted in [`RedisBackend::stats`].
 ///
 /// Cheap to clone (one `Arc`). Building it does no I/O and needs no runtime; the
-/// first call connects (inside a Tokio runtime).
+/// first call connects, and the connection's tasks then live on that call's Tokio
+/// runtime: use one backend from one runtime.
 ///
 /// ```
 /// use tollgate_redis::{RedisBackend, StoreConfig};

@@ -21,24 +21,52 @@
 //!
 //! # Keys
 //!
-//! Every key starts with `tollgate:`, then the optional `[store] namespace` and `:`:
+//! Every key starts with `tollgate:`, then the optional `[store] namespace` and `:`
+//! (written `[ns:]` below):
 //!
 //! | key | type | holds | TTL |
 //! |---|---|---|---|
-//! | `tollgate:{ns:}{store}:{digest}` | string | a [`tollgate_core::StoreKey`]'s value as JSON (e.g. `session`) | the TTL given to `insert` |
-//! | `tollgate:{ns:}freeze` | hash | field `credential:{digest}` / `subject:{digest}`, value the `Freeze` as JSON | none: a freeze holds until lifted; expired ones are dropped when seen |
-//! | `tollgate:{ns:}freeze-events` | pub/sub channel | `set {field} {json}` / `del {field}` | - |
+//! | `tollgate:[ns:]rl:{digest}`, `tollgate:[ns:]rl:{scope}:{digest}` | string | a rate-limit key's TATs, `"t1 t2 …"` (ns since the epoch, one per stacked limit) | until every budget would be full again |
+//! | `tollgate:[ns:]session:{digest}` | string | a session record as JSON (any [`tollgate_core::StoreKey`] of a [`RedisStore`]) | the TTL given to `insert` |
+//! | `tollgate:[ns:]freeze` | hash | field `credential:{digest}` / `subject:{digest}`, value the `Freeze` as JSON | none: a freeze holds until lifted; expired ones are dropped when seen |
+//! | `tollgate:[ns:]freeze-events` | pub/sub channel | `set {field} {json}` / `del {field}` | - |
 //!
 //! `{digest}` is always a [`tollgate_core::KeyedDigest`] (32 hex digits, an HMAC under
-//! the deployment's secret), so no raw IP, key, token or subject appears in any key,
-//! and the tests enumerate every key written to check it.
+//! the deployment's pseudonym secret), so no raw IP, key, token or subject appears in
+//! any key; the tests enumerate every key written (`SCAN`) to check it. Replicas that
+//! share a budget must share the pseudonym secret (`TOLLGATE_PSEUDONYM_SECRET`), or
+//! their digests, and so their keys, differ.
 //!
 //! # Failures
 //!
-//! Each use has its policy (`[store]` settings): the freeze list fails closed (its
-//! `check` returns an error, which the auth layer answers with 503), session reads
-//! return the error to the fingerprinting layer (or miss, with `open`). Every switch is
-//! logged once and counted; nothing panics; everything reconnects by itself.
+//! Each use has its policy (`[store]` settings): rate limits fail open (or `closed`,
+//! or to a `local` in-process limiter), the freeze list fails closed (its `check`
+//! returns an error, which the auth layer answers with 503), session reads return the
+//! error to the fingerprinting layer (or miss, with `open`). A circuit breaker keeps
+//! calls from waiting on a dead server. Every switch is logged once and counted
+//! ([`RedisBackend::stats`]); nothing panics; everything reconnects by itself.
+//!
+//! # Wiring
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tollgate_redis::{RedisBackend, RedisFreezeList, RedisRateLimitStore, RedisStore, StoreConfig};
+//!
+//! let config: StoreConfig = toml::from_str(r#"
+//!     backend = "redis"
+//!     url = "redis://127.0.0.1:6379"
+//! "#)?;
+//! let backend = RedisBackend::new(&config)?; // no I/O; a bad setting is named
+//! if let Err(e) = backend.ping().await {
+//!     eprintln!("redis not answering yet ({e}); continuing per the failure policies");
+//! }
+//! let freeze_list = RedisFreezeList::new(&backend); // spawns its subscriber
+//! freeze_list.wait_synced(Duration::from_secs(2)).await;
+//! let rate_limits = RedisRateLimitStore::new(&backend);
+//! let sessions: RedisStore<Vec<u8>> = RedisStore::new(&backend);
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod backend;
