@@ -38,7 +38,7 @@ pub enum RateLimitFallback {
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitClock {
     /// Redis `TIME`, read inside the script (the default): replicas with skewed clocks
-    /// still agree, and [`Decision::now`] reports the time used.
+    /// still agree, and [`Decision::now`](tollgate_ratelimit::Decision::now) reports the time used.
     #[default]
     Redis,
     /// The `now` given by the caller (the layer's clock): for tests on a fake clock.
