@@ -370,3 +370,29 @@ async fn keys_are_namespaced_digests_and_hold_no_raw_identifier() {
         assert!(ttl > 0, "{key} has no TTL");
     }
 }
+
+/// The script is sent by digest (`EVALSHA`); after `SCRIPT FLUSH` (as after a Redis
+/// restart) the `NOSCRIPT` answer makes the client load it again, and the decision is
+/// still made in Redis, not by the fallback.
+#[tokio::test]
+async fn script_is_reloaded_after_noscript() {
+    let Some(t) = TestRedis::new() else { return };
+    let store = RedisRateLimitStore::new(&t.backend());
+    let key = RateLimitKey::new(pseudonymizer().digest(Domain::SUBJECT, b"carol")).store_key();
+    let limits = [Limit::new(3, Duration::from_secs(60), 3).unwrap()];
+    assert!(
+        store
+            .check_and_spend(&key, &limits, 1, SystemClock.now())
+            .await
+            .unwrap()
+            .allowed()
+    );
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut t.raw()).unwrap();
+    let d = store
+        .check_and_spend(&key, &limits, 1, SystemClock.now())
+        .await
+        .unwrap();
+    assert_eq!(d.cells()[0].remaining, 1, "second unit spent in Redis");
+    let stats = store.backend().stats();
+    assert_eq!((stats.fail_open, stats.errors), (0, 0), "{stats:?}");
+}
