@@ -211,6 +211,9 @@ impl RateLimitLayer<MemoryRateLimitStore> {
     /// Fails, naming the setting, on an invalid limit, an unknown default or
     /// anonymous tier, or clashing route scopes.
     pub fn new(config: &RateLimitConfig, pseudonymizer: Pseudonymizer) -> Result<Self, ConfigError> {
+        if config.max_entries == 0 {
+            return Err(invalid("max_entries", "must be at least 1"));
+        }
         let store = MemoryRateLimitStore::new(config.max_entries);
         Self::with_store(config, pseudonymizer, store)
     }
@@ -568,18 +571,16 @@ impl Shared {
         span.record(fields::RATELIMIT_REMAINING, cell.remaining);
 
         if outcome == Outcome::Denied {
-            let mut problem = Problem::new(types::RATE_LIMITED)
-                .with_detail(limit_detail(&status))
-                .with_header(RETRY_AFTER, status.retry_after_header());
-            if self.headers {
-                problem = problem
-                    .with_header(RATELIMIT_POLICY.clone(), status.policy_header())
-                    .with_header(RATELIMIT.clone(), status.ratelimit_header());
-            }
+            let problem = Problem::new(types::RATE_LIMITED).with_detail(limit_detail(&status));
             let mut response = self.responder.respond(problem);
-            response
-                .headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            // Set after the responder, so a custom error shape keeps them too.
+            let h = response.headers_mut();
+            h.insert(RETRY_AFTER, status.retry_after_header());
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if self.headers {
+                h.insert(RATELIMIT_POLICY.clone(), status.policy_header());
+                h.insert(RATELIMIT.clone(), status.ratelimit_header());
+            }
             response.extensions_mut().insert(status);
             return Verdict::Early(response);
         }

@@ -335,6 +335,30 @@ async fn headers_can_be_switched_off_and_unknown_tiers_use_the_default() {
 }
 
 #[tokio::test]
+async fn a_custom_responder_keeps_the_rate_limit_headers() {
+    use axum::response::IntoResponse;
+    let p = pseudonymizer();
+    let layer = RateLimitLayer::new(&config(), p.clone())
+        .unwrap()
+        .clock(Arc::new(clock()))
+        .responder(tollgate_core::ProblemResponder::new(|problem| {
+            (problem.status(), "slow down").into_response()
+        }));
+    let app = app(layer);
+    let user = principal(&p, "custom", "free");
+    for _ in 0..3 {
+        send(&app, "/items", Some(&user)).await;
+    }
+    let r = send(&app, "/items", Some(&user)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(r.headers().contains_key("ratelimit"));
+    let body = axum::body::to_bytes(r.into_body(), 100).await.unwrap();
+    assert_eq!(&body[..], b"slow down");
+}
+
+#[tokio::test]
 async fn custom_key_function() {
     let p = pseudonymizer();
     let keyer = p.clone();
@@ -496,6 +520,9 @@ fn misconfiguration_names_the_setting() {
         err(costly),
         "ratelimit.routes.\"/x\".cost: cost 4 exceeds the burst 2 of anonymous/burst, so no request could pass"
     );
+    let mut none = config();
+    none.max_entries = 0;
+    assert_eq!(err(none), "ratelimit.max_entries: must be at least 1");
     let toml_config: RateLimitConfig = toml::from_str(
         r#"
         default_tier = "free"
