@@ -161,3 +161,85 @@ async fn admin_routes_need_the_admin_scope_and_valid_bodies() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// A remote-like freeze list: answers only through the async `check` (so the layer
+/// takes its boxed path), and can be made to fail.
+#[derive(Clone)]
+struct FlakyList {
+    inner: tollgate_core::MemoryFreezeList,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tollgate_core::FreezeList for FlakyList {
+    async fn check(
+        &self,
+        p: &tollgate_core::Principal,
+    ) -> Result<Option<tollgate_core::Freeze>, tollgate_core::StoreError> {
+        tokio::task::yield_now().await;
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tollgate_core::StoreError::Unavailable("test".into()));
+        }
+        self.inner.check(p).await
+    }
+    async fn freeze(&self, f: tollgate_core::Freeze) -> Result<(), tollgate_core::StoreError> {
+        self.inner.freeze(f).await
+    }
+    async fn unfreeze(&self, t: &tollgate_core::FreezeTarget) -> Result<bool, tollgate_core::StoreError> {
+        self.inner.unfreeze(t).await
+    }
+    async fn list(&self) -> Result<Vec<tollgate_core::Freeze>, tollgate_core::StoreError> {
+        self.inner.list().await
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_freeze_list_follows_its_failure_policy() {
+    use std::sync::atomic::Ordering;
+    let list = FlakyList {
+        inner: tollgate_core::MemoryFreezeList::new(100),
+        down: Default::default(),
+    };
+    let closed = AuthLayer::builder(config(None), pseudonymizer())
+        .freeze_list(list.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut cfg = config(None);
+    cfg.freeze_failure = tollgate_core::FailurePolicy::Open;
+    let open = AuthLayer::builder(cfg, pseudonymizer())
+        .freeze_list(list.clone())
+        .build()
+        .await
+        .unwrap();
+    let closed = run(app(closed)).await;
+    let open = run(app(open)).await;
+    let token = sign(Algorithm::HS256, Some("hs256"), &claims("alice"));
+
+    // Up: the async path freezes and unfreezes like the in-process list.
+    assert_eq!(closed.bearer("/me", &token).await.status(), 200);
+    let r = admin(
+        &closed,
+        reqwest::Method::POST,
+        json!({"kind": "subject", "id": "alice"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(closed.bearer("/me", &token).await.status(), 401);
+    assert_eq!(open.bearer("/me", &token).await.status(), 401);
+    let r = admin(
+        &closed,
+        reqwest::Method::DELETE,
+        json!({"kind": "subject", "id": "alice"}),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+
+    // Down: closed answers 503, open lets the request through.
+    list.down.store(true, Ordering::SeqCst);
+    let (status, code, problem) = outcome(closed.bearer("/me", &token).await).await;
+    assert_eq!(
+        (status, code, problem.as_str()),
+        (503, None, "urn:tollgate:problem:unavailable")
+    );
+    assert_eq!(open.bearer("/me", &token).await.status(), 200);
+}

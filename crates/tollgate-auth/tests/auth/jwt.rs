@@ -311,8 +311,13 @@ async fn anonymous_modes_and_per_route_overrides() {
     let private = axum::Router::new()
         .route("/me", axum::routing::get(me))
         .route_layer(required.clone());
+    let strict = axum::Router::new()
+        .route("/strict", axum::routing::get(maybe_me))
+        .layer(AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap())
+        .layer(axum::Extension(AuthOverride::Required));
     let router = health
         .merge(open)
+        .merge(strict)
         .merge(private)
         .route("/late", axum::routing::get(|| async { "late" }));
     let app2 = run(router).await;
@@ -327,6 +332,9 @@ async fn anonymous_modes_and_per_route_overrides() {
     assert_eq!(app2.get("/me", &[]).await.status(), 401);
     assert_eq!(app2.bearer("/me", &token).await.status(), 200);
     assert_eq!(app2.get("/late", &[]).await.status(), 200);
+    // An optional layer made strict for one route.
+    assert_eq!(app2.get("/strict", &[]).await.status(), 401);
+    assert_eq!(app2.bearer("/strict", &token).await.status(), 200);
     // route_layer: unknown paths are 404, not 401.
     assert_eq!(app2.get("/nowhere", &[]).await.status(), 404);
 }
