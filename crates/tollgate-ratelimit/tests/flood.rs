@@ -7,9 +7,13 @@ use tollgate_ratelimit::gcra;
 use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
 
 fn key(i: u64, salt: u64) -> RateLimitKey {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    let text = format!("{salt:016x}{i:016x}");
-    hex.copy_from_slice(text.as_bytes());
+    for (n, word) in [salt, i].into_iter().enumerate() {
+        for d in 0..16 {
+            hex[n * 16 + d] = DIGITS[((word >> (60 - 4 * d)) & 0xf) as usize];
+        }
+    }
     RateLimitKey::new(KeyedDigest::from_hex(std::str::from_utf8(&hex).unwrap()).unwrap())
 }
 
