@@ -538,3 +538,65 @@ fn misconfiguration_names_the_setting() {
         "ratelimit.tiers.free.limits[0]: burst must be at least 1"
     );
 }
+
+#[tokio::test]
+async fn works_as_a_route_layer_and_with_a_named_override() {
+    let p = pseudonymizer();
+    let strict = RateLimitConfig::default()
+        .tier(
+            "default",
+            [LimitConfig::new("strict", 1, Duration::from_secs(60))],
+        )
+        .tier(
+            "anonymous",
+            [LimitConfig::new("strict", 1, Duration::from_secs(60))],
+        );
+    let layer = RateLimitLayer::new(&strict, p.clone())
+        .unwrap()
+        .clock(Arc::new(clock()));
+    let routed = Router::new()
+        .route("/login", get(|| async { "login" }))
+        .route_layer(layer)
+        .route("/open", get(|| async { "open" }));
+    let user = principal(&p, "route-layer", "default");
+    assert_eq!(
+        send(&routed, "/login", Some(&user)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&routed, "/login", Some(&user)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for _ in 0..5 {
+        assert_eq!(send(&routed, "/open", Some(&user)).await.status(), StatusCode::OK);
+    }
+
+    // An outer middleware can point a request at a configured route rule by name.
+    let config = config().route(
+        "/login",
+        RouteConfig::limits([LimitConfig::new("login", 1, Duration::from_secs(60))]),
+    );
+    let named = app(RateLimitLayer::new(&config, p.clone())
+        .unwrap()
+        .clock(Arc::new(clock())));
+    let outer = tower::ServiceBuilder::new()
+        .map_request(|mut req: Request<Body>| {
+            req.extensions_mut().insert(RateLimitOverride::Route("/login"));
+            req
+        })
+        .service(named);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut req = Request::get("/items").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(user.clone());
+        statuses.push(outer.clone().oneshot(req).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
