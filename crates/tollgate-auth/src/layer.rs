@@ -225,7 +225,12 @@ impl<F: FreezeList> AuthBuilder<F> {
         let mut jwt_tiers = tiers.clone();
         let jwt = match &c.jwt {
             None if self.extra_keys.is_empty() => None,
-            None => Some(self.static_only_jwt(&clock)?),
+            None => {
+                return Err(invalid(
+                    "auth.jwt",
+                    "keys added with jwt_key need an [auth.jwt] section (issuer, audience, algorithms)",
+                ));
+            }
             Some(j) => {
                 if let Some(claim) = &j.tier_claim {
                     jwt_tiers = jwt_tiers.claim(claim);
@@ -366,27 +371,6 @@ impl<F: FreezeList> AuthBuilder<F> {
                 challenges: Challenges::new(c.realm.as_deref()),
                 realm: c.realm.clone(),
             }),
-        })
-    }
-
-    fn static_only_jwt(&self, _clock: &SharedClock) -> Result<JwtVerifier, ConfigError> {
-        let algorithms: Vec<_> = self.extra_keys.iter().map(|(_, a, _)| *a).collect();
-        let rules = crate::jwt::JwtRules {
-            issuers: Vec::new(),
-            audiences: Vec::new(),
-            algorithms,
-            leeway_s: 30,
-            required_claims: vec!["exp".into()],
-            rfc9068: false,
-        };
-        let keys = self
-            .extra_keys
-            .iter()
-            .map(|(kid, alg, key)| PinnedKey::new(kid.clone(), *alg, key.clone(), &rules));
-        Ok(JwtVerifier {
-            static_keys: KeySet::new(keys.collect::<Vec<_>>()),
-            rules,
-            jwks: None,
         })
     }
 }

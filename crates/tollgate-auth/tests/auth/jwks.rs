@@ -24,7 +24,7 @@ fn jwks_config(url: &str, min_refresh_s: f64) -> AuthConfig {
 }
 
 async fn wait_for_hits(server: &JwksServer, at_least: usize) {
-    for _ in 0..200 {
+    for _ in 0..500 {
         if server.hits() >= at_least {
             return;
         }
