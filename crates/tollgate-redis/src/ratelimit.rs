@@ -12,83 +12,66 @@ use tollgate_ratelimit::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
 use crate::backend::RedisBackend;
 use crate::config::{RateLimitClock, RateLimitFallback};
 
-/// The GCRA script. Times are integer nanoseconds, carried as two limbs
-/// (`{seconds, nanoseconds}`) because Lua numbers are doubles (exact only to 2^53).
+/// The GCRA script. Times are integer nanoseconds, carried as two limbs (whole
+/// seconds and nanoseconds) because Lua numbers are doubles (exact only to 2^53).
 ///
 /// KEYS[1]: the key. ARGV: mode (`r`: Redis `TIME`, `c`: caller's time), now seconds,
 /// now nanoseconds, number of limits, then per limit: the increment (`cost * interval`,
 /// or `capacity + 1` for a cost above the burst) and the capacity, each as seconds and
 /// nanoseconds.
 ///
-/// Reads the stored TATs (`"t1 t2 …"`, missing = 0); admits iff every limit admits
-/// (`max(tat, now) + inc <= now + capacity`); if admitted, stores the new TATs with a
-/// TTL until every budget is full again (rounded up to the millisecond), or deletes the
-/// key when that is now. Returns `{now, admitted, old TATs…}`; the caller computes the
-/// full [`Decision`] from these with [`gcra::decide_all`], the specification.
+/// Reads the stored TATs (`"s1 n1 s2 n2 …"`: seconds and nanoseconds per limit,
+/// missing = 0); admits iff every limit admits (`max(tat, now) + inc <= now +
+/// capacity`); if admitted, stores the new TATs with a TTL until every budget is full
+/// again (rounded up to the millisecond), or deletes the key when that is now. Returns
+/// `{now s, now ns, admitted, old TAT s, old TAT ns, …}` as integers (all below 2^53);
+/// the caller computes the full [`Decision`] from these with [`gcra::decide_all`], the
+/// specification.
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local B = 1000000000
-local function parse(s)
-  local n = #s
-  if n <= 9 then return {0, tonumber(s)} end
-  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
-end
-local function add(a, b)
-  local hi, lo = a[1] + b[1], a[2] + b[2]
-  if lo >= B then lo = lo - B; hi = hi + 1 end
-  return {hi, lo}
-end
-local function le(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] <= b[2]) end
-local function fmt(a)
-  if a[1] == 0 then return string.format('%d', a[2]) end
-  return string.format('%.0f', a[1]) .. string.format('%09d', a[2])
-end
-
-local now
+local nh, nl
 if ARGV[1] == 'r' then
   local t = redis.call('TIME')
-  now = {tonumber(t[1]), tonumber(t[2]) * 1000}
+  nh, nl = tonumber(t[1]), tonumber(t[2]) * 1000
 else
-  now = {tonumber(ARGV[2]), tonumber(ARGV[3])}
+  nh, nl = tonumber(ARGV[2]), tonumber(ARGV[3])
 end
 local n = tonumber(ARGV[4])
 local old = {}
 local stored = redis.call('GET', KEYS[1])
 if stored then
-  for s in string.gmatch(stored, '%d+') do old[#old + 1] = s end
+  for s in string.gmatch(stored, '%d+') do old[#old + 1] = tonumber(s) end
 end
+local out = {nh, nl, 1}
 local admitted = 1
 local new = {}
+local fh, fl = nh, nl
 for i = 1, n do
   local j = 4 + (i - 1) * 4
-  local inc = {tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])}
-  local cap = {tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])}
-  old[i] = old[i] or '0'
-  local base = parse(old[i])
-  if le(base, now) then base = now end
-  local t = add(base, inc)
-  if not le(t, add(now, cap)) then admitted = 0 end
-  new[i] = t
+  local oh, ol = old[2 * i - 1] or 0, old[2 * i] or 0
+  out[2 + 2 * i], out[3 + 2 * i] = oh, ol
+  -- base = max(tat, now); t = base + inc; admitted iff t <= now + capacity
+  if oh < nh or (oh == nh and ol <= nl) then oh, ol = nh, nl end
+  local th, tl = oh + tonumber(ARGV[j + 1]), ol + tonumber(ARGV[j + 2])
+  if tl >= B then th, tl = th + 1, tl - B end
+  local ch, cl = nh + tonumber(ARGV[j + 3]), nl + tonumber(ARGV[j + 4])
+  if cl >= B then ch, cl = ch + 1, cl - B end
+  if th > ch or (th == ch and tl > cl) then admitted = 0 end
+  new[2 * i - 1], new[2 * i] = th, tl
+  if th > fh or (th == fh and tl > fl) then fh, fl = th, tl end
 end
+out[3] = admitted
 if admitted == 1 then
-  local far = now
-  local parts = {}
-  for i = 1, n do
-    parts[i] = fmt(new[i])
-    if not le(new[i], far) then far = new[i] end
-  end
-  if le(far, now) then
+  if fh == nh and fl == nl then
     redis.call('DEL', KEYS[1])
   else
-    local hi, lo = far[1] - now[1], far[2] - now[2]
+    local hi, lo = fh - nh, fl - nl
     if lo < 0 then lo = lo + B; hi = hi - 1 end
-    local ms = hi * 1000 + math.ceil(lo / 1000000)
-    redis.call('SET', KEYS[1], table.concat(parts, ' '), 'PX', string.format('%.0f', ms))
+    redis.call('SET', KEYS[1], table.concat(new, ' '), 'PX', hi * 1000 + math.ceil(lo / 1000000))
   end
 end
-local out = {fmt(now), tostring(admitted)}
-for i = 1, n do out[#out + 1] = old[i] end
 return out
 "#,
     )
@@ -125,6 +108,7 @@ pub struct RedisRateLimitStore {
     local: Option<MemoryRateLimitStore>,
     clock: RateLimitClock,
     engaged: Arc<AtomicBool>,
+    corrupt_logged: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for RedisRateLimitStore {
@@ -148,6 +132,7 @@ impl RedisRateLimitStore {
                 .then(|| MemoryRateLimitStore::new(config.local_max_entries)),
             clock: config.clock,
             engaged: Arc::new(AtomicBool::new(false)),
+            corrupt_logged: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -219,15 +204,18 @@ impl RedisRateLimitStore {
                 inv.invoke_async::<Vec<u64>>(&mut c).await
             })
             .await?;
-        if out.len() != 2 + limits.len() {
+        if out.len() != 3 + 2 * limits.len() {
             return Err(StoreError::Corrupt(
                 "rate-limit script answered an unexpected shape".into(),
             ));
         }
+        let join = |s: u64, ns: u64| s.saturating_mul(NANOS).saturating_add(ns);
         let mut tats = [0u64; MAX_LIMITS];
-        tats[..limits.len()].copy_from_slice(&out[2..]);
-        let decision = gcra::decide_all(&tats[..limits.len()], out[0], limits, cost);
-        if decision.allowed() != (out[1] == 1) {
+        for (i, t) in tats.iter_mut().take(limits.len()).enumerate() {
+            *t = join(out[3 + 2 * i], out[4 + 2 * i]);
+        }
+        let decision = gcra::decide_all(&tats[..limits.len()], join(out[0], out[1]), limits, cost);
+        if decision.allowed() != (out[2] == 1) {
             tracing::error!(
                 store = "redis",
                 r#use = "rate_limit",
@@ -297,9 +285,21 @@ impl RateLimitStore for RedisRateLimitStore {
                 self.backend.record_recovered(&self.engaged, "rate_limit");
                 Ok(decision)
             }
-            // Unreachable, slow, or an answer that does not fit (logged by the backend
-            // or above): the policy decides.
-            Err(_) => Ok(self.fall_back(key, limits, cost, now)),
+            // Unreachable, slow, or an answer that does not fit: the policy decides.
+            Err(e) => {
+                if matches!(e, StoreError::Corrupt(_))
+                    && !self.corrupt_logged.load(Ordering::Relaxed)
+                    && !self.corrupt_logged.swap(true, Ordering::AcqRel)
+                {
+                    tracing::error!(
+                        store = "redis",
+                        r#use = "rate_limit",
+                        error = %e,
+                        "rate-limit script answer unusable; decisions follow the failure policy"
+                    );
+                }
+                Ok(self.fall_back(key, limits, cost, now))
+            }
         }
     }
 }

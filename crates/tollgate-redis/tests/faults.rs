@@ -270,7 +270,7 @@ async fn redis_killed_and_restarted_mid_test() {
     let key = |name: &str| RateLimitKey::new(p.digest(Domain::SUBJECT, name.as_bytes())).store_key();
 
     // Shared limiting works: 5 of 8 pass, and the budget is spent in Redis.
-    assert_eq!(spend(&rl, &key("before")).await, 5);
+    assert_eq!(spend(&rl, &key("before")).await, 5, "{:?}", backend.stats());
     assert_eq!(spend(&local, &key("before")).await, 0);
     sessions.insert(&skey, 1, Duration::from_secs(60)).await.unwrap();
 
