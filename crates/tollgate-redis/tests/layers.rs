@@ -86,3 +86,41 @@ async fn fingerprint_layer_keeps_session_records_in_redis() {
     let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
     assert!(ttl > 0);
 }
+
+/// Redis unreachable: the rate-limit layer keeps answering (fail open by default, or
+/// the local fallback's budget), never 500.
+#[tokio::test]
+async fn rate_limit_layer_without_redis_fails_open_never_500() {
+    let url = format!("redis://127.0.0.1:{}", common::closed_port());
+    let config =
+        RateLimitConfig::default().tier("free", [LimitConfig::new("minute", 3, Duration::from_secs(60))]);
+    let p = pseudonymizer();
+    let principal = Principal::new(&p, CredentialKind::ApiKey, "alice", b"k1").with_tier(Tier::new("free"));
+    for (fallback, expect_ok) in [
+        (tollgate_redis::RateLimitFallback::Open, 10),
+        (tollgate_redis::RateLimitFallback::Local, 3),
+    ] {
+        let backend = tollgate_redis::RedisBackend::new(&tollgate_redis::StoreConfig {
+            timeout_ms: 50,
+            ..tollgate_redis::StoreConfig::redis(url.clone())
+        })
+        .unwrap();
+        let store = RedisRateLimitStore::new(&backend).with_fallback(fallback);
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(RateLimitLayer::with_store(&config, p.clone(), store).unwrap());
+        let mut ok = 0;
+        for _ in 0..10 {
+            let mut req = Request::get("/").body(Body::empty()).unwrap();
+            req.extensions_mut().insert(principal.clone());
+            let status = app.clone().oneshot(req).await.unwrap().status();
+            assert!(
+                status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+                "{status}"
+            );
+            ok += usize::from(status == StatusCode::OK);
+        }
+        assert_eq!(ok, expect_ok, "{fallback:?}");
+        assert_eq!(backend.stats().outages, 1);
+    }
+}
