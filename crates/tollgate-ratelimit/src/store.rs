@@ -241,25 +241,29 @@ impl Hasher for MixHasher {
 
 type Mix = BuildHasherDefault<MixHasher>;
 
-struct Slot {
-    key: RateLimitKey,
+struct Entry {
     tats: Tats,
     /// When the state equals no state again (ns since the epoch).
     expires: u64,
+    /// Where the key sits in `Shard::keys`.
+    pos: u32,
 }
 
 struct Shard {
-    index: HashMap<RateLimitKey, u32, Mix>,
-    slots: Vec<Slot>,
+    /// The state, inline in the table: a decision on a known key touches one bucket.
+    map: HashMap<RateLimitKey, Entry, Mix>,
+    /// Every key with a copy of its expiry, for sampling on eviction and for the sweep
+    /// without a table lookup per examined key.
+    keys: Vec<(RateLimitKey, u64)>,
     cap: usize,
     rng: u64,
     sweep: usize,
 }
 
-/// How many slots an insertion into a full shard samples to choose a victim.
+/// How many keys an insertion into a full shard samples to choose a victim.
 const EVICTION_SAMPLES: usize = 8;
-/// How many slots each write examines for expiry.
-const SWEEP_PER_WRITE: usize = 2;
+/// How many keys each insertion of a new key examines for expiry.
+const SWEEP_PER_INSERT: usize = 4;
 
 impl Shard {
     fn next_rand(&mut self) -> u64 {
@@ -274,45 +278,44 @@ impl Shard {
 
     fn decide(&mut self, key: &RateLimitKey, limits: &[Limit], cost: u64, now: u64) -> Decision {
         let n = limits.len().min(MAX_LIMITS);
-        match self.index.get(key) {
-            Some(&i) => {
-                let slot = &mut self.slots[i as usize];
-                let tats = if slot.expires <= now {
-                    [0; MAX_LIMITS]
-                } else {
-                    slot.tats
-                };
-                let d = gcra::decide_all(&tats[..n], now, limits, cost);
-                if d.allowed() {
-                    for (s, t) in slot.tats.iter_mut().zip(d.tats()) {
-                        *s = t;
-                    }
-                    slot.expires = now.saturating_add(d.ttl().as_nanos() as u64);
+        if let Some(entry) = self.map.get_mut(key) {
+            let tats = if entry.expires <= now {
+                [0; MAX_LIMITS]
+            } else {
+                entry.tats
+            };
+            let d = gcra::decide_all(&tats[..n], now, limits, cost);
+            if d.allowed() {
+                for (s, t) in entry.tats.iter_mut().zip(d.tats()) {
+                    *s = t;
                 }
-                self.sweep(now);
-                d
+                entry.expires = now.saturating_add(d.ttl().as_nanos() as u64);
+                self.keys[entry.pos as usize].1 = entry.expires;
             }
-            None => {
-                let d = gcra::decide_all(&[], now, limits, cost);
-                let ttl = d.ttl().as_nanos() as u64;
-                if d.allowed() && ttl > 0 {
-                    let mut tats = [0; MAX_LIMITS];
-                    for (s, t) in tats.iter_mut().zip(d.tats()) {
-                        *s = t;
-                    }
-                    self.insert(*key, tats, now.saturating_add(ttl), now);
-                    self.sweep(now);
-                }
-                d
-            }
+            return d;
         }
+        let d = gcra::decide_all(&[], now, limits, cost);
+        let ttl = d.ttl().as_nanos() as u64;
+        if d.allowed() && ttl > 0 {
+            let mut tats = [0; MAX_LIMITS];
+            for (s, t) in tats.iter_mut().zip(d.tats()) {
+                *s = t;
+            }
+            self.sweep(now);
+            self.insert(*key, tats, now.saturating_add(ttl), now);
+        }
+        d
+    }
+
+    fn expires_at(&self, pos: usize) -> u64 {
+        self.keys[pos].1
     }
 
     fn insert(&mut self, key: RateLimitKey, tats: Tats, expires: u64, now: u64) {
-        let slot = Slot { key, tats, expires };
-        if self.slots.len() < self.cap {
-            self.index.insert(key, self.slots.len() as u32);
-            self.slots.push(slot);
+        if self.keys.len() < self.cap {
+            let pos = self.keys.len() as u32;
+            self.keys.push((key, expires));
+            self.map.insert(key, Entry { tats, expires, pos });
             return;
         }
         if self.cap == 0 {
@@ -320,33 +323,44 @@ impl Shard {
         }
         // Full: replace the sampled entry closest to a full budget (an expired one
         // loses nothing; a barely used one loses least).
-        let mut victim = (self.next_rand() % self.slots.len() as u64) as usize;
+        let len = self.keys.len() as u64;
+        let mut victim = (self.next_rand() % len) as usize;
+        let mut victim_expires = self.expires_at(victim);
         for _ in 1..EVICTION_SAMPLES {
-            if self.slots[victim].expires <= now {
+            if victim_expires <= now {
                 break;
             }
-            let j = (self.next_rand() % self.slots.len() as u64) as usize;
-            if self.slots[j].expires < self.slots[victim].expires {
+            let j = (self.next_rand() % len) as usize;
+            let e = self.expires_at(j);
+            if e < victim_expires {
                 victim = j;
+                victim_expires = e;
             }
         }
-        self.index.remove(&self.slots[victim].key);
-        self.index.insert(key, victim as u32);
-        self.slots[victim] = slot;
+        self.map.remove(&self.keys[victim].0);
+        self.keys[victim] = (key, expires);
+        self.map.insert(
+            key,
+            Entry {
+                tats,
+                expires,
+                pos: victim as u32,
+            },
+        );
     }
 
-    /// Removes expired entries among the next few slots, so state does not outlive its
+    /// Removes expired entries among the next few keys, so state does not outlive its
     /// TTL by more than the time the sweep takes to come round.
     fn sweep(&mut self, now: u64) {
-        for _ in 0..SWEEP_PER_WRITE {
-            if self.slots.is_empty() {
+        for _ in 0..SWEEP_PER_INSERT {
+            if self.keys.is_empty() {
                 return;
             }
-            if self.sweep >= self.slots.len() {
+            if self.sweep >= self.keys.len() {
                 self.sweep = 0;
             }
             let i = self.sweep;
-            if self.slots[i].expires <= now {
+            if self.expires_at(i) <= now {
                 self.remove_at(i);
             } else {
                 self.sweep += 1;
@@ -355,17 +369,19 @@ impl Shard {
     }
 
     fn remove_at(&mut self, i: usize) {
-        let gone = self.slots.swap_remove(i);
-        self.index.remove(&gone.key);
-        if let Some(moved) = self.slots.get(i) {
-            self.index.insert(moved.key, i as u32);
+        let (gone, _) = self.keys.swap_remove(i);
+        self.map.remove(&gone);
+        if let Some((moved, _)) = self.keys.get(i)
+            && let Some(e) = self.map.get_mut(moved)
+        {
+            e.pos = i as u32;
         }
     }
 
     fn purge(&mut self, now: u64) {
         let mut i = 0;
-        while i < self.slots.len() {
-            if self.slots[i].expires <= now {
+        while i < self.keys.len() {
+            if self.expires_at(i) <= now {
                 self.remove_at(i);
             } else {
                 i += 1;
@@ -384,8 +400,9 @@ impl Shard {
 /// entry with the least spent. A flood of distinct one-request keys therefore
 /// replaces its own entries, not those of keys that have spent much of their quota,
 /// and an attacker who wants to push out a key's state must spend more on each
-/// flood key than that key has spent. Expired entries are also swept a few slots at
-/// a time on every write.
+/// flood key than that key has spent. An expired entry counts as absent at once; it
+/// is removed by the sweep that examines a few keys on every insertion of a new key,
+/// by eviction, or by [`MemoryRateLimitStore::purge_expired`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -457,8 +474,8 @@ impl MemoryRateLimitStore {
         let shards = (0..count)
             .map(|i| {
                 Padded(Mutex::new(Shard {
-                    index: HashMap::default(),
-                    slots: Vec::new(),
+                    map: HashMap::default(),
+                    keys: Vec::new(),
                     cap,
                     rng: 0x9e37_79b9_7f4a_7c15 ^ (i + 1).wrapping_mul(MIX),
                     sweep: 0,
@@ -490,9 +507,8 @@ impl MemoryRateLimitStore {
     /// The TATs stored for `key`, if present and not expired at `now`.
     pub fn tats(&self, key: &RateLimitKey, now: Timestamp) -> Option<[u64; MAX_LIMITS]> {
         let shard = self.shard(key);
-        let &i = shard.index.get(key)?;
-        let slot = &shard.slots[i as usize];
-        (slot.expires > now.as_nanos()).then_some(slot.tats)
+        let entry = shard.map.get(key)?;
+        (entry.expires > now.as_nanos()).then_some(entry.tats)
     }
 
     /// The number of keys held (expired ones not yet swept included).
@@ -500,7 +516,7 @@ impl MemoryRateLimitStore {
         self.inner
             .shards
             .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).slots.len() as u64)
+            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).keys.len() as u64)
             .sum()
     }
 
@@ -524,7 +540,7 @@ impl MemoryRateLimitStore {
         let mut out = Vec::new();
         for s in self.inner.shards.iter() {
             let shard = s.0.lock().unwrap_or_else(|e| e.into_inner());
-            out.extend(shard.slots.iter().map(|slot| slot.key));
+            out.extend(shard.keys.iter().map(|(k, _)| *k));
         }
         out
     }
