@@ -1,18 +1,31 @@
-//! The demo gateway: a small API wrapped in the tollgate stack, configured from TOML.
+//! The demo gateway: a small API wrapped in the whole tollgate stack, configured
+//! from TOML, JSON request logs on stdout.
 //!
 //! ```text
-//! cargo run --example gateway -- --config examples/gateway.toml
-//! cargo run --example gateway -- --config examples/gateway.toml --print-inventory
+//! cargo run --example gateway                       # examples/gateway.toml, 127.0.0.1:3000
+//! cargo run --example gateway -- --addr 127.0.0.1:3001 --config examples/gateway.toml
+//! cargo run --example gateway -- --print-inventory  # the data inventory as JSON
 //! ```
+//!
+//! Routes: `GET /health`, `GET /v1/items/{id}`, `GET /v1/me`, `POST /login` (demo
+//! users from `[gateway]`, answers an HS256 token), and `/admin/freezes` (freeze
+//! admin, needs the `tollgate:admin` scope).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tollgate::core::{Principal, SessionInfo};
 use tollgate::{Tollgate, TollgateConfig};
 use tracing_subscriber::prelude::*;
 
@@ -22,7 +35,7 @@ struct Args {
     /// The TOML config file.
     #[arg(long, default_value = "examples/gateway.toml")]
     config: PathBuf,
-    /// The address to listen on (overrides the config file's `listen`).
+    /// The address to listen on (overrides `[gateway] listen`).
     #[arg(long)]
     addr: Option<SocketAddr>,
     /// Print the data inventory as JSON and exit.
@@ -30,17 +43,45 @@ struct Args {
     print_inventory: bool,
 }
 
-#[derive(serde::Deserialize, Default)]
+/// `[gateway]`: the demo's own settings, outside the tollgate stack.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 struct GatewaySection {
     listen: Option<SocketAddr>,
+    /// Demo users `/login` accepts. Demo only: real systems keep password hashes.
+    users: Vec<DemoUser>,
+    /// The HS256 signing secret (hex) for `/login` tokens; it must match an
+    /// `[[auth.jwt.keys]]` entry with `alg = "HS256"` and `kid = "demo-hs256"`.
+    login_secret_hex: Option<String>,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct DemoUser {
+    username: String,
+    password: String,
+    plan: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+struct Login {
+    users: Vec<DemoUser>,
+    key: Option<EncodingKey>,
+    issuer: String,
+    audience: String,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // Request lines go through a non-blocking writer, so no request waits on stdout.
+    let (stdout, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with(tollgate::privacy::json_layer(std::io::stdout))
+        .with(tollgate::privacy::json_layer(stdout))
         .init();
 
     let text = std::fs::read_to_string(&args.config)
@@ -51,21 +92,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| v.try_into())
         .transpose()?
         .unwrap_or_default();
-    let config: TollgateConfig = toml::Value::Table(document).try_into()?;
-    let tollgate = Tollgate::from_config(&config)?;
+    let config = TollgateConfig::from_toml(&toml::to_string(&document)?)?;
+    let tollgate = Tollgate::from_config(&config).await?;
 
     if args.print_inventory {
         println!("{}", tollgate.inventory().to_json());
         return Ok(());
     }
 
-    let app = tollgate.apply(api());
+    let login = Arc::new(Login {
+        key: gateway
+            .login_secret_hex
+            .as_deref()
+            .map(hex::decode)
+            .transpose()?
+            .map(|secret| EncodingKey::from_secret(&secret)),
+        users: gateway.users,
+        issuer: gateway.issuer,
+        audience: gateway.audience,
+    });
+    let mut api = api(login);
+    if let Some(admin) = tollgate.freeze_admin() {
+        api = api.nest("/admin", admin);
+    }
+    let app = tollgate.apply(api);
+
     let addr = args
         .addr
         .or(gateway.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "tollgate demo gateway listening");
+    tracing::info!(%addr, shared_state = tollgate.is_shared(), "tollgate demo gateway listening");
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -75,25 +132,90 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The demo API.
-fn api() -> Router {
+fn api(login: Arc<Login>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/items/{id}", get(item))
         .route("/v1/me", get(me))
-        .route("/login", post(login))
+        .route("/login", post(log_in).with_state(login))
 }
 
 async fn item(Path(id): Path<u64>) -> Json<Value> {
     Json(json!({ "id": id, "name": format!("item {id}") }))
 }
 
-async fn me() -> Json<Value> {
-    Json(json!({ "anonymous": true }))
+/// What the stack knows about the caller: pseudonyms, never identifiers.
+async fn me(principal: Option<Principal>, session: Option<SessionInfo>) -> Json<Value> {
+    Json(match principal {
+        None => json!({ "anonymous": true }),
+        Some(p) => json!({
+            "subject": p.subject().to_string(),
+            "credential": p.credential().as_str(),
+            "tier": p.tier().as_str(),
+            "scopes": p.scopes().iter().collect::<Vec<_>>(),
+            "session": session.map(|s| json!({
+                "session": s.session.to_string(),
+                "health": s.health.as_str(),
+                "reasons": s.reasons.to_string(),
+            })),
+        }),
+    })
 }
 
-async fn login() -> (http::StatusCode, Json<Value>) {
-    (
-        http::StatusCode::UNAUTHORIZED,
-        Json(json!({ "error": "invalid credentials" })),
-    )
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+async fn log_in(State(login): State<Arc<Login>>, Json(c): Json<Credentials>) -> (StatusCode, Json<Value>) {
+    let Some(key) = &login.key else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "login is not configured" })),
+        );
+    };
+    // Compare every user in constant time, so timing tells nothing about which part failed.
+    let user = login.users.iter().find(|u| {
+        bool::from(u.username.as_bytes().ct_eq(c.username.as_bytes()))
+            & bool::from(u.password.as_bytes().ct_eq(c.password.as_bytes()))
+    });
+    let Some(user) = user else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid credentials" })),
+        );
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = json!({
+        "sub": user.username,
+        "iss": login.issuer,
+        "aud": login.audience,
+        "iat": now,
+        "exp": now + 3600,
+        "jti": format!("{:032x}", rand_u128()),
+        "plan": user.plan,
+        "scope": user.scopes.join(" "),
+    });
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("demo-hs256".into());
+    match jsonwebtoken::encode(&header, &claims, key) {
+        Ok(token) => (
+            StatusCode::OK,
+            Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 })),
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": "cannot sign" })),
+        ),
+    }
+}
+
+fn rand_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    u128::from_le_bytes(bytes)
 }

@@ -3,15 +3,16 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use tollgate_core::pseudonym::{DEFAULT_EPOCH, SECRET_ENV};
+use tollgate_core::pseudonym::DEFAULT_EPOCH;
 
 /// How pseudonyms are keyed.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PseudonymConfig {
-    /// The secret as hex (64+ digits). Prefer the `TOLLGATE_PSEUDONYM_SECRET`
-    /// environment variable, which overrides this; without either, a random secret
-    /// is made at start and pseudonyms do not link across restarts or replicas.
+    /// The secret as hex (64+ digits). The `TOLLGATE_PSEUDONYM_SECRET` environment
+    /// variable overrides it. Without either, a random secret is made at start and
+    /// pseudonyms do not link across restarts or replicas; with a shared (Redis)
+    /// store, the stack refuses to start without one.
     pub secret: Option<String>,
     /// Seconds per key epoch: a pseudonym links events only within its epoch.
     pub epoch_s: u64,
@@ -31,12 +32,10 @@ impl PseudonymConfig {
     pub fn epoch(&self) -> Duration {
         Duration::from_secs(self.epoch_s)
     }
-
-    /// The environment variable that holds the secret.
-    pub const ENV: &'static str = SECRET_ENV;
 }
 
-/// The whole stack's configuration. Every section is optional.
+/// The whole stack's configuration. A layer runs when its section is present;
+/// the privacy trace layer always runs.
 ///
 /// ```
 /// let config: tollgate::TollgateConfig = toml::from_str(r#"
@@ -45,8 +44,12 @@ impl PseudonymConfig {
 ///
 ///     [privacy.routes]
 ///     "/health" = "minimal"
+///
+///     [ratelimit.tiers.free]
+///     limits = [{ name = "burst", quota = 10, window_s = 1 }]
 /// "#).unwrap();
 /// assert_eq!(config.pseudonym.epoch_s, 3600);
+/// assert!(config.auth.is_none());
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,8 +57,18 @@ pub struct TollgateConfig {
     /// How pseudonyms are keyed.
     pub pseudonym: PseudonymConfig,
     /// The privacy trace layer: trusted proxies, coarsening, per-route log profiles.
-    #[cfg(feature = "privacy")]
     pub privacy: tollgate_privacy::PrivacyConfig,
+    /// The authentication layer (`[auth]`, `[auth.jwt]`, `[[auth.api_keys]]`, `[auth.introspection]`).
+    pub auth: Option<tollgate_auth::AuthConfig>,
+    /// The session fingerprinting layer.
+    pub fingerprint: Option<tollgate_fingerprint::FingerprintConfig>,
+    /// The rate-limiting layer: tiers, route overrides, mode.
+    pub ratelimit: Option<tollgate_ratelimit::RateLimitConfig>,
+    /// The anomaly layer: detectors and actions.
+    pub anomaly: Option<tollgate_anomaly::AnomalyConfig>,
+    /// Where shared state lives: `backend = "memory"` (default) or `"redis"`.
+    #[cfg(feature = "redis")]
+    pub store: tollgate_redis::StoreConfig,
 }
 
 impl TollgateConfig {
@@ -65,8 +78,19 @@ impl TollgateConfig {
             path: path.display().to_string(),
             cause: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| crate::BuildError::Parse {
-            path: path.display().to_string(),
+        Self::from_toml(&text).map_err(|e| match e {
+            crate::BuildError::Parse { cause, .. } => crate::BuildError::Parse {
+                path: path.display().to_string(),
+                cause,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, crate::BuildError> {
+        toml::from_str(text).map_err(|e| crate::BuildError::Parse {
+            path: "<config>".into(),
             cause: e.to_string(),
         })
     }

@@ -28,7 +28,7 @@ pub mod session;
 pub mod store;
 
 pub use client::{ClientConfig, ClientContext};
-pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp};
+pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
 pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList};
 pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};

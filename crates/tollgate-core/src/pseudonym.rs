@@ -271,16 +271,16 @@ impl Pseudonymizer {
     ///
     /// Logs a warning: its pseudonyms do not link across restarts or replicas.
     pub fn ephemeral(epoch: Duration) -> Result<Self, SecretError> {
+        Self::ephemeral_with_clock(epoch, system_clock())
+    }
+
+    /// As [`Pseudonymizer::ephemeral`], on the given clock.
+    pub fn ephemeral_with_clock(epoch: Duration, clock: SharedClock) -> Result<Self, SecretError> {
         tracing::warn!(
             setting = SECRET_ENV,
             "no pseudonym secret configured: using a random one; pseudonyms will not link across restarts or replicas"
         );
-        Ok(Self::build(
-            PseudonymSecret::random()?,
-            epoch,
-            system_clock(),
-            true,
-        ))
+        Ok(Self::build(PseudonymSecret::random()?, epoch, clock, true))
     }
 
     fn build(secret: PseudonymSecret, epoch: Duration, clock: SharedClock, ephemeral: bool) -> Self {
