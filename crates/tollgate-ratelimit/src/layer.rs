@@ -287,7 +287,12 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
             let cost = route.cost.unwrap_or(1);
             let applies: Vec<&Arc<Policy>> = match &policy {
                 Some(p) => vec![p],
-                None => tiers.values().collect(),
+                // In configuration order, so the error names the same tier every time.
+                None => config
+                    .tiers
+                    .keys()
+                    .filter_map(|k| tiers.get(k.as_str()))
+                    .collect(),
             };
             for p in applies {
                 if let Some(l) = p.named.iter().find(|l| l.limit.burst() < cost) {

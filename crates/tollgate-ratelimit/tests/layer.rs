@@ -600,3 +600,57 @@ async fn works_as_a_route_layer_and_with_a_named_override() {
         ]
     );
 }
+
+/// The `[ratelimit]` section given to the demo gateway parses and builds.
+#[tokio::test]
+async fn gateway_snippet_builds() {
+    let config: RateLimitConfig = toml::from_str(
+        r#"
+        mode = "enforce"
+        headers = true
+        default_tier = "free"
+        anonymous_tier = "anonymous"
+        max_entries = 100000
+        on_store_failure = "open"
+
+        [tiers.free]
+        limits = [
+          { name = "burst", quota = 10, window = "1s", burst = 20 },
+          { name = "daily", quota = 10000, window = "1d" },
+        ]
+        [tiers.pro]
+        limits = [
+          { name = "burst", quota = 100, window = "1s", burst = 200 },
+          { name = "daily", quota = 1000000, window = "1d" },
+        ]
+        [tiers.anonymous]
+        limits = [{ name = "burst", quota = 2, window = "1s", burst = 5 }]
+        mode = "report_only"
+
+        [routes."/login"]
+        limits = [{ name = "login", quota = 5, window = "1m" }]
+        [routes."/health"]
+        exempt = true
+        "#,
+    )
+    .unwrap();
+    let p = pseudonymizer();
+    let layer = RateLimitLayer::new(&config, p.clone())
+        .unwrap()
+        .clock(Arc::new(clock()));
+    assert_eq!(layer.inventory().len(), 6);
+    let app = app(layer);
+    let pro = principal(&p, "gw", "pro");
+    let r = send(&app, "/items", Some(&pro)).await;
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"burst\";q=200;w=2, \"daily\";q=1000000;w=86400"
+    );
+    // Anonymous traffic is in report-only mode: never refused.
+    for _ in 0..10 {
+        assert_eq!(
+            send_from(&app, "/items", "192.0.2.1", &p).await.status(),
+            StatusCode::OK
+        );
+    }
+}
