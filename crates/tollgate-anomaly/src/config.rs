@@ -262,7 +262,7 @@ impl Default for EnumerationConfig {
     fn default() -> Self {
         EnumerationConfig {
             enabled: true,
-            window_secs: 3600,
+            window_secs: 4 * 3600,
             max_distinct_ids: 100,
             ratio_min_requests: 20,
             max_error_ratio: 0.5,
@@ -342,7 +342,7 @@ impl Default for SequenceConfig {
             min_total_observations: 20_000,
             rare_route: 0.0002,
             max_routes: 64,
-            session_gap_secs: 1800,
+            session_gap_secs: 900,
             model_window_secs: 86_400,
             max_entries: 100_000,
         }

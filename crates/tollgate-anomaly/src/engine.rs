@@ -23,7 +23,8 @@ use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
 use crate::bounded::BoundedMap;
 use crate::config::{Action, AnomalyConfig, CompiledPolicy, RoutePolicy, secs};
 use crate::detectors::{
-    EnumerationDetector, RouteIndex, SequenceDetector, StuffingDetector, TokenSharingDetector, VolumeDetector,
+    EnumerationDetector, RouteIndex, SequenceDetector, Step, StuffingDetector, TokenSharingDetector,
+    VolumeDetector,
 };
 use crate::hash::{KeyKind, KeyedHasher};
 use crate::tags::{AnomalyKind, AnomalyTags, KIND_COUNT};
@@ -116,8 +117,8 @@ pub(crate) struct Post {
     engine: Arc<Engine>,
     keys: Keys,
     policy: CompiledPolicy,
-    /// `(previous route, route)` to learn if the request ends untagged.
-    transition: Option<(u8, u8)>,
+    /// The sequence step, to learn if no other detector tags the request.
+    transition: Option<Step>,
     record: Record,
     count_failures: bool,
     freeze_target: Option<FreezeTarget>,
@@ -298,6 +299,15 @@ impl Engine {
             d.map().purge_expired(now);
         }
         self.penalties.purge_expired(now);
+    }
+
+    pub fn transition_share(&self, from: Option<&str>, to: &str) -> Option<f64> {
+        let d = self.sequence.as_ref()?;
+        let prev = match from {
+            Some(f) => self.routes.lookup(Some(f)).0,
+            None => d.start(),
+        };
+        d.transition_share(prev, self.routes.lookup(Some(to)).0)
     }
 
     fn network_of<B>(&self, req: &Request<B>) -> Option<NetworkPrefix> {
@@ -551,8 +561,8 @@ impl Engine {
             && (principal.is_some() || session.is_some())
             && let Some(sk) = session_key
         {
-            let (prev, score) = d.observe(sk, route_idx, now);
-            transition = Some((prev, route_idx));
+            let (step, score) = d.observe(sk, route_idx, now);
+            transition = Some(step);
             if let Some(score) = score {
                 tags.insert(AnomalyKind::UnusualSequence, score);
             }
@@ -769,10 +779,12 @@ impl Post {
                 }
             }
         }
-        if record.tags.is_empty()
-            && let (Some(d), Some((prev, route))) = (&engine.sequence, self.transition)
+        let mut others = record.tags;
+        others.remove(AnomalyKind::UnusualSequence);
+        if others.is_empty()
+            && let (Some(d), Some(step)) = (&engine.sequence, self.transition)
         {
-            d.learn(prev, route, now);
+            d.learn(step, record.tags.contains(AnomalyKind::UnusualSequence), now);
         }
         engine.finish_response(response, record);
         if record.tags.is_empty() && record.action.is_some() {

@@ -175,6 +175,13 @@ impl AnomalyLayer {
         self.engine.purge_expired();
     }
 
+    /// What the sequence model learned: the share of steps from `from` (a route
+    /// template, or `None` for the start of a session) that went to `to`. `None` if the
+    /// detector is off or nothing left `from` yet. For admin views and tuning.
+    pub fn transition_share(&self, from: Option<&str>, to: &str) -> Option<f64> {
+        self.engine.transition_share(from, to)
+    }
+
     /// Every field this layer stores or emits, for the data inventory.
     pub fn inventory(&self) -> Vec<FieldSpec> {
         crate::inventory::inventory(&self.engine)

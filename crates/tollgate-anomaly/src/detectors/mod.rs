@@ -11,7 +11,7 @@ mod token;
 mod volume;
 
 pub use enumeration::EnumerationDetector;
-pub use sequence::{RouteIndex, SequenceDetector};
+pub use sequence::{RouteIndex, SequenceDetector, Step};
 pub use stuffing::StuffingDetector;
 pub use token::TokenSharingDetector;
 pub use volume::VolumeDetector;

@@ -99,6 +99,7 @@ impl RouteIndex {
 #[derive(Debug)]
 struct Counts {
     trans: Box<[AtomicU32]>,
+    departures: Box<[AtomicU32]>,
     arrivals: Box<[AtomicU32]>,
     total: AtomicU64,
 }
@@ -107,29 +108,73 @@ impl Counts {
     fn new(n: usize) -> Self {
         Counts {
             trans: (0..n * n).map(|_| AtomicU32::new(0)).collect(),
+            departures: (0..n).map(|_| AtomicU32::new(0)).collect(),
             arrivals: (0..n).map(|_| AtomicU32::new(0)).collect(),
             total: AtomicU64::new(0),
         }
     }
 
     fn clear(&self) {
-        for c in self.trans.iter().chain(self.arrivals.iter()) {
+        for c in self
+            .trans
+            .iter()
+            .chain(self.departures.iter())
+            .chain(self.arrivals.iter())
+        {
             c.store(0, Ordering::Relaxed);
         }
         self.total.store(0, Ordering::Relaxed);
     }
 }
 
-/// A first-order transition model over route templates, learned from untagged
-/// traffic: for each route, how often each route (or the start of a session)
-/// came just before it. A request is tagged when its transition is rarer than
-/// `rare_transition` of the route's arrivals (a skipped step), or when the route
-/// itself gets less than `rare_route` of all traffic (a route sessions never call).
+/// What a session's sequence state holds: the previous route, and how many of its
+/// own tagged steps it has taught the model.
+#[derive(Clone, Copy, Debug)]
+struct SessionSeq {
+    last: u8,
+    taught: u8,
+    learned: u8,
+}
+
+/// Tagged steps one session may teach the model (so a novel but honest transition
+/// is learned once enough sessions make it, while one attacker cannot teach it).
+const MAX_TAUGHT_PER_SESSION: u8 = 2;
+
+/// Steps one session may teach the model in all, so that a few very busy clients
+/// (a batch job paging one list thousands of times) do not drown everyone else.
+const MAX_LEARNED_PER_SESSION: u8 = 64;
+
+/// One observed step, to hand back to [`SequenceDetector::learn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    session: u64,
+    /// The previous route (or the start of the session).
+    pub prev: u8,
+    /// The route.
+    pub route: u8,
+}
+
+impl Step {
+    /// The same session's step `prev -> route` (for tests and replays).
+    pub fn with(self, prev: u8, route: u8) -> Step {
+        Step { prev, route, ..self }
+    }
+}
+
+/// A first-order transition model over route templates: for each route, how often
+/// sessions went from it to each route next. A step is tagged when it is rarer than
+/// `rare_transition` of the departures from the previous route (a skipped step, or a
+/// session starting where sessions do not start), or when the route itself gets less
+/// than `rare_route` of all traffic (a route sessions never call).
 ///
-/// The model is two generations of `(max_routes + 2)²` aggregate counters, each
-/// covering `model_window_secs`: counts older than two windows are gone, so the
-/// model follows change. Per session it keeps one byte (the previous route),
-/// forgotten after `session_gap_secs` of inactivity.
+/// The model learns from steps no other detector tagged, at most 64 per session so
+/// that a few very busy clients do not drown everyone else; a step only this
+/// detector tagged is learned too, but at most twice per session, so honest
+/// novelties fade as many sessions make them while one attacker cannot teach the model.
+///
+/// It is two generations of `(max_routes + 2)²` aggregate counters, each covering
+/// `model_window_secs`: counts older than two windows are gone, so the model follows
+/// change. Per session it keeps three bytes, forgotten after `session_gap_secs`.
 ///
 /// ```
 /// use tollgate_anomaly::SequenceConfig;
@@ -137,16 +182,17 @@ impl Counts {
 ///
 /// let config = SequenceConfig { min_observations: 10, ..SequenceConfig::default() };
 /// let d = SequenceDetector::new(&config);
-/// let (search, item) = (0u8, 1u8);
+/// let (search, item, export) = (0u8, 1u8, 2u8);
 /// for s in 0..100u64 {
 ///     for route in [search, item] {
-///         let (prev, score) = d.observe(s, route, 0);
+///         let (step, score) = d.observe(s, route, 0);
 ///         assert!(score.is_none() || s < 10);
-///         d.learn(prev, route, 0);
+///         d.learn(step, score.is_some(), 0);
 ///     }
 /// }
-/// // Straight to `item`, skipping `search`: a skipped step.
-/// let (_, score) = d.observe(1_000, item, 0);
+/// // Straight from `search` to `export`: never seen.
+/// d.observe(1_000, search, 0);
+/// let (_, score) = d.observe(1_000, export, 0);
 /// assert!(score.is_some());
 /// ```
 #[derive(Debug)]
@@ -157,7 +203,7 @@ pub struct SequenceDetector {
     counts: [Counts; 2],
     generation: AtomicU64,
     window: u64,
-    sessions: BoundedMap<u8>,
+    sessions: BoundedMap<SessionSeq>,
     min_observations: u32,
     rare_transition: f64,
     min_total: u64,
@@ -183,46 +229,48 @@ impl SequenceDetector {
         }
     }
 
-    /// Records that `session` called `route` at `now`. Returns the previous route
-    /// (for [`SequenceDetector::learn`]) and a score if the step is unusual.
-    pub fn observe(&self, session: u64, route: u8, now: u64) -> (u8, Option<u8>) {
+    /// Records that `session` called `route` at `now`. Returns the step (for
+    /// [`SequenceDetector::learn`]) and a score if it is unusual.
+    pub fn observe(&self, session: u64, route: u8, now: u64) -> (Step, Option<u8>) {
         let route = route.min(self.other);
         let start = self.start;
-        let prev = self
-            .sessions
-            .update(session, now, || start, |last| std::mem::replace(last, route));
-        (prev, self.judge(prev, route))
+        let prev = self.sessions.update(
+            session,
+            now,
+            || SessionSeq {
+                last: start,
+                taught: 0,
+                learned: 0,
+            },
+            |s| std::mem::replace(&mut s.last, route),
+        );
+        (Step { session, prev, route }, self.judge(prev, route))
     }
 
-    fn arrivals(&self, r: usize) -> u32 {
+    fn sum(&self, f: impl Fn(&Counts) -> &AtomicU32) -> u32 {
         self.counts
             .iter()
-            .map(|c| c.arrivals[r].load(Ordering::Relaxed))
+            .map(|c| f(c).load(Ordering::Relaxed))
             .fold(0, u32::saturating_add)
     }
 
     fn judge(&self, prev: u8, route: u8) -> Option<u8> {
-        if route == self.other {
+        if route == self.other || prev == self.other {
             return None;
         }
-        let r = usize::from(route);
-        let arrivals = self.arrivals(r);
+        let (p, r) = (usize::from(prev), usize::from(route));
+        let departures = self.sum(|c| &c.departures[p]);
         let mut score = None;
-        if arrivals >= self.min_observations {
-            let i = usize::from(prev) * self.n + r;
-            let seen = self
-                .counts
-                .iter()
-                .map(|c| c.trans[i].load(Ordering::Relaxed))
-                .fold(0, u32::saturating_add);
-            let p = f64::from(seen) / f64::from(arrivals);
-            if p < self.rare_transition {
-                score = Some(rarity_score(p, self.rare_transition));
+        if departures >= self.min_observations {
+            let seen = self.sum(|c| &c.trans[p * self.n + r]);
+            let share = f64::from(seen) / f64::from(departures);
+            if share < self.rare_transition {
+                score = Some(rarity_score(share, self.rare_transition));
             }
         }
         let total: u64 = self.counts.iter().map(|c| c.total.load(Ordering::Relaxed)).sum();
         if total >= self.min_total {
-            let share = f64::from(arrivals) / total as f64;
+            let share = f64::from(self.sum(|c| &c.arrivals[r])) / total as f64;
             if share < self.rare_route {
                 let s = rarity_score(share, self.rare_route);
                 score = Some(score.map_or(s, |x: u8| x.max(s)));
@@ -231,9 +279,32 @@ impl SequenceDetector {
         score
     }
 
-    /// Learns the transition `prev -> route` at `now` (call it for untagged requests
-    /// only, so attacks do not teach the model).
-    pub fn learn(&self, prev: u8, route: u8, now: u64) {
+    /// Learns `step` at `now`. Call it for steps no other detector tagged;
+    /// `self_tagged` says whether this detector tagged it (such steps are learned at
+    /// most twice per session).
+    pub fn learn(&self, step: Step, self_tagged: bool, now: u64) {
+        let allowed = self
+            .sessions
+            .get(step.session, now, |s| {
+                s.learned < MAX_LEARNED_PER_SESSION && (!self_tagged || s.taught < MAX_TAUGHT_PER_SESSION)
+            })
+            .unwrap_or(false);
+        if !allowed {
+            return;
+        }
+        self.sessions.update(
+            step.session,
+            now,
+            || SessionSeq {
+                last: step.route,
+                taught: 0,
+                learned: 0,
+            },
+            |s| {
+                s.learned += 1;
+                s.taught += u8::from(self_tagged);
+            },
+        );
         let generation = now / self.window;
         let seen = self.generation.load(Ordering::Relaxed);
         if generation > seen
@@ -250,26 +321,20 @@ impl SequenceDetector {
             }
         }
         let counts = &self.counts[(generation.max(seen) % 2) as usize];
-        let route = usize::from(route.min(self.other));
-        let prev = usize::from(prev).min(self.n - 1);
+        let route = usize::from(step.route.min(self.other));
+        let prev = usize::from(step.prev).min(self.n - 1);
         counts.trans[prev * self.n + route].fetch_add(1, Ordering::Relaxed);
+        counts.departures[prev].fetch_add(1, Ordering::Relaxed);
         counts.arrivals[route].fetch_add(1, Ordering::Relaxed);
         counts.total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The probability of `prev -> route` among `route`'s arrivals, if observed.
+    /// The share of departures from `prev` that went to `route`, if any were observed.
     pub fn transition_share(&self, prev: u8, route: u8) -> Option<f64> {
+        let p = usize::from(prev).min(self.n - 1);
         let r = usize::from(route.min(self.other));
-        let arrivals = self.arrivals(r);
-        let i = usize::from(prev).min(self.n - 1) * self.n + r;
-        (arrivals > 0).then(|| {
-            let seen: u32 = self
-                .counts
-                .iter()
-                .map(|c| c.trans[i].load(Ordering::Relaxed))
-                .sum();
-            f64::from(seen) / f64::from(arrivals)
-        })
+        let departures = self.sum(|c| &c.departures[p]);
+        (departures > 0).then(|| f64::from(self.sum(|c| &c.trans[p * self.n + r])) / f64::from(departures))
     }
 
     /// The pseudo-route before a session's first request.
@@ -314,10 +379,8 @@ mod tests {
         for s in 0..2_000u64 {
             let path: &[u8] = if s % 50 == 0 { &[0, 1, 2] } else { &[0, 3, 3, 3, 1] };
             for (i, r) in path.iter().enumerate() {
-                let (prev, score) = d.observe(s, *r, i as u64 * S);
-                if score.is_none() {
-                    d.learn(prev, *r, i as u64 * S);
-                }
+                let (step, score) = d.observe(s, *r, i as u64 * S);
+                d.learn(step, score.is_some(), i as u64 * S);
             }
         }
         d
@@ -334,11 +397,18 @@ mod tests {
     #[test]
     fn skipped_steps_fire() {
         let d = trained();
-        // Straight to export without account: never seen.
+        // Straight from login to export without account: never seen.
         assert!(d.observe(77_777, 0, 0).1.is_none());
         assert!(d.observe(77_777, 2, S).1.is_some());
         // A session that starts at export.
         assert!(d.observe(88_888, 2, 0).1.is_some());
+        // One attacker repeating the skip cannot teach it.
+        for i in 0..1_000 {
+            let (step, score) = d.observe(77_777, if i % 2 == 0 { 0 } else { 2 }, (2 + i) * S);
+            d.learn(step, score.is_some(), (2 + i) * S);
+        }
+        assert!(d.observe(99_000, 0, 0).1.is_none());
+        assert!(d.observe(99_000, 2, S).1.is_some());
     }
 
     #[test]
@@ -346,8 +416,8 @@ mod tests {
         let d = trained();
         d.observe(5, 0, 0);
         d.observe(5, 1, S);
-        let (prev, _) = d.observe(5, 3, 10_000 * S);
-        assert_eq!(prev, d.start());
+        let (step, _) = d.observe(5, 3, 10_000 * S);
+        assert_eq!(step.prev, d.start());
     }
 
     #[test]
@@ -376,13 +446,14 @@ mod window_tests {
         };
         let d = SequenceDetector::new(&config);
         let s = 1_000_000_000u64;
+        let step = |prev, route| d.observe(7, prev, 0).0.with(prev, route);
         for i in 0..10 {
-            d.learn(d.start(), 0, i * s);
+            d.learn(step(d.start(), 0), false, i * s);
         }
         assert_eq!(d.transition_share(d.start(), 0), Some(1.0));
-        d.learn(0, 1, 150 * s);
+        d.learn(step(0, 1), false, 150 * s);
         assert_eq!(d.transition_share(d.start(), 0), Some(1.0));
-        d.learn(0, 1, 250 * s);
+        d.learn(step(0, 1), false, 250 * s);
         assert_eq!(d.transition_share(d.start(), 0), None);
     }
 }
