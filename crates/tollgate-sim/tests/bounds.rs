@@ -8,7 +8,9 @@ use tollgate_sim::{Label, Scenario, run};
 async fn check(seed: u64) {
     let report = run(&Scenario::test_mix(), seed).await;
     println!("{}", report.to_markdown());
-    report.check(0.9, 0.01).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    report
+        .check(0.9, 0.01)
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     // Not vacuous: every attack type is present and the population is the test mix's.
     for label in [
         Label::Stuffing,
@@ -17,7 +19,11 @@ async fn check(seed: u64) {
         Label::ScrapeBurst,
         Label::SlowScrape,
     ] {
-        let row = report.attacks.iter().find(|a| a.label == label).expect("attack row");
+        let row = report
+            .attacks
+            .iter()
+            .find(|a| a.label == label)
+            .expect("attack row");
         assert_eq!(row.actors, 10, "{label}");
         assert!(row.requests > 0, "{label}");
     }
@@ -65,6 +71,9 @@ async fn reproducible_by_seed() {
     assert_eq!(a.statuses, b.statuses);
     assert_eq!(a.false_positives, b.false_positives);
     for (x, y) in a.detectors.iter().zip(&b.detectors) {
-        assert_eq!((x.true_positives, x.false_positives), (y.true_positives, y.false_positives));
+        assert_eq!(
+            (x.true_positives, x.false_positives),
+            (y.true_positives, y.false_positives)
+        );
     }
 }

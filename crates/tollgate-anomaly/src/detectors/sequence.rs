@@ -283,16 +283,7 @@ impl SequenceDetector {
     /// `self_tagged` says whether this detector tagged it (such steps are learned at
     /// most twice per session).
     pub fn learn(&self, step: Step, self_tagged: bool, now: u64) {
-        let allowed = self
-            .sessions
-            .get(step.session, now, |s| {
-                s.learned < MAX_LEARNED_PER_SESSION && (!self_tagged || s.taught < MAX_TAUGHT_PER_SESSION)
-            })
-            .unwrap_or(false);
-        if !allowed {
-            return;
-        }
-        self.sessions.update(
+        let allowed = self.sessions.update(
             step.session,
             now,
             || SessionSeq {
@@ -301,10 +292,18 @@ impl SequenceDetector {
                 learned: 0,
             },
             |s| {
-                s.learned += 1;
-                s.taught += u8::from(self_tagged);
+                let ok = s.learned < MAX_LEARNED_PER_SESSION
+                    && (!self_tagged || s.taught < MAX_TAUGHT_PER_SESSION);
+                if ok {
+                    s.learned += 1;
+                    s.taught += u8::from(self_tagged);
+                }
+                ok
             },
         );
+        if !allowed {
+            return;
+        }
         let generation = now / self.window;
         let seen = self.generation.load(Ordering::Relaxed);
         if generation > seen
