@@ -392,3 +392,47 @@ async fn no_debug_header_by_default() {
         assert!(!r.headers().contains_key("x-tollgate-anomaly"));
     }
 }
+
+#[tokio::test]
+async fn a_route_policy_in_request_extensions_wins_over_config() {
+    let clock = clock();
+    let p = pseudonymizer(&clock);
+    let freeze = MemoryFreezeList::new(100);
+    let mut config = AnomalyConfig::default();
+    config.volume.default_norm = 2;
+    config.actions = config.actions.set(AnomalyKind::Volume, Action::Block);
+    let anomaly = AnomalyLayer::builder(config, p.clone())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    // The override must be in the request before the anomaly layer runs: a layer
+    // added after it (outside) on this sub-router.
+    let relaxed = axum::Router::new()
+        .route("/v1/bulk", axum::routing::get(|| async { "bulk" }))
+        .layer(anomaly.clone())
+        .layer(axum::Extension(
+            RoutePolicy::default().action(AnomalyKind::Volume, Action::Record),
+        ));
+    let app = routes()
+        .layer(anomaly)
+        .merge(relaxed)
+        .layer(auth_layer(&p, &freeze));
+    let base = serve(app).await;
+    for _ in 0..10 {
+        let r = client()
+            .get(format!("{base}/v1/bulk"))
+            .header("x-test-user", "etl")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // The same caller on a route without the override is over the norm: blocked.
+    let r = client()
+        .get(format!("{base}/v1/search"))
+        .header("x-test-user", "etl")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
