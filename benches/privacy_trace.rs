@@ -11,7 +11,7 @@ use axum::extract::ConnectInfo;
 use axum::{Router, routing::get};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
-use tollgate::core::{Pseudonymizer, PseudonymSecret};
+use tollgate::core::{PseudonymSecret, Pseudonymizer};
 use tollgate::privacy::PrivacyTraceLayer;
 use tower::ServiceExt;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -34,8 +34,10 @@ fn request() -> Request<Body> {
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let pseudonymizer =
-        Pseudonymizer::new(PseudonymSecret::from_bytes(&[1; 32]).unwrap(), Duration::from_secs(86_400));
+    let pseudonymizer = Pseudonymizer::new(
+        PseudonymSecret::from_bytes(&[1; 32]).unwrap(),
+        Duration::from_secs(86_400),
+    );
 
     let bare = app();
     let privacy = app().layer(PrivacyTraceLayer::new(pseudonymizer));
@@ -46,7 +48,9 @@ fn bench(c: &mut Criterion) {
     );
 
     let mut group = c.benchmark_group("trace_layer");
-    group.bench_function("bare", |b| b.to_async(&rt).iter(|| bare.clone().oneshot(request())));
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| bare.clone().oneshot(request()))
+    });
 
     // Each traced variant writes JSON lines to a sink through the same formatter
     // settings; the subscriber is scoped to its own benchmark.

@@ -77,8 +77,8 @@ struct Login {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    // Request lines go through a non-blocking writer, so no request waits on stdout.
-    let (stdout, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
+    // Request lines are written to stdout in batches, so no request waits on a write.
+    let (stdout, _flush_on_exit) = tollgate::privacy::BatchWriter::stdout();
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with(tollgate::privacy::json_layer(stdout))

@@ -16,7 +16,7 @@ use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
 use tollgate_core::{ClientConfig, Pseudonymizer, fields};
 use tower::{Layer, Service};
 use tracing::Span;
-use tracing::field::{Empty, display};
+use tracing::field::Empty;
 
 use crate::config::{LogProfile, PrivacyConfig, PrivacyConfigError, allowed_header};
 use crate::trace_id::TraceId;
@@ -191,7 +191,10 @@ where
         if let Some(peer) = peer {
             let client = config.client.context(peer, req.headers(), &config.pseudonymizer);
             if profile == LogProfile::Full {
-                span.record(fields::CLIENT_NETWORK, display(client.network_pseudonym()));
+                span.record(
+                    fields::CLIENT_NETWORK,
+                    client.network_pseudonym().to_hex().as_str(),
+                );
             }
             req.extensions_mut().insert(client);
         }

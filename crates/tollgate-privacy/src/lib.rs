@@ -12,8 +12,10 @@ mod config;
 mod layer;
 mod log;
 mod trace_id;
+mod writer;
 
 pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig, PrivacyConfigError};
 pub use layer::{PrivacyTrace, PrivacyTraceLayer, ResponseFuture, TARGET, UNMATCHED_ROUTE};
 pub use log::{JsonLogLayer, json_layer};
 pub use trace_id::{TraceId, TraceIdHex};
+pub use writer::{BatchLine, BatchWriter, FlushGuard};

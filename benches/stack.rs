@@ -1,0 +1,113 @@
+//! Per-request cost of the composed stack, one layer added at a time, in process
+//! (tower `oneshot` on the router, no network), each variant logging one JSON line
+//! per request to a sink.
+//!
+//! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::{Router, routing::get};
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tollgate::{Tollgate, TollgateConfig};
+use tower::ServiceExt;
+use tracing_subscriber::prelude::*;
+
+const SECRET_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn app() -> Router {
+    Router::new().route("/v1/items/{id}", get(|| async { "item" }))
+}
+
+fn token() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "sub": "bench-user", "iss": "bench", "aud": "bench", "exp": now + 3600, "iat": now, "jti": "bench-1", "tier": "pro",
+    });
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k".into());
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&[7; 32])).unwrap()
+}
+
+fn request(token: &str) -> Request<Body> {
+    let mut req = Request::get("/v1/items/42")
+        .header("authorization", format!("Bearer {token}"))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        )
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([198, 51, 100, 7], 40_000))));
+    req
+}
+
+/// The config with the sections up to and including `upto` (0 = privacy only).
+fn config(upto: usize) -> TollgateConfig {
+    let sections = [
+        format!(
+            r#"
+[auth.jwt]
+issuer = "bench"
+audience = "bench"
+algorithms = ["HS256"]
+tier_claim = "tier"
+[[auth.jwt.keys]]
+kid = "k"
+alg = "HS256"
+secret_hex = "{}"
+"#,
+            "07".repeat(32)
+        ),
+        "[fingerprint]\n".to_string(),
+        r#"
+[ratelimit]
+default_tier = "pro"
+anonymous_tier = "pro"
+[ratelimit.tiers.pro]
+limits = [{ name = "burst", quota = 1000000000, window = "1s" }]
+"#
+        .to_string(),
+        "[anomaly]\n".to_string(),
+    ];
+    let mut text = format!("[pseudonym]\nsecret = \"{SECRET_HEX}\"\n");
+    for section in sections.iter().take(upto) {
+        text.push_str(section);
+    }
+    TollgateConfig::from_toml(&text).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = token();
+    let subscriber = tracing_subscriber::registry()
+        .with(tollgate::privacy::json_layer(std::io::sink))
+        .with(tracing_subscriber::filter::LevelFilter::INFO);
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut group = c.benchmark_group("stack");
+    let bare = app();
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| bare.clone().oneshot(request(&token)))
+    });
+    let names = ["privacy", "+auth", "+fingerprint", "+ratelimit", "+anomaly"];
+    for (upto, name) in names.iter().enumerate() {
+        let tollgate = rt.block_on(Tollgate::from_config(&config(upto))).unwrap();
+        let router = tollgate.apply(app());
+        group.bench_function(*name, |b| {
+            b.to_async(&rt).iter(|| router.clone().oneshot(request(&token)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

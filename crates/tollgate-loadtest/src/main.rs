@@ -1,0 +1,306 @@
+//! Whole-stack load test: the same small API served bare, behind the tollgate
+//! stack, and behind the usual peer composition (jwt-authorizer ES256 +
+//! tower_governor + tower-http `TraceLayer` with JSON logs), each in its own
+//! process, loaded in turn by `wrk` on loopback, reported as ratios of bare axum.
+//!
+//! ```text
+//! cargo run --release -p tollgate-loadtest -- run --duration 10
+//! ```
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::{Router, routing::get};
+use clap::{Parser, Subcommand, ValueEnum};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tower::ServiceBuilder;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use tracing_subscriber::prelude::*;
+
+const PRIVATE_KEY: &str = include_str!("../keys/p256.key");
+const PUBLIC_KEY: &str = include_str!("../keys/p256.pub");
+const ISSUER: &str = "https://issuer.loadtest.invalid";
+const AUDIENCE: &str = "loadtest-api";
+
+#[derive(Parser)]
+#[command(about = "tollgate whole-stack load test")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve one variant (used by `run`; logs go to stdout).
+    Serve {
+        #[arg(value_enum)]
+        variant: Variant,
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Load every variant in turn with wrk and print the table.
+    Run {
+        /// Seconds of load per variant.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Open connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// wrk threads.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// Rounds over all variants (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Print a valid ES256 token for the test API.
+    Token,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Variant {
+    /// axum alone.
+    Bare,
+    /// The whole tollgate stack, logging every request.
+    Tollgate,
+    /// jwt-authorizer ES256 + tower_governor + tower-http TraceLayer (JSON).
+    Peers,
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [Variant::Bare, Variant::Tollgate, Variant::Peers];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare axum",
+            Variant::Tollgate => "tollgate (all five layers, JSON log per request)",
+            Variant::Peers => "jwt-authorizer ES256 + tower_governor + TraceLayer JSON",
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Args::parse().command {
+        Cmd::Serve { variant, addr } => serve(variant, addr),
+        Cmd::Run {
+            duration,
+            connections,
+            threads,
+            rounds,
+        } => run(duration, connections, threads, rounds),
+        Cmd::Token => {
+            println!("{}", token());
+            Ok(())
+        }
+    }
+}
+
+fn token() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "sub": "loadtest-user",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 3600,
+        "jti": "loadtest-token-1",
+        "tier": "pro",
+    });
+    let key = EncodingKey::from_ec_pem(PRIVATE_KEY.as_bytes()).expect("test key parses");
+    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).expect("token signs")
+}
+
+fn api() -> Router {
+    Router::new().route("/health", get(|| async { "ok" })).route(
+        "/v1/items/{id}",
+        get(|| async { r#"{"id":42,"name":"item 42"}"# }),
+    )
+}
+
+/// The tollgate stack's configuration: every layer on, limits far above the load
+/// so the figure is the cost of deciding, not of refusing.
+fn tollgate_config() -> String {
+    format!(
+        r#"
+[pseudonym]
+secret = "{secret}"
+
+[auth]
+anonymous = "optional"
+[auth.jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+algorithms = ["ES256"]
+tier_claim = "tier"
+[[auth.jwt.keys]]
+alg = "ES256"
+pem = """{PUBLIC_KEY}"""
+
+[fingerprint]
+
+[ratelimit]
+default_tier = "pro"
+[ratelimit.tiers.pro]
+limits = [{{ name = "burst", quota = 100000000, window = "1s" }}]
+[ratelimit.tiers.anonymous]
+limits = [{{ name = "burst", quota = 100000000, window = "1s" }}]
+
+[anomaly]
+"#,
+        secret = "ab".repeat(32)
+    )
+}
+
+fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Both logging variants write through the same batching stdout writer.
+    let (writer, _flush_guard) = tollgate::privacy::BatchWriter::stdout();
+    rt.block_on(async move {
+        let app: Router = match variant {
+            Variant::Bare => api(),
+            Variant::Tollgate => {
+                tracing_subscriber::registry()
+                    .with(tollgate::privacy::json_layer(writer))
+                    .with(tracing_subscriber::filter::LevelFilter::INFO)
+                    .init();
+                let config = tollgate::TollgateConfig::from_toml(&tollgate_config())?;
+                let tollgate = tollgate::Tollgate::from_config(&config).await?;
+                tollgate.apply(api())
+            }
+            Variant::Peers => {
+                tracing_subscriber::registry()
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .json()
+                            .with_current_span(true)
+                            .with_span_list(false)
+                            .with_writer(writer),
+                    )
+                    .with(tracing_subscriber::filter::LevelFilter::INFO)
+                    .init();
+                peers(api()).await?
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// jwt-authorizer (built on axum 0.7) around the axum 0.8 API, converting response
+/// bodies at the seam, then tower_governor and tower-http's TraceLayer.
+async fn peers(api: Router) -> Result<Router, Box<dyn std::error::Error>> {
+    use jwt_authorizer::{Authorizer, IntoLayer, JwtAuthorizer, Validation};
+    use tower_governor::GovernorLayer;
+    use tower_governor::governor::GovernorConfigBuilder;
+
+    let authorizer: Authorizer<serde_json::Value> = JwtAuthorizer::from_ec_pem_text(PUBLIC_KEY)
+        // No algs given: the EC key's own (ES256, ES384), pinned by jwt-authorizer.
+        .validation(Validation::new().iss(&[ISSUER]).aud(&[AUDIENCE]))
+        .build()
+        .await?;
+    let authorized = ServiceBuilder::new()
+        .map_response(|r: http::Response<axum07::body::Body>| r.map(axum::body::Body::new))
+        .layer(authorizer.into_layer())
+        .map_response(|r: axum::response::Response| r.map(axum07::body::Body::new))
+        .service(api);
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .finish()
+        .ok_or("governor config")?;
+    Ok(Router::new().fallback_service(authorized).layer(
+        ServiceBuilder::new()
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+            .layer(GovernorLayer::new(governor)),
+    ))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(variant: Variant, addr: SocketAddr) -> Result<Server, Box<dyn std::error::Error>> {
+    let exe = std::env::current_exe()?;
+    let name = format!("{variant:?}").to_lowercase();
+    let child = Command::new(exe)
+        .args(["serve", &name, "--addr", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let server = Server(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{} did not start on {addr}", variant.name()).into())
+}
+
+/// Requests per second from one wrk run, after checking every answer was a 200.
+fn wrk(addr: SocketAddr, token: &str, duration: u64, connections: u32, threads: u32) -> Result<f64, String> {
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{duration}s"),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://{addr}/v1/items/42"),
+        ])
+        .output()
+        .map_err(|e| format!("cannot run wrk (apt-get install wrk): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx or 3xx responses") {
+        return Err(format!("non-2xx answers under load:\n{text}"));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected wrk output:\n{text}"))
+}
+
+fn run(duration: u64, connections: u32, threads: u32, rounds: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let token = token();
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); Variant::ALL.len()];
+    for round in 0..rounds {
+        for (i, variant) in Variant::ALL.into_iter().enumerate() {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 18_080 + i as u16).parse()?;
+            let _server = start(variant, addr)?;
+            // Warm caches and connections before measuring.
+            wrk(addr, &token, 1, connections, threads)?;
+            let rps = wrk(addr, &token, duration, connections, threads)?;
+            eprintln!("round {}: {:<58} {:>10.0} req/s", round + 1, variant.name(), rps);
+            results[i].push(rps);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = results.iter_mut().map(median).collect();
+    println!(
+        "wrk -t{threads} -c{connections} -d{duration}s, median of {rounds} rounds, GET /v1/items/42 with an ES256 bearer token\n"
+    );
+    println!("| variant | requests/s | ratio to bare axum |");
+    println!("|---|---:|---:|");
+    for (variant, rps) in Variant::ALL.into_iter().zip(&medians) {
+        println!("| {} | {:.0} | {:.2} |", variant.name(), rps, rps / medians[0]);
+    }
+    Ok(())
+}

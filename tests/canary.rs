@@ -1,0 +1,194 @@
+//! Privacy canaries through the whole stack over real HTTP: known identifiers go in,
+//! every byte the server logs (and, with Redis, every key and value it stores) is
+//! captured, and none of the identifiers comes out.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const CLIENT_IP: &str = "203.0.113.77";
+const CLIENT_PREFIX: &str = "203.0.113.";
+const USER_AGENT: &str = "CanaryBrowser/9.9 (canary-ua-7731; X11)";
+const SUBJECT: &str = "canary.person@example.com";
+const JTI: &str = "canary-jti-424242";
+const QUERY_EMAIL: &str = "canary.query@example.com";
+const PATH_ID: &str = "987654321";
+
+/// Drives every kind of request through the stack at `addr`; returns the canaries.
+async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
+    let token = token(SUBJECT, JTI, "pro");
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{addr}{path}"))
+            .header("x-forwarded-for", CLIENT_IP)
+            .header("user-agent", USER_AGENT)
+    };
+    let ok = get(&format!("/v1/items/{PATH_ID}?email={QUERY_EMAIL}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let me = get("/v1/me").header("x-api-key", API_KEY).send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    // Failures: a tampered token, a wrong key, an anonymous burst into the limit.
+    let bad = get("/v1/me")
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let wrong_key = get("/v1/me")
+        .header("x-api-key", "tgk_canary_wrong_key_0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.status(), 401);
+    let mut limited = false;
+    for _ in 0..30 {
+        let r = get(&format!("/v1/items/{PATH_ID}")).send().await.unwrap();
+        limited |= r.status() == 429;
+    }
+    assert!(limited, "the anonymous burst reached the limit");
+    // The same token from a second network: the session layer notices.
+    let moved = client
+        .get(format!("http://{addr}/v1/me"))
+        .header("x-forwarded-for", "198.51.100.23")
+        .header("user-agent", "OtherCanary/1.0")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+
+    vec![
+        CLIENT_IP.into(),
+        CLIENT_PREFIX.into(),
+        "198.51.100.".into(),
+        USER_AGENT.into(),
+        "CanaryBrowser".into(),
+        "canary-ua-7731".into(),
+        "OtherCanary".into(),
+        SUBJECT.into(),
+        "canary.person".into(),
+        JTI.into(),
+        QUERY_EMAIL.into(),
+        "email=".into(),
+        PATH_ID.into(),
+        API_KEY.into(),
+        "tgk_canary".into(),
+        "canary-key-id-31337".into(),
+        "canary.keyowner".into(),
+        token.clone(),
+        token.split('.').nth(1).unwrap().into(),
+        token.split('.').nth(2).unwrap().into(),
+    ]
+}
+
+fn assert_no_canary(what: &str, text: &str, canaries: &[String]) {
+    for canary in canaries {
+        assert!(
+            !text.contains(canary.as_str()),
+            "{what} carries the canary {canary:?}"
+        );
+    }
+}
+
+/// The request lines prove the stack did its work, so the absence of canaries means something.
+fn assert_lines_carry_pseudonyms(capture: &Capture) {
+    let lines = capture.requests();
+    assert!(lines.len() >= 35, "one line per request: {}", lines.len());
+    let spans: Vec<&serde_json::Value> = lines.iter().map(|l| &l["span"]).collect();
+    assert!(spans.iter().any(|s| s["http.route"] == "/v1/items/{id}"));
+    assert!(spans.iter().any(|s| s["http.status"] == 429));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["credential"] == "jwt" && s["principal"].as_str().map(str::len) == Some(24))
+    );
+    assert!(spans.iter().any(|s| s["credential"] == "api_key"));
+    assert!(spans.iter().any(|s| s["auth.error"].is_string()));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["session.health"] == "suspicious" || s["session.health"] == "unhealthy")
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["client.network"].as_str().is_none_or(|n| n.len() == 24))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_reaches_the_logs() {
+    let server = serve(stack_config(""));
+    let canaries = traffic(server.addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = server.capture.text();
+    assert_lines_carry_pseudonyms(&server.capture);
+    assert_no_canary("the log output", &text, &canaries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_reaches_the_logs_or_redis() {
+    let Some(url) = redis_url() else { return };
+    let namespace = random_namespace();
+    let server = serve(stack_config(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nnamespace = \"{namespace}\"\n"
+    )));
+    let mut canaries = traffic(server.addr).await;
+    // Freeze the credential through the admin API, so the freeze list holds an entry.
+    let freeze = reqwest::Client::new()
+        .post(format!("http://{}/admin/freezes", server.addr))
+        .header("x-api-key", API_KEY)
+        .json(&serde_json::json!({ "kind": "token", "id": JTI, "reason": "canary test" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(freeze.status().is_success(), "{}", freeze.status());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("tollgate:{namespace}:*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        keys.iter().any(|k| k.contains(":rl")),
+        "rate-limit cells are in Redis: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.contains(":session:")),
+        "session records are in Redis: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.ends_with(":freeze")),
+        "the freeze list is in Redis: {keys:?}"
+    );
+    let mut stored = String::new();
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).unwrap();
+        let value: Vec<String> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET").arg(key).query(&mut conn).unwrap()],
+            "hash" => redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap(),
+            other => panic!("unexpected Redis type {other} at {key}"),
+        };
+        stored.push_str(key);
+        stored.push('\n');
+        stored.push_str(&value.join("\n"));
+        stored.push('\n');
+    }
+    let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
+
+    // The operator's freeze reason is the one free text stored; it is not a canary.
+    canaries.retain(|c| c != "canary test");
+    assert_lines_carry_pseudonyms(&server.capture);
+    assert_no_canary("the log output", &server.capture.text(), &canaries);
+    assert_no_canary("the Redis keys and values", &stored, &canaries);
+}
