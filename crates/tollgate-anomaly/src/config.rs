@@ -467,6 +467,20 @@ fn positive(setting: &str, v: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The longest duration any setting takes: a year.
+const MAX_SECS: u64 = 366 * 86_400;
+
+fn duration(setting: &str, v: u64) -> Result<(), ConfigError> {
+    positive(setting, v)?;
+    if v > MAX_SECS {
+        return Err(ConfigError::new(
+            setting,
+            format!("must be at most {MAX_SECS} seconds"),
+        ));
+    }
+    Ok(())
+}
+
 fn fraction(setting: &str, v: f64) -> Result<(), ConfigError> {
     if !(v > 0.0 && v <= 1.0) {
         return Err(ConfigError::new(setting, format!("must be in (0, 1], got {v}")));
@@ -478,10 +492,10 @@ impl AnomalyConfig {
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let v = &self.volume;
-        positive("volume.window_secs", v.window_secs)?;
+        duration("volume.window_secs", v.window_secs)?;
         positive("volume.default_norm", u64::from(v.default_norm))?;
         positive("volume.max_entries", v.max_entries as u64)?;
-        positive("volume.ttl_secs", v.ttl_secs)?;
+        duration("volume.ttl_secs", v.ttl_secs)?;
         if !(v.baseline_factor > 1.0 && v.baseline_factor.is_finite()) {
             return Err(ConfigError::new(
                 "volume.baseline_factor",
@@ -498,12 +512,18 @@ impl AnomalyConfig {
             }
         }
         let s = &self.stuffing;
-        positive("stuffing.window_secs", s.window_secs)?;
+        if s.hold_secs > MAX_SECS {
+            return Err(ConfigError::new(
+                "stuffing.hold_secs",
+                format!("must be at most {MAX_SECS} seconds"),
+            ));
+        }
+        duration("stuffing.window_secs", s.window_secs)?;
         positive("stuffing.max_failures", u64::from(s.max_failures))?;
         positive("stuffing.max_subjects", u64::from(s.max_subjects))?;
         positive("stuffing.max_entries", s.max_entries as u64)?;
         let e = &self.enumeration;
-        positive("enumeration.window_secs", e.window_secs)?;
+        duration("enumeration.window_secs", e.window_secs)?;
         positive("enumeration.max_distinct_ids", u64::from(e.max_distinct_ids))?;
         if e.max_distinct_ids > 1_000 {
             return Err(ConfigError::new(
@@ -518,8 +538,8 @@ impl AnomalyConfig {
         fraction("sequence.rare_transition", q.rare_transition)?;
         fraction("sequence.rare_route", q.rare_route)?;
         positive("sequence.min_observations", u64::from(q.min_observations))?;
-        positive("sequence.session_gap_secs", q.session_gap_secs)?;
-        positive("sequence.model_window_secs", q.model_window_secs)?;
+        duration("sequence.session_gap_secs", q.session_gap_secs)?;
+        duration("sequence.model_window_secs", q.model_window_secs)?;
         positive("sequence.max_entries", q.max_entries as u64)?;
         if q.max_routes == 0 || q.max_routes > 250 {
             return Err(ConfigError::new(
@@ -528,13 +548,13 @@ impl AnomalyConfig {
             ));
         }
         let p = &self.penalties;
-        positive("penalties.block_secs", p.block_secs)?;
-        positive("penalties.throttle_secs", p.throttle_secs)?;
-        positive("penalties.freeze_secs", p.freeze_secs)?;
+        duration("penalties.block_secs", p.block_secs)?;
+        duration("penalties.throttle_secs", p.throttle_secs)?;
+        duration("penalties.freeze_secs", p.freeze_secs)?;
         positive("penalties.max_entries", p.max_entries as u64)?;
         let t = &self.throttle;
         positive("throttle.requests", u64::from(t.requests))?;
-        positive("throttle.period_secs", t.period_secs)?;
+        duration("throttle.period_secs", t.period_secs)?;
         if t.tier.is_empty() {
             return Err(ConfigError::new("throttle.tier", "must not be empty"));
         }
@@ -586,10 +606,48 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.setting, "volume.baseline_factor");
         assert!(e.to_string().starts_with("anomaly.volume.baseline_factor"));
+        c.volume.baseline_factor = 4.0;
+        c.enumeration.window_secs = u64::MAX;
+        assert_eq!(c.validate().unwrap_err().setting, "enumeration.window_secs");
         let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow = 3");
         assert!(bad.unwrap_err().to_string().contains("unknown field"));
         let bad: Result<AnomalyConfig, _> = toml::from_str("[actions]\nvolume = \"explode\"");
         assert!(bad.is_err());
+    }
+
+    /// The snippet given to the demo gateway's `[anomaly]` section.
+    #[test]
+    fn gateway_snippet_parses_and_validates() {
+        let outer: toml::Table = toml::from_str(
+            r#"
+            [anomaly]
+            report_only = false
+            debug_header = false
+            [anomaly.actions]
+            volume = "throttle"
+            credential_stuffing = "block"
+            enumeration = "block"
+            token_sharing = "freeze"
+            unusual_sequence = "record"
+            [anomaly.volume.tier_norms]
+            free = 120
+            pro = 1200
+            [anomaly.throttle]
+            requests = 10
+            period_secs = 60
+            [anomaly.penalties]
+            block_secs = 600
+            throttle_secs = 600
+            freeze_secs = 86400
+            [anomaly.routes."/health"]
+            skip = true
+            "#,
+        )
+        .unwrap();
+        let c: AnomalyConfig = outer["anomaly"].clone().try_into().unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.action(AnomalyKind::TokenSharing), Action::Freeze);
+        assert!(c.routes["/health"].skip);
     }
 
     #[test]

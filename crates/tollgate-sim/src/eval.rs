@@ -215,7 +215,11 @@ impl Report {
         );
         out.push_str("|---|---|---:|---:|---:|---:|---:|\n");
         for d in &self.detectors {
-            let targets: Vec<&str> = targets(d.kind).iter().map(|l| l.as_str()).collect();
+            let targets: Vec<&str> = targets(d.kind)
+                .iter()
+                .filter(|l| self.attacks.iter().any(|a| a.label == **l))
+                .map(|l| l.as_str())
+                .collect();
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {:.3} | {:.4} |",
