@@ -16,6 +16,6 @@ mod writer;
 
 pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig, PrivacyConfigError};
 pub use layer::{PrivacyTrace, PrivacyTraceLayer, ResponseFuture, TARGET, UNMATCHED_ROUTE};
-pub use log::{JsonLogLayer, json_layer};
+pub use log::{ADDRESS_LOGGING_TARGETS, JsonLogLayer, json_layer};
 pub use trace_id::{TraceId, TraceIdHex};
 pub use writer::{BatchLine, BatchWriter, FlushGuard};

@@ -63,6 +63,11 @@ where
     JsonLogLayer::new(make_writer)
 }
 
+/// Targets whose events carry raw client addresses in their text (axum's server
+/// logs `connection 203.0.113.7:50122 accepted` at TRACE). Free text cannot be
+/// scrubbed, so [`JsonLogLayer`] never writes these events.
+pub const ADDRESS_LOGGING_TARGETS: &[&str] = &["axum::serve"];
+
 /// Most fields a request span may declare.
 const MAX_FIELDS: usize = 24;
 
@@ -325,6 +330,9 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let metadata = event.metadata();
+        if ADDRESS_LOGGING_TARGETS.iter().any(|t| metadata.target().starts_with(t)) {
+            return;
+        }
         LINE.with_borrow_mut(|line| {
             line.clear();
             line.extend_from_slice(br#"{"timestamp":""#);
@@ -410,6 +418,16 @@ mod tests {
         assert_eq!(l["fields"]["ok"], true);
         assert_eq!(l["level"], "INFO");
         assert!(l["timestamp"].as_str().unwrap().ends_with(":00Z"));
+    }
+
+    #[test]
+    fn address_logging_targets_are_never_written() {
+        let lines = capture(|| {
+            tracing::trace!(target: "axum::serve", "connection 203.0.113.7:50122 accepted");
+            tracing::info!("kept");
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["fields"]["message"], "kept");
     }
 
     #[test]
