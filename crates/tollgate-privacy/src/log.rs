@@ -330,7 +330,10 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let metadata = event.metadata();
-        if ADDRESS_LOGGING_TARGETS.iter().any(|t| metadata.target().starts_with(t)) {
+        if ADDRESS_LOGGING_TARGETS
+            .iter()
+            .any(|t| metadata.target().starts_with(t))
+        {
             return;
         }
         LINE.with_borrow_mut(|line| {

@@ -274,3 +274,26 @@ fn the_span_declares_every_field_in_order() {
         fields::ALL.iter().map(|s| s.to_string()).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn works_as_a_route_layer_on_some_routes_only() {
+    use tower::ServiceExt;
+
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber =
+        tracing_subscriber::registry().with(tollgate_privacy::json_layer(move || writer.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = Router::new()
+        .route("/v1/items/{id}", get(|| async { "item" }))
+        .route_layer(PrivacyTraceLayer::new(pseudonymizer()))
+        .route("/health", get(|| async { "ok" }));
+    for path in ["/v1/items/5", "/health", "/v1/items/6"] {
+        let req = http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200);
+    }
+    let lines = request_lines(&capture);
+    assert_eq!(lines.len(), 2, "only the layered route logs: {lines:?}");
+    assert!(lines.iter().all(|l| l["span"]["http.route"] == "/v1/items/{id}"));
+}
