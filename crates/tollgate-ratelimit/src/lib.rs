@@ -11,6 +11,7 @@
 pub mod config;
 pub mod gcra;
 mod layer;
+mod span;
 mod status;
 pub mod store;
 
