@@ -504,9 +504,18 @@ mod tests {
         let b = at(&clock, 2);
         let input = [4, 24, 198, 51, 100, 0];
         for _ in 0..2 {
-            assert_eq!(a.pseudonym_memoized(Domain::NETWORK, &input), a.pseudonym(Domain::NETWORK, &input));
-            assert_eq!(b.pseudonym_memoized(Domain::NETWORK, &input), b.pseudonym(Domain::NETWORK, &input));
-            assert_eq!(a.pseudonym_memoized(Domain::SUBJECT, &input), a.pseudonym(Domain::SUBJECT, &input));
+            assert_eq!(
+                a.pseudonym_memoized(Domain::NETWORK, &input),
+                a.pseudonym(Domain::NETWORK, &input)
+            );
+            assert_eq!(
+                b.pseudonym_memoized(Domain::NETWORK, &input),
+                b.pseudonym(Domain::NETWORK, &input)
+            );
+            assert_eq!(
+                a.pseudonym_memoized(Domain::SUBJECT, &input),
+                a.pseudonym(Domain::SUBJECT, &input)
+            );
         }
         let before = a.pseudonym_memoized(Domain::NETWORK, &input);
         clock.advance(DAY);
@@ -514,7 +523,10 @@ mod tests {
         assert_ne!(before, after);
         assert_eq!(after, a.pseudonym(Domain::NETWORK, &input));
         let long = [7u8; 40];
-        assert_eq!(a.pseudonym_memoized(Domain::NETWORK, &long), a.pseudonym(Domain::NETWORK, &long));
+        assert_eq!(
+            a.pseudonym_memoized(Domain::NETWORK, &long),
+            a.pseudonym(Domain::NETWORK, &long)
+        );
     }
 
     #[test]
