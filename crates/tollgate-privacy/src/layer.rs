@@ -307,15 +307,30 @@ where
         let _entered = span.enter();
         let result = ready!(this.inner.poll(cx));
         if *this.emit {
-            if let Ok(response) = &result {
-                span.record(fields::STATUS, response.status().as_u16());
-            }
             let latency = u64::try_from(this.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            span.record(fields::LATENCY_US, latency);
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            record_completion(span, status, latency);
             tracing::info!(target: TARGET, parent: span, "request completed");
         }
         Poll::Ready(result)
     }
+}
+
+/// Records status and latency with one call to the subscriber instead of two.
+fn record_completion(span: &Span, status: Option<u16>, latency_us: u64) {
+    let Some(metadata) = span.metadata() else { return };
+    let names = metadata.fields();
+    let (Some(status_field), Some(latency_field)) =
+        (names.field(fields::STATUS), names.field(fields::LATENCY_US))
+    else {
+        return;
+    };
+    let status = status.map(u64::from);
+    let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 2] = [
+        (&status_field, status.as_ref().map(|s| s as &dyn tracing::Value)),
+        (&latency_field, Some(&latency_us)),
+    ];
+    span.record_all(&names.value_set(&values));
 }
 
 /// The fields [`PrivacyTraceLayer`] writes, plus the log line's envelope.
