@@ -26,6 +26,7 @@ use crate::introspection::Introspector;
 use crate::jwks::{Jwks, JwksSettings};
 use crate::jwt::{JwtVerifier, KeySet, Outcome, PinnedKey, looks_like_jwt};
 use crate::policy::TierPolicy;
+use crate::span::record_current;
 
 /// A per-route override, read from request extensions: insert it with a layer that
 /// runs before [`AuthLayer`] (for example `axum::Extension(AuthOverride::Skip)`
@@ -778,14 +779,15 @@ impl<F: FreezeList> Shared<F> {
     }
 
     fn accept(&self, principal: &Principal) {
-        let span = tracing::Span::current();
-        span.record(fields::PRINCIPAL, principal.subject().to_hex().as_str());
-        span.record(fields::CREDENTIAL, principal.credential().as_str());
-        span.record(fields::TIER, principal.tier().as_str());
+        record_current([
+            (fields::PRINCIPAL, &principal.subject().to_hex().as_str()),
+            (fields::CREDENTIAL, &principal.credential().as_str()),
+            (fields::TIER, &principal.tier().as_str()),
+        ]);
     }
 
     fn reject(&self, error: AuthError) -> Response {
-        tracing::Span::current().record(fields::AUTH_ERROR, error.slug());
+        record_current([(fields::AUTH_ERROR, &error.slug())]);
         self.responder.respond(self.challenges.problem(error))
     }
 }

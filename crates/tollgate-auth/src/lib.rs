@@ -32,6 +32,7 @@ mod jwt;
 mod layer;
 mod policy;
 mod scope;
+mod span;
 
 pub use admin::{
     DEFAULT_ADMIN_SCOPE, FreezeAdmin, FreezeKind, FreezeRequest, INVALID_ADMIN_REQUEST, NOT_FROZEN,
