@@ -29,6 +29,7 @@ use crate::config::{ActOn, ConfigError, FingerprintConfig, SessionPolicy};
 use crate::dimensions::{FingerprintInput, USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input};
 use crate::memory::{LocalHasher, MemorySessionStore};
 use crate::record::{Observation, SessionRecord, Thresholds, nonzero};
+use crate::span::record_current;
 
 /// The store namespace of session records: keys are `tollgate:session:{digest}`.
 pub const SESSION_NAMESPACE: &str = "session";
@@ -715,13 +716,14 @@ impl Shared {
         }
     }
 
-    /// Applies `settings` to the verdict; records the outcome in `span`.
+    /// Applies `settings` to the verdict; records the outcome in `span`, or in the
+    /// current span when `None`.
     fn decide(
         &self,
         info: &SessionInfo,
         credential: Option<KeyedDigest>,
         settings: Settings,
-        span: &Span,
+        span: Option<&Span>,
     ) -> Decision {
         if settings.policy == SessionPolicy::Tag || info.health < settings.act_on.health() {
             return Decision::Pass;
@@ -732,7 +734,12 @@ impl Shared {
             (_, false) => "reauthenticate",
             (_, true) => "would_reauthenticate",
         };
-        span.record(fields::SESSION_ACTION, action);
+        match span {
+            Some(span) => {
+                span.record(fields::SESSION_ACTION, action);
+            }
+            None => record_current([(fields::SESSION_ACTION, &action)]),
+        }
         tracing::warn!(
             target: "tollgate::fingerprint",
             session = %info.session,
@@ -789,6 +796,21 @@ fn record_verdict(span: &Span, info: &SessionInfo) {
     }
 }
 
+/// [`record_verdict`] on the current span, in one call to the subscriber.
+fn record_verdict_here(info: &SessionInfo) {
+    let session = info.session.to_hex();
+    let session = (fields::SESSION, &session.as_str() as &dyn tracing::Value);
+    let health = (
+        fields::SESSION_HEALTH,
+        &info.health.as_str() as &dyn tracing::Value,
+    );
+    if info.reasons.is_empty() {
+        record_current([session, health]);
+    } else {
+        record_current([session, health, (fields::SESSION_REASONS, &info.reasons.as_str())]);
+    }
+}
+
 async fn freeze_and_respond<F: FreezeList>(shared: Arc<Shared>, list: F, freeze: Freeze) -> Response {
     match list.freeze(freeze).await {
         Ok(()) => shared.responder.respond(credential_frozen()),
@@ -838,7 +860,7 @@ where
 
         // An outer FingerprintLayer already judged this request: apply this layer's policy.
         if let Some(info) = req.extensions().get::<SessionInfo>().copied() {
-            let decision = shared.decide(&info, credential.map(|c| c.0), settings, &Span::current());
+            let decision = shared.decide(&info, credential.map(|c| c.0), settings, None);
             return self.finish(req, decision);
         }
         let Some((credential, issued_at)) = credential else {
@@ -849,10 +871,9 @@ where
         let backends = &self.layer.backends;
         if let Some(memory) = (&backends.store as &dyn Any).downcast_ref::<MemorySessionStore>() {
             let info = shared.observe_local(memory, credential, &traits, issued_at);
-            let span = Span::current();
-            record_verdict(&span, &info);
+            record_verdict_here(&info);
             req.extensions_mut().insert(info);
-            let decision = shared.decide(&info, Some(credential), settings, &span);
+            let decision = shared.decide(&info, Some(credential), settings, None);
             return self.finish(req, decision);
         }
 
@@ -894,7 +915,7 @@ where
             };
             record_verdict(&span, &info);
             req.extensions_mut().insert(info);
-            match shared.decide(&info, Some(credential), settings, &span) {
+            match shared.decide(&info, Some(credential), settings, Some(&span)) {
                 Decision::Pass => inner.call(req).await,
                 Decision::Respond(response) => Ok(response),
                 Decision::Freeze(freeze) => {

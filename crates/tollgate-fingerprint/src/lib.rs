@@ -31,6 +31,7 @@ mod dimensions;
 mod layer;
 mod memory;
 mod record;
+mod span;
 
 pub use config::{ActOn, ConfigError, Dimensions, FingerprintConfig, SessionPolicy};
 pub use layer::{

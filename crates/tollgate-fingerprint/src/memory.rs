@@ -1,9 +1,11 @@
 //! The in-process session store: one small cell per session, updated under its own lock.
 
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tollgate_core::clock::duration_nanos;
 use tollgate_core::{KeyedDigest, Pseudonym, StateStore, StoreError, StoreKey};
@@ -27,75 +29,316 @@ pub(crate) struct Cell {
 }
 
 /// The default session store: in process, bounded by a number of sessions, each
-/// record dropped after the session TTL without a request (moka, time to idle).
+/// record dropped after the session TTL without a request (time to idle).
 ///
 /// A session's read-modify-write runs under that session's own lock, so concurrent
 /// requests of one session are judged one after the other and none is lost;
-/// requests of different sessions never wait for each other.
+/// requests of different sessions never wait for each other beyond the few
+/// nanoseconds it takes to find a session's cell in its shard.
+///
+/// The cells sit in a few hash maps under short mutexes (sharded by the credential
+/// digest), with each session's last request time on the monotonic clock. A session
+/// idle for the TTL counts as absent at once, and is removed by a small sweep on
+/// every insertion of a new session, by eviction, or by
+/// [`MemorySessionStore::run_pending_tasks`]. When a shard is full, a new session
+/// replaces the sampled session idle the longest (an expired one if the sample
+/// holds one).
 ///
 /// It is also a [`StateStore`] of [`SessionRecord`]s under `tollgate:session:…` keys, for
 /// admin tools; through that interface the TTL argument of `insert` is ignored (the
 /// store's own TTL applies).
 #[derive(Clone)]
 pub struct MemorySessionStore {
-    cache: moka::sync::Cache<KeyedDigest, Arc<Mutex<Cell>>>,
+    inner: Arc<Inner>,
     ttl: Duration,
 }
 
 impl fmt::Debug for MemorySessionStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemorySessionStore")
-            .field("sessions", &self.cache.entry_count())
+            .field("sessions", &self.entry_count())
             .field("ttl", &self.ttl)
             .finish()
     }
+}
+
+/// A folded-multiply hasher: the keys are keyed HMAC outputs nobody can choose, so a
+/// fast non-cryptographic mix is enough and HashDoS is not a concern.
+#[derive(Default, Clone, Copy)]
+struct MixHasher(u64);
+
+const MIX: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(buf));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let full = u128::from(self.0 ^ n) * u128::from(MIX);
+        self.0 = (full as u64) ^ ((full >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+struct Slot {
+    cell: Arc<Mutex<Cell>>,
+    /// Where the key sits in `Shard::keys`.
+    pos: u32,
+}
+
+struct Shard {
+    map: HashMap<KeyedDigest, Slot, BuildHasherDefault<MixHasher>>,
+    /// Every key with the time of its session's last request (ns since `Inner::start`),
+    /// for the expiry check, sampling on eviction and the sweep.
+    keys: Vec<(KeyedDigest, u64)>,
+    cap: usize,
+    rng: u64,
+    sweep: usize,
+}
+
+/// How many sessions an insertion into a full shard samples to choose a victim.
+const EVICTION_SAMPLES: usize = 8;
+/// How many sessions each insertion of a new session examines for expiry.
+const SWEEP_PER_INSERT: usize = 4;
+/// At most this many shards: enough that two cores rarely meet on one lock.
+const MAX_SHARDS: u64 = 16;
+
+impl Shard {
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// The live cell of `key`, touched at `now`.
+    fn get(&mut self, key: &KeyedDigest, now: u64, ttl: u64) -> Option<Arc<Mutex<Cell>>> {
+        let slot = self.map.get(key)?;
+        let seen = &mut self.keys[slot.pos as usize].1;
+        if now.saturating_sub(*seen) >= ttl {
+            return None;
+        }
+        *seen = now;
+        Some(slot.cell.clone())
+    }
+
+    /// Puts a new cell at `key` (replacing an expired one), touched at `now`.
+    fn insert(&mut self, key: KeyedDigest, cell: Arc<Mutex<Cell>>, now: u64, ttl: u64) {
+        if let Some(slot) = self.map.get_mut(&key) {
+            slot.cell = cell;
+            self.keys[slot.pos as usize].1 = now;
+            return;
+        }
+        self.sweep(now, ttl);
+        let pos = if self.keys.len() < self.cap {
+            self.keys.push((key, now));
+            self.keys.len() - 1
+        } else {
+            // Full: replace the sampled session idle the longest.
+            let len = self.keys.len() as u64;
+            let mut victim = (self.next_rand() % len) as usize;
+            for _ in 1..EVICTION_SAMPLES {
+                if now.saturating_sub(self.keys[victim].1) >= ttl {
+                    break;
+                }
+                let j = (self.next_rand() % len) as usize;
+                if self.keys[j].1 < self.keys[victim].1 {
+                    victim = j;
+                }
+            }
+            self.map.remove(&self.keys[victim].0);
+            self.keys[victim] = (key, now);
+            victim
+        };
+        self.map.insert(
+            key,
+            Slot {
+                cell,
+                pos: pos as u32,
+            },
+        );
+    }
+
+    fn sweep(&mut self, now: u64, ttl: u64) {
+        for _ in 0..SWEEP_PER_INSERT {
+            if self.keys.is_empty() {
+                return;
+            }
+            if self.sweep >= self.keys.len() {
+                self.sweep = 0;
+            }
+            let i = self.sweep;
+            if now.saturating_sub(self.keys[i].1) >= ttl {
+                self.remove_at(i);
+            } else {
+                self.sweep += 1;
+            }
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        let (gone, _) = self.keys.swap_remove(i);
+        self.map.remove(&gone);
+        if let Some((moved, _)) = self.keys.get(i)
+            && let Some(slot) = self.map.get_mut(moved)
+        {
+            slot.pos = i as u32;
+        }
+    }
+
+    fn remove(&mut self, key: &KeyedDigest) {
+        if let Some(slot) = self.map.get(key) {
+            self.remove_at(slot.pos as usize);
+        }
+    }
+
+    fn purge(&mut self, now: u64, ttl: u64) {
+        let mut i = 0;
+        while i < self.keys.len() {
+            if now.saturating_sub(self.keys[i].1) >= ttl {
+                self.remove_at(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+struct Inner {
+    shards: Box<[Padded]>,
+    mask: u64,
+    /// The origin of the store's monotonic times.
+    start: Instant,
+    ttl_nanos: u64,
 }
 
 impl MemorySessionStore {
     /// A store of at most `max_sessions` sessions, each dropped `ttl` after its last request.
     pub fn new(max_sessions: u64, ttl: Duration) -> Self {
         let ttl = Duration::from_nanos(duration_nanos(ttl).max(1_000_000_000));
+        let max_sessions = max_sessions.max(1);
+        // A power of two no larger than `max_sessions`, so every shard holds one or
+        // more and the shard caps add up to `max_sessions` exactly.
+        let n = MAX_SHARDS.min(1 << max_sessions.ilog2());
+        let seed = RandomState::new().hash_one(0u64) | 1;
+        let shards = (0..n)
+            .map(|i| {
+                Padded(Mutex::new(Shard {
+                    map: HashMap::default(),
+                    keys: Vec::new(),
+                    cap: (max_sessions / n + u64::from(i < max_sessions % n)) as usize,
+                    rng: seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+                    sweep: 0,
+                }))
+            })
+            .collect();
         MemorySessionStore {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_sessions)
-                .time_to_idle(ttl)
-                .build(),
+            inner: Arc::new(Inner {
+                shards,
+                mask: n - 1,
+                start: Instant::now(),
+                ttl_nanos: duration_nanos(ttl),
+            }),
             ttl,
         }
     }
 
+    fn now(&self) -> u64 {
+        duration_nanos(self.inner.start.elapsed())
+    }
+
+    fn shard(&self, key: &KeyedDigest) -> MutexGuard<'_, Shard> {
+        let mut h = MixHasher::default();
+        key.hash(&mut h);
+        // The high bits pick the shard; the table uses the low ones.
+        let i = (h.finish() >> 32) & self.inner.mask;
+        self.inner.shards[i as usize]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The cell of a session, made empty if there is none.
     pub(crate) fn cell(&self, credential: KeyedDigest) -> Arc<Mutex<Cell>> {
-        if let Some(cell) = self.cache.get(&credential) {
+        let now = self.now();
+        let ttl = self.inner.ttl_nanos;
+        let mut shard = self.shard(&credential);
+        if let Some(cell) = shard.get(&credential, now, ttl) {
             return cell;
         }
-        self.cache
-            .entry(credential)
-            .or_insert_with(|| Arc::new(Mutex::new(Cell::default())))
-            .into_value()
+        let cell = Arc::new(Mutex::new(Cell::default()));
+        shard.insert(credential, cell.clone(), now, ttl);
+        cell
+    }
+
+    /// The live cell of a session, touched now.
+    fn existing(&self, credential: &KeyedDigest) -> Option<Arc<Mutex<Cell>>> {
+        let now = self.now();
+        self.shard(credential).get(credential, now, self.inner.ttl_nanos)
     }
 
     /// The record of the session of `credential` ([`Principal::credential_key`](tollgate_core::Principal::credential_key)).
     pub fn record(&self, credential: &KeyedDigest) -> Option<SessionRecord> {
-        let cell = self.cache.get(credential)?;
+        let cell = self.existing(credential)?;
         let cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
         cell.record
     }
 
-    /// The number of sessions (approximate until [`MemorySessionStore::run_pending_tasks`]).
+    /// The number of sessions (expired ones included until
+    /// [`MemorySessionStore::run_pending_tasks`] or the sweep removes them).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.0.lock().unwrap_or_else(PoisonError::into_inner).keys.len() as u64)
+            .sum()
     }
 
-    /// Runs pending evictions and expiries now; tests use it to read an exact count.
+    /// Removes expired sessions now; tests use it to read an exact count.
     pub fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks();
+        let now = self.now();
+        for s in &self.inner.shards {
+            s.0.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .purge(now, self.inner.ttl_nanos);
+        }
     }
 
     /// Every live record with its store key (for admin listings; not for the request path).
     pub fn entries(&self) -> Vec<(StoreKey, SessionRecord)> {
-        self.cache
-            .iter()
+        let now = self.now();
+        let ttl = self.inner.ttl_nanos;
+        let mut cells = Vec::new();
+        for s in &self.inner.shards {
+            let shard = s.0.lock().unwrap_or_else(PoisonError::into_inner);
+            cells.extend(
+                shard
+                    .keys
+                    .iter()
+                    .filter(|(_, seen)| now.saturating_sub(*seen) < ttl)
+                    .filter_map(|(digest, _)| Some((*digest, shard.map.get(digest)?.cell.clone()))),
+            );
+        }
+        cells
+            .into_iter()
             .filter_map(|(digest, cell)| {
                 let record = cell.lock().unwrap_or_else(PoisonError::into_inner).record?;
                 Some((session_key(&digest), record))
@@ -128,7 +371,7 @@ impl StateStore<SessionRecord> for MemorySessionStore {
 
     async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
         if let Some(digest) = Self::digest_of(key) {
-            self.cache.invalidate(&digest);
+            self.shard(&digest).remove(&digest);
         }
         Ok(())
     }
@@ -141,5 +384,108 @@ pub(crate) struct LocalHasher(std::collections::hash_map::RandomState);
 impl LocalHasher {
     pub(crate) fn hash(&self, bytes: &[u8]) -> u64 {
         self.0.hash_one(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(i: u32) -> KeyedDigest {
+        KeyedDigest::from_hex(&format!("{i:032x}")).unwrap()
+    }
+
+    fn shard(cap: usize) -> Shard {
+        Shard {
+            map: HashMap::default(),
+            keys: Vec::new(),
+            cap,
+            rng: 7,
+            sweep: 0,
+        }
+    }
+
+    fn cell() -> Arc<Mutex<Cell>> {
+        Arc::new(Mutex::new(Cell::default()))
+    }
+
+    /// Every key sits where `keys` says, and nothing else is held.
+    fn consistent(s: &Shard) {
+        assert_eq!(s.map.len(), s.keys.len());
+        for (i, (k, _)) in s.keys.iter().enumerate() {
+            assert_eq!(s.map[k].pos as usize, i);
+        }
+    }
+
+    #[test]
+    fn a_session_lives_until_idle_for_the_ttl() {
+        let mut s = shard(10);
+        let c = cell();
+        s.insert(digest(1), c.clone(), 100, 50);
+        // Each request restarts the idle time.
+        assert!(Arc::ptr_eq(&s.get(&digest(1), 149, 50).unwrap(), &c));
+        assert!(s.get(&digest(1), 198, 50).is_some());
+        assert!(s.get(&digest(1), 248, 50).is_none(), "idle for the TTL");
+        // A new cell takes the expired one's place.
+        let fresh = cell();
+        s.insert(digest(1), fresh.clone(), 248, 50);
+        assert!(Arc::ptr_eq(&s.get(&digest(1), 250, 50).unwrap(), &fresh));
+        assert_eq!(s.keys.len(), 1);
+        consistent(&s);
+    }
+
+    #[test]
+    fn a_full_shard_replaces_an_expired_or_idle_session() {
+        let mut s = shard(4);
+        for i in 0..4 {
+            s.insert(digest(i), cell(), 10 * u64::from(i), 1_000);
+        }
+        // Sessions 1..3 stay busy; 0 is idle the longest.
+        for i in 1..4 {
+            assert!(s.get(&digest(i), 500, 1_000).is_some());
+        }
+        s.insert(digest(9), cell(), 600, 1_000);
+        assert_eq!(s.keys.len(), 4);
+        assert!(s.get(&digest(9), 600, 1_000).is_some());
+        // With eight samples of four keys (and this seed), the idlest one goes.
+        assert!(s.get(&digest(0), 600, 1_000).is_none());
+        assert!((1..4).all(|i| s.get(&digest(i), 600, 1_000).is_some()));
+        consistent(&s);
+        // Many more: never above the cap.
+        for i in 10..200 {
+            s.insert(digest(i), cell(), 700 + u64::from(i), 1_000);
+            assert!(s.keys.len() <= 4);
+            consistent(&s);
+        }
+        // The sweep removes expired sessions as new ones arrive; purge removes all.
+        s.purge(10_000, 1_000);
+        assert!(s.keys.is_empty());
+        consistent(&s);
+    }
+
+    #[test]
+    fn remove_keeps_positions_right() {
+        let mut s = shard(10);
+        for i in 0..5 {
+            s.insert(digest(i), cell(), 1, 1_000);
+        }
+        s.remove(&digest(1));
+        s.remove(&digest(42));
+        consistent(&s);
+        assert!(s.get(&digest(1), 2, 1_000).is_none());
+        assert!(s.get(&digest(4), 2, 1_000).is_some());
+    }
+
+    #[test]
+    fn the_store_holds_at_most_its_sessions() {
+        for max in [1, 3, 17, 100] {
+            let store = MemorySessionStore::new(max, Duration::from_secs(60));
+            for i in 0..1_000 {
+                let c = store.cell(digest(i));
+                // The cell just made is the one found next.
+                assert!(Arc::ptr_eq(&c, &store.cell(digest(i))));
+                assert!(store.entry_count() <= max);
+            }
+        }
     }
 }
