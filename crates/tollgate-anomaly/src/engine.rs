@@ -15,16 +15,16 @@ use tollgate_core::clock::SharedClock;
 use tollgate_core::problem::types;
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    ClientConfig, ClientContext, Freeze, FreezeList, FreezeTarget, NetworkPrefix, Principal, Problem,
-    ProblemResponder, Pseudonymizer, SessionInfo, StoreError, Timestamp, fields,
+    ClientConfig, ClientContext, Freeze, FreezeList, FreezeTarget, KeyedDigest, NetworkPrefix, Principal,
+    Problem, ProblemResponder, Pseudonymizer, SessionInfo, StoreError, Timestamp, fields,
 };
 use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
 
 use crate::bounded::BoundedMap;
 use crate::config::{Action, AnomalyConfig, CompiledPolicy, RoutePolicy, secs};
 use crate::detectors::{
-    EnumerationDetector, RouteIndex, SequenceDetector, Step, StuffingDetector, TokenSharingDetector,
-    VolumeDetector,
+    EnumerationDetector, RouteEntry, RouteIndex, SequenceDetector, Step, StuffingDetector,
+    TokenSharingDetector, VolumeDetector,
 };
 use crate::hash::{KeyKind, KeyedHasher};
 use crate::tags::{AnomalyKind, AnomalyTags, KIND_COUNT};
@@ -61,19 +61,13 @@ struct Penalty {
     tags: AnomalyTags,
 }
 
-/// The keys of one request, all keyed hashes.
+/// The keys of one request: keyed hashes, and the credential's keyed digest (hashed
+/// into a key only when a penalty needs it, which is rare).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Keys {
     pub network: Option<u64>,
-    pub credential: Option<u64>,
+    pub credential: Option<KeyedDigest>,
     pub enumeration: Option<u64>,
-}
-
-impl Keys {
-    /// Who a penalty lands on: the credential if there is one, else the network.
-    fn actor(&self) -> Option<u64> {
-        self.credential.or(self.network)
-    }
 }
 
 /// What the `anomaly` span field and the debug header show: `kind:score` pairs,
@@ -86,20 +80,95 @@ pub(crate) struct Record {
 
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.tags, f)?;
-        if let Some(action) = self.action {
-            write!(f, ";action={action}")?;
+        f.write_str(self.render().as_str())
+    }
+}
+
+/// The text of a [`Record`], built without the formatting machinery: at most five
+/// `kind:score` pairs and an action name fit in 128 bytes.
+pub(crate) struct RecordText {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl RecordText {
+    fn push(&mut self, s: &str) {
+        let end = (self.len + s.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&s.as_bytes()[..end - self.len]);
+        self.len = end;
+    }
+
+    fn push_score(&mut self, score: u8) {
+        let digits = [b'0' + score / 100, b'0' + score / 10 % 10, b'0' + score % 10];
+        let skip = if score >= 100 {
+            0
+        } else if score >= 10 {
+            1
+        } else {
+            2
+        };
+        for &d in &digits[skip..] {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = d;
+                self.len += 1;
+            }
         }
-        Ok(())
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII kind and action names and digits are pushed, whole.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
 impl Record {
+    /// The text, as [`AnomalyTags`]'s `Display` then `;action=...`.
+    pub fn render(&self) -> RecordText {
+        let mut out = RecordText {
+            buf: [0; 128],
+            len: 0,
+        };
+        for (i, (kind, score)) in self.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(",");
+            }
+            out.push(kind.as_str());
+            out.push(":");
+            out.push_score(score);
+        }
+        if let Some(action) = self.action {
+            out.push(";action=");
+            out.push(action);
+        }
+        out
+    }
+
     pub fn emit(&self) {
         if !self.tags.is_empty() || self.action.is_some() {
-            tracing::Span::current().record(fields::ANOMALY, tracing::field::display(self));
+            let text = self.render();
+            record_current(fields::ANOMALY, &tracing::field::display(text.as_str()));
         }
     }
+}
+
+/// Records `value` as the field `name` of the current span, as
+/// `Span::current().record(name, value)` does, without making (and dropping) a span
+/// handle: that takes and releases a reference on the span in the subscriber.
+/// Skipped if there is no current span or it does not declare `name`.
+fn record_current(name: &str, value: &dyn tracing::field::Value) {
+    tracing::dispatcher::get_default(|dispatch| {
+        let Some((id, meta)) = dispatch.current_span().into_inner() else {
+            return;
+        };
+        let names = meta.fields();
+        let Some(field) = names.field(name) else {
+            return;
+        };
+        dispatch.record(
+            &id,
+            &tracing::span::Record::new(&names.value_set(&[(&field, Some(value))])),
+        );
+    });
 }
 
 /// An answer given before the handler runs.
@@ -115,18 +184,35 @@ pub(crate) enum Early {
 /// What the response phase needs from the request phase.
 pub(crate) struct Post {
     engine: Arc<Engine>,
+    /// The request's time: the response phase does not read the clock again.
+    now: Timestamp,
     keys: Keys,
     policy: CompiledPolicy,
     /// The sequence step, to learn if no other detector tags the request.
     transition: Option<Step>,
     record: Record,
     count_failures: bool,
-    freeze_target: Option<FreezeTarget>,
 }
 
-/// Marks a request whose 401s the outer [`crate::FailureWatchLayer`] counts.
+/// Marks a request whose 401s the outer [`crate::FailureWatchLayer`] counts, and
+/// hands the inner layer what the watch already worked out, so that the request
+/// reads the clock, looks its route up and hashes its network once.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct FailureWatched;
+pub(crate) struct FailureWatched {
+    /// The engine of the watch: only the same engine reuses the rest.
+    engine: usize,
+    route: RouteEntry,
+    /// The time and the network key, if the watch got as far as reading them.
+    seen: Option<(Timestamp, u64)>,
+}
+
+/// What the outer watch layer keeps for the response phase.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WatchState {
+    pub network: u64,
+    pub policy: CompiledPolicy,
+    pub now: Timestamp,
+}
 
 /// The sizes of the detectors' state, for memory checks and admin views.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,10 +390,10 @@ impl Engine {
     pub fn transition_share(&self, from: Option<&str>, to: &str) -> Option<f64> {
         let d = self.sequence.as_ref()?;
         let prev = match from {
-            Some(f) => self.routes.lookup(Some(f)).0,
+            Some(f) => self.routes.lookup(Some(f)).idx,
             None => d.start(),
         };
-        d.transition_share(prev, self.routes.lookup(Some(to)).0)
+        d.transition_share(prev, self.routes.lookup(Some(to)).idx)
     }
 
     fn network_of<B>(&self, req: &Request<B>) -> Option<NetworkPrefix> {
@@ -323,7 +409,9 @@ impl Engine {
     }
 
     fn network_key(&self, network: &NetworkPrefix) -> u64 {
-        self.hasher.hash(KeyKind::Network, network)
+        // The compact byte form: one write into the hasher.
+        let (bytes, len) = network.to_bytes();
+        self.hasher.hash_bytes(KeyKind::Network, &bytes[..len])
     }
 
     fn action_for(&self, tags: AnomalyTags, policy: &CompiledPolicy) -> Action {
@@ -402,7 +490,7 @@ impl Engine {
         &self,
         action: Action,
         tags: AnomalyTags,
-        keys: &Keys,
+        actor: Option<u64>,
         principal: Option<&Principal>,
         network: Option<&NetworkPrefix>,
         now: Timestamp,
@@ -411,13 +499,13 @@ impl Engine {
         match action {
             Action::Record => None,
             Action::Throttle => {
-                if let Some(actor) = keys.actor() {
+                if let Some(actor) = actor {
                     self.penalize(actor, Action::Throttle, tags, n);
                 }
                 self.throttle_check(principal, network, now).map(Early::Respond)
             }
             Action::Block => {
-                if let Some(actor) = keys.actor() {
+                if let Some(actor) = actor {
                     self.penalize(actor, Action::Block, tags, n);
                 }
                 Some(Early::Respond(Self::blocked()))
@@ -425,12 +513,30 @@ impl Engine {
             Action::Freeze => match (principal, &self.freeze) {
                 (Some(p), Some(_)) => Some(Early::Freeze {
                     freeze: self.freeze_of(FreezeTarget::Credential(p.credential_key()), tags, now),
-                    actor: keys.actor(),
+                    actor,
                     tags,
                 }),
                 // Nothing to freeze without a credential: block the network instead.
-                _ => self.enforce(Action::Block, tags, keys, principal, network, now),
+                _ => self.enforce(Action::Block, tags, actor, principal, network, now),
             },
+        }
+    }
+
+    /// This engine, as an identity to compare.
+    fn id(&self) -> usize {
+        self as *const Engine as usize
+    }
+
+    /// The penalty key of a credential.
+    fn credential_hash(&self, credential: &KeyedDigest) -> u64 {
+        self.hasher.hash(KeyKind::Credential, credential)
+    }
+
+    /// Who a penalty lands on: the credential if there is one, else the network.
+    fn actor(&self, keys: &Keys) -> Option<u64> {
+        match &keys.credential {
+            Some(c) => Some(self.credential_hash(c)),
+            None => keys.network,
         }
     }
 
@@ -455,27 +561,34 @@ impl Engine {
 
     /// The request phase of the inner layer.
     pub fn on_request<B>(self: &Arc<Self>, req: &mut Request<B>) -> (Option<Early>, Option<Post>) {
-        let now_ts = self.clock.now();
-        let now = now_ts.as_nanos();
-        let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-        let (route_idx, configured) = self.routes.lookup(route);
-        let policy = self.policy(req, configured);
+        let ext = req.extensions();
+        let marker = ext.get::<FailureWatched>().copied();
+        let watched = marker.is_some();
+        let shared = marker.filter(|m| m.engine == self.id());
+        let route = match &shared {
+            Some(m) => m.route,
+            None => self
+                .routes
+                .lookup(ext.get::<MatchedPath>().map(MatchedPath::as_str)),
+        };
+        let policy = self.policy(req, route.policy);
         if policy.skip {
             return (None, None);
         }
+        let (now_ts, network_key) = match shared.and_then(|m| m.seen) {
+            Some((now, key)) => (now, Some(key)),
+            None => (
+                self.clock.now(),
+                self.network_of(req).map(|n| self.network_key(&n)),
+            ),
+        };
+        let now = now_ts.as_nanos();
         let ext = req.extensions();
         let principal = ext.get::<Principal>();
         let session = ext.get::<SessionInfo>();
-        let watched = ext.get::<FailureWatched>().is_some();
-        let network = self.network_of(req);
-        let keys_network = network.as_ref().map(|n| self.network_key(n));
-        let credential = principal.map(|p| self.hasher.hash(KeyKind::Credential, &p.credential_key()));
-        let session_key = session
-            .map(|s| self.hasher.hash(KeyKind::Session, &s.session))
-            .or(credential)
-            .or(keys_network);
+        let credential = principal.map(Principal::credential_key);
         let mut keys = Keys {
-            network: keys_network,
+            network: network_key,
             credential,
             enumeration: None,
         };
@@ -486,7 +599,7 @@ impl Engine {
         if !self.penalties.is_empty() {
             let net = if watched { None } else { keys.network };
             for p in [
-                self.active_penalty(credential, now),
+                self.active_penalty(credential.map(|c| self.credential_hash(&c)), now),
                 self.active_penalty(net, now),
             ]
             .into_iter()
@@ -516,14 +629,17 @@ impl Engine {
         {
             tags.insert(AnomalyKind::TokenSharing, score);
         }
+        // One keyed hash of the subject serves the stuffing detector's sketch and,
+        // mixed with a secret salt, the volume detector's key.
+        let subject = principal
+            .filter(|_| self.volume.is_some() || self.stuffing.is_some())
+            .map(|p| self.hasher.hash(KeyKind::Subject, &p.subject_key()));
         if let Some(d) = &self.volume
             && enabled(AnomalyKind::Volume)
         {
-            let key = match principal {
-                Some(p) => Some(self.hasher.hash(KeyKind::Principal, &p.subject_key())),
-                None => keys
-                    .network
-                    .map(|n| self.hasher.combine(KeyKind::Principal, n, 0)),
+            let key = match subject {
+                Some(s) => Some(self.hasher.derive(KeyKind::Principal, s, 1)),
+                None => keys.network.map(|n| self.hasher.derive(KeyKind::Principal, n, 0)),
             };
             if let Some(key) = key {
                 let norm = d.norm(principal.map(|p| p.tier().as_str()));
@@ -535,22 +651,32 @@ impl Engine {
         if let (Some(d), Some(net)) = (&self.stuffing, keys.network)
             && enabled(AnomalyKind::CredentialStuffing)
         {
-            let score = match principal {
-                Some(p) => d.record_subject(net, self.hasher.hash(KeyKind::Subject, &p.subject_key()), now),
+            let score = match subject {
+                Some(s) => d.record_subject(net, s, now),
                 None => d.check(net, now),
             };
             if let Some(score) = score {
                 tags.insert(AnomalyKind::CredentialStuffing, score);
             }
         }
+        let session_key = if self.enumeration.is_some() || self.sequence.is_some() {
+            session
+                .map(|s| self.hasher.hash(KeyKind::Session, &s.session))
+                .or_else(|| credential.map(|c| self.credential_hash(&c)))
+                .or(keys.network)
+        } else {
+            None
+        };
         if let (Some(d), Some(sk)) = (&self.enumeration, session_key)
             && enabled(AnomalyKind::Enumeration)
         {
-            let key = self
-                .hasher
-                .combine(KeyKind::Enumeration, sk, u64::from(route_idx));
+            let key = self.hasher.derive(KeyKind::Enumeration, sk, u64::from(route.idx));
             keys.enumeration = Some(key);
-            let ids = ParamIds::new(route.unwrap_or(""), req.uri().path(), &self.hasher);
+            let template = match route.params {
+                ParamShape::General => ext.get::<MatchedPath>().map_or("", MatchedPath::as_str),
+                _ => "",
+            };
+            let ids = ParamIds::with_shape(route.params, template, req.uri().path(), &self.hasher);
             if let Some(score) = d.observe_request(key, ids, now) {
                 tags.insert(AnomalyKind::Enumeration, score);
             }
@@ -561,7 +687,7 @@ impl Engine {
             && (principal.is_some() || session.is_some())
             && let Some(sk) = session_key
         {
-            let (step, score) = d.observe(sk, route_idx, now);
+            let (step, score) = d.observe(sk, route.idx, now);
             transition = Some(step);
             if let Some(score) = score {
                 tags.insert(AnomalyKind::UnusualSequence, score);
@@ -576,13 +702,22 @@ impl Engine {
                 record.action = Some(action.would());
             } else {
                 record.action = Some(action.as_str());
-                early = self.enforce(action, tags, &keys, principal, network.as_ref(), now_ts);
+                let network = self.network_of(req);
+                early = self.enforce(
+                    action,
+                    tags,
+                    self.actor(&keys),
+                    principal,
+                    network.as_ref(),
+                    now_ts,
+                );
                 if action == Action::Throttle {
                     throttled = false; // already spent by `enforce`
                 }
             }
         }
         if throttled && early.is_none() {
+            let network = self.network_of(req);
             early = self
                 .throttle_check(principal, network.as_ref(), now_ts)
                 .map(Early::Respond);
@@ -590,7 +725,6 @@ impl Engine {
                 record.action = Some(Action::Throttle.as_str());
             }
         }
-        let freeze_target = principal.map(|p| FreezeTarget::Credential(p.credential_key()));
         if !tags.is_empty() {
             insert_tags(req, tags);
         }
@@ -600,34 +734,41 @@ impl Engine {
         }
         let post = Post {
             engine: Arc::clone(self),
+            now: now_ts,
             keys,
             policy,
             transition,
             record,
             count_failures: !watched,
-            freeze_target,
         };
         (None, Some(post))
     }
 
     /// The request phase of the outer watch layer: blocks or throttles networks under
     /// a penalty, and marks the request so the inner layer leaves 401s to it.
-    pub fn on_watch_request<B>(
-        &self,
-        req: &mut Request<B>,
-    ) -> (Option<Problem>, Option<(u64, CompiledPolicy)>) {
-        req.extensions_mut().insert(FailureWatched);
-        let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-        let (_, configured) = self.routes.lookup(route);
-        let policy = self.policy(req, configured);
-        if policy.skip || !policy.enabled(AnomalyKind::CredentialStuffing) {
-            return (None, None);
-        }
-        let Some(network) = self.network_of(req) else {
+    pub fn on_watch_request<B>(&self, req: &mut Request<B>) -> (Option<Problem>, Option<WatchState>) {
+        let route = self
+            .routes
+            .lookup(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+        let mut marker = FailureWatched {
+            engine: self.id(),
+            route,
+            seen: None,
+        };
+        let policy = self.policy(req, route.policy);
+        let network = if policy.skip || !policy.enabled(AnomalyKind::CredentialStuffing) {
+            None
+        } else {
+            self.network_of(req)
+        };
+        let Some(network) = network else {
+            req.extensions_mut().insert(marker);
             return (None, None);
         };
         let key = self.network_key(&network);
         let now = self.clock.now();
+        marker.seen = Some((now, key));
+        req.extensions_mut().insert(marker);
         if let Some(p) = self.active_penalty(Some(key), now.as_nanos()) {
             let problem = match p.action {
                 Action::Block | Action::Freeze => Some(Self::blocked()),
@@ -647,16 +788,22 @@ impl Engine {
                 return (Some(problem), None);
             }
         }
-        (None, Some((key, policy)))
+        let watch = WatchState {
+            network: key,
+            policy,
+            now,
+        };
+        (None, Some(watch))
     }
 
     /// The response phase of the outer watch layer: counts 401s per network.
-    pub fn on_watch_response(&self, network: u64, policy: &CompiledPolicy, response: &mut Response) {
+    pub fn on_watch_response(&self, watch: &WatchState, response: &mut Response) {
         if response.status() != StatusCode::UNAUTHORIZED {
             return;
         }
         let Some(d) = &self.stuffing else { return };
-        let now = self.clock.now().as_nanos();
+        let now = watch.now.as_nanos();
+        let network = watch.network;
         let Some(score) = d.record_failure(network, now) else {
             return;
         };
@@ -668,7 +815,7 @@ impl Engine {
         tags.insert(AnomalyKind::CredentialStuffing, score);
         let mut only = AnomalyTags::default();
         only.insert(AnomalyKind::CredentialStuffing, score);
-        let action = self.action_for(only, policy);
+        let action = self.action_for(only, &watch.policy);
         let record = Record {
             tags,
             action: self.response_action(action, only, network, now),
@@ -701,7 +848,7 @@ impl Engine {
         response.extensions_mut().insert(record.tags);
         record.emit();
         if self.config.debug_header
-            && let Ok(value) = HeaderValue::from_str(&record.to_string())
+            && let Ok(value) = HeaderValue::from_str(record.render().as_str())
         {
             response.headers_mut().insert(DEBUG_HEADER, value);
         }
@@ -717,13 +864,12 @@ fn frozen() -> Problem {
         )
 }
 
+/// Adds `tags` to the request's (one map lookup when there were none).
 fn insert_tags<B>(req: &mut Request<B>, tags: AnomalyTags) {
     let ext = req.extensions_mut();
-    match ext.get_mut::<AnomalyTags>() {
-        Some(existing) => existing.merge(tags),
-        None => {
-            ext.insert(tags);
-        }
+    if let Some(mut existing) = ext.insert(tags) {
+        existing.merge(tags);
+        ext.insert(existing);
     }
 }
 
@@ -732,7 +878,7 @@ impl Post {
     /// response goes out, if the response phase decided one.
     pub fn finish(self, response: &mut Response) -> Option<BoxFuture<()>> {
         let engine = &*self.engine;
-        let now_ts = engine.clock.now();
+        let now_ts = self.now;
         let now = now_ts.as_nanos();
         let status = response.status();
         let mut fresh = AnomalyTags::default();
@@ -758,11 +904,12 @@ impl Post {
         let mut freeze = None;
         if !fresh.is_empty() {
             let action = engine.action_for(fresh, &self.policy);
-            match (action, &engine.freeze, self.freeze_target) {
-                (Action::Freeze, Some(list), Some(target)) if !engine.config.report_only => {
+            match (action, &engine.freeze, self.keys.credential) {
+                (Action::Freeze, Some(list), Some(credential)) if !engine.config.report_only => {
+                    let target = FreezeTarget::Credential(credential);
                     let pending = list.freeze(engine.freeze_of(target, fresh, now_ts));
                     let engine = Arc::clone(&self.engine);
-                    let actor = self.keys.actor();
+                    let actor = engine.actor(&self.keys);
                     freeze = Some(Box::pin(async move {
                         if let Err(e) = pending.await {
                             freeze_failed(&engine, actor, fresh, &e);
@@ -771,7 +918,7 @@ impl Post {
                     record.action = Some(Action::Freeze.as_str());
                 }
                 _ => {
-                    if let Some(actor) = self.keys.actor()
+                    if let Some(actor) = engine.actor(&self.keys)
                         && let Some(name) = engine.response_action(action, fresh, actor, now)
                     {
                         record.action = Some(name);
@@ -784,7 +931,10 @@ impl Post {
         if others.is_empty()
             && let (Some(d), Some(step)) = (&engine.sequence, self.transition)
         {
-            d.learn(step, record.tags.contains(AnomalyKind::UnusualSequence), now);
+            let self_tagged = record.tags.contains(AnomalyKind::UnusualSequence);
+            if SequenceDetector::may_learn(&step, self_tagged) {
+                d.learn(step, self_tagged, now);
+            }
         }
         engine.finish_response(response, record);
         if record.tags.is_empty() && record.action.is_some() {
@@ -830,6 +980,41 @@ impl Engine {
     }
 }
 
+/// Where a route template's parameters are, worked out once per template (the
+/// [`RouteIndex`] keeps it), so the request path only walks the path segments it hashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ParamShape {
+    /// No parameter: nothing to hash.
+    #[default]
+    None,
+    /// Bit `i` set: the `i`-th segment from the right is (or contains) a parameter.
+    Right(u32),
+    /// A wildcard, or a parameter further than 32 segments from the right: the
+    /// general walk over the template.
+    General,
+}
+
+impl ParamShape {
+    pub fn of(template: &str) -> Self {
+        if !template.contains('{') {
+            return ParamShape::None;
+        }
+        if template.contains("{*") {
+            return ParamShape::General;
+        }
+        let mut mask = 0u32;
+        for (i, t) in template.rsplit('/').enumerate() {
+            if t.contains('{') {
+                if i >= 32 {
+                    return ParamShape::General;
+                }
+                mask |= 1 << i;
+            }
+        }
+        ParamShape::Right(mask)
+    }
+}
+
 /// Keyed hashes of the path segments that the route template marks as parameters
 /// (`{id}`, or a segment containing one; `{*rest}` takes the rest of the path).
 ///
@@ -837,39 +1022,68 @@ impl Engine {
 /// nested under a stripped prefix still lines up. Nothing is allocated and no
 /// segment value is kept.
 pub(crate) struct ParamIds<'a> {
-    template: std::str::RSplit<'a, char>,
-    path: std::str::RSplit<'a, char>,
-    wildcard: Option<(std::str::Split<'a, char>, &'a str)>,
+    walk: Walk<'a>,
     hasher: &'a KeyedHasher,
 }
 
+enum Walk<'a> {
+    Done,
+    /// Right-aligned, by a [`ParamShape::Right`] mask: the path not walked yet.
+    Mask {
+        path: Option<&'a str>,
+        mask: u32,
+    },
+    /// Right-aligned, template and path side by side.
+    Right {
+        template: std::str::RSplit<'a, char>,
+        path: std::str::RSplit<'a, char>,
+    },
+    /// Left-aligned, for templates with a trailing wildcard.
+    Wildcard {
+        template: std::str::Split<'a, char>,
+        rest: &'a str,
+    },
+}
+
 impl<'a> ParamIds<'a> {
+    #[cfg(test)]
     pub fn new(template: &'a str, path: &'a str, hasher: &'a KeyedHasher) -> Self {
-        let empty = "".rsplit('/');
-        if !template.contains('{') {
-            return ParamIds {
-                template: empty.clone(),
-                path: empty,
-                wildcard: None,
-                hasher,
-            };
+        Self::with_shape(ParamShape::of(template), template, path, hasher)
+    }
+
+    /// The ids of `path` under a template of this shape (`template` is read only
+    /// for [`ParamShape::General`]).
+    pub fn with_shape(shape: ParamShape, template: &'a str, path: &'a str, hasher: &'a KeyedHasher) -> Self {
+        let walk = match shape {
+            ParamShape::None => Walk::Done,
+            ParamShape::Right(mask) => Walk::Mask {
+                path: Some(path),
+                mask,
+            },
+            ParamShape::General if template.contains("{*") => Walk::Wildcard {
+                template: template.trim_start_matches('/').split('/'),
+                rest: path.trim_start_matches('/'),
+            },
+            ParamShape::General => Walk::Right {
+                template: template.rsplit('/'),
+                path: path.rsplit('/'),
+            },
+        };
+        ParamIds { walk, hasher }
+    }
+}
+
+/// The last `/`-separated segment of `*rest`, as `rsplit('/')` yields them.
+fn next_back<'a>(rest: &mut Option<&'a str>) -> Option<&'a str> {
+    let r = (*rest)?;
+    match r.rfind('/') {
+        Some(i) => {
+            *rest = Some(&r[..i]);
+            Some(&r[i + 1..])
         }
-        if template.contains("{*") {
-            return ParamIds {
-                template: empty.clone(),
-                path: empty,
-                wildcard: Some((
-                    template.trim_start_matches('/').split('/'),
-                    path.trim_start_matches('/'),
-                )),
-                hasher,
-            };
-        }
-        ParamIds {
-            template: template.rsplit('/'),
-            path: path.rsplit('/'),
-            wildcard: None,
-            hasher,
+        None => {
+            *rest = None;
+            Some(r)
         }
     }
 }
@@ -878,28 +1092,41 @@ impl Iterator for ParamIds<'_> {
     type Item = u64;
 
     fn next(&mut self) -> Option<u64> {
-        if let Some((template, rest)) = &mut self.wildcard {
-            // Left-aligned walk for templates with a trailing wildcard.
-            loop {
+        let hasher = self.hasher;
+        let id = |segment: &str| hasher.hash_bytes(KeyKind::ObjectId, segment.as_bytes());
+        match &mut self.walk {
+            Walk::Done => None,
+            Walk::Mask { path, mask } => loop {
+                if *mask == 0 {
+                    return None;
+                }
+                let segment = next_back(path)?;
+                let param = *mask & 1 != 0;
+                *mask >>= 1;
+                if param {
+                    return Some(id(segment));
+                }
+            },
+            Walk::Right { template, path } => loop {
+                let t = template.next()?;
+                let p = path.next()?;
+                if t.contains('{') {
+                    return Some(id(p));
+                }
+            },
+            Walk::Wildcard { template, rest } => loop {
                 let t = template.next()?;
                 if t.starts_with("{*") {
                     let value = *rest;
-                    self.wildcard = None;
-                    return Some(self.hasher.hash_bytes(KeyKind::ObjectId, value.as_bytes()));
+                    self.walk = Walk::Done;
+                    return Some(id(value));
                 }
                 let (segment, after) = rest.split_once('/').unwrap_or((rest, ""));
                 *rest = after;
                 if t.contains('{') {
-                    return Some(self.hasher.hash_bytes(KeyKind::ObjectId, segment.as_bytes()));
+                    return Some(id(segment));
                 }
-            }
-        }
-        loop {
-            let t = self.template.next()?;
-            let p = self.path.next()?;
-            if t.contains('{') {
-                return Some(self.hasher.hash_bytes(KeyKind::ObjectId, p.as_bytes()));
-            }
+            },
         }
     }
 }
@@ -910,11 +1137,41 @@ mod tests {
 
     fn ids(template: &str, path: &str) -> Vec<u64> {
         let h = KeyedHasher::new([5; 16]);
-        ParamIds::new(template, path, &h).collect()
+        let fast: Vec<u64> = ParamIds::new(template, path, &h).collect();
+        // The general walk over the template gives the same ids.
+        let general: Vec<u64> = ParamIds::with_shape(ParamShape::General, template, path, &h).collect();
+        assert_eq!(fast, general, "{template} {path}");
+        fast
     }
 
     fn id(value: &str) -> u64 {
         KeyedHasher::new([5; 16]).hash_bytes(KeyKind::ObjectId, value.as_bytes())
+    }
+
+    #[test]
+    fn record_text_matches_display() {
+        let mut tags = AnomalyTags::default();
+        let check = |record: Record| {
+            let expected = match record.action {
+                Some(a) => format!("{};action={a}", record.tags),
+                None => record.tags.to_string(),
+            };
+            assert_eq!(record.render().as_str(), expected);
+            assert_eq!(record.to_string(), expected);
+        };
+        check(Record { tags, action: None });
+        check(Record {
+            tags,
+            action: Some("block"),
+        });
+        for (kind, score) in AnomalyKind::ALL.into_iter().zip([1u8, 9, 10, 99, 100]) {
+            tags.insert(kind, score);
+            check(Record { tags, action: None });
+            check(Record {
+                tags,
+                action: Some(Action::Throttle.would()),
+            });
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Small fixed-size streaming summaries: sliding-window counters and distinct-count
 //! sketches. None of them keeps an input value.
 
+use std::sync::OnceLock;
+
 /// A request count over a sliding window, estimated from two fixed windows: the
 /// previous window's count weighted by how much of it still overlaps, plus the
 /// current window's count. 12 bytes.
@@ -73,14 +75,27 @@ impl DistinctSketch {
     /// The estimated number of distinct hashes inserted.
     pub fn estimate(&self) -> u32 {
         let set: u32 = self.0.iter().map(|w| w.count_ones()).sum();
-        let zeros = BITS as u32 - set;
-        if zeros == 0 {
-            // Saturated: m * ln(m).
-            return (BITS as f64 * (BITS as f64).ln()) as u32;
-        }
-        let m = BITS as f64;
-        (-m * (f64::from(zeros) / m).ln()).round() as u32
+        ESTIMATES.get_or_init(estimates)[set as usize]
     }
+}
+
+/// The estimate for each count of set bits, computed once (a logarithm per request
+/// otherwise).
+static ESTIMATES: OnceLock<[u32; BITS + 1]> = OnceLock::new();
+
+fn estimates() -> [u32; BITS + 1] {
+    std::array::from_fn(|set| estimate_of(set as u32))
+}
+
+/// Linear counting: `-m * ln(zeros / m)`, rounded.
+fn estimate_of(set: u32) -> u32 {
+    let zeros = BITS as u32 - set;
+    if zeros == 0 {
+        // Saturated: m * ln(m).
+        return (BITS as f64 * (BITS as f64).ln()) as u32;
+    }
+    let m = BITS as f64;
+    (-m * (f64::from(zeros) / m).ln()).round() as u32
 }
 
 /// Distinct hashes over a sliding window: the union of the current and previous

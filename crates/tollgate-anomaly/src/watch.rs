@@ -13,8 +13,7 @@ use http::Request;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
-use crate::config::CompiledPolicy;
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
 
 /// Counts 401 answers per network prefix for the credential-stuffing detector, and
 /// stops networks under a `block` or `throttle` penalty before authentication runs.
@@ -98,38 +97,41 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let (problem, watch) = self.engine.on_watch_request(&mut req);
-        if let Some(problem) = problem {
-            return WatchFuture {
-                inner: None,
-                early: Some(self.engine.responder.respond(problem)),
-                watch: None,
-            };
-        }
-        WatchFuture {
-            inner: Some(self.inner.call(req)),
-            early: None,
-            watch: watch.map(|(network, policy)| Watch {
-                engine: Arc::clone(&self.engine),
-                network,
-                policy,
-            }),
-        }
+        let state = match problem {
+            Some(problem) => WatchState::Early {
+                response: Some(self.engine.responder.respond(problem)),
+            },
+            None => WatchState::Inner {
+                fut: self.inner.call(req),
+                // Only a 401 needs the engine again.
+                watch: watch.map(|state| Watch {
+                    engine: Arc::clone(&self.engine),
+                    state,
+                }),
+            },
+        };
+        WatchFuture { state }
     }
 }
 
 struct Watch {
     engine: Arc<Engine>,
-    network: u64,
-    policy: CompiledPolicy,
+    state: engine::WatchState,
+}
+
+pin_project! {
+    #[project = WatchProj]
+    enum WatchState<F> {
+        Inner { #[pin] fut: F, watch: Option<Watch> },
+        Early { response: Option<Response> },
+    }
 }
 
 pin_project! {
     /// The response future of [`FailureWatch`].
     pub struct WatchFuture<F> {
         #[pin]
-        inner: Option<F>,
-        early: Option<Response>,
-        watch: Option<Watch>,
+        state: WatchState<F>,
     }
 }
 
@@ -148,17 +150,17 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(early) = this.early.take() {
-            return Poll::Ready(Ok(early));
+        match self.project().state.project() {
+            WatchProj::Early { response } => {
+                Poll::Ready(Ok(response.take().expect("WatchFuture polled after completion")))
+            }
+            WatchProj::Inner { fut, watch } => {
+                let mut response = ready!(fut.poll(cx))?.map(Body::new);
+                if let Some(w) = watch.take() {
+                    w.engine.on_watch_response(&w.state, &mut response);
+                }
+                Poll::Ready(Ok(response))
+            }
         }
-        let Some(inner) = this.inner.as_pin_mut() else {
-            panic!("WatchFuture polled after completion");
-        };
-        let mut response = ready!(inner.poll(cx))?.map(Body::new);
-        if let Some(w) = this.watch.take() {
-            w.engine.on_watch_response(w.network, &w.policy, &mut response);
-        }
-        Poll::Ready(Ok(response))
     }
 }

@@ -11,6 +11,7 @@ mod token;
 mod volume;
 
 pub use enumeration::EnumerationDetector;
+pub(crate) use sequence::RouteEntry;
 pub use sequence::{RouteIndex, SequenceDetector, Step};
 pub use stuffing::StuffingDetector;
 pub use token::TokenSharingDetector;

@@ -1,6 +1,7 @@
 //! Unusual sequence: a small learned per-route transition model.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -8,14 +9,45 @@ use arc_swap::ArcSwap;
 
 use crate::bounded::BoundedMap;
 use crate::config::{CompiledPolicy, SequenceConfig, secs};
+use crate::engine::ParamShape;
 
 use super::rarity_score;
 
-type RouteMap = HashMap<Box<str>, (u8, Option<CompiledPolicy>)>;
+/// What the request path needs to know about a route template, found with one lookup.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouteEntry {
+    /// The index in the transition model.
+    pub idx: u8,
+    /// The policy configured for the template, if any.
+    pub policy: Option<CompiledPolicy>,
+    /// Where the template's parameters are, for the enumeration detector.
+    pub params: ParamShape,
+}
 
-/// Maps route templates to small indices (for the transition model) and their
-/// configured policy. Bounded: past `max_routes` templates, new ones share the
-/// `other` index. Reads are lock-free.
+/// Route templates are few, come from the router (not from clients) and are short:
+/// a plain multiplicative hash is enough for their map, and much cheaper than SipHash.
+#[derive(Default)]
+struct TemplateHasher(u64);
+
+impl Hasher for TemplateHasher {
+    fn finish(&self) -> u64 {
+        let x = self.0;
+        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (x >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+type RouteMap = HashMap<Box<str>, RouteEntry, BuildHasherDefault<TemplateHasher>>;
+
+/// Maps route templates to small indices (for the transition model), their
+/// configured policy and parameter shape. Bounded: past `max_routes` templates, new
+/// ones share the `other` index. Reads are lock-free.
 #[derive(Debug)]
 pub struct RouteIndex {
     routes: ArcSwap<RouteMap>,
@@ -27,7 +59,7 @@ impl RouteIndex {
         max_routes: usize,
         policies: impl IntoIterator<Item = (String, CompiledPolicy)>,
     ) -> Self {
-        let mut map = HashMap::new();
+        let mut map = RouteMap::default();
         for (route, policy) in policies {
             let next = map.len();
             let idx = if next < max_routes {
@@ -35,7 +67,15 @@ impl RouteIndex {
             } else {
                 max_routes as u8
             };
-            map.insert(route.into_boxed_str(), (idx, Some(policy)));
+            let params = ParamShape::of(&route);
+            map.insert(
+                route.into_boxed_str(),
+                RouteEntry {
+                    idx,
+                    policy: Some(policy),
+                    params,
+                },
+            );
         }
         RouteIndex {
             routes: ArcSwap::from_pointee(map),
@@ -63,26 +103,43 @@ impl RouteIndex {
         false
     }
 
-    /// The index and configured policy of `template` (`None`: unmatched).
-    pub(crate) fn lookup(&self, template: Option<&str>) -> (u8, Option<CompiledPolicy>) {
+    /// The entry of `template` (`None`: unmatched).
+    pub(crate) fn lookup(&self, template: Option<&str>) -> RouteEntry {
         let Some(template) = template else {
-            return (self.other(), None);
+            return RouteEntry {
+                idx: self.other(),
+                policy: None,
+                params: ParamShape::None,
+            };
         };
         if let Some(found) = self.routes.load().get(template) {
             return *found;
         }
-        let mut result = (self.other(), None);
+        let params = ParamShape::of(template);
+        let mut result = RouteEntry {
+            idx: self.other(),
+            policy: None,
+            params,
+        };
         self.routes.rcu(|current| {
             if let Some(found) = current.get(template) {
                 result = *found;
                 return Arc::clone(current);
             }
             if current.len() >= self.max_routes {
-                result = (self.other(), None);
+                result = RouteEntry {
+                    idx: self.other(),
+                    policy: None,
+                    params,
+                };
                 return Arc::clone(current);
             }
-            let mut next = HashMap::clone(current);
-            result = (current.len() as u8, None);
+            let mut next = RouteMap::clone(current);
+            result = RouteEntry {
+                idx: current.len() as u8,
+                policy: None,
+                params,
+            };
             next.insert(template.into(), result);
             Arc::new(next)
         });
@@ -152,6 +209,9 @@ pub struct Step {
     pub prev: u8,
     /// The route.
     pub route: u8,
+    /// The session's learning counts when the step was observed (they only grow).
+    learned: u8,
+    taught: u8,
 }
 
 impl Step {
@@ -234,7 +294,7 @@ impl SequenceDetector {
     pub fn observe(&self, session: u64, route: u8, now: u64) -> (Step, Option<u8>) {
         let route = route.min(self.other);
         let start = self.start;
-        let prev = self.sessions.update(
+        let (prev, learned, taught) = self.sessions.update(
             session,
             now,
             || SessionSeq {
@@ -242,9 +302,23 @@ impl SequenceDetector {
                 taught: 0,
                 learned: 0,
             },
-            |s| std::mem::replace(&mut s.last, route),
+            |s| (std::mem::replace(&mut s.last, route), s.learned, s.taught),
         );
-        (Step { session, prev, route }, self.judge(prev, route))
+        let step = Step {
+            session,
+            prev,
+            route,
+            learned,
+            taught,
+        };
+        (step, self.judge(prev, route))
+    }
+
+    /// False if [`SequenceDetector::learn`] would surely refuse `step`: its session
+    /// had used up its learning allowance when the step was observed (the counts only
+    /// grow while the session lasts). Spares the request path a second lock.
+    pub(crate) fn may_learn(step: &Step, self_tagged: bool) -> bool {
+        step.learned < MAX_LEARNED_PER_SESSION && (!self_tagged || step.taught < MAX_TAUGHT_PER_SESSION)
     }
 
     fn sum(&self, f: impl Fn(&Counts) -> &AtomicU32) -> u32 {
@@ -422,12 +496,12 @@ mod tests {
     #[test]
     fn route_index_is_bounded() {
         let idx = RouteIndex::new(3, []);
-        assert_eq!(idx.lookup(Some("/a")).0, 0);
-        assert_eq!(idx.lookup(Some("/b")).0, 1);
-        assert_eq!(idx.lookup(Some("/a")).0, 0);
-        assert_eq!(idx.lookup(Some("/c")).0, 2);
-        assert_eq!(idx.lookup(Some("/d")).0, idx.other());
-        assert_eq!(idx.lookup(None).0, idx.other());
+        assert_eq!(idx.lookup(Some("/a")).idx, 0);
+        assert_eq!(idx.lookup(Some("/b")).idx, 1);
+        assert_eq!(idx.lookup(Some("/a")).idx, 0);
+        assert_eq!(idx.lookup(Some("/c")).idx, 2);
+        assert_eq!(idx.lookup(Some("/d")).idx, idx.other());
+        assert_eq!(idx.lookup(None).idx, idx.other());
         assert_eq!(idx.routes(), 3);
     }
 }
