@@ -45,8 +45,10 @@ impl PseudonymConfig {
 ///     [privacy.routes]
 ///     "/health" = "minimal"
 ///
+///     [ratelimit]
+///     anonymous_tier = "free"
 ///     [ratelimit.tiers.free]
-///     limits = [{ name = "burst", quota = 10, window_s = 1 }]
+///     limits = [{ name = "burst", quota = 10, window = "1s" }]
 /// "#).unwrap();
 /// assert_eq!(config.pseudonym.epoch_s, 3600);
 /// assert!(config.auth.is_none());

@@ -25,8 +25,10 @@
 //!     [pseudonym]
 //!     secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 //!
+//!     [ratelimit]
+//!     default_tier = "anonymous"
 //!     [ratelimit.tiers.anonymous]
-//!     limits = [{ name = "burst", quota = 10, window_s = 1 }]
+//!     limits = [{ name = "burst", quota = 10, window = "1s" }]
 //! "#).unwrap();
 //! let tollgate = Tollgate::from_config(&config).await.unwrap();
 //! let app: Router = tollgate.apply(Router::new().route("/health", get(|| async { "ok" })));
