@@ -27,7 +27,7 @@ use tracing::Span;
 
 use crate::config::{ActOn, ConfigError, FingerprintConfig, SessionPolicy};
 use crate::dimensions::{FingerprintInput, USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input};
-use crate::memory::{LocalHasher, MemorySessionStore};
+use crate::memory::{LocalHasher, MemorySessionStore, SeenInput};
 use crate::record::{Observation, SessionRecord, Thresholds, nonzero};
 use crate::span::record_current;
 
@@ -668,10 +668,6 @@ impl Shared {
         let now = traits.now;
         let epoch = self.epoch(now);
         let input_key = self.local.hash(traits.input.as_bytes());
-        let network_key = traits.network.map(|n| {
-            let (bytes, len) = n.to_bytes();
-            (n, self.local.hash(&bytes[..len]))
-        });
         let cell = store.cell(credential);
         let mut cell = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let session = match cell.session {
@@ -682,24 +678,41 @@ impl Shared {
                 s
             }
         };
-        let (fingerprint, fingerprint_pseudonym) = match cell.fingerprint {
-            Some((key, hash, pseudonym)) if key == input_key && pseudonym.epoch() == epoch => {
-                (hash, pseudonym)
+        let seen = match cell.fingerprint {
+            // The same input as last time: the same fingerprint and the same network.
+            Some(seen) if seen.key == input_key && seen.pseudonym.epoch() == epoch => seen,
+            Some(seen) if seen.key == input_key => {
+                let (hash, pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), now);
+                SeenInput {
+                    hash,
+                    pseudonym,
+                    ..seen
+                }
             }
             _ => {
                 let (hash, pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), now);
-                cell.fingerprint = Some((input_key, hash, pseudonym));
-                (hash, pseudonym)
+                let network = traits.network.map(|prefix| {
+                    let (bytes, len) = prefix.to_bytes();
+                    let key = self.local.hash(&bytes[..len]);
+                    match cell.network {
+                        Some((k, hash)) if k == key => hash,
+                        _ => {
+                            let hash = self.network_hash(prefix);
+                            cell.network = Some((key, hash));
+                            hash
+                        }
+                    }
+                });
+                SeenInput {
+                    key: input_key,
+                    hash,
+                    pseudonym,
+                    network,
+                }
             }
         };
-        let network = network_key.map(|(prefix, key)| match cell.network {
-            Some((k, hash)) if k == key => hash,
-            _ => {
-                let hash = self.network_hash(prefix);
-                cell.network = Some((key, hash));
-                hash
-            }
-        });
+        cell.fingerprint = Some(seen);
+        let (fingerprint, fingerprint_pseudonym, network) = (seen.hash, seen.pseudonym, seen.network);
         let observation = Observation {
             now,
             fingerprint,

@@ -22,10 +22,24 @@ pub(crate) struct Cell {
     pub record: Option<SessionRecord>,
     /// The session pseudonym, for the epoch it carries.
     pub session: Option<Pseudonym>,
-    /// (local hash of the fingerprint input, keyed hash, pseudonym).
-    pub fingerprint: Option<(u64, u64, Pseudonym)>,
+    /// What the last request's fingerprint input gave.
+    pub fingerprint: Option<SeenInput>,
     /// (local hash of the network prefix, keyed hash).
     pub network: Option<(u64, u64)>,
+}
+
+/// The keyed hashes of one fingerprint input, cached with the session.
+#[derive(Clone, Copy)]
+pub(crate) struct SeenInput {
+    /// The local hash of the input.
+    pub key: u64,
+    /// The fingerprint's keyed hash.
+    pub hash: u64,
+    /// The fingerprint pseudonym, for the epoch it carries.
+    pub pseudonym: Pseudonym,
+    /// The keyed hash of the network prefix in the input. The input holds the
+    /// prefix (or its absence), so the same input always has the same network.
+    pub network: Option<u64>,
 }
 
 /// The default session store: in process, bounded by a number of sessions, each

@@ -352,3 +352,43 @@ async fn concurrent_requests_of_one_session_are_all_counted() {
     assert_eq!(record.requests, 2_000);
     assert_eq!(record.health, SessionHealth::Healthy);
 }
+
+#[tokio::test]
+async fn the_in_process_caches_give_what_a_fresh_computation_gives() {
+    // The in-process store reuses keyed hashes while a session's input stays the
+    // same; the remote path computes them all afresh. Both must agree on every
+    // pseudonym and verdict, as networks, user agents and epochs change.
+    let env = Env::new();
+    let local = env.layer(&FingerprintConfig::default()).layer(handler());
+    let remote = Remote {
+        inner: MemoryStore::new(1_000),
+        down: Arc::new(AtomicBool::new(false)),
+    };
+    let fresh = env
+        .layer(&FingerprintConfig::default())
+        .store(remote)
+        .layer(handler());
+    let principal = env.principal("jti-cache");
+    let steps = [
+        ("198.51.100.7", support::FIREFOX, 0),
+        ("198.51.100.7", support::FIREFOX, 0),
+        ("198.51.100.7", support::CHROME, 0),
+        ("203.0.113.9", support::CHROME, 0),
+        ("198.51.100.7", support::CHROME, 0),
+        ("198.51.100.7", support::CHROME, 86_400),
+        ("198.51.100.7", support::FIREFOX, 0),
+        ("203.0.113.9", support::FIREFOX, 86_400),
+        ("203.0.113.9", support::FIREFOX, 0),
+    ];
+    for (i, (ip, ua, advance)) in steps.into_iter().enumerate() {
+        env.clock.advance(Duration::from_secs(advance));
+        let with_ua = |mut req: Request<Body>| {
+            req.headers_mut().insert("user-agent", ua.parse().unwrap());
+            req
+        };
+        let a = send(&local, with_ua(request(&env, &principal, ip))).await;
+        let b = send(&fresh, with_ua(request(&env, &principal, ip))).await;
+        assert_eq!(session_header(&a), session_header(&b), "step {i}");
+        assert_eq!(health(&a), health(&b), "step {i}");
+    }
+}
