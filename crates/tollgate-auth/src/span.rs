@@ -1,5 +1,8 @@
 //! Recording request-span fields with one call to the subscriber.
 
+use std::cell::RefCell;
+
+use tracing::Metadata;
 use tracing::field::{Field, Value};
 use tracing::span::Record;
 
@@ -8,13 +11,12 @@ use tracing::span::Record;
 /// and no span handle: `Span::current()` takes a reference on the span in the
 /// registry and dropping the handle releases it, and every `record` is a lookup of
 /// its own. Names the span does not declare are skipped, as `Span::record` skips them.
-pub(crate) fn record_current<const N: usize>(values: [(&str, &dyn Value); N]) {
+pub(crate) fn record_current<const N: usize>(values: [(&'static str, &dyn Value); N]) {
     tracing::dispatcher::get_default(|dispatch| {
         let Some((id, meta)) = dispatch.current_span().into_inner() else {
             return;
         };
-        let names = meta.fields();
-        let found: [Option<Field>; N] = values.map(|(name, _)| names.field(name));
+        let found: [Option<Field>; N] = fields(meta, values.map(|(name, _)| name));
         // A value set needs a field in every slot: an undeclared name gets a declared
         // field with no value, which visitors never see.
         let Some(any) = found.iter().flatten().next() else {
@@ -29,8 +31,38 @@ pub(crate) fn record_current<const N: usize>(values: [(&str, &dyn Value); N]) {
                 None => (any, None),
             }
         });
-        dispatch.record(&id, &Record::new(&names.value_set(&pairs)));
+        dispatch.record(&id, &Record::new(&meta.fields().value_set(&pairs)));
     });
+}
+
+thread_local! {
+    /// Fields already looked up, by span callsite and name (both by address): the
+    /// request span declares some twenty fields, and finding one by name compares
+    /// the names before it.
+    static FOUND: RefCell<Vec<(usize, &'static str, Option<Field>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// At most this many lookups are remembered per thread (a few names on a few spans).
+const MAX_FOUND: usize = 32;
+
+/// The fields named `names` in the span described by `meta`.
+fn fields<const N: usize>(meta: &'static Metadata<'static>, names: [&'static str; N]) -> [Option<Field>; N] {
+    let site = std::ptr::from_ref(meta) as usize;
+    FOUND.with_borrow_mut(|found| {
+        names.map(|name| {
+            if let Some((_, _, field)) = found
+                .iter()
+                .find(|(s, n, _)| *s == site && std::ptr::eq(*n, name))
+            {
+                return field.clone();
+            }
+            let field = meta.fields().field(name);
+            if found.len() < MAX_FOUND {
+                found.push((site, name, field.clone()));
+            }
+            field
+        })
+    })
 }
 
 #[cfg(test)]
@@ -75,8 +107,13 @@ mod tests {
             span.in_scope(|| {
                 record_current([("a", &"x" as &dyn Value), ("undeclared", &1u64), ("c", &7u64)]);
                 record_current([("undeclared", &1u64 as &dyn Value)]);
+                // Again, with the fields remembered.
+                record_current([("c", &8u64 as &dyn Value), ("a", &"y"), ("undeclared", &1u64)]);
             });
+            // Another span with the same names: its own fields.
+            let other = tracing::info_span!("other", c = tracing::field::Empty);
+            other.in_scope(|| record_current([("a", &"z" as &dyn Value), ("c", &9u64)]));
         });
-        assert_eq!(*calls.0.lock().unwrap(), ["a=\"x\" c=7"]);
+        assert_eq!(*calls.0.lock().unwrap(), ["a=\"x\" c=7", "c=8 a=\"y\"", "c=9"]);
     }
 }
