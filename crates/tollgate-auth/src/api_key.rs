@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 use tollgate_core::clock::Timestamp;
 use tollgate_core::{CredentialKind, Principal, Pseudonymizer, Scopes};
 
+use crate::cache::Accepted;
 use crate::policy::TierPolicy;
 
 /// One API key: its id, the SHA-256 of the key, and what it grants.
@@ -92,15 +93,15 @@ pub(crate) struct ApiKeyEntry {
     record: ApiKeyRecord,
     scopes: Scopes,
     /// The principal, built for the pseudonym epoch it was first needed in.
-    principal: ArcSwapOption<Principal>,
+    principal: ArcSwapOption<Accepted>,
 }
 
 impl ApiKeyEntry {
     /// The principal for this key, rebuilt when the pseudonym epoch has moved on.
-    pub(crate) fn principal(&self, p: &Pseudonymizer, policy: &TierPolicy, now: Timestamp) -> Arc<Principal> {
+    pub(crate) fn principal(&self, p: &Pseudonymizer, policy: &TierPolicy, now: Timestamp) -> Arc<Accepted> {
         let epoch = now.as_nanos() / tollgate_core::clock::duration_nanos(p.epoch_length()).max(1);
         if let Some(current) = &*self.principal.load()
-            && current.subject().epoch() == epoch
+            && current.principal().subject().epoch() == epoch
         {
             return current.clone();
         }
@@ -109,11 +110,11 @@ impl ApiKeyEntry {
             None => policy.default.clone(),
         };
         let subject = self.record.subject.as_deref().unwrap_or(&self.record.id);
-        let principal = Arc::new(
+        let principal = Arc::new(Accepted::new(
             Principal::new(p, CredentialKind::ApiKey, subject, self.record.id.as_bytes())
                 .with_tier(tier)
                 .with_scopes(self.scopes.clone()),
-        );
+        ));
         self.principal.store(Some(principal.clone()));
         principal
     }
@@ -287,8 +288,8 @@ mod tests {
         let entry = keys.lookup(b"alpha").unwrap();
         let now = tollgate_core::Clock::now(&tollgate_core::SystemClock);
         let a = entry.principal(&p, &TierPolicy::default(), now);
-        assert_eq!(a.tier().as_str(), "pro");
-        assert!(a.scopes().contains("read"));
+        assert_eq!(a.principal().tier().as_str(), "pro");
+        assert!(a.principal().scopes().contains("read"));
         assert!(Arc::ptr_eq(&a, &entry.principal(&p, &TierPolicy::default(), now)));
         // Replacing k1's key drops the old digest.
         keys.insert(ApiKeyRecord::new("k1", ApiKeyRecord::digest_of(b"gamma")));

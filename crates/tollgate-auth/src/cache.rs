@@ -27,6 +27,33 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use tollgate_core::clock::{SharedClock, Timestamp};
 use tollgate_core::{Principal, Pseudonymizer};
 
+/// A verified principal, with the span text of its subject pseudonym made once (the
+/// cached and API key paths hand the same one to every request).
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    principal: Principal,
+    subject_hex: Box<str>,
+}
+
+impl Accepted {
+    pub(crate) fn new(principal: Principal) -> Self {
+        let subject_hex = principal.subject().to_hex().as_str().into();
+        Accepted {
+            principal,
+            subject_hex,
+        }
+    }
+
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The subject pseudonym as hex: the value of the `principal` span field.
+    pub(crate) fn subject_hex(&self) -> &str {
+        &self.subject_hex
+    }
+}
+
 /// What kind of credential a cache key was computed from, so that other kinds
 /// cached later never share an entry with bearer tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,17 +110,18 @@ impl TokenCache {
     }
 
     #[inline]
-    pub(crate) fn get(&self, key: u128) -> Option<Arc<Principal>> {
+    pub(crate) fn get(&self, key: u128) -> Option<Arc<Accepted>> {
         self.table.get(key, self.clock.now().as_nanos())
     }
 
     /// Caches `principal` until the earliest of: `expires_at` (the token's `exp`),
     /// the configured maximum TTL, and the end of the pseudonym epoch its subject
     /// pseudonym was made in (so a cached principal never carries a stale pseudonym).
-    pub(crate) fn insert(&self, key: u128, principal: Arc<Principal>, expires_at: Option<Timestamp>) {
+    pub(crate) fn insert(&self, key: u128, principal: Arc<Accepted>, expires_at: Option<Timestamp>) {
         let now = self.clock.now();
         let epoch_end = Timestamp::from_nanos(
             principal
+                .principal()
                 .subject()
                 .epoch()
                 .saturating_add(1)
@@ -146,7 +174,7 @@ impl Hasher for FoldHasher {
 }
 
 struct Entry {
-    principal: Arc<Principal>,
+    principal: Arc<Accepted>,
     /// When the entry stops counting (ns on the layer's clock).
     deadline: u64,
     /// Where the key sits in `Shard::keys`.
@@ -178,7 +206,7 @@ impl Shard {
         x
     }
 
-    fn insert(&mut self, key: u128, principal: Arc<Principal>, deadline: u64, now: u64) {
+    fn insert(&mut self, key: u128, principal: Arc<Accepted>, deadline: u64, now: u64) {
         self.sweep(now);
         if let Some(entry) = self.map.get_mut(&key) {
             entry.principal = principal;
@@ -289,7 +317,7 @@ impl Table {
         self.shards[i].0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get(&self, key: u128, now: u64) -> Option<Arc<Principal>> {
+    fn get(&self, key: u128, now: u64) -> Option<Arc<Accepted>> {
         let shard = self.shard(key);
         match shard.map.get(&key) {
             Some(e) if e.deadline > now => Some(e.principal.clone()),
@@ -297,7 +325,7 @@ impl Table {
         }
     }
 
-    fn insert(&self, key: u128, principal: Arc<Principal>, deadline: u64, now: u64) {
+    fn insert(&self, key: u128, principal: Arc<Accepted>, deadline: u64, now: u64) {
         self.shard(key).insert(key, principal, deadline, now);
     }
 
@@ -334,7 +362,7 @@ mod tests {
             shared.clone(),
         );
         let cache = TokenCache::new(100, Duration::from_secs(300), shared, &p);
-        let principal = Arc::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j"));
+        let principal = Arc::new(Accepted::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j")));
         let k = cache.key(Presented::Bearer, b"tok");
         assert_ne!(k, cache.key(Presented::Bearer, b"tok2"));
         // Already expired: not cached.
@@ -361,7 +389,7 @@ mod tests {
         assert!(cache.get(k).is_none(), "never past exp");
         // And at the end of the pseudonym epoch, whatever the token's exp.
         clock.set(Timestamp::from_secs(86_400 * 11 - 10));
-        let principal = Arc::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j"));
+        let principal = Arc::new(Accepted::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j")));
         cache.insert(k, principal, Some(Timestamp::from_secs(86_400 * 12)));
         clock.advance(Duration::from_secs(9));
         assert!(cache.get(k).is_some());
@@ -380,7 +408,7 @@ mod tests {
         );
         for max in [1, 3, 100] {
             let cache = TokenCache::new(max, Duration::from_secs(300), shared.clone(), &p);
-            let principal = Arc::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j"));
+            let principal = Arc::new(Accepted::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j")));
             for i in 0..5_000u32 {
                 let k = cache.key(Presented::Bearer, &i.to_le_bytes());
                 cache.insert(k, principal.clone(), None);
@@ -390,7 +418,7 @@ mod tests {
         }
         // Once entries expire, they give way before live ones do.
         let cache = TokenCache::new(64, Duration::from_secs(300), shared.clone(), &p);
-        let principal = Arc::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j"));
+        let principal = Arc::new(Accepted::new(Principal::new(&p, CredentialKind::Jwt, "s", b"j")));
         let short: Vec<u128> = (0..48u32)
             .map(|i| cache.key(Presented::Bearer, &i.to_le_bytes()))
             .collect();

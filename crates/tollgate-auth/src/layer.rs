@@ -19,7 +19,7 @@ use tollgate_core::{
 use tower::{Layer, Service};
 
 use crate::api_key::ApiKeys;
-use crate::cache::{Presented, TokenCache};
+use crate::cache::{Accepted, Presented, TokenCache};
 use crate::config::{Anonymous, AuthConfig, ConfigError, invalid, seconds};
 use crate::error::{AuthError, Challenges};
 use crate::introspection::Introspector;
@@ -613,13 +613,13 @@ enum Credential<'a> {
 }
 
 enum Pending {
-    Freeze(Arc<Principal>),
+    Freeze(Arc<Accepted>),
     Jwt { token: String, key: u128 },
     Introspect { token: String, key: u128 },
 }
 
 enum Step {
-    Done(Arc<Principal>),
+    Done(Arc<Accepted>),
     Fail(AuthError),
     Slow(Pending),
 }
@@ -685,7 +685,7 @@ impl<F: FreezeList> Shared<F> {
                 if is_jwt && let Some(jwt) = &self.jwt {
                     return match jwt.verify(token, jwt.jwks.is_some(), &self.pseudonymizer, &self.jwt_tiers) {
                         Outcome::Verified(v) => {
-                            let principal = Arc::new(v.principal);
+                            let principal = Arc::new(Accepted::new(v.principal));
                             self.cache.insert(key, principal.clone(), v.expires_at);
                             Step::Done(principal)
                         }
@@ -739,7 +739,7 @@ impl<F: FreezeList> Shared<F> {
         }
     }
 
-    async fn authenticate_later(&self, pending: Pending) -> Result<Arc<Principal>, AuthError> {
+    async fn authenticate_later(&self, pending: Pending) -> Result<Arc<Accepted>, AuthError> {
         let principal = match pending {
             Pending::Freeze(p) => p,
             Pending::Jwt { token, key } => {
@@ -749,7 +749,7 @@ impl<F: FreezeList> Shared<F> {
                 }
                 match jwt.verify(&token, false, &self.pseudonymizer, &self.jwt_tiers) {
                     Outcome::Verified(v) => {
-                        let principal = Arc::new(v.principal);
+                        let principal = Arc::new(Accepted::new(v.principal));
                         self.cache.insert(key, principal.clone(), v.expires_at);
                         principal
                     }
@@ -765,22 +765,23 @@ impl<F: FreezeList> Shared<F> {
                     .await?;
                 let cache_until = now.saturating_add(introspector.cache_ttl);
                 let until = found.expires_at.map_or(cache_until, |exp| exp.min(cache_until));
-                let principal = Arc::new(found.principal);
+                let principal = Arc::new(Accepted::new(found.principal));
                 self.cache.insert(key, principal.clone(), Some(until));
                 principal
             }
         };
-        let verdict = match self.freeze.check_immediate(&principal) {
+        let verdict = match self.freeze.check_immediate(principal.principal()) {
             Some(r) => r,
-            None => self.freeze.check(&principal).await,
+            None => self.freeze.check(principal.principal()).await,
         };
         self.freeze_verdict(verdict)?;
         Ok(principal)
     }
 
-    fn accept(&self, principal: &Principal) {
+    fn accept(&self, accepted: &Accepted) {
+        let principal = accepted.principal();
         record_current([
-            (fields::PRINCIPAL, &principal.subject().to_hex().as_str()),
+            (fields::PRINCIPAL, &accepted.subject_hex()),
             (fields::CREDENTIAL, &principal.credential().as_str()),
             (fields::TIER, &principal.tier().as_str()),
         ]);
@@ -860,10 +861,10 @@ where
         };
         let pending = match step {
             Step::Fail(e) => return AuthFuture::early(shared.reject(e)),
-            Step::Done(principal) => match shared.freeze_now(&principal) {
+            Step::Done(principal) => match shared.freeze_now(principal.principal()) {
                 Some(Ok(())) => {
                     shared.accept(&principal);
-                    req.extensions_mut().insert(Principal::clone(&principal));
+                    req.extensions_mut().insert(principal.principal().clone());
                     return AuthFuture::inner(self.inner.call(req));
                 }
                 Some(Err(e)) => return AuthFuture::early(shared.reject(e)),
@@ -880,7 +881,7 @@ where
                     match shared.authenticate_later(pending).await {
                         Ok(principal) => {
                             shared.accept(&principal);
-                            req.extensions_mut().insert(Principal::clone(&principal));
+                            req.extensions_mut().insert(principal.principal().clone());
                             inner.call(req).await
                         }
                         Err(e) => Ok(shared.reject(e)),
@@ -927,8 +928,8 @@ pub mod bench_support {
         let s = &layer.shared;
         let credential = s.credential(headers).ok()??;
         match s.authenticate_now(credential) {
-            Step::Done(p) => match s.freeze_now(&p) {
-                Some(Ok(())) => Some(Principal::clone(&p)),
+            Step::Done(p) => match s.freeze_now(p.principal()) {
+                Some(Ok(())) => Some(p.principal().clone()),
                 _ => None,
             },
             _ => None,
