@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, MatchedPath};
 use axum::response::Response;
 use http::header::{CACHE_CONTROL, RETRY_AFTER};
-use http::{Extensions, HeaderMap, HeaderValue, Request};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request};
 use pin_project_lite::pin_project;
 use tollgate_core::clock::{SharedClock, system_clock};
 use tollgate_core::coarsen::Coarsening;
@@ -30,7 +30,7 @@ use crate::config::{
 };
 use crate::gcra::{Decision, Limit};
 use crate::span::record_current;
-use crate::status::{NamedLimit, Outcome, Policy, RATELIMIT, RATELIMIT_POLICY, RateLimitStatus};
+use crate::status::{NamedLimit, Outcome, Policy, RateLimitStatus};
 use crate::store::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
 
 /// A custom key: given the request's headers and extensions, the digest to count the
@@ -588,8 +588,8 @@ impl Shared {
             h.insert(RETRY_AFTER, status.retry_after_header());
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if self.headers {
-                h.insert(RATELIMIT_POLICY.clone(), status.policy_header());
-                h.insert(RATELIMIT.clone(), status.ratelimit_header());
+                h.insert(POLICY_NAME, status.policy_header());
+                h.insert(RATELIMIT_NAME, status.ratelimit_header());
             }
             response.extensions_mut().insert(status);
             return Verdict::Early(response);
@@ -646,12 +646,16 @@ fn stamp(response: &mut Response, stamp: Option<Stamp>) {
         let Stamp { status, headers } = stamp;
         if headers {
             let h = response.headers_mut();
-            h.insert(RATELIMIT_POLICY.clone(), status.policy_header());
-            h.insert(RATELIMIT.clone(), status.ratelimit_header());
+            h.insert(POLICY_NAME, status.policy_header());
+            h.insert(RATELIMIT_NAME, status.ratelimit_header());
         }
         response.extensions_mut().insert(status);
     }
 }
+
+/// The header names as constants: each use is a ready value, not a clone of the statics.
+const POLICY_NAME: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT_NAME: HeaderName = HeaderName::from_static("ratelimit");
 
 type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
@@ -787,5 +791,17 @@ where
                 .expect("ResponseFuture polled after completion"))),
             KindProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{RATELIMIT, RATELIMIT_POLICY};
+
+    #[test]
+    fn header_name_constants_are_the_public_names() {
+        assert_eq!(POLICY_NAME, RATELIMIT_POLICY);
+        assert_eq!(RATELIMIT_NAME, RATELIMIT);
     }
 }
