@@ -35,33 +35,48 @@ pub(crate) fn record_current<const N: usize>(values: [(&'static str, &dyn Value)
     });
 }
 
-thread_local! {
-    /// Fields already looked up, by span callsite and name (both by address): the
-    /// request span declares some twenty fields, and finding one by name compares
-    /// the names before it.
-    static FOUND: RefCell<Vec<(usize, &'static str, Option<Field>)>> = const { RefCell::new(Vec::new()) };
+/// The fields of one list of names in one span callsite.
+struct Found {
+    site: usize,
+    names: Box<[&'static str]>,
+    fields: Box<[Option<Field>]>,
 }
 
-/// At most this many lookups are remembered per thread (a few names on a few spans).
-const MAX_FOUND: usize = 32;
+thread_local! {
+    /// Lists of fields already looked up, by span callsite and names (all by address):
+    /// the request span declares some twenty fields, and finding one by name
+    /// compares the names before it.
+    static FOUND: RefCell<Vec<Found>> = const { RefCell::new(Vec::new()) };
+}
+
+/// At most this many lists are remembered per thread (a few call sites, a few spans).
+const MAX_FOUND: usize = 16;
 
 /// The fields named `names` in the span described by `meta`.
 fn fields<const N: usize>(meta: &'static Metadata<'static>, names: [&'static str; N]) -> [Option<Field>; N] {
     let site = std::ptr::from_ref(meta) as usize;
     FOUND.with_borrow_mut(|found| {
-        names.map(|name| {
-            if let Some((_, _, field)) = found
-                .iter()
-                .find(|(s, n, _)| *s == site && std::ptr::eq(*n, name))
-            {
-                return field.clone();
-            }
-            let field = meta.fields().field(name);
-            if found.len() < MAX_FOUND {
-                found.push((site, name, field.clone()));
-            }
-            field
-        })
+        let same = |f: &&Found| {
+            f.site == site
+                && f.names.len() == N
+                && f.names.iter().zip(&names).all(|(a, b)| std::ptr::eq(*a, *b))
+        };
+        if let Some(f) = found.iter().find(same) {
+            let mut i = 0;
+            return [(); N].map(|()| {
+                i += 1;
+                f.fields[i - 1].clone()
+            });
+        }
+        let fields = names.map(|name| meta.fields().field(name));
+        if found.len() < MAX_FOUND {
+            found.push(Found {
+                site,
+                names: names.into(),
+                fields: fields.clone().into(),
+            });
+        }
+        fields
     })
 }
 
