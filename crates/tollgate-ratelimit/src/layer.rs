@@ -451,8 +451,7 @@ impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
     fn layer(&self, inner: S) -> Self::Service {
         RateLimitService {
             inner,
-            shared: self.shared.clone(),
-            store: self.store.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -461,15 +460,16 @@ impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
 #[derive(Clone)]
 pub struct RateLimitService<S, St = MemoryRateLimitStore> {
     inner: S,
-    shared: Arc<Shared>,
-    store: St,
+    /// The layer behind one `Arc`: the service is cloned for every request, and
+    /// each `Arc` inside is an atomic increment and decrement.
+    layer: Arc<RateLimitLayer<St>>,
 }
 
 impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for RateLimitService<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitService")
             .field("inner", &self.inner)
-            .field("store", &self.store)
+            .field("store", &self.layer.store)
             .finish_non_exhaustive()
     }
 }
@@ -675,7 +675,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let shared = &*self.shared;
+        let shared = &*self.layer.shared;
         let rule = shared.rule(req.extensions());
         if rule.exempt {
             return ResponseFuture::inner(self.inner.call(req), None);
@@ -697,7 +697,11 @@ where
         let key = policy.key.with_digest(digest);
         let now = shared.clock.now();
 
-        if let Some(result) = self.store.check_and_spend_now(&key, &policy.limits, cost, now) {
+        if let Some(result) = self
+            .layer
+            .store
+            .check_and_spend_now(&key, &policy.limits, cost, now)
+        {
             return match shared.conclude(req.extensions_mut(), result, policy, mode) {
                 Verdict::Early(response) => ResponseFuture::ready(response),
                 Verdict::Continue(stamp) => ResponseFuture::inner(self.inner.call(req), stamp),
@@ -706,8 +710,8 @@ where
 
         // A store that must be awaited (Redis): one boxed future.
         let policy = policy.clone();
-        let shared = self.shared.clone();
-        let store = self.store.clone();
+        let shared = self.layer.shared.clone();
+        let store = self.layer.store.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = Span::current();
