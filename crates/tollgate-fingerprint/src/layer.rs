@@ -469,7 +469,7 @@ impl<S, St, F> Layer<S> for FingerprintLayer<St, F> {
     fn layer(&self, inner: S) -> Self::Service {
         FingerprintService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -477,7 +477,9 @@ impl<S, St, F> Layer<S> for FingerprintLayer<St, F> {
 /// The service made by [`FingerprintLayer`].
 pub struct FingerprintService<S, St = MemorySessionStore, F = MemoryFreezeList> {
     inner: S,
-    layer: FingerprintLayer<St, F>,
+    /// The layer's two halves behind one `Arc`: the service is cloned for every
+    /// request, and each `Arc` is an atomic increment and decrement.
+    layer: Arc<FingerprintLayer<St, F>>,
 }
 
 impl<S: Clone, St, F> Clone for FingerprintService<S, St, F> {
