@@ -3,6 +3,7 @@
 //! Each trait is reduced to a low-entropy value and written, tagged, into a small stack
 //! buffer that only ever goes into a keyed hash. Nothing here is kept or logged.
 
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,16 +145,7 @@ pub(crate) fn fingerprint_input(
     now: Timestamp,
 ) -> FingerprintInput {
     let mut input = FingerprintInput::new();
-    if dims.network {
-        match network {
-            Some(net) => {
-                let (bytes, len) = net.to_bytes();
-                input.push(TAG_NETWORK, &bytes[..len]);
-            }
-            None => input.push(TAG_NETWORK, b""),
-        }
-    }
-    if dims.user_agent {
+    push_traits(&mut input, dims, network, headers, |input| {
         user_agents.with_family(headers, now, |family| {
             let mut ua = [0u8; 69];
             let name = family.family().as_bytes();
@@ -164,6 +156,29 @@ pub(crate) fn fingerprint_input(
             ua[name.len() + 1..name.len() + 5].copy_from_slice(&major);
             input.push(TAG_USER_AGENT, &ua[..name.len() + 5]);
         });
+    });
+    input
+}
+
+/// Pushes the enabled traits in input order; `user_agent` pushes the user agent's.
+fn push_traits(
+    input: &mut FingerprintInput,
+    dims: Dimensions,
+    network: Option<NetworkPrefix>,
+    headers: &HeaderMap,
+    user_agent: impl FnOnce(&mut FingerprintInput),
+) {
+    if dims.network {
+        match network {
+            Some(net) => {
+                let (bytes, len) = net.to_bytes();
+                input.push(TAG_NETWORK, &bytes[..len]);
+            }
+            None => input.push(TAG_NETWORK, b""),
+        }
+    }
+    if dims.user_agent {
+        user_agent(input);
     }
     if dims.accept_language {
         let mut tag = [0u8; 8];
@@ -176,7 +191,39 @@ pub(crate) fn fingerprint_input(
         let len = platform_hint(headers, &mut platform);
         input.push(TAG_PLATFORM, &platform[..len]);
     }
-    input
+}
+
+/// A local hash that tells fingerprint inputs apart without computing them: the
+/// input's traits other than the user agent, then the raw `User-Agent` text (when
+/// there is exactly one, as text) instead of its parsed family. Equal keys mean equal
+/// inputs (the family is a function of the text), so a session whose key has not
+/// changed reuses its fingerprint without parsing or looking up its user agent.
+/// Only ever compared in memory, never kept past the process.
+pub(crate) fn input_key(
+    dims: Dimensions,
+    network: Option<NetworkPrefix>,
+    headers: &HeaderMap,
+    hasher: &LocalHasher,
+) -> u64 {
+    let others = Dimensions {
+        user_agent: false,
+        ..dims
+    };
+    let mut input = FingerprintInput::new();
+    push_traits(&mut input, others, network, headers, |_| {});
+    let mut h = hasher.hasher();
+    h.write(input.as_bytes());
+    if dims.user_agent {
+        let mut values = headers.get_all(USER_AGENT).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) if v.to_str().is_ok() => {
+                h.write_u8(1);
+                h.write(v.as_bytes());
+            }
+            _ => h.write_u8(0),
+        }
+    }
+    h.finish()
 }
 
 /// The header's value: `None` when absent, `Some(None)` when repeated.
@@ -319,6 +366,66 @@ mod tests {
             ])),
             b"?"
         );
+    }
+
+    #[test]
+    fn equal_input_keys_mean_equal_inputs() {
+        let hasher = LocalHasher::default();
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36";
+        let chrome_next = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/132.0.6778.85 Safari/537.36";
+        let net = |ip: &str| Some(tollgate_core::Coarsening::default().network(ip.parse().unwrap()));
+        type Headers<'a> = Vec<(&'a str, &'a str)>;
+        let requests: Vec<(Option<NetworkPrefix>, Headers)> = vec![
+            (net("198.51.100.7"), vec![("user-agent", chrome)]),
+            (net("198.51.100.8"), vec![("user-agent", chrome)]),
+            (net("203.0.113.9"), vec![("user-agent", chrome)]),
+            (None, vec![("user-agent", chrome)]),
+            (net("198.51.100.7"), vec![("user-agent", chrome_next)]),
+            (net("198.51.100.7"), vec![]),
+            (
+                net("198.51.100.7"),
+                vec![("user-agent", chrome), ("user-agent", chrome)],
+            ),
+            (
+                net("198.51.100.7"),
+                vec![("user-agent", chrome), ("accept-language", "de")],
+            ),
+            (
+                net("198.51.100.7"),
+                vec![("user-agent", chrome), ("sec-ch-ua-mobile", "?1")],
+            ),
+        ];
+        for dims in [ALL, Dimensions::default()] {
+            let cache = UserAgentCache::new(10);
+            let seen: Vec<(u64, Vec<u8>)> = requests
+                .iter()
+                .map(|(network, pairs)| {
+                    let h = headers(pairs);
+                    let key = input_key(dims, *network, &h, &hasher);
+                    assert_eq!(key, input_key(dims, *network, &h, &hasher), "stable");
+                    let input = fingerprint_input(dims, *network, &h, &cache, Timestamp::ZERO);
+                    (key, input.as_bytes().to_vec())
+                })
+                .collect();
+            for (i, a) in seen.iter().enumerate() {
+                for b in &seen[i + 1..] {
+                    if a.0 == b.0 {
+                        assert_eq!(a.1, b.1, "equal keys, different inputs");
+                    }
+                    if a.1 != b.1 {
+                        assert_ne!(a.0, b.0);
+                    }
+                }
+            }
+            // Only the coarsened, enabled traits count: one /24, and no user agent
+            // like two of them; language and hints only when enabled.
+            let distinct = seen
+                .iter()
+                .map(|s| s.0)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            assert_eq!(distinct, if dims.accept_language { 7 } else { 5 }, "{dims:?}");
+        }
     }
 
     #[test]

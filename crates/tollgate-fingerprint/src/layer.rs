@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use pin_project_lite::pin_project;
 use tollgate_core::clock::duration_nanos;
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
@@ -26,7 +26,9 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 use crate::config::{ActOn, ConfigError, FingerprintConfig, SessionPolicy};
-use crate::dimensions::{FingerprintInput, USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input};
+use crate::dimensions::{
+    FingerprintInput, USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input, input_key,
+};
 use crate::memory::{LocalHasher, MemorySessionStore, SeenInput};
 use crate::record::{Observation, SessionRecord, Thresholds, nonzero};
 use crate::span::record_current;
@@ -573,11 +575,10 @@ enum Decision {
     Freeze(Freeze),
 }
 
-/// One request's coarsened traits, before any keyed hash.
+/// One request's time and network, before any keyed hash.
 struct Traits {
     now: Timestamp,
     network: Option<NetworkPrefix>,
-    input: FingerprintInput,
 }
 
 fn first_u64(d: KeyedDigest) -> u64 {
@@ -595,7 +596,7 @@ impl Shared {
         }
     }
 
-    /// The request's coarsened traits; computes and inserts the [`ClientContext`]
+    /// The request's time and network; computes and inserts the [`ClientContext`]
     /// when no outer layer did.
     fn traits<B>(&self, req: &mut Request<B>) -> Traits {
         let dims = self.config.dimensions;
@@ -614,12 +615,21 @@ impl Shared {
         } else {
             None
         };
-        let now = self.clock.now();
         Traits {
-            now,
+            now: self.clock.now(),
             network,
-            input: fingerprint_input(dims, network, req.headers(), &self.user_agents, now),
         }
+    }
+
+    /// The request's fingerprint input: its coarsened traits.
+    fn input(&self, traits: &Traits, headers: &HeaderMap) -> FingerprintInput {
+        fingerprint_input(
+            self.config.dimensions,
+            traits.network,
+            headers,
+            &self.user_agents,
+            traits.now,
+        )
     }
 
     fn network_hash(&self, network: NetworkPrefix) -> u64 {
@@ -646,8 +656,14 @@ impl Shared {
     }
 
     /// Every keyed hash of the request, computed afresh (the remote-store path).
-    fn observation(&self, traits: &Traits, issued_at: Option<Timestamp>) -> (Observation, Pseudonym) {
-        let (fingerprint, fingerprint_pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), traits.now);
+    fn observation(
+        &self,
+        traits: &Traits,
+        headers: &HeaderMap,
+        issued_at: Option<Timestamp>,
+    ) -> (Observation, Pseudonym) {
+        let input = self.input(traits, headers);
+        let (fingerprint, fingerprint_pseudonym) = self.fingerprint_hash(input.as_bytes(), traits.now);
         let observation = Observation {
             now: traits.now,
             fingerprint,
@@ -659,17 +675,19 @@ impl Shared {
 
     /// Judges the request through the in-process store, in one locked update of the
     /// session's cell; keyed hashes are reused while the session's traits and the
-    /// pseudonym epoch stay the same.
+    /// pseudonym epoch stay the same, and the fingerprint input itself (user agent
+    /// parsing included) is only made when the traits changed.
     fn observe_local(
         &self,
         store: &MemorySessionStore,
         credential: KeyedDigest,
         traits: &Traits,
+        headers: &HeaderMap,
         issued_at: Option<Timestamp>,
     ) -> SessionInfo {
         let now = traits.now;
         let epoch = self.epoch(now);
-        let input_key = self.local.hash(traits.input.as_bytes());
+        let input_key = input_key(self.config.dimensions, traits.network, headers, &self.local);
         let cell = store.cell(credential);
         let mut cell = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let session = match cell.session {
@@ -684,7 +702,7 @@ impl Shared {
             // The same input as last time: the same fingerprint and the same network.
             Some(seen) if seen.key == input_key && seen.pseudonym.epoch() == epoch => seen,
             Some(seen) if seen.key == input_key => {
-                let (hash, pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), now);
+                let (hash, pseudonym) = self.fingerprint_hash(self.input(traits, headers).as_bytes(), now);
                 SeenInput {
                     hash,
                     pseudonym,
@@ -692,7 +710,7 @@ impl Shared {
                 }
             }
             _ => {
-                let (hash, pseudonym) = self.fingerprint_hash(traits.input.as_bytes(), now);
+                let (hash, pseudonym) = self.fingerprint_hash(self.input(traits, headers).as_bytes(), now);
                 let network = traits.network.map(|prefix| {
                     let (bytes, len) = prefix.to_bytes();
                     let key = self.local.hash(&bytes[..len]);
@@ -885,7 +903,7 @@ where
         let traits = shared.traits(&mut req);
         let backends = &self.layer.backends;
         if let Some(memory) = (&backends.store as &dyn Any).downcast_ref::<MemorySessionStore>() {
-            let info = shared.observe_local(memory, credential, &traits, issued_at);
+            let info = shared.observe_local(memory, credential, &traits, req.headers(), issued_at);
             record_verdict_here(&info);
             req.extensions_mut().insert(info);
             let decision = shared.decide(&info, Some(credential), settings, None);
@@ -893,7 +911,7 @@ where
         }
 
         // A remote store: get, then insert (last writer wins).
-        let (observation, fingerprint) = shared.observation(&traits, issued_at);
+        let (observation, fingerprint) = shared.observation(&traits, req.headers(), issued_at);
         let session = shared.session_pseudonym(&credential, traits.now);
         let key = session_key(&credential);
         let ttl = SessionRecord::ttl(shared.config.session_ttl());

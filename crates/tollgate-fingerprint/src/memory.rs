@@ -31,7 +31,7 @@ pub(crate) struct Cell {
 /// The keyed hashes of one fingerprint input, cached with the session.
 #[derive(Clone, Copy)]
 pub(crate) struct SeenInput {
-    /// The local hash of the input.
+    /// The input's key ([`input_key`](crate::dimensions::input_key)).
     pub key: u64,
     /// The fingerprint's keyed hash.
     pub hash: u64,
@@ -398,6 +398,11 @@ pub(crate) struct LocalHasher(std::collections::hash_map::RandomState);
 impl LocalHasher {
     pub(crate) fn hash(&self, bytes: &[u8]) -> u64 {
         self.0.hash_one(bytes)
+    }
+
+    /// A hasher under the same key, to hash several parts.
+    pub(crate) fn hasher(&self) -> impl Hasher {
+        self.0.build_hasher()
     }
 }
 
