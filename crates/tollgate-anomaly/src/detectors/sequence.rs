@@ -1,11 +1,7 @@
 //! Unusual sequence: a small learned per-route transition model.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::bounded::BoundedMap;
 use crate::config::{CompiledPolicy, SequenceConfig, secs};
@@ -24,33 +20,35 @@ pub(crate) struct RouteEntry {
     pub params: ParamShape,
 }
 
-/// Route templates are few, come from the router (not from clients) and are short:
-/// a plain multiplicative hash is enough for their map, and much cheaper than SipHash.
-#[derive(Default)]
-struct TemplateHasher(u64);
-
-impl Hasher for TemplateHasher {
-    fn finish(&self) -> u64 {
-        let x = self.0;
-        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (x >> 32)
+/// The hash of a route template in the [`RouteIndex`]. Templates are few, come from
+/// the router (not from clients) and are short: a multiplicative hash is enough,
+/// and much cheaper than SipHash.
+fn template_hash(template: &str) -> u64 {
+    let mut h = template.len() as u64;
+    for chunk in template.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
+    (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 32)
 }
 
-type RouteMap = HashMap<Box<str>, RouteEntry, BuildHasherDefault<TemplateHasher>>;
+/// A template and its entry, in a [`RouteIndex`] slot.
+type Indexed = (Box<str>, RouteEntry);
 
 /// Maps route templates to small indices (for the transition model), their
 /// configured policy and parameter shape. Bounded: past `max_routes` templates, new
-/// ones share the `other` index. Reads are lock-free.
+/// ones share the `other` index.
+///
+/// An append-only open-addressing table that is never more than half full: a
+/// lookup is a hash and a probe or two without any lock or reference count; adding
+/// a template takes a mutex (once per template).
 #[derive(Debug)]
 pub struct RouteIndex {
-    routes: ArcSwap<RouteMap>,
+    slots: Box<[OnceLock<Indexed>]>,
+    mask: usize,
+    len: AtomicUsize,
+    adding: Mutex<()>,
     max_routes: usize,
 }
 
@@ -59,27 +57,50 @@ impl RouteIndex {
         max_routes: usize,
         policies: impl IntoIterator<Item = (String, CompiledPolicy)>,
     ) -> Self {
-        let mut map = RouteMap::default();
+        let policies: Vec<_> = policies.into_iter().collect();
+        // Configured templates, then at most `max_routes` learned ones.
+        let capacity = (2 * (policies.len() + max_routes)).next_power_of_two().max(8);
+        let index = RouteIndex {
+            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
+            mask: capacity - 1,
+            len: AtomicUsize::new(0),
+            adding: Mutex::new(()),
+            max_routes,
+        };
         for (route, policy) in policies {
-            let next = map.len();
+            let next = index.len.load(Ordering::Relaxed);
             let idx = if next < max_routes {
                 next as u8
             } else {
                 max_routes as u8
             };
-            let params = ParamShape::of(&route);
-            map.insert(
-                route.into_boxed_str(),
-                RouteEntry {
-                    idx,
-                    policy: Some(policy),
-                    params,
-                },
-            );
+            let entry = RouteEntry {
+                idx,
+                policy: Some(policy),
+                params: ParamShape::of(&route),
+            };
+            if let Err(i) = index.find(&route) {
+                index.put(i, &route, entry);
+            }
         }
-        RouteIndex {
-            routes: ArcSwap::from_pointee(map),
-            max_routes,
+        index
+    }
+
+    /// The slot holding `template`, or the free slot where it would go.
+    fn find(&self, template: &str) -> Result<RouteEntry, usize> {
+        let mut i = template_hash(template) as usize & self.mask;
+        loop {
+            match self.slots[i].get() {
+                None => return Err(i),
+                Some((t, entry)) if **t == *template => return Ok(*entry),
+                Some(_) => i = (i + 1) & self.mask,
+            }
+        }
+    }
+
+    fn put(&self, slot: usize, template: &str, entry: RouteEntry) {
+        if self.slots[slot].set((template.into(), entry)).is_ok() {
+            self.len.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -112,43 +133,32 @@ impl RouteIndex {
                 params: ParamShape::None,
             };
         };
-        if let Some(found) = self.routes.load().get(template) {
-            return *found;
+        if let Ok(found) = self.find(template) {
+            return found;
         }
-        let params = ParamShape::of(template);
-        let mut result = RouteEntry {
-            idx: self.other(),
-            policy: None,
-            params,
-        };
-        self.routes.rcu(|current| {
-            if let Some(found) = current.get(template) {
-                result = *found;
-                return Arc::clone(current);
-            }
-            if current.len() >= self.max_routes {
-                result = RouteEntry {
-                    idx: self.other(),
-                    policy: None,
-                    params,
-                };
-                return Arc::clone(current);
-            }
-            let mut next = RouteMap::clone(current);
-            result = RouteEntry {
-                idx: current.len() as u8,
+        let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.find(template) {
+            Ok(found) => found,
+            Err(_) if self.len.load(Ordering::Relaxed) >= self.max_routes => RouteEntry {
+                idx: self.other(),
                 policy: None,
-                params,
-            };
-            next.insert(template.into(), result);
-            Arc::new(next)
-        });
-        result
+                params: ParamShape::of(template),
+            },
+            Err(slot) => {
+                let entry = RouteEntry {
+                    idx: self.len.load(Ordering::Relaxed) as u8,
+                    policy: None,
+                    params: ParamShape::of(template),
+                };
+                self.put(slot, template, entry);
+                entry
+            }
+        }
     }
 
     /// The number of templates indexed.
     pub fn routes(&self) -> usize {
-        self.routes.load().len()
+        self.len.load(Ordering::Relaxed)
     }
 }
 
@@ -503,6 +513,39 @@ mod tests {
         assert_eq!(idx.lookup(Some("/d")).idx, idx.other());
         assert_eq!(idx.lookup(None).idx, idx.other());
         assert_eq!(idx.routes(), 3);
+
+        // Configured templates come first, and count towards the cap.
+        let policies = (0..5).map(|i| (format!("/c{i}/{{id}}"), CompiledPolicy::default()));
+        let idx = RouteIndex::new(3, policies);
+        assert_eq!(idx.routes(), 5);
+        for i in 0..5 {
+            let e = idx.lookup(Some(&format!("/c{i}/{{id}}")));
+            assert_eq!(e.idx, (i as u8).min(3));
+            assert!(e.policy.is_some());
+            assert_eq!(e.params, ParamShape::Right(1));
+        }
+        assert_eq!(idx.lookup(Some("/new")).idx, idx.other());
+        assert_eq!(idx.routes(), 5);
+
+        // Many templates from many threads: each gets one index, the first `max` distinct.
+        let idx = RouteIndex::new(200, []);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let idx = &idx;
+                s.spawn(move || {
+                    for i in 0..300 {
+                        idx.lookup(Some(&format!("/r{}", (i * 7 + t * 13) % 300)));
+                    }
+                });
+            }
+        });
+        assert_eq!(idx.routes(), 200);
+        let mut seen: Vec<u8> = (0..300)
+            .map(|i| idx.lookup(Some(&format!("/r{i}"))).idx)
+            .filter(|&i| i != idx.other())
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..200).map(|i| i as u8).collect::<Vec<_>>());
     }
 }
 
