@@ -29,7 +29,7 @@ use crate::config::{ActOn, ConfigError, FingerprintConfig, SessionPolicy};
 use crate::dimensions::{
     FingerprintInput, USER_AGENT_CACHE_TTL, UserAgentCache, fingerprint_input, input_key,
 };
-use crate::memory::{LocalHasher, MemorySessionStore, SeenInput};
+use crate::memory::{Cell, LocalHasher, MemorySessionStore, SeenInput};
 use crate::record::{Observation, SessionRecord, Thresholds, nonzero};
 use crate::span::record_current;
 
@@ -673,10 +673,11 @@ impl Shared {
         (observation, fingerprint_pseudonym)
     }
 
-    /// Judges the request through the in-process store, in one locked update of the
-    /// session's cell; keyed hashes are reused while the session's traits and the
-    /// pseudonym epoch stay the same, and the fingerprint input itself (user agent
-    /// parsing included) is only made when the traits changed.
+    /// Judges the request through the in-process store, in one short locked update of
+    /// the session's cell; keyed hashes are reused while the session's traits and
+    /// the pseudonym epoch stay the same, and the fingerprint input itself (user
+    /// agent parsing included) is only made when the traits changed. Missing hashes
+    /// are computed outside the lock, then the update runs.
     fn observe_local(
         &self,
         store: &MemorySessionStore,
@@ -688,20 +689,47 @@ impl Shared {
         let now = traits.now;
         let epoch = self.epoch(now);
         let input_key = input_key(self.config.dimensions, traits.network, headers, &self.local);
-        let cell = store.cell(credential);
-        let mut cell = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let session = match cell.session {
-            Some(s) if s.epoch() == epoch => s,
-            _ => {
-                let s = self.session_pseudonym(&credential, now);
-                cell.session = Some(s);
-                s
+        let observe = |cell: &mut Cell, session: Pseudonym, seen: SeenInput| {
+            cell.session = Some(session);
+            cell.fingerprint = Some(seen);
+            let observation = Observation {
+                now,
+                fingerprint: seen.hash,
+                network: seen.network,
+                issued_at,
+            };
+            let record = SessionRecord::observe(cell.record.as_ref(), &observation, &self.thresholds);
+            cell.record = Some(record);
+            SessionInfo {
+                session,
+                fingerprint: seen.pseudonym,
+                health: record.health,
+                reasons: record.reasons,
             }
         };
-        let seen = match cell.fingerprint {
+        // A steady session: every keyed hash is cached, one short locked update.
+        let cached = store.with_cell(credential, |cell| {
+            let session = cell.session.filter(|s| s.epoch() == epoch);
             // The same input as last time: the same fingerprint and the same network.
-            Some(seen) if seen.key == input_key && seen.pseudonym.epoch() == epoch => seen,
-            Some(seen) if seen.key == input_key => {
+            let seen = cell.fingerprint.filter(|f| f.key == input_key);
+            match (session, seen) {
+                (Some(session), Some(seen)) if seen.pseudonym.epoch() == epoch => {
+                    Ok(observe(cell, session, seen))
+                }
+                _ => Err((session, seen, cell.network)),
+            }
+        });
+        let (session, seen, networks) = match cached {
+            Ok(info) => return info,
+            Err(missing) => missing,
+        };
+        // A new session, epoch or input: the missing keyed hashes, outside the lock
+        // (they depend on the request only, so a concurrent request computes the same).
+        let session = session.unwrap_or_else(|| self.session_pseudonym(&credential, now));
+        let mut new_network = None;
+        let seen = match seen {
+            Some(seen) if seen.pseudonym.epoch() == epoch => seen,
+            Some(seen) => {
                 let (hash, pseudonym) = self.fingerprint_hash(self.input(traits, headers).as_bytes(), now);
                 SeenInput {
                     hash,
@@ -709,16 +737,16 @@ impl Shared {
                     ..seen
                 }
             }
-            _ => {
+            None => {
                 let (hash, pseudonym) = self.fingerprint_hash(self.input(traits, headers).as_bytes(), now);
                 let network = traits.network.map(|prefix| {
                     let (bytes, len) = prefix.to_bytes();
                     let key = self.local.hash(&bytes[..len]);
-                    match cell.network {
+                    match networks {
                         Some((k, hash)) if k == key => hash,
                         _ => {
                             let hash = self.network_hash(prefix);
-                            cell.network = Some((key, hash));
+                            new_network = Some((key, hash));
                             hash
                         }
                     }
@@ -731,22 +759,12 @@ impl Shared {
                 }
             }
         };
-        cell.fingerprint = Some(seen);
-        let (fingerprint, fingerprint_pseudonym, network) = (seen.hash, seen.pseudonym, seen.network);
-        let observation = Observation {
-            now,
-            fingerprint,
-            network,
-            issued_at,
-        };
-        let record = SessionRecord::observe(cell.record.as_ref(), &observation, &self.thresholds);
-        cell.record = Some(record);
-        SessionInfo {
-            session,
-            fingerprint: fingerprint_pseudonym,
-            health: record.health,
-            reasons: record.reasons,
-        }
+        store.with_cell(credential, |cell| {
+            if new_network.is_some() {
+                cell.network = new_network;
+            }
+            observe(cell, session, seen)
+        })
     }
 
     /// Applies `settings` to the verdict; records the outcome in `span`, or in the

@@ -1,4 +1,4 @@
-//! The in-process session store: one small cell per session, updated under its own lock.
+//! The in-process session store: one small cell per session, updated under its shard's lock.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -45,10 +45,11 @@ pub(crate) struct SeenInput {
 /// The default session store: in process, bounded by a number of sessions, each
 /// record dropped after the session TTL without a request (time to idle).
 ///
-/// A session's read-modify-write runs under that session's own lock, so concurrent
-/// requests of one session are judged one after the other and none is lost;
-/// requests of different sessions never wait for each other beyond the few
-/// nanoseconds it takes to find a session's cell in its shard.
+/// A session's read-modify-write runs under the lock of its shard, so concurrent
+/// requests of one session are judged one after the other and none is lost. The
+/// lock is held for the update only (tens of nanoseconds): the keyed hashes a new
+/// session, a new epoch or new traits need are computed outside it, so requests of
+/// different sessions wait for each other at most that long.
 ///
 /// The cells sit in a few hash maps under short mutexes (sharded by the credential
 /// digest), with each session's last request time on the monotonic clock. A session
@@ -106,17 +107,14 @@ impl Hasher for MixHasher {
     }
 }
 
-struct Slot {
-    cell: Arc<Mutex<Cell>>,
-    /// Where the key sits in `Shard::keys`.
-    pos: u32,
-}
-
 struct Shard {
-    map: HashMap<KeyedDigest, Slot, BuildHasherDefault<MixHasher>>,
+    /// Where each session sits in `keys` and `cells`.
+    map: HashMap<KeyedDigest, u32, BuildHasherDefault<MixHasher>>,
     /// Every key with the time of its session's last request (ns since `Inner::start`),
     /// for the expiry check, sampling on eviction and the sweep.
     keys: Vec<(KeyedDigest, u64)>,
+    /// The sessions' cells, in the order of `keys`.
+    cells: Vec<Cell>,
     cap: usize,
     rng: u64,
     sweep: usize,
@@ -130,6 +128,17 @@ const SWEEP_PER_INSERT: usize = 4;
 const MAX_SHARDS: u64 = 16;
 
 impl Shard {
+    fn new(cap: usize, rng: u64) -> Self {
+        Shard {
+            map: HashMap::default(),
+            keys: Vec::new(),
+            cells: Vec::new(),
+            cap,
+            rng,
+            sweep: 0,
+        }
+    }
+
     fn next_rand(&mut self) -> u64 {
         // xorshift64
         let mut x = self.rng;
@@ -141,26 +150,40 @@ impl Shard {
     }
 
     /// The live cell of `key`, touched at `now`.
-    fn get(&mut self, key: &KeyedDigest, now: u64, ttl: u64) -> Option<Arc<Mutex<Cell>>> {
-        let slot = self.map.get(key)?;
-        let seen = &mut self.keys[slot.pos as usize].1;
+    fn get(&mut self, key: &KeyedDigest, now: u64, ttl: u64) -> Option<&mut Cell> {
+        let pos = *self.map.get(key)? as usize;
+        let seen = &mut self.keys[pos].1;
         if now.saturating_sub(*seen) >= ttl {
             return None;
         }
         *seen = now;
-        Some(slot.cell.clone())
+        Some(&mut self.cells[pos])
     }
 
-    /// Puts a new cell at `key` (replacing an expired one), touched at `now`.
-    fn insert(&mut self, key: KeyedDigest, cell: Arc<Mutex<Cell>>, now: u64, ttl: u64) {
-        if let Some(slot) = self.map.get_mut(&key) {
-            slot.cell = cell;
-            self.keys[slot.pos as usize].1 = now;
-            return;
-        }
+    /// The cell of `key`, touched at `now`: a new, empty one if the session is
+    /// unknown or has expired.
+    fn touch(&mut self, key: KeyedDigest, now: u64, ttl: u64) -> &mut Cell {
+        let pos = match self.map.get(&key) {
+            Some(&pos) => {
+                let pos = pos as usize;
+                let seen = &mut self.keys[pos].1;
+                if now.saturating_sub(*seen) >= ttl {
+                    self.cells[pos] = Cell::default();
+                }
+                *seen = now;
+                pos
+            }
+            None => self.insert(key, now, ttl),
+        };
+        &mut self.cells[pos]
+    }
+
+    /// Adds an empty cell for a new `key`; returns its position.
+    fn insert(&mut self, key: KeyedDigest, now: u64, ttl: u64) -> usize {
         self.sweep(now, ttl);
         let pos = if self.keys.len() < self.cap {
             self.keys.push((key, now));
+            self.cells.push(Cell::default());
             self.keys.len() - 1
         } else {
             // Full: replace the sampled session idle the longest.
@@ -177,15 +200,11 @@ impl Shard {
             }
             self.map.remove(&self.keys[victim].0);
             self.keys[victim] = (key, now);
+            self.cells[victim] = Cell::default();
             victim
         };
-        self.map.insert(
-            key,
-            Slot {
-                cell,
-                pos: pos as u32,
-            },
-        );
+        self.map.insert(key, pos as u32);
+        pos
     }
 
     fn sweep(&mut self, now: u64, ttl: u64) {
@@ -207,17 +226,18 @@ impl Shard {
 
     fn remove_at(&mut self, i: usize) {
         let (gone, _) = self.keys.swap_remove(i);
+        self.cells.swap_remove(i);
         self.map.remove(&gone);
         if let Some((moved, _)) = self.keys.get(i)
-            && let Some(slot) = self.map.get_mut(moved)
+            && let Some(pos) = self.map.get_mut(moved)
         {
-            slot.pos = i as u32;
+            *pos = i as u32;
         }
     }
 
     fn remove(&mut self, key: &KeyedDigest) {
-        if let Some(slot) = self.map.get(key) {
-            self.remove_at(slot.pos as usize);
+        if let Some(&pos) = self.map.get(key) {
+            self.remove_at(pos as usize);
         }
     }
 
@@ -255,13 +275,10 @@ impl MemorySessionStore {
         let seed = RandomState::new().hash_one(0u64) | 1;
         let shards = (0..n)
             .map(|i| {
-                Padded(Mutex::new(Shard {
-                    map: HashMap::default(),
-                    keys: Vec::new(),
-                    cap: (max_sessions / n + u64::from(i < max_sessions % n)) as usize,
-                    rng: seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
-                    sweep: 0,
-                }))
+                Padded(Mutex::new(Shard::new(
+                    (max_sessions / n + u64::from(i < max_sessions % n)) as usize,
+                    seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+                )))
             })
             .collect();
         MemorySessionStore {
@@ -290,30 +307,20 @@ impl MemorySessionStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cell of a session, made empty if there is none.
-    pub(crate) fn cell(&self, credential: KeyedDigest) -> Arc<Mutex<Cell>> {
+    /// Runs `f` on the cell of a session (made empty if there is none), under the
+    /// lock of its shard: keep `f` short (no keyed hash in it).
+    pub(crate) fn with_cell<R>(&self, credential: KeyedDigest, f: impl FnOnce(&mut Cell) -> R) -> R {
         let now = self.now();
         let ttl = self.inner.ttl_nanos;
-        let mut shard = self.shard(&credential);
-        if let Some(cell) = shard.get(&credential, now, ttl) {
-            return cell;
-        }
-        let cell = Arc::new(Mutex::new(Cell::default()));
-        shard.insert(credential, cell.clone(), now, ttl);
-        cell
-    }
-
-    /// The live cell of a session, touched now.
-    fn existing(&self, credential: &KeyedDigest) -> Option<Arc<Mutex<Cell>>> {
-        let now = self.now();
-        self.shard(credential).get(credential, now, self.inner.ttl_nanos)
+        f(self.shard(&credential).touch(credential, now, ttl))
     }
 
     /// The record of the session of `credential` ([`Principal::credential_key`](tollgate_core::Principal::credential_key)).
     pub fn record(&self, credential: &KeyedDigest) -> Option<SessionRecord> {
-        let cell = self.existing(credential)?;
-        let cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
-        cell.record
+        let now = self.now();
+        self.shard(credential)
+            .get(credential, now, self.inner.ttl_nanos)?
+            .record
     }
 
     /// The number of sessions (expired ones included until
@@ -340,24 +347,19 @@ impl MemorySessionStore {
     pub fn entries(&self) -> Vec<(StoreKey, SessionRecord)> {
         let now = self.now();
         let ttl = self.inner.ttl_nanos;
-        let mut cells = Vec::new();
+        let mut out = Vec::new();
         for s in &self.inner.shards {
             let shard = s.0.lock().unwrap_or_else(PoisonError::into_inner);
-            cells.extend(
+            out.extend(
                 shard
                     .keys
                     .iter()
-                    .filter(|(_, seen)| now.saturating_sub(*seen) < ttl)
-                    .filter_map(|(digest, _)| Some((*digest, shard.map.get(digest)?.cell.clone()))),
+                    .zip(&shard.cells)
+                    .filter(|((_, seen), _)| now.saturating_sub(*seen) < ttl)
+                    .filter_map(|((digest, _), cell)| Some((session_key(digest), cell.record?))),
             );
         }
-        cells
-            .into_iter()
-            .filter_map(|(digest, cell)| {
-                let record = cell.lock().unwrap_or_else(PoisonError::into_inner).record?;
-                Some((session_key(&digest), record))
-            })
-            .collect()
+        out
     }
 
     fn digest_of(key: &StoreKey) -> Option<KeyedDigest> {
@@ -378,8 +380,7 @@ impl StateStore<SessionRecord> for MemorySessionStore {
     async fn insert(&self, key: &StoreKey, value: SessionRecord, _ttl: Duration) -> Result<(), StoreError> {
         let digest =
             Self::digest_of(key).ok_or_else(|| StoreError::Corrupt("not a tollgate:session key".into()))?;
-        let cell = self.cell(digest);
-        cell.lock().unwrap_or_else(PoisonError::into_inner).record = Some(value);
+        self.with_cell(digest, |cell| cell.record = Some(value));
         Ok(())
     }
 
@@ -414,65 +415,62 @@ mod tests {
         KeyedDigest::from_hex(&format!("{i:032x}")).unwrap()
     }
 
-    fn shard(cap: usize) -> Shard {
-        Shard {
-            map: HashMap::default(),
-            keys: Vec::new(),
-            cap,
-            rng: 7,
-            sweep: 0,
-        }
+    /// Marks a cell, to know it again.
+    fn mark(cell: &mut Cell, tag: u64) {
+        cell.network = Some((tag, tag));
     }
 
-    fn cell() -> Arc<Mutex<Cell>> {
-        Arc::new(Mutex::new(Cell::default()))
+    fn tag(cell: &Cell) -> Option<u64> {
+        cell.network.map(|(t, _)| t)
     }
 
-    /// Every key sits where `keys` says, and nothing else is held.
+    /// Every key sits where `map` says, with its cell.
     fn consistent(s: &Shard) {
         assert_eq!(s.map.len(), s.keys.len());
+        assert_eq!(s.cells.len(), s.keys.len());
         for (i, (k, _)) in s.keys.iter().enumerate() {
-            assert_eq!(s.map[k].pos as usize, i);
+            assert_eq!(s.map[k] as usize, i);
         }
     }
 
     #[test]
     fn a_session_lives_until_idle_for_the_ttl() {
-        let mut s = shard(10);
-        let c = cell();
-        s.insert(digest(1), c.clone(), 100, 50);
+        let mut s = Shard::new(10, 7);
+        mark(s.touch(digest(1), 100, 50), 1);
         // Each request restarts the idle time.
-        assert!(Arc::ptr_eq(&s.get(&digest(1), 149, 50).unwrap(), &c));
+        assert_eq!(tag(s.get(&digest(1), 149, 50).unwrap()), Some(1));
         assert!(s.get(&digest(1), 198, 50).is_some());
         assert!(s.get(&digest(1), 248, 50).is_none(), "idle for the TTL");
-        // A new cell takes the expired one's place.
-        let fresh = cell();
-        s.insert(digest(1), fresh.clone(), 248, 50);
-        assert!(Arc::ptr_eq(&s.get(&digest(1), 250, 50).unwrap(), &fresh));
+        // An empty cell takes the expired one's place.
+        assert_eq!(tag(s.touch(digest(1), 248, 50)), None);
+        mark(s.touch(digest(1), 249, 50), 2);
+        assert_eq!(tag(s.get(&digest(1), 250, 50).unwrap()), Some(2));
         assert_eq!(s.keys.len(), 1);
         consistent(&s);
     }
 
     #[test]
     fn a_full_shard_replaces_an_expired_or_idle_session() {
-        let mut s = shard(4);
+        let mut s = Shard::new(4, 7);
         for i in 0..4 {
-            s.insert(digest(i), cell(), 10 * u64::from(i), 1_000);
+            mark(s.touch(digest(i), 10 * u64::from(i), 1_000), u64::from(i));
         }
         // Sessions 1..3 stay busy; 0 is idle the longest.
         for i in 1..4 {
             assert!(s.get(&digest(i), 500, 1_000).is_some());
         }
-        s.insert(digest(9), cell(), 600, 1_000);
+        s.touch(digest(9), 600, 1_000);
         assert_eq!(s.keys.len(), 4);
         assert!(s.get(&digest(9), 600, 1_000).is_some());
         // With eight samples of four keys (and this seed), the idlest one goes.
         assert!(s.get(&digest(0), 600, 1_000).is_none());
-        assert!((1..4).all(|i| s.get(&digest(i), 600, 1_000).is_some()));
+        for i in 1..4 {
+            assert_eq!(tag(s.get(&digest(i), 600, 1_000).unwrap()), Some(u64::from(i)));
+        }
         consistent(&s);
         // Many more: never above the cap.
         for i in 10..200 {
-            s.insert(digest(i), cell(), 700 + u64::from(i), 1_000);
+            s.touch(digest(i), 700 + u64::from(i), 1_000);
             assert!(s.keys.len() <= 4);
             consistent(&s);
         }
@@ -483,16 +481,18 @@ mod tests {
     }
 
     #[test]
-    fn remove_keeps_positions_right() {
-        let mut s = shard(10);
+    fn remove_keeps_positions_and_cells_right() {
+        let mut s = Shard::new(10, 7);
         for i in 0..5 {
-            s.insert(digest(i), cell(), 1, 1_000);
+            mark(s.touch(digest(i), 1, 1_000), u64::from(i));
         }
         s.remove(&digest(1));
         s.remove(&digest(42));
         consistent(&s);
         assert!(s.get(&digest(1), 2, 1_000).is_none());
-        assert!(s.get(&digest(4), 2, 1_000).is_some());
+        for i in [0, 2, 3, 4] {
+            assert_eq!(tag(s.get(&digest(i), 2, 1_000).unwrap()), Some(u64::from(i)));
+        }
     }
 
     #[test]
@@ -500,9 +500,9 @@ mod tests {
         for max in [1, 3, 17, 100] {
             let store = MemorySessionStore::new(max, Duration::from_secs(60));
             for i in 0..1_000 {
-                let c = store.cell(digest(i));
+                store.with_cell(digest(i), |c| mark(c, u64::from(i)));
                 // The cell just made is the one found next.
-                assert!(Arc::ptr_eq(&c, &store.cell(digest(i))));
+                assert_eq!(store.with_cell(digest(i), |c| tag(c)), Some(u64::from(i)));
                 assert!(store.entry_count() <= max);
             }
         }
