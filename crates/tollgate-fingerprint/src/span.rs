@@ -2,9 +2,9 @@
 
 use std::cell::RefCell;
 
-use tracing::Metadata;
 use tracing::field::{Field, Value};
-use tracing::span::Record;
+use tracing::span::{Id, Record};
+use tracing::{Dispatch, Metadata};
 
 /// Records `values` (field name, value) in the current span, as `Span::current()`
 /// followed by one `Span::record` per value would, with one call to the subscriber
@@ -16,23 +16,52 @@ pub(crate) fn record_current<const N: usize>(values: [(&'static str, &dyn Value)
         let Some((id, meta)) = dispatch.current_span().into_inner() else {
             return;
         };
-        let found: [Option<Field>; N] = fields(meta, values.map(|(name, _)| name));
-        // A value set needs a field in every slot: an undeclared name gets a declared
-        // field with no value, which visitors never see.
-        let Some(any) = found.iter().flatten().next() else {
+        let site = std::ptr::from_ref(meta) as usize;
+        let names = values.map(|(name, _)| name);
+        // The fields of these names in this span, found before (and borrowed, not cloned).
+        let done = FOUND.with_borrow(|found| {
+            let f = found.iter().find(|f| f.is(site, &names))?;
+            record(dispatch, &id, meta, &f.fields, &values);
+            Some(())
+        });
+        if done.is_some() {
             return;
-        };
-        let mut i = 0;
-        let pairs: [(&Field, Option<&dyn Value>); N] = found.each_ref().map(|f| {
-            let value = values[i].1;
-            i += 1;
-            match f {
-                Some(field) => (field, Some(value)),
-                None => (any, None),
+        }
+        let fields: Box<[Option<Field>]> = names.iter().map(|name| meta.fields().field(*name)).collect();
+        record(dispatch, &id, meta, &fields, &values);
+        FOUND.with(|found| {
+            // Not remembered if a subscriber's own recording is under way on this thread.
+            if let Ok(mut found) = found.try_borrow_mut()
+                && found.len() < MAX_FOUND
+            {
+                found.push(Found {
+                    site,
+                    names: names.into(),
+                    fields,
+                });
             }
         });
-        dispatch.record(&id, &Record::new(&meta.fields().value_set(&pairs)));
     });
+}
+
+/// One `record` call with `values` for `fields` (same order; `None` for undeclared).
+fn record<const N: usize>(
+    dispatch: &Dispatch,
+    id: &Id,
+    meta: &'static Metadata<'static>,
+    fields: &[Option<Field>],
+    values: &[(&'static str, &dyn Value); N],
+) {
+    // A value set needs a field in every slot: an undeclared name gets a declared
+    // field with no value, which visitors never see.
+    let Some(any) = fields.iter().flatten().next() else {
+        return;
+    };
+    let pairs: [(&Field, Option<&dyn Value>); N] = std::array::from_fn(|i| match &fields[i] {
+        Some(field) => (field, Some(values[i].1)),
+        None => (any, None),
+    });
+    dispatch.record(id, &Record::new(&meta.fields().value_set(&pairs)));
 }
 
 /// The fields of one list of names in one span callsite.
@@ -40,6 +69,14 @@ struct Found {
     site: usize,
     names: Box<[&'static str]>,
     fields: Box<[Option<Field>]>,
+}
+
+impl Found {
+    fn is(&self, site: usize, names: &[&'static str]) -> bool {
+        self.site == site
+            && self.names.len() == names.len()
+            && self.names.iter().zip(names).all(|(a, b)| std::ptr::eq(*a, *b))
+    }
 }
 
 thread_local! {
@@ -51,34 +88,6 @@ thread_local! {
 
 /// At most this many lists are remembered per thread (a few call sites, a few spans).
 const MAX_FOUND: usize = 16;
-
-/// The fields named `names` in the span described by `meta`.
-fn fields<const N: usize>(meta: &'static Metadata<'static>, names: [&'static str; N]) -> [Option<Field>; N] {
-    let site = std::ptr::from_ref(meta) as usize;
-    FOUND.with_borrow_mut(|found| {
-        let same = |f: &&Found| {
-            f.site == site
-                && f.names.len() == N
-                && f.names.iter().zip(&names).all(|(a, b)| std::ptr::eq(*a, *b))
-        };
-        if let Some(f) = found.iter().find(same) {
-            let mut i = 0;
-            return [(); N].map(|()| {
-                i += 1;
-                f.fields[i - 1].clone()
-            });
-        }
-        let fields = names.map(|name| meta.fields().field(name));
-        if found.len() < MAX_FOUND {
-            found.push(Found {
-                site,
-                names: names.into(),
-                fields: fields.clone().into(),
-            });
-        }
-        fields
-    })
-}
 
 #[cfg(test)]
 mod tests {
