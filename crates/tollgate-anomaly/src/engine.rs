@@ -676,7 +676,20 @@ impl Engine {
                 ParamShape::General => ext.get::<MatchedPath>().map_or("", MatchedPath::as_str),
                 _ => "",
             };
-            let ids = ParamIds::with_shape(route.params, template, req.uri().path(), &self.hasher);
+            // Hashed before the detector takes its lock.
+            let mut inline = [0u64; 4];
+            let mut n = 0;
+            let mut spill = Vec::new();
+            for id in ParamIds::with_shape(route.params, template, req.uri().path(), &self.hasher) {
+                match inline.get_mut(n) {
+                    Some(slot) => {
+                        *slot = id;
+                        n += 1;
+                    }
+                    None => spill.push(id),
+                }
+            }
+            let ids = inline[..n].iter().chain(&spill).copied();
             if let Some(score) = d.observe_request(key, ids, now) {
                 tags.insert(AnomalyKind::Enumeration, score);
             }
@@ -787,6 +800,10 @@ impl Engine {
                 record.emit();
                 return (Some(problem), None);
             }
+        }
+        if self.stuffing.is_none() {
+            // Nothing to count in the response phase.
+            return (None, None);
         }
         let watch = WatchState {
             network: key,

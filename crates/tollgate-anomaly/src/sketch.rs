@@ -3,6 +3,25 @@
 
 use std::sync::OnceLock;
 
+/// `now / window_nanos`, without a division when `now` is in window `hint` (as it
+/// is for all but the first request of each window).
+#[inline]
+fn window_of(now: u64, window_nanos: u64, hint: u64) -> u64 {
+    match hint.checked_mul(window_nanos) {
+        Some(start) if now >= start && now - start < window_nanos => hint,
+        _ => now / window_nanos,
+    }
+}
+
+/// `now % window_nanos`, without a division when `now` is in window `hint`.
+#[inline]
+fn offset_in(now: u64, window_nanos: u64, hint: u64) -> u64 {
+    match hint.checked_mul(window_nanos) {
+        Some(start) if now >= start && now - start < window_nanos => now - start,
+        _ => now % window_nanos,
+    }
+}
+
 /// A request count over a sliding window, estimated from two fixed windows: the
 /// previous window's count weighted by how much of it still overlaps, plus the
 /// current window's count. 12 bytes.
@@ -17,7 +36,7 @@ impl SlidingCounter {
     /// Moves to the window containing `now`. Returns the count of the window that
     /// just closed and the number of whole windows skipped, when the window changed.
     pub fn roll(&mut self, now: u64, window_nanos: u64) -> Option<(u32, u64)> {
-        let w = now / window_nanos;
+        let w = window_of(now, window_nanos, self.window);
         if w == self.window {
             return None;
         }
@@ -41,7 +60,7 @@ impl SlidingCounter {
 
     /// The estimated count over the last `window_nanos` at `now` (after [`SlidingCounter::roll`]).
     pub fn estimate(&self, now: u64, window_nanos: u64) -> f64 {
-        let elapsed = (now % window_nanos) as f64 / window_nanos as f64;
+        let elapsed = offset_in(now, window_nanos, self.window) as f64 / window_nanos as f64;
         f64::from(self.previous) * (1.0 - elapsed) + f64::from(self.current)
     }
 }
@@ -109,7 +128,7 @@ pub struct WindowedDistinct {
 
 impl WindowedDistinct {
     fn roll(&mut self, now: u64, window_nanos: u64) {
-        let w = now / window_nanos;
+        let w = window_of(now, window_nanos, self.window);
         if w <= self.window {
             return;
         }
@@ -178,6 +197,27 @@ mod tests {
         assert!((c.estimate(90, w) - 30.0).abs() < 1e-9);
         assert_eq!(c.roll(300, w), Some((0, 3)));
         assert_eq!(c.estimate(300, w), 0.0);
+    }
+
+    #[test]
+    fn window_arithmetic_without_division() {
+        for (now, w, hint) in [
+            (0u64, 60u64, 0u64),
+            (59, 60, 0),
+            (60, 60, 0),
+            (60, 60, 1),
+            (119, 60, 1),
+            (120, 60, 1),
+            (5, 60, 1),
+            (u64::MAX, 7, u64::MAX / 7),
+            (u64::MAX, 7, u64::MAX / 7 - 1),
+            (u64::MAX, 7, u64::MAX),
+            (1_700_000_000_123_456_789, 60_000_000_000, 28_333_333),
+            (1_700_000_000_123_456_789, 60_000_000_000, 28_333_334),
+        ] {
+            assert_eq!(window_of(now, w, hint), now / w, "{now} {w} {hint}");
+            assert_eq!(offset_in(now, w, hint), now % w, "{now} {w} {hint}");
+        }
     }
 
     #[test]
