@@ -141,20 +141,35 @@ const MAX_WARNED_TIERS: usize = 64;
 /// assert_eq!(refused.headers()["ratelimit-policy"], "\"burst\";q=2;w=60");
 /// # });
 /// ```
-#[derive(Clone)]
 pub struct RateLimitLayer<St = MemoryRateLimitStore> {
+    /// Everything behind one `Arc`: axum may clone the layer and make its service for
+    /// every request, and each `Arc` is an atomic increment and decrement.
+    inner: Arc<Parts<St>>,
+}
+
+#[derive(Clone)]
+struct Parts<St> {
     shared: Arc<Shared>,
     store: St,
 }
 
+impl<St> Clone for RateLimitLayer<St> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
 impl<St: fmt::Debug> fmt::Debug for RateLimitLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tiers: Vec<&str> = self.shared.tiers.iter().map(|(k, _)| &**k).collect();
+        let Parts { shared, store } = &*self.inner;
+        let tiers: Vec<&str> = shared.tiers.iter().map(|(k, _)| &**k).collect();
         f.debug_struct("RateLimitLayer")
             .field("tiers", &tiers)
-            .field("routes", &self.shared.routes.len())
-            .field("headers", &self.shared.headers)
-            .field("store", &self.store)
+            .field("routes", &shared.routes.len())
+            .field("headers", &shared.headers)
+            .field("store", store)
             .finish()
     }
 }
@@ -318,26 +333,26 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
 
         let mut tiers: Vec<(Box<str>, Arc<Policy>)> = tiers.into_iter().collect();
         tiers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let shared = Arc::new(Shared {
+            tiers: tiers.into(),
+            default,
+            anonymous,
+            routes,
+            headers: config.headers,
+            on_store_failure: config.on_store_failure,
+            clock: system_clock(),
+            pseudonymizer,
+            key_fn: None,
+            responder: ProblemResponder::default(),
+            warned: Arc::default(),
+        });
         Ok(RateLimitLayer {
-            shared: Arc::new(Shared {
-                tiers: tiers.into(),
-                default,
-                anonymous,
-                routes,
-                headers: config.headers,
-                on_store_failure: config.on_store_failure,
-                clock: system_clock(),
-                pseudonymizer,
-                key_fn: None,
-                responder: ProblemResponder::default(),
-                warned: Arc::default(),
-            }),
-            store,
+            inner: Arc::new(Parts { shared, store }),
         })
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
+        f(Arc::make_mut(&mut Arc::make_mut(&mut self.inner).shared));
         self
     }
 
@@ -372,25 +387,28 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     /// Moves the layer onto another store.
     pub fn store<St2: RateLimitStore>(self, store: St2) -> RateLimitLayer<St2> {
         RateLimitLayer {
-            shared: self.shared,
-            store,
+            inner: Arc::new(Parts {
+                shared: self.inner.shared.clone(),
+                store,
+            }),
         }
     }
 
     /// The store.
     pub fn store_ref(&self) -> &St {
-        &self.store
+        &self.inner.store
     }
 
     /// Every field this layer logs, stores, or sends.
     pub fn inventory(&self) -> Vec<FieldSpec> {
         const LAYER: &str = "ratelimit";
-        let policies = self
-            .shared
-            .tiers
-            .iter()
-            .map(|(_, p)| p)
-            .chain(self.shared.routes.values().filter_map(|r| r.policy.as_ref()));
+        let policies = self.inner.shared.tiers.iter().map(|(_, p)| p).chain(
+            self.inner
+                .shared
+                .routes
+                .values()
+                .filter_map(|r| r.policy.as_ref()),
+        );
         let longest = policies
             .flat_map(|p| p.limits.iter().map(Limit::capacity))
             .max()
@@ -445,24 +463,31 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     }
 }
 
-impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
+impl<S, St> Layer<S> for RateLimitLayer<St> {
     type Service = RateLimitService<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimitService {
             inner,
-            layer: Arc::new(self.clone()),
+            layer: self.inner.clone(),
         }
     }
 }
 
 /// The service of [`RateLimitLayer`].
-#[derive(Clone)]
 pub struct RateLimitService<S, St = MemoryRateLimitStore> {
     inner: S,
-    /// The layer behind one `Arc`: the service is cloned for every request, and
-    /// each `Arc` inside is an atomic increment and decrement.
-    layer: Arc<RateLimitLayer<St>>,
+    /// The layer's parts behind one `Arc`: the service is cloned for every request.
+    layer: Arc<Parts<St>>,
+}
+
+impl<S: Clone, St> Clone for RateLimitService<S, St> {
+    fn clone(&self) -> Self {
+        RateLimitService {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
 }
 
 impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for RateLimitService<S, St> {
