@@ -142,8 +142,23 @@ struct Shared {
 ///     .layer(layer); // inside the AuthLayer, outside the rate limiter
 /// ```
 pub struct FingerprintLayer<St = MemorySessionStore, F = MemoryFreezeList> {
+    /// Everything behind one `Arc`: axum may clone the layer and make its service for
+    /// every request, and each `Arc` is an atomic increment and decrement.
+    inner: Arc<Parts<St, F>>,
+}
+
+struct Parts<St, F> {
     shared: Arc<Shared>,
     backends: Arc<Backends<St, F>>,
+}
+
+impl<St, F> Clone for Parts<St, F> {
+    fn clone(&self) -> Self {
+        Parts {
+            shared: self.shared.clone(),
+            backends: self.backends.clone(),
+        }
+    }
 }
 
 struct Backends<St, F> {
@@ -154,13 +169,29 @@ struct Backends<St, F> {
 impl<St, F> Clone for FingerprintLayer<St, F> {
     fn clone(&self) -> Self {
         FingerprintLayer {
-            shared: self.shared.clone(),
-            backends: self.backends.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<St, F> FingerprintLayer<St, F> {
+    fn from_parts(shared: Arc<Shared>, backends: Backends<St, F>) -> Self {
+        FingerprintLayer {
+            inner: Arc::new(Parts {
+                shared,
+                backends: Arc::new(backends),
+            }),
         }
     }
 }
 
 impl<St, F> fmt::Debug for FingerprintLayer<St, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<St, F> fmt::Debug for Parts<St, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FingerprintLayer")
             .field("config", &self.shared.config)
@@ -214,19 +245,19 @@ impl<F: FreezeList> FingerprintLayer<MemorySessionStore, F> {
             user_agents: UserAgentCache::new(config.user_agent_cache),
             local: LocalHasher::default(),
         };
-        Ok(FingerprintLayer {
-            shared: Arc::new(shared),
-            backends: Arc::new(Backends {
+        Ok(FingerprintLayer::from_parts(
+            Arc::new(shared),
+            Backends {
                 store: MemorySessionStore::new(config.max_sessions, config.session_ttl()),
                 freeze_list,
-            }),
-        })
+            },
+        ))
     }
 }
 
 impl<St, F> FingerprintLayer<St, F> {
     fn shared_mut(&mut self) -> &mut Shared {
-        Arc::make_mut(&mut self.shared)
+        Arc::make_mut(&mut Arc::make_mut(&mut self.inner).shared)
     }
 
     /// Sets the policy.
@@ -277,13 +308,13 @@ impl<St, F> FingerprintLayer<St, F> {
     where
         St: Clone,
     {
-        FingerprintLayer {
-            shared: self.shared,
-            backends: Arc::new(Backends {
-                store: self.backends.store.clone(),
+        FingerprintLayer::from_parts(
+            self.inner.shared.clone(),
+            Backends {
+                store: self.inner.backends.store.clone(),
                 freeze_list,
-            }),
-        }
+            },
+        )
     }
 
     /// Keeps session records in `store` (a shared store for several replicas).
@@ -292,23 +323,23 @@ impl<St, F> FingerprintLayer<St, F> {
         St2: StateStore<SessionRecord>,
         F: Clone,
     {
-        FingerprintLayer {
-            shared: self.shared,
-            backends: Arc::new(Backends {
+        FingerprintLayer::from_parts(
+            self.inner.shared.clone(),
+            Backends {
                 store,
-                freeze_list: self.backends.freeze_list.clone(),
-            }),
-        }
+                freeze_list: self.inner.backends.freeze_list.clone(),
+            },
+        )
     }
 
     /// The session store.
     pub fn session_store(&self) -> &St {
-        &self.backends.store
+        &self.inner.backends.store
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &FingerprintConfig {
-        &self.shared.config
+        &self.inner.shared.config
     }
 
     /// Every field this layer logs or stores, with its retention.
@@ -316,7 +347,7 @@ impl<St, F> FingerprintLayer<St, F> {
     where
         St: 'static,
     {
-        let config = &self.shared.config;
+        let config = &self.inner.shared.config;
         let session_ttl = Retention::ttl(config.session_ttl());
         let mut out = vec![
             FieldSpec {
@@ -428,7 +459,7 @@ impl<St, F> FingerprintLayer<St, F> {
                 sinks: &[Sink::Store],
             },
         ];
-        if (&self.backends.store as &dyn Any).is::<MemorySessionStore>() {
+        if (&self.inner.backends.store as &dyn Any).is::<MemorySessionStore>() {
             out.push(FieldSpec {
                 name: "session.cache",
                 layer: "fingerprint",
@@ -471,7 +502,7 @@ impl<S, St, F> Layer<S> for FingerprintLayer<St, F> {
     fn layer(&self, inner: S) -> Self::Service {
         FingerprintService {
             inner,
-            layer: Arc::new(self.clone()),
+            layer: self.inner.clone(),
         }
     }
 }
@@ -479,9 +510,8 @@ impl<S, St, F> Layer<S> for FingerprintLayer<St, F> {
 /// The service made by [`FingerprintLayer`].
 pub struct FingerprintService<S, St = MemorySessionStore, F = MemoryFreezeList> {
     inner: S,
-    /// The layer's two halves behind one `Arc`: the service is cloned for every
-    /// request, and each `Arc` is an atomic increment and decrement.
-    layer: Arc<FingerprintLayer<St, F>>,
+    /// The layer's parts behind one `Arc`: the service is cloned for every request.
+    layer: Arc<Parts<St, F>>,
 }
 
 impl<S: Clone, St, F> Clone for FingerprintService<S, St, F> {
