@@ -37,6 +37,11 @@ impl Hasher for IdentityHasher {
 
 type Index = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
 
+/// A shard on cache lines of its own, so that threads working on different shards
+/// do not contend for one line.
+#[repr(align(128))]
+struct Padded<T>(T);
+
 struct Slot<V> {
     key: u64,
     touched: u64,
@@ -53,7 +58,7 @@ struct Shard<V> {
 
 /// A bounded map from 64-bit keys to `V`, with an idle TTL per entry.
 pub struct BoundedMap<V> {
-    shards: Box<[Mutex<Shard<V>>]>,
+    shards: Box<[Padded<Mutex<Shard<V>>>]>,
     shard_bits: u32,
     shard_cap: usize,
     ttl: u64,
@@ -86,12 +91,12 @@ impl<V> BoundedMap<V> {
         let ttl = duration_nanos(ttl).max(1);
         let shards = (0..n)
             .map(|_| {
-                Mutex::new(Shard {
+                Padded(Mutex::new(Shard {
                     index: Index::default(),
                     slots: Vec::new(),
                     hand: 0,
                     last_sweep: 0,
-                })
+                }))
             })
             .collect();
         BoundedMap {
@@ -140,7 +145,7 @@ impl<V> BoundedMap<V> {
             // shard from the middle.
             ((key >> 32) as usize) & ((1 << self.shard_bits) - 1)
         };
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i].0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn expired(&self, touched: u64, now: u64) -> bool {
@@ -208,7 +213,7 @@ impl<V> BoundedMap<V> {
     /// Drops every expired entry now (the request path does this a shard at a time).
     pub fn purge_expired(&self, now: u64) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             self.sweep(&mut shard, now);
         }
     }

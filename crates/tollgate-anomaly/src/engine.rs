@@ -234,6 +234,10 @@ pub(crate) struct Throttle {
 }
 
 /// The shared state of an [`crate::AnomalyLayer`] and its [`crate::FailureWatchLayer`].
+///
+/// Aligned so that the reference counts of its `Arc` (written by every request, on
+/// every core) do not share a cache line with the settings every request reads.
+#[repr(align(128))]
 pub(crate) struct Engine {
     pub config: AnomalyConfig,
     actions: [Action; KIND_COUNT],
