@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, MatchedPath};
@@ -144,13 +144,31 @@ impl Record {
     }
 
     pub fn emit(&self) {
-        if !self.tags.is_empty() || self.action.is_some() {
-            // As a string: the JSON log writes it as `display` did, without
-            // running the formatting machinery.
+        // As a string: the JSON log writes it as `display` did, without running the
+        // formatting machinery.
+        if self.action.is_none()
+            && self.tags.len() == 1
+            && let Some((kind, score)) = self.tags.iter().next()
+        {
+            record_current(fields::ANOMALY, &single_tag_text(kind, score));
+        } else if !self.tags.is_empty() || self.action.is_some() {
             let text = self.render();
             record_current(fields::ANOMALY, &text.as_str());
         }
     }
+}
+
+/// `kind:score` for every kind and score, made once: the text of a request with one
+/// tag and no action, the common case, is a lookup.
+fn single_tag_text(kind: AnomalyKind, score: u8) -> &'static str {
+    static TEXT: OnceLock<Vec<String>> = OnceLock::new();
+    let table = TEXT.get_or_init(|| {
+        AnomalyKind::ALL
+            .iter()
+            .flat_map(|k| (0..=100u8).map(move |s| format!("{}:{s}", k.as_str())))
+            .collect()
+    });
+    &table[kind.index() * 101 + usize::from(score.min(100))]
 }
 
 /// Records `value` as the field `name` of the current span, as
@@ -686,13 +704,30 @@ impl Engine {
             let mut inline = [0u64; 4];
             let mut n = 0;
             let mut spill = Vec::new();
-            for id in ParamIds::with_shape(route.params, template, req.uri().path(), &self.hasher) {
-                match inline.get_mut(n) {
-                    Some(slot) => {
-                        *slot = id;
-                        n += 1;
+            let mut push = |id| match inline.get_mut(n) {
+                Some(slot) => {
+                    *slot = id;
+                    n += 1;
+                }
+                None => spill.push(id),
+            };
+            match route.params {
+                ParamShape::None => {}
+                // The common shapes, walked here rather than through the iterator.
+                ParamShape::Right(mut mask) => {
+                    let mut rest = Some(req.uri().path());
+                    while mask != 0
+                        && let Some(segment) = next_back(&mut rest)
+                    {
+                        if mask & 1 != 0 {
+                            push(self.hasher.hash_bytes(KeyKind::ObjectId, segment.as_bytes()));
+                        }
+                        mask >>= 1;
                     }
-                    None => spill.push(id),
+                }
+                ParamShape::General => {
+                    let path = req.uri().path();
+                    ParamIds::with_shape(route.params, template, path, &self.hasher).for_each(push);
                 }
             }
             let ids = inline[..n].iter().chain(&spill).copied();
@@ -1099,7 +1134,8 @@ impl<'a> ParamIds<'a> {
 /// The last `/`-separated segment of `*rest`, as `rsplit('/')` yields them.
 fn next_back<'a>(rest: &mut Option<&'a str>) -> Option<&'a str> {
     let r = (*rest)?;
-    match r.rfind('/') {
+    // Segments are short: a plain scan beats `memrchr`'s setup.
+    match r.bytes().rposition(|b| b == b'/') {
         Some(i) => {
             *rest = Some(&r[..i]);
             Some(&r[i + 1..])
@@ -1187,6 +1223,13 @@ mod tests {
             tags,
             action: Some("block"),
         });
+        for kind in AnomalyKind::ALL {
+            for score in 1..=100 {
+                let mut one = AnomalyTags::default();
+                one.insert(kind, score);
+                assert_eq!(single_tag_text(kind, score), one.to_string());
+            }
+        }
         for (kind, score) in AnomalyKind::ALL.into_iter().zip([1u8, 9, 10, 99, 100]) {
             tags.insert(kind, score);
             check(Record { tags, action: None });
