@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use axum::extract::FromRequestParts;
-use http::HeaderMap;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use http::{Extensions, HeaderMap};
 use http::request::Parts;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -146,7 +146,37 @@ impl ClientConfig {
         client
     }
 
-    /// The request's [`ClientContext`].
+    /// The request's client, the one way every layer finds it: the [`ClientContext`]
+    /// an outer layer already resolved, else resolved here from the peer address
+    /// (axum's `ConnectInfo<SocketAddr>`), the forwarding header of trusted proxies
+    /// and this configuration's coarsening. `None` when the peer is unknown (a
+    /// server started without `into_make_service_with_connect_info`).
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::Duration;
+    /// use axum::extract::ConnectInfo;
+    /// use http::{Extensions, HeaderMap};
+    /// use tollgate_core::{ClientConfig, Pseudonymizer, PseudonymSecret};
+    ///
+    /// let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[3; 32]).unwrap(), Duration::from_secs(3600));
+    /// let config = ClientConfig::default().trust_proxies(["10.0.0.0/8".parse().unwrap()]);
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    /// let mut ext = Extensions::new();
+    /// ext.insert(ConnectInfo("10.0.0.1:4000".parse::<SocketAddr>().unwrap()));
+    /// let client = config.resolve(&ext, &headers, &p).unwrap();
+    /// assert_eq!(client.network().to_string(), "198.51.100.0/24");
+    /// ```
+    pub fn resolve(&self, extensions: &Extensions, headers: &HeaderMap, p: &Pseudonymizer) -> Option<ClientContext> {
+        if let Some(client) = extensions.get::<ClientContext>() {
+            return Some(*client);
+        }
+        let ConnectInfo(peer) = extensions.get::<ConnectInfo<SocketAddr>>()?;
+        Some(self.context(peer.ip(), headers, p))
+    }
+
+    /// The [`ClientContext`] of a request from `peer` with these headers.
     pub fn context(&self, peer: IpAddr, headers: &HeaderMap, p: &Pseudonymizer) -> ClientContext {
         let network = self.coarsening.network(self.client_address(peer, headers));
         let (bytes, len) = network.to_bytes();

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{SharedClock, Timestamp, system_clock};
 use crate::principal::Principal;
 use crate::pseudonym::{Domain, KeyedDigest, Pseudonymizer};
-use crate::store::{StoreError, StoreKey};
+use crate::store::{BoxFuture, StoreError, StoreKey};
 
 /// What is frozen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,20 +74,20 @@ impl Freeze {
     }
 }
 
-/// A freeze list backend.
-pub trait FreezeList: Clone + Send + Sync + 'static {
+/// A freeze list backend. Layers hold it as a [`SharedFreezeList`], so one list
+/// serves every layer of a stack.
+pub trait FreezeList: Send + Sync + 'static {
     /// The active freeze on `principal`'s credential or subject, if any.
-    fn check(&self, principal: &Principal)
-    -> impl Future<Output = Result<Option<Freeze>, StoreError>> + Send;
+    fn check<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<Option<Freeze>, StoreError>>;
 
     /// Adds or replaces a freeze.
-    fn freeze(&self, freeze: Freeze) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn freeze(&self, freeze: Freeze) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Lifts the freeze on `target`; returns whether there was one.
-    fn unfreeze(&self, target: &FreezeTarget) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn unfreeze<'a>(&'a self, target: &'a FreezeTarget) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Every active freeze.
-    fn list(&self) -> impl Future<Output = Result<Vec<Freeze>, StoreError>> + Send;
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Freeze>, StoreError>>;
 
     /// The answer of [`FreezeList::check`] when the backend can give it without
     /// waiting (an in-process list, a local replica); `None` when only `check` can
@@ -99,6 +98,9 @@ pub trait FreezeList: Clone + Send + Sync + 'static {
         None
     }
 }
+
+/// The freeze list every layer of a stack shares.
+pub type SharedFreezeList = std::sync::Arc<dyn FreezeList>;
 
 /// The in-process freeze list.
 ///
@@ -189,17 +191,17 @@ impl MemoryFreezeList {
 }
 
 impl FreezeList for MemoryFreezeList {
-    async fn check(&self, principal: &Principal) -> Result<Option<Freeze>, StoreError> {
-        Ok(self.check_now(principal))
+    fn check<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<Option<Freeze>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.check_now(principal))))
     }
 
     fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
         Some(Ok(self.check_now(principal)))
     }
 
-    async fn freeze(&self, freeze: Freeze) -> Result<(), StoreError> {
+    fn freeze(&self, freeze: Freeze) -> BoxFuture<'_, Result<(), StoreError>> {
         let max = self.max_entries;
-        self.modify(|map| {
+        Box::pin(std::future::ready(self.modify(|map| {
             if map.len() >= max && !map.contains_key(&freeze.target) {
                 return Err(StoreError::Unavailable(format!(
                     "freeze list is full ({max} entries)"
@@ -207,22 +209,23 @@ impl FreezeList for MemoryFreezeList {
             }
             map.insert(freeze.target, freeze.clone());
             Ok(())
-        })
+        })))
     }
 
-    async fn unfreeze(&self, target: &FreezeTarget) -> Result<bool, StoreError> {
-        Ok(self.modify(|map| map.remove(target).is_some()))
+    fn unfreeze<'a>(&'a self, target: &'a FreezeTarget) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.modify(|map| map.remove(target).is_some()))))
     }
 
-    async fn list(&self) -> Result<Vec<Freeze>, StoreError> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Freeze>, StoreError>> {
         let now = self.clock.now();
-        Ok(self
+        let active = self
             .entries
             .load()
             .values()
             .filter(|f| f.is_active(now))
             .cloned()
-            .collect())
+            .collect();
+        Box::pin(std::future::ready(Ok(active)))
     }
 }
 

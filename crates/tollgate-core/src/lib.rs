@@ -12,28 +12,37 @@
 //! - [`session`]: the session verdict the fingerprinting layer hands on.
 //! - [`store`]: async store traits and the bounded in-process store.
 //! - [`clock`]: integer-nanosecond time behind a trait, with a fake clock for tests.
-//! - [`fields`]: the request span's field names.
+//! - [`fields`]: the request span's field names; [`span`] records them.
+//! - [`route`]: per-route settings, resolved once per request.
+//! - [`config`]: the configuration error and duration format every section shares.
+//! - [`future`]: the response future of layers that may answer early.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod clock;
 pub mod coarsen;
+pub mod config;
 pub mod fields;
 pub mod freeze;
+pub mod future;
 pub mod inventory;
 pub mod principal;
 pub mod problem;
 pub mod pseudonym;
+pub mod route;
 pub mod session;
+pub mod span;
 pub mod store;
 
 pub use client::{ClientConfig, ClientContext};
 pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp, system_clock};
+pub use config::ConfigError;
 pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
-pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList};
+pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList, SharedFreezeList};
 pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};
 pub use principal::{CredentialKind, Principal, Scopes, Tier};
 pub use problem::{Problem, ProblemResponder, ProblemType};
+pub use route::{Route, RouteId, RouteMap, RouteTable};
 pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymizer};
 pub use session::{SessionHealth, SessionInfo, SessionReason, SessionReasons};
-pub use store::{FailurePolicy, MemoryCache, MemoryStore, StateStore, StoreError, StoreKey};
+pub use store::{BoxFuture, FailurePolicy, MemoryCache, MemoryStore, StateStore, StoreError, StoreKey};

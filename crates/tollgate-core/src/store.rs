@@ -6,6 +6,7 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,24 +68,21 @@ pub enum FailurePolicy {
     Closed,
 }
 
+/// The future a store method returns: boxed, so stores can be trait objects and
+/// layers need not be generic over them. In-process stores add synchronous fast
+/// paths (`FreezeList::check_immediate`) so the hot path allocates no future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// A keyed store of values with a TTL per entry.
-///
-/// Methods return `Send` futures so layers can be generic over the store without
-/// boxing on the hot path.
-pub trait StateStore<V>: Clone + Send + Sync + 'static {
+pub trait StateStore<V>: Send + Sync + 'static {
     /// The value at `key`, if present and not expired.
-    fn get(&self, key: &StoreKey) -> impl Future<Output = Result<Option<V>, StoreError>> + Send;
+    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<V>, StoreError>>;
 
     /// Stores `value` at `key` for `ttl`.
-    fn insert(
-        &self,
-        key: &StoreKey,
-        value: V,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert<'a>(&'a self, key: &'a StoreKey, value: V, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Removes the value at `key`.
-    fn remove(&self, key: &StoreKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 #[derive(Clone)]
@@ -203,18 +201,18 @@ where
 pub type MemoryStore<V> = MemoryCache<StoreKey, V>;
 
 impl<V: Clone + Send + Sync + 'static> StateStore<V> for MemoryCache<StoreKey, V> {
-    async fn get(&self, key: &StoreKey) -> Result<Option<V>, StoreError> {
-        Ok(MemoryCache::get(self, key))
+    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<V>, StoreError>> {
+        Box::pin(std::future::ready(Ok(MemoryCache::get(self, key))))
     }
 
-    async fn insert(&self, key: &StoreKey, value: V, ttl: Duration) -> Result<(), StoreError> {
+    fn insert<'a>(&'a self, key: &'a StoreKey, value: V, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
         MemoryCache::insert(self, key.clone(), value, ttl);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 
-    async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
+    fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>> {
         MemoryCache::remove(self, key);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
