@@ -7,9 +7,15 @@
 //! cargo run --example gateway -- --print-inventory  # the data inventory as JSON
 //! ```
 //!
-//! Routes: `GET /health`, `GET /v1/items/{id}`, `GET /v1/me`, `POST /login` (demo
-//! users from `[gateway]`, answers an HS256 token), and `/admin/freezes` (freeze
-//! admin, needs the `tollgate:admin` scope).
+//! Routes, each with its policy in `[routes]` of the config file:
+//!
+//! | route | policy |
+//! |---|---|
+//! | `GET /health` | no authentication, fingerprinting, limits or anomaly tagging; minimal log line |
+//! | `GET /v1/items/{id}` | anonymous callers welcome; items exist for ids 1 to `[gateway] items` (404 above) |
+//! | `GET /v1/me` | credentials required |
+//! | `POST /login` | demo users from `[gateway]`, answers an HS256 token; its own limit of 5 a minute |
+//! | `/admin/*` | the freeze admin API; the `tollgate:admin` scope required |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +31,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use tollgate::core::problem::{Problem, ProblemType};
 use tollgate::core::{Principal, SessionInfo};
 use tollgate::{Tollgate, TollgateConfig};
 use tracing_subscriber::prelude::*;
@@ -44,7 +51,7 @@ struct Args {
 }
 
 /// `[gateway]`: the demo's own settings, outside the tollgate stack.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct GatewaySection {
     listen: Option<SocketAddr>,
@@ -55,6 +62,8 @@ struct GatewaySection {
     login_secret_hex: Option<String>,
     issuer: String,
     audience: String,
+    /// Items exist for ids 1 to this; above it `/v1/items/{id}` answers 404.
+    items: u64,
 }
 
 #[derive(Deserialize, Clone)]
@@ -67,6 +76,19 @@ struct DemoUser {
     scopes: Vec<String>,
 }
 
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            listen: None,
+            users: Vec::new(),
+            login_secret_hex: None,
+            issuer: String::new(),
+            audience: String::new(),
+            items: 1000,
+        }
+    }
+}
+
 struct Login {
     users: Vec<DemoUser>,
     key: Option<EncodingKey>,
@@ -77,22 +99,28 @@ struct Login {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    // Request lines are written to stdout in batches, so no request waits on a write.
-    let (stdout, _flush_on_exit) = tollgate::privacy::BatchWriter::stdout();
+    // With --print-inventory, stdout carries the inventory alone: logs go to stderr.
+    let (writer, _flush_on_exit) = if args.print_inventory {
+        tollgate::privacy::BatchWriter::stderr()
+    } else {
+        // Request lines are written to stdout in batches, so no request waits on a write.
+        tollgate::privacy::BatchWriter::stdout()
+    };
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with(tollgate::privacy::json_layer(stdout))
+        .with(tollgate::privacy::json_layer(writer))
         .init();
 
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("cannot read {}: {e}", args.config.display()))?;
+    // One parse: the demo's own `[gateway]` section out, the rest is tollgate's.
     let mut document: toml::Table = toml::from_str(&text)?;
     let gateway: GatewaySection = document
         .remove("gateway")
         .map(|v| v.try_into())
         .transpose()?
         .unwrap_or_default();
-    let config = TollgateConfig::from_toml(&toml::to_string(&document)?)?;
+    let config = TollgateConfig::from_table(document)?;
     let tollgate = Tollgate::from_config(&config).await?;
 
     if args.print_inventory {
@@ -111,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         issuer: gateway.issuer,
         audience: gateway.audience,
     });
-    let mut api = api(login);
+    let mut api = api(login, gateway.items);
     if let Some(admin) = tollgate.freeze_admin() {
         api = api.nest("/admin", admin);
     }
@@ -132,34 +160,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The demo API.
-fn api(login: Arc<Login>) -> Router {
+fn api(login: Arc<Login>, items: u64) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route("/v1/items/{id}", get(item))
+        .route("/v1/items/{id}", get(item).with_state(items))
         .route("/v1/me", get(me))
         .route("/login", post(log_in).with_state(login))
 }
 
-async fn item(Path(id): Path<u64>) -> Json<Value> {
-    Json(json!({ "id": id, "name": format!("item {id}") }))
+const NOT_FOUND: ProblemType = ProblemType {
+    uri: "urn:tollgate-demo:problem:not-found",
+    title: "Not found",
+    status: StatusCode::NOT_FOUND,
+};
+
+async fn item(State(items): State<u64>, Path(id): Path<u64>) -> Result<Json<Value>, Problem> {
+    if !(1..=items).contains(&id) {
+        return Err(Problem::new(NOT_FOUND).with_detail("no such item"));
+    }
+    Ok(Json(json!({ "id": id, "name": format!("item {id}") })))
 }
 
-/// What the stack knows about the caller: pseudonyms, never identifiers.
-async fn me(principal: Option<Principal>, session: Option<SessionInfo>) -> Json<Value> {
-    Json(match principal {
-        None => json!({ "anonymous": true }),
-        Some(p) => json!({
-            "subject": p.subject().to_string(),
-            "credential": p.credential().as_str(),
-            "tier": p.tier().as_str(),
-            "scopes": p.scopes().iter().collect::<Vec<_>>(),
-            "session": session.map(|s| json!({
-                "session": s.session.to_string(),
-                "health": s.health.as_str(),
-                "reasons": s.reasons.to_string(),
-            })),
-        }),
-    })
+/// What the stack knows about the caller: pseudonyms, never identifiers. The route
+/// requires credentials, so a principal is always there.
+async fn me(p: Principal, session: Option<SessionInfo>) -> Json<Value> {
+    Json(json!({
+        "subject": p.subject().to_string(),
+        "credential": p.credential().as_str(),
+        "tier": p.tier().as_str(),
+        "scopes": p.scopes().iter().collect::<Vec<_>>(),
+        "session": session.map(|s| json!({
+            "session": s.session.to_string(),
+            "health": s.health.as_str(),
+            "reasons": s.reasons.to_string(),
+        })),
+    }))
 }
 
 #[derive(Deserialize)]

@@ -1,9 +1,13 @@
 //! The stack's configuration, as one TOML document.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tollgate_core::ClientConfig;
 use tollgate_core::pseudonym::DEFAULT_EPOCH;
+
+use crate::route::RoutePolicy;
 
 /// How pseudonyms are keyed.
 #[derive(Clone, Debug, Deserialize)]
@@ -14,23 +18,18 @@ pub struct PseudonymConfig {
     /// pseudonyms do not link across restarts or replicas; with a shared (Redis)
     /// store, the stack refuses to start without one.
     pub secret: Option<String>,
-    /// Seconds per key epoch: a pseudonym links events only within its epoch.
-    pub epoch_s: u64,
+    /// How long one key epoch lasts (default `"24h"`): a pseudonym links events only
+    /// within its epoch.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub epoch: Duration,
 }
 
 impl Default for PseudonymConfig {
     fn default() -> Self {
         PseudonymConfig {
             secret: None,
-            epoch_s: DEFAULT_EPOCH.as_secs(),
+            epoch: DEFAULT_EPOCH,
         }
-    }
-}
-
-impl PseudonymConfig {
-    /// The epoch length.
-    pub fn epoch(&self) -> Duration {
-        Duration::from_secs(self.epoch_s)
     }
 }
 
@@ -38,33 +37,41 @@ impl PseudonymConfig {
 /// the privacy trace layer always runs.
 ///
 /// ```
-/// let config: tollgate::TollgateConfig = toml::from_str(r#"
+/// let config = tollgate::TollgateConfig::from_toml(r#"
 ///     [pseudonym]
-///     epoch_s = 3600
-///
-///     [privacy.routes]
-///     "/health" = "minimal"
+///     epoch = "1h"
 ///
 ///     [ratelimit]
 ///     anonymous_tier = "free"
 ///     [ratelimit.tiers.free]
 ///     limits = [{ name = "burst", quota = 10, window = "1s" }]
+///
+///     [routes."/health"]
+///     log = "minimal"
+///     ratelimit = { exempt = true }
 /// "#).unwrap();
-/// assert_eq!(config.pseudonym.epoch_s, 3600);
+/// assert_eq!(config.pseudonym.epoch, std::time::Duration::from_secs(3600));
 /// assert!(config.auth.is_none());
+/// assert!(config.routes.contains_key("/health"));
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TollgateConfig {
     /// How pseudonyms are keyed.
     pub pseudonym: PseudonymConfig,
-    /// The privacy trace layer: trusted proxies, coarsening, per-route log profiles.
+    /// How every layer finds the client: trusted proxies, the forwarding header,
+    /// coarsening.
+    pub client: ClientConfig,
+    /// Per-route policy, keyed by axum route template (`"/v1/items/{id}"`), a
+    /// wildcard prefix (`"/admin/*"`) or `default`. See [`RoutePolicy`].
+    pub routes: BTreeMap<String, RoutePolicy>,
+    /// The privacy trace layer: the header allowlist.
     pub privacy: tollgate_privacy::PrivacyConfig,
     /// The authentication layer (`[auth]`, `[auth.jwt]`, `[[auth.api_keys]]`, `[auth.introspection]`).
     pub auth: Option<tollgate_auth::AuthConfig>,
     /// The session fingerprinting layer.
     pub fingerprint: Option<tollgate_fingerprint::FingerprintConfig>,
-    /// The rate-limiting layer: tiers, route overrides, mode.
+    /// The rate-limiting layer: tiers and mode.
     pub ratelimit: Option<tollgate_ratelimit::RateLimitConfig>,
     /// The anomaly layer: detectors and actions.
     pub anomaly: Option<tollgate_anomaly::AnomalyConfig>,
@@ -80,18 +87,24 @@ impl TollgateConfig {
             path: path.display().to_string(),
             cause: e.to_string(),
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            crate::BuildError::Parse { cause, .. } => crate::BuildError::Parse {
-                path: path.display().to_string(),
-                cause,
-            },
-            other => other,
+        toml::from_str(&text).map_err(|e| crate::BuildError::Parse {
+            path: path.display().to_string(),
+            cause: e.to_string(),
         })
     }
 
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, crate::BuildError> {
         toml::from_str(text).map_err(|e| crate::BuildError::Parse {
+            path: "<config>".into(),
+            cause: e.to_string(),
+        })
+    }
+
+    /// The configuration in an already parsed TOML table, for a file that also holds
+    /// an application's own sections (remove them first).
+    pub fn from_table(table: toml::Table) -> Result<Self, crate::BuildError> {
+        toml::Value::Table(table).try_into().map_err(|e| crate::BuildError::Parse {
             path: "<config>".into(),
             cause: e.to_string(),
         })

@@ -13,8 +13,10 @@
 //! | [`ratelimit::RateLimitLayer`] | `RateLimitStatus`, `RateLimit` headers | 429 |
 //! | [`anomaly::AnomalyLayer`] (innermost) | `AnomalyTags` | 403 / 429 / 401 by policy |
 //!
-//! A layer runs when its configuration section is present. State lives in process
-//! (bounded moka caches) unless `[store] backend = "redis"`.
+//! A layer runs when its configuration section is present. One `[routes]` table
+//! says what each layer does per route ([`RoutePolicy`]); the privacy layer resolves
+//! a request's route once and the others read that resolution. State lives in
+//! process (bounded sharded maps) unless `[store] backend = "redis"`.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -29,6 +31,10 @@
 //!     default_tier = "anonymous"
 //!     [ratelimit.tiers.anonymous]
 //!     limits = [{ name = "burst", quota = 10, window = "1s" }]
+//!
+//!     [routes."/health"]
+//!     ratelimit = { exempt = true }
+//!     log = "minimal"
 //! "#).unwrap();
 //! let tollgate = Tollgate::from_config(&config).await.unwrap();
 //! let app: Router = tollgate.apply(Router::new().route("/health", get(|| async { "ok" })));
@@ -36,13 +42,18 @@
 //! # });
 //! ```
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 mod config;
+mod route;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 pub use config::{PseudonymConfig, TollgateConfig};
+pub use route::RoutePolicy;
 pub use tollgate_anomaly as anomaly;
 pub use tollgate_auth as auth;
 pub use tollgate_core as core;
@@ -52,17 +63,16 @@ pub use tollgate_ratelimit as ratelimit;
 #[cfg(feature = "redis")]
 pub use tollgate_redis as redis;
 
-use axum::response::IntoResponse;
 use tollgate_anomaly::AnomalyLayer;
 use tollgate_auth::AuthLayer;
 use tollgate_core::pseudonym::{SECRET_ENV, SecretError};
 use tollgate_core::{
-    DataInventory, FreezeList, MemoryFreezeList, ProblemResponder, PseudonymSecret, Pseudonymizer,
-    SharedClock, system_clock,
+    ConfigError, DataInventory, MemoryFreezeList, ProblemResponder, PseudonymSecret, Pseudonymizer, RouteMap,
+    SharedClock, SharedFreezeList, system_clock,
 };
-use tollgate_fingerprint::{FingerprintLayer, MemorySessionStore};
+use tollgate_fingerprint::FingerprintLayer;
 use tollgate_privacy::PrivacyTraceLayer;
-use tollgate_ratelimit::{MemoryRateLimitStore, RateLimitLayer};
+use tollgate_ratelimit::RateLimitLayer;
 use tower::ServiceBuilder;
 
 /// Why the stack could not be built. Each message names the setting at fault.
@@ -76,7 +86,7 @@ pub enum BuildError {
         /// The I/O error.
         cause: String,
     },
-    /// The config file is not valid.
+    /// The config file is not valid TOML or does not fit the configuration's shape.
     #[error("invalid config file {path}: {cause}")]
     Parse {
         /// The file.
@@ -92,89 +102,27 @@ pub enum BuildError {
         "store.backend = \"redis\" needs a pseudonym secret shared by every replica: set {SECRET_ENV} (or pseudonym.secret)"
     )]
     SecretRequired,
-    /// The `[privacy]` section is invalid.
+    /// A setting cannot work; the error names it (`auth.jwt.issuer`, `routes."/x".scopes`).
     #[error(transparent)]
-    Privacy(#[from] tollgate_privacy::PrivacyConfigError),
-    /// The `[auth]` section is invalid.
-    #[error("auth: {0}")]
-    Auth(#[from] tollgate_auth::ConfigError),
-    /// The `[fingerprint]` section is invalid.
-    #[error(transparent)]
-    Fingerprint(#[from] tollgate_fingerprint::ConfigError),
-    /// The `[ratelimit]` section is invalid.
-    #[error(transparent)]
-    RateLimit(#[from] tollgate_ratelimit::ConfigError),
-    /// The `[anomaly]` section is invalid.
-    #[error(transparent)]
-    Anomaly(#[from] tollgate_anomaly::ConfigError),
-    /// The `[store]` section is invalid.
-    #[cfg(feature = "redis")]
-    #[error(transparent)]
-    Store(#[from] tollgate_redis::ConfigError),
-}
-
-/// The layers of one backend. Each is present when its section is configured.
-#[derive(Clone, Debug)]
-struct Layers<F: FreezeList, St, R> {
-    auth: Option<AuthLayer<F>>,
-    fingerprint: Option<FingerprintLayer<St, F>>,
-    ratelimit: Option<RateLimitLayer<R>>,
-    anomaly: Option<AnomalyLayer>,
-}
-
-#[derive(Clone, Debug)]
-enum Backend {
-    Memory(Layers<MemoryFreezeList, MemorySessionStore, MemoryRateLimitStore>),
-    #[cfg(feature = "redis")]
-    Redis(
-        Layers<
-            tollgate_redis::RedisFreezeList,
-            tollgate_redis::RedisStore<tollgate_fingerprint::SessionRecord>,
-            tollgate_redis::RedisRateLimitStore,
-        >,
-    ),
-}
-
-/// Wraps a router in the privacy layer and a backend's layers, as one tower layer:
-/// axum boxes the route once per `Router::layer` call, and every box is cloned per
-/// request, so one composed layer costs one box instead of six.
-macro_rules! wrap {
-    ($privacy:expr, $layers:expr, $router:expr) => {{
-        let layers = $layers;
-        $router.layer(
-            ServiceBuilder::new()
-                .layer($privacy.clone())
-                .option_layer(layers.anomaly.as_ref().map(AnomalyLayer::failure_watch))
-                .option_layer(layers.auth.clone())
-                .option_layer(layers.fingerprint.clone())
-                .option_layer(layers.ratelimit.clone())
-                .option_layer(layers.anomaly.clone())
-                .map_response(IntoResponse::into_response),
-        )
-    }};
-}
-
-/// Runs `$body` with `$layers` bound to the backend's layers, whatever their types.
-macro_rules! with_layers {
-    ($backend:expr, $layers:ident => $body:expr) => {
-        match $backend {
-            Backend::Memory($layers) => $body,
-            #[cfg(feature = "redis")]
-            Backend::Redis($layers) => $body,
-        }
-    };
+    Config(#[from] ConfigError),
 }
 
 /// The composed stack. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Tollgate {
     pseudonymizer: Pseudonymizer,
+    routes: RouteMap<RoutePolicy>,
+    freeze_list: SharedFreezeList,
     privacy: PrivacyTraceLayer,
-    backend: Backend,
+    auth: Option<AuthLayer>,
+    fingerprint: Option<FingerprintLayer>,
+    ratelimit: Option<RateLimitLayer>,
+    anomaly: Option<AnomalyLayer>,
+    shared: bool,
 }
 
-/// Builds a [`Tollgate`] from a configuration, with optional overrides for tests and
-/// simulations (a fake clock) and for the error shape.
+/// Builds a [`Tollgate`] from a configuration, with what a file cannot hold: route
+/// policies in code, a fake clock for tests and simulations, the error shape.
 pub struct TollgateBuilder {
     config: TollgateConfig,
     clock: Option<SharedClock>,
@@ -198,8 +146,15 @@ impl TollgateBuilder {
     }
 
     /// Every layer renders its early answers this way instead of problem+json.
-    pub fn problem_responder(mut self, responder: ProblemResponder) -> Self {
+    pub fn responder(mut self, responder: ProblemResponder) -> Self {
         self.responder = responder;
+        self
+    }
+
+    /// Sets the policy of one route pattern (a template, `"/prefix/*"` or
+    /// `"default"`), replacing what the configuration says for it.
+    pub fn route(mut self, pattern: impl Into<String>, policy: RoutePolicy) -> Self {
+        self.config.routes.insert(pattern.into(), policy);
         self
     }
 
@@ -207,97 +162,127 @@ impl TollgateBuilder {
     pub async fn build(self) -> Result<Tollgate, BuildError> {
         let config = &self.config;
         let clock = self.clock.clone().unwrap_or_else(system_clock);
-        let shared_store = shared_store(config);
-        let pseudonymizer = pseudonymizer(&config.pseudonym, clock.clone(), shared_store)?;
-        let privacy = PrivacyTraceLayer::from_config(&config.privacy, pseudonymizer.clone())?;
+        let stores = Stores::new(config, &clock)?;
+        let pseudonymizer = pseudonymizer(&config.pseudonym, clock.clone(), stores.shared)?;
+        let p = &pseudonymizer;
+        let present = route::Present {
+            auth: config.auth.is_some(),
+            fingerprint: config.fingerprint.is_some(),
+            ratelimit: config.ratelimit.is_some(),
+            anomaly: config.anomaly.is_some(),
+        };
+        let routes = route::resolve(config.routes.iter().map(|(k, v)| (k.as_str(), v)), &present)?;
 
-        #[cfg(feature = "redis")]
-        if shared_store {
-            let backend = tollgate_redis::RedisBackend::new(&config.store)?;
-            let layers = self
-                .layers(
-                    &pseudonymizer,
-                    &clock,
-                    tollgate_redis::RedisFreezeList::new(&backend),
-                    |fp| fp.store(tollgate_redis::RedisStore::new(&backend)),
-                    |rl| rl.store(tollgate_redis::RedisRateLimitStore::new(&backend)),
-                )
-                .await?;
-            return Ok(Tollgate {
-                pseudonymizer,
-                privacy,
-                backend: Backend::Redis(layers),
-            });
-        }
-        let layers = self
-            .layers(
-                &pseudonymizer,
-                &clock,
-                MemoryFreezeList::with_clock(FREEZE_LIST_CAPACITY, clock.clone()),
-                |fp| fp,
-                |rl| rl,
-            )
-            .await?;
-        Ok(Tollgate {
-            pseudonymizer,
-            privacy,
-            backend: Backend::Memory(layers),
-        })
-    }
-
-    /// The configured layers over one backend's stores.
-    async fn layers<F: FreezeList, St, R>(
-        &self,
-        p: &Pseudonymizer,
-        clock: &SharedClock,
-        freeze: F,
-        session_store: impl FnOnce(FingerprintLayer<MemorySessionStore, F>) -> FingerprintLayer<St, F>,
-        rate_store: impl FnOnce(RateLimitLayer<MemoryRateLimitStore>) -> RateLimitLayer<R>,
-    ) -> Result<Layers<F, St, R>, BuildError> {
-        let config = &self.config;
+        let privacy = PrivacyTraceLayer::builder(config.privacy.clone(), p.clone())
+            .client(config.client.clone())
+            .routes(routes.map(|r| r.log.unwrap_or_default()))
+            .build()?;
         let auth = match &config.auth {
             Some(section) => Some(
                 AuthLayer::builder(section.clone(), p.clone())
-                    .freeze_list(freeze.clone())
+                    .freeze_list(stores.freeze_list.clone())
                     .clock(clock.clone())
                     .responder(self.responder.clone())
+                    .routes(routes.map(route::auth_route))
                     .build()
                     .await?,
             ),
             None => None,
         };
         let fingerprint = match &config.fingerprint {
-            Some(section) => Some(session_store(
-                FingerprintLayer::from_config(section, p.clone(), freeze.clone())?
+            Some(section) => {
+                let mut builder = FingerprintLayer::builder(section.clone(), p.clone())
+                    .freeze_list(stores.freeze_list.clone())
                     .clock(clock.clone())
-                    .problem_responder(self.responder.clone()),
-            )),
+                    .client(config.client.clone())
+                    .responder(self.responder.clone())
+                    .routes(routes.map(|r| r.fingerprint.unwrap_or(true)));
+                if let Some(store) = stores.sessions.clone() {
+                    builder = builder.store(store);
+                }
+                Some(builder.build()?)
+            }
             None => None,
         };
         let ratelimit = match &config.ratelimit {
-            Some(section) => Some(rate_store(
-                RateLimitLayer::new(section, p.clone())?
+            Some(section) => {
+                let mut builder = RateLimitLayer::builder(section.clone(), p.clone())
                     .clock(clock.clone())
-                    .responder(self.responder.clone()),
-            )),
+                    .client(config.client.clone())
+                    .responder(self.responder.clone())
+                    .routes(routes.map(|r| r.ratelimit.clone().unwrap_or_default()));
+                if let Some(store) = stores.rate_limits.clone() {
+                    builder = builder.store(store);
+                }
+                Some(builder.build()?)
+            }
             None => None,
         };
         let anomaly = match &config.anomaly {
             Some(section) => Some(
                 AnomalyLayer::builder(section.clone(), p.clone())
-                    .freeze_list(freeze.clone())
+                    .freeze_list(stores.freeze_list.clone())
                     .clock(clock.clone())
-                    .problem_responder(self.responder.clone())
+                    .client(config.client.clone())
+                    .responder(self.responder.clone())
+                    .routes(routes.map(|r| r.anomaly.clone().unwrap_or_default()))
                     .build()?,
             ),
             None => None,
         };
-        Ok(Layers {
+        Ok(Tollgate {
+            pseudonymizer,
+            routes,
+            freeze_list: stores.freeze_list,
+            privacy,
             auth,
             fingerprint,
             ratelimit,
             anomaly,
+            shared: stores.shared,
         })
+    }
+}
+
+/// Where the layers keep state: in process, or in Redis for every replica.
+struct Stores {
+    shared: bool,
+    freeze_list: SharedFreezeList,
+    sessions: Option<Arc<dyn tollgate_fingerprint::SessionStore>>,
+    rate_limits: Option<Arc<dyn tollgate_ratelimit::RateLimitStore>>,
+}
+
+impl Stores {
+    #[cfg(feature = "redis")]
+    fn new(config: &TollgateConfig, clock: &SharedClock) -> Result<Self, BuildError> {
+        if config.store.backend != tollgate_redis::StoreBackend::Redis {
+            return Ok(Self::memory(clock));
+        }
+        let backend = tollgate_redis::RedisBackend::new(&config.store)?;
+        Ok(Stores {
+            shared: true,
+            freeze_list: Arc::new(tollgate_redis::RedisFreezeList::new(&backend)),
+            sessions: Some(Arc::new(tollgate_redis::RedisStore::<tollgate_fingerprint::SessionRecord>::new(
+                &backend,
+            ))),
+            rate_limits: Some(Arc::new(tollgate_redis::RedisRateLimitStore::new(&backend))),
+        })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn new(_: &TollgateConfig, clock: &SharedClock) -> Result<Self, BuildError> {
+        Ok(Self::memory(clock))
+    }
+
+    /// In-process stores: each layer makes its own bounded store; the freeze list is
+    /// one for all.
+    fn memory(clock: &SharedClock) -> Self {
+        Stores {
+            shared: false,
+            freeze_list: Arc::new(MemoryFreezeList::with_clock(FREEZE_LIST_CAPACITY, clock.clone())),
+            sessions: None,
+            rate_limits: None,
+        }
     }
 }
 
@@ -324,72 +309,100 @@ impl Tollgate {
         &self.pseudonymizer
     }
 
-    /// Wraps `router` in the stack. Add routes (and [`Tollgate::freeze_admin`]) first:
-    /// axum applies a layer to the routes added before it.
-    pub fn apply<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
-        with_layers!(&self.backend, layers => wrap!(self.privacy, layers, router))
+    /// The route policies in force, each merged over `default`.
+    pub fn routes(&self) -> &RouteMap<RoutePolicy> {
+        &self.routes
     }
 
-    /// The freeze admin API (`GET`/`POST`/`DELETE /freezes`), guarded by the admin
-    /// scope, over the stack's freeze list. `None` without an `[auth]` section.
-    /// Nest it before [`Tollgate::apply`] so authentication runs in front of it.
+    /// The freeze list every layer shares.
+    pub fn freeze_list(&self) -> &SharedFreezeList {
+        &self.freeze_list
+    }
+
+    /// The privacy trace layer (always present).
+    pub fn privacy(&self) -> &PrivacyTraceLayer {
+        &self.privacy
+    }
+
+    /// The authentication layer, when `[auth]` is configured.
+    pub fn auth(&self) -> Option<&AuthLayer> {
+        self.auth.as_ref()
+    }
+
+    /// The fingerprinting layer, when `[fingerprint]` is configured.
+    pub fn fingerprint(&self) -> Option<&FingerprintLayer> {
+        self.fingerprint.as_ref()
+    }
+
+    /// The rate-limiting layer, when `[ratelimit]` is configured.
+    pub fn ratelimit(&self) -> Option<&RateLimitLayer> {
+        self.ratelimit.as_ref()
+    }
+
+    /// The anomaly layer, when `[anomaly]` is configured.
+    pub fn anomaly(&self) -> Option<&AnomalyLayer> {
+        self.anomaly.as_ref()
+    }
+
+    /// Wraps `router` in the stack. Add routes (and [`Tollgate::freeze_admin`]) first:
+    /// axum applies a layer to the routes added before it.
+    ///
+    /// The layers are applied as one tower layer: axum boxes the route once per
+    /// `Router::layer` call, and every box is cloned per request.
+    pub fn apply<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.layer(
+            ServiceBuilder::new()
+                .layer(self.privacy.clone())
+                .option_layer(self.anomaly.as_ref().map(AnomalyLayer::failure_watch))
+                .option_layer(self.auth.clone())
+                .option_layer(self.fingerprint.clone())
+                .option_layer(self.ratelimit.clone())
+                .option_layer(self.anomaly.clone())
+                .map_response(IntoResponse::into_response),
+        )
+    }
+
+    /// The freeze admin API (`GET`/`POST`/`DELETE /freezes`) over the stack's freeze
+    /// list. `None` without an `[auth]` section. Nest it (under a route pattern whose
+    /// policy requires the admin scope, such as `"/admin/*"`) before
+    /// [`Tollgate::apply`] so authentication runs in front of it.
     pub fn freeze_admin(&self) -> Option<Router> {
-        with_layers!(&self.backend, layers => layers.auth.as_ref().map(|a| a.freeze_admin().router()))
+        self.auth.as_ref().map(|a| a.freeze_admin().router())
     }
 
     /// Every field the stack logs or stores: name, source, purpose, retention.
     pub fn inventory(&self) -> DataInventory {
         let mut inventory = DataInventory::default();
         inventory.extend(self.privacy.inventory());
-        with_layers!(&self.backend, layers => {
-            if let Some(l) = &layers.auth {
-                inventory.extend(l.inventory());
-            }
-            if let Some(l) = &layers.fingerprint {
-                inventory.extend(l.inventory());
-            }
-            if let Some(l) = &layers.ratelimit {
-                inventory.extend(l.inventory());
-            }
-            if let Some(l) = &layers.anomaly {
-                inventory.extend(l.inventory());
-            }
-        });
+        if let Some(l) = &self.auth {
+            inventory.extend(l.inventory());
+        }
+        if let Some(l) = &self.fingerprint {
+            inventory.extend(l.inventory());
+        }
+        if let Some(l) = &self.ratelimit {
+            inventory.extend(l.inventory());
+        }
+        if let Some(l) = &self.anomaly {
+            inventory.extend(l.inventory());
+        }
         inventory
     }
 
     /// True when state is shared through Redis.
     pub fn is_shared(&self) -> bool {
-        !matches!(self.backend, Backend::Memory(_))
+        self.shared
     }
-}
-
-#[cfg(feature = "redis")]
-fn shared_store(config: &TollgateConfig) -> bool {
-    config.store.backend == tollgate_redis::StoreBackend::Redis
-}
-
-#[cfg(not(feature = "redis"))]
-fn shared_store(_: &TollgateConfig) -> bool {
-    false
 }
 
 /// The pseudonymizer from the environment variable, else the config, else (only
 /// without a shared store) a random secret, with a warning.
-fn pseudonymizer(
-    config: &PseudonymConfig,
-    clock: SharedClock,
-    shared_store: bool,
-) -> Result<Pseudonymizer, BuildError> {
+fn pseudonymizer(config: &PseudonymConfig, clock: SharedClock, shared_store: bool) -> Result<Pseudonymizer, BuildError> {
     let configured = match PseudonymSecret::from_env()? {
         Some(secret) => Some(secret),
-        None => config
-            .secret
-            .as_deref()
-            .map(PseudonymSecret::from_hex)
-            .transpose()?,
+        None => config.secret.as_deref().map(PseudonymSecret::from_hex).transpose()?,
     };
-    let epoch = config.epoch().max(Duration::from_secs(1));
+    let epoch = config.epoch.max(Duration::from_secs(1));
     match configured {
         Some(secret) => Ok(Pseudonymizer::with_clock(secret, epoch, clock)),
         None if shared_store => Err(BuildError::SecretRequired),

@@ -1,12 +1,11 @@
 //! What the privacy trace layer logs, per route.
 
-use std::collections::HashMap;
-
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
-use tollgate_core::ClientConfig;
+use tollgate_core::ConfigError;
 
-/// How much a route's request span and log line carry.
+/// How much a route's request span and log line carry: the privacy layer's per-route
+/// setting (`log = "minimal"` in a `[routes."<template>"]` table).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogProfile {
@@ -22,30 +21,22 @@ pub enum LogProfile {
 
 /// The privacy trace layer's configuration, as read from a config file.
 ///
-/// ```
-/// use tollgate_privacy::{LogProfile, PrivacyConfig};
+/// Per-route profiles and client resolution are not here: they are shared by the
+/// whole stack and given to the builder ([`crate::PrivacyTraceBuilder::routes`],
+/// [`crate::PrivacyTraceBuilder::client`]).
 ///
-/// let config: PrivacyConfig = toml::from_str(r#"
-///     log_headers = ["accept"]
-///     [routes]
-///     "/health" = "minimal"
-///     [client]
-///     trusted_proxies = ["10.0.0.0/8"]
-/// "#).unwrap();
-/// assert_eq!(config.routes["/health"], LogProfile::Minimal);
+/// ```
+/// use tollgate_privacy::PrivacyConfig;
+///
+/// let config: PrivacyConfig = toml::from_str(r#"log_headers = ["accept"]"#).unwrap();
+/// assert_eq!(config.log_headers, ["accept"]);
 /// ```
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// How the client's network is found (trusted proxies) and coarsened.
-    pub client: ClientConfig,
     /// Request headers whose values may be logged. Headers that carry identifiers
     /// (see [`FORBIDDEN_HEADERS`]) are refused.
     pub log_headers: Vec<String>,
-    /// The profile of routes not listed in `routes`.
-    pub default_profile: LogProfile,
-    /// Per-route profiles, keyed by route template (`/v1/items/{id}`).
-    pub routes: HashMap<String, LogProfile>,
 }
 
 /// Headers that carry identifiers or credentials and can never be logged.
@@ -67,23 +58,16 @@ pub const FORBIDDEN_HEADERS: &[&str] = &[
     "referer",
 ];
 
-/// A configuration the privacy trace layer refuses.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PrivacyConfigError {
-    /// `log_headers` names a header that carries identifiers.
-    #[error("privacy.log_headers: `{0}` carries identifiers or credentials and cannot be logged")]
-    ForbiddenHeader(String),
-    /// `log_headers` names something that is not a header name.
-    #[error("privacy.log_headers: `{0}` is not a valid header name")]
-    InvalidHeader(String),
-}
-
 /// Checks one allowlisted header name.
-pub(crate) fn allowed_header(name: &str) -> Result<HeaderName, PrivacyConfigError> {
-    let header =
-        HeaderName::try_from(name).map_err(|_| PrivacyConfigError::InvalidHeader(name.to_string()))?;
+pub(crate) fn allowed_header(name: &str) -> Result<HeaderName, ConfigError> {
+    const SETTING: &str = "privacy.log_headers";
+    let header = HeaderName::try_from(name)
+        .map_err(|_| ConfigError::new(SETTING, format!("`{name}` is not a valid header name")))?;
     if FORBIDDEN_HEADERS.contains(&header.as_str()) {
-        return Err(PrivacyConfigError::ForbiddenHeader(header.as_str().to_string()));
+        return Err(ConfigError::new(
+            SETTING,
+            format!("`{header}` carries identifiers or credentials and cannot be logged"),
+        ));
     }
     Ok(header)
 }

@@ -7,15 +7,21 @@
 //! string, the client address, the user agent, credentials, or any header outside
 //! the allowlist.
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 mod config;
+mod future;
+mod inventory;
 mod layer;
 mod log;
+mod service;
 mod trace_id;
 mod writer;
 
-pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig, PrivacyConfigError};
-pub use layer::{PrivacyTrace, PrivacyTraceLayer, ResponseFuture, TARGET, UNMATCHED_ROUTE};
+pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
+pub use future::ResponseFuture;
+pub use layer::{PrivacyTraceBuilder, PrivacyTraceLayer};
+pub use service::{PrivacyTraceService, TARGET, UNMATCHED_ROUTE};
 pub use log::{ADDRESS_LOGGING_TARGETS, JsonLogLayer, json_layer};
 pub use trace_id::{TraceId, TraceIdHex};
 pub use writer::{BatchLine, BatchWriter, FlushGuard};

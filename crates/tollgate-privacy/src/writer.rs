@@ -82,6 +82,12 @@ impl BatchWriter {
         BatchWriter::new(io::stdout(), Duration::from_millis(50))
     }
 
+    /// A batch writer over standard error, flushing every 50 ms (for programs whose
+    /// standard output carries something else).
+    pub fn stderr() -> (BatchWriter, FlushGuard) {
+        BatchWriter::new(io::stderr(), Duration::from_millis(50))
+    }
+
     /// A batch writer over `output`, flushing every `interval`.
     pub fn new(output: impl Write + Send + 'static, interval: Duration) -> (BatchWriter, FlushGuard) {
         let shared = Arc::new(Shared {

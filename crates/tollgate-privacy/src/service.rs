@@ -1,0 +1,156 @@
+//! [`PrivacyTraceService`]: opens the request span and hands the client on.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::MatchedPath;
+use http::{HeaderName, Request, Response};
+use tollgate_core::fields;
+use tower::Service;
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::config::LogProfile;
+use crate::future::ResponseFuture;
+use crate::layer::Config;
+use crate::trace_id::TraceId;
+
+/// The `target` of request spans and their completion events.
+pub const TARGET: &str = "tollgate::request";
+/// The route recorded when no route matched: the raw path is never logged.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+/// Longest header value logged; longer values are cut.
+const MAX_HEADER_VALUE: usize = 64;
+
+/// The service made by [`PrivacyTraceLayer`](crate::PrivacyTraceLayer).
+#[derive(Clone, Debug)]
+pub struct PrivacyTraceService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> PrivacyTraceService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        PrivacyTraceService { inner, config }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PrivacyTraceService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let config = &*self.config;
+        let profile = *config.routes.get(config.routes.table().resolve_and_insert(&mut req));
+        let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+        let trace_id = TraceId::from_headers_or_new(req.headers());
+        let span = open_span(
+            profile,
+            req.method().as_str(),
+            route.unwrap_or(UNMATCHED_ROUTE),
+            trace_id,
+        );
+
+        let client = config
+            .client
+            .resolve(req.extensions(), req.headers(), &config.pseudonymizer);
+        if let Some(client) = client {
+            if profile == LogProfile::Full {
+                span.record(
+                    fields::CLIENT_NETWORK,
+                    client.network_pseudonym().to_hex().as_str(),
+                );
+            }
+            req.extensions_mut().insert(client);
+        }
+        if profile == LogProfile::Full && !config.log_headers.is_empty() {
+            span.record(
+                fields::HEADERS,
+                allowlisted_headers(&config.log_headers, req.headers()).as_str(),
+            );
+        }
+        req.extensions_mut().insert(trace_id);
+
+        let inner = span.in_scope(|| self.inner.call(req));
+        ResponseFuture::new(inner, span, start, profile != LogProfile::Off)
+    }
+}
+
+fn open_span(profile: LogProfile, method: &str, route: &str, trace_id: TraceId) -> Span {
+    let trace_id = trace_id.to_hex();
+    // One callsite per profile: a span can only carry fields its callsite declares,
+    // so the minimal profile cannot leak what it does not declare.
+    match profile {
+        LogProfile::Full => tracing::info_span!(
+            target: TARGET,
+            "request",
+            http.method = method,
+            http.route = route,
+            http.status = Empty,
+            latency_us = Empty,
+            trace_id = trace_id.as_str(),
+            client.network = Empty,
+            http.headers = Empty,
+            principal = Empty,
+            credential = Empty,
+            tier = Empty,
+            auth.error = Empty,
+            session = Empty,
+            session.health = Empty,
+            session.reasons = Empty,
+            session.action = Empty,
+            ratelimit.policy = Empty,
+            ratelimit.outcome = Empty,
+            ratelimit.remaining = Empty,
+            anomaly = Empty,
+        ),
+        LogProfile::Minimal => tracing::info_span!(
+            target: TARGET,
+            "request",
+            http.method = method,
+            http.route = route,
+            http.status = Empty,
+            latency_us = Empty,
+            trace_id = trace_id.as_str(),
+        ),
+        LogProfile::Off => Span::none(),
+    }
+}
+
+/// `name=value` pairs of the allowlisted headers present, values cut to printable ASCII.
+fn allowlisted_headers(allow: &[HeaderName], headers: &http::HeaderMap) -> String {
+    let mut out = String::new();
+    for name in allow {
+        for value in headers.get_all(name) {
+            let text: String = value
+                .as_bytes()
+                .iter()
+                .take(MAX_HEADER_VALUE)
+                .map(|b| {
+                    if b.is_ascii_graphic() || *b == b' ' {
+                        *b as char
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            let _ = write!(out, "{}={}", name.as_str(), text);
+        }
+    }
+    out
+}
+
