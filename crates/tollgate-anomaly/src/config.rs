@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tollgate_core::SessionHealth;
+use tollgate_core::config::duration;
+use tollgate_core::{ConfigError, SessionHealth};
 
 use crate::tags::{AnomalyKind, KIND_COUNT};
 
@@ -46,7 +47,7 @@ impl Action {
 }
 
 /// An action per anomaly kind; a missing entry means `record` globally and "as
-/// configured globally" in a route override.
+/// configured globally" in an [`crate::AnomalyRoute`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActionMap {
@@ -95,91 +96,15 @@ impl ActionMap {
     }
 }
 
-/// A per-route policy: action overrides and detectors turned off on this route.
-///
-/// Set in config under `[anomaly.routes."/v1/items/{id}"]`, or inserted into request
-/// extensions (which wins over config) by a layer or handler outside the anomaly layer.
-///
-/// ```
-/// use tollgate_anomaly::{Action, AnomalyKind, RoutePolicy};
-///
-/// let policy = RoutePolicy::default()
-///     .action(AnomalyKind::Enumeration, Action::Block)
-///     .disable(AnomalyKind::Volume);
-/// assert!(!policy.is_enabled(AnomalyKind::Volume));
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoutePolicy {
-    /// Action overrides for this route.
-    pub actions: ActionMap,
-    /// Detectors that do not run on this route.
-    pub disabled: Vec<AnomalyKind>,
-    /// Skip the anomaly layer entirely on this route (health checks).
-    pub skip: bool,
-}
-
-impl RoutePolicy {
-    /// Sets the action for `kind` on this route.
-    pub fn action(mut self, kind: AnomalyKind, action: Action) -> Self {
-        self.actions = self.actions.set(kind, action);
-        self
-    }
-
-    /// Turns `kind`'s detector off on this route.
-    pub fn disable(mut self, kind: AnomalyKind) -> Self {
-        if !self.disabled.contains(&kind) {
-            self.disabled.push(kind);
-        }
-        self
-    }
-
-    /// Skips the layer on this route.
-    pub fn skip(mut self) -> Self {
-        self.skip = true;
-        self
-    }
-
-    /// True if `kind`'s detector runs on this route.
-    pub fn is_enabled(&self, kind: AnomalyKind) -> bool {
-        !self.skip && !self.disabled.contains(&kind)
-    }
-
-    pub(crate) fn compile(&self) -> CompiledPolicy {
-        let mut disabled = 0u8;
-        for k in &self.disabled {
-            disabled |= 1 << k.index();
-        }
-        CompiledPolicy {
-            actions: self.actions.to_array(),
-            disabled,
-            skip: self.skip,
-        }
-    }
-}
-
-/// A route policy in the form the request path reads.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct CompiledPolicy {
-    pub actions: [Option<Action>; KIND_COUNT],
-    pub disabled: u8,
-    pub skip: bool,
-}
-
-impl CompiledPolicy {
-    pub fn enabled(&self, kind: AnomalyKind) -> bool {
-        self.disabled & (1 << kind.index()) == 0
-    }
-}
-
 /// Volume: a principal's rate far above its own baseline and above its tier's norm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VolumeConfig {
     /// Run this detector.
     pub enabled: bool,
-    /// The rate window in seconds (rates are requests per window).
-    pub window_secs: u64,
+    /// The rate window (rates are requests per window).
+    #[serde(with = "duration")]
+    pub window: Duration,
     /// How many times its own baseline a principal's rate must reach.
     pub baseline_factor: f64,
     /// The weight of each new active, untagged window in the baseline (EWMA), in (0, 1].
@@ -190,21 +115,22 @@ pub struct VolumeConfig {
     pub default_norm: u32,
     /// The most principals and networks tracked.
     pub max_entries: usize,
-    /// Seconds after its last request that a principal's baseline is forgotten.
-    pub ttl_secs: u64,
+    /// How long after its last request a principal's baseline is forgotten.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
 }
 
 impl Default for VolumeConfig {
     fn default() -> Self {
         VolumeConfig {
             enabled: true,
-            window_secs: 60,
+            window: Duration::from_secs(60),
             baseline_factor: 4.0,
             baseline_alpha: 0.2,
             tier_norms: BTreeMap::new(),
             default_norm: 120,
             max_entries: 100_000,
-            ttl_secs: 6 * 3600,
+            ttl: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -215,14 +141,16 @@ impl Default for VolumeConfig {
 pub struct StuffingConfig {
     /// Run this detector.
     pub enabled: bool,
-    /// The counting window in seconds.
-    pub window_secs: u64,
+    /// The counting window.
+    #[serde(with = "duration")]
+    pub window: Duration,
     /// 401 answers per window from one network prefix above which it is tagged.
     pub max_failures: u32,
     /// Distinct subjects authenticated per window from one prefix above which it is tagged.
     pub max_subjects: u32,
-    /// Seconds a tagged prefix stays tagged after the last trigger.
-    pub hold_secs: u64,
+    /// How long a tagged prefix stays tagged after the last trigger.
+    #[serde(with = "duration")]
+    pub hold: Duration,
     /// The most network prefixes tracked.
     pub max_entries: usize,
 }
@@ -231,10 +159,10 @@ impl Default for StuffingConfig {
     fn default() -> Self {
         StuffingConfig {
             enabled: true,
-            window_secs: 600,
+            window: Duration::from_secs(600),
             max_failures: 20,
             max_subjects: 30,
-            hold_secs: 900,
+            hold: Duration::from_secs(900),
             max_entries: 50_000,
         }
     }
@@ -246,8 +174,9 @@ impl Default for StuffingConfig {
 pub struct EnumerationConfig {
     /// Run this detector.
     pub enabled: bool,
-    /// The counting window in seconds (ids are counted over one to two windows).
-    pub window_secs: u64,
+    /// The counting window (ids are counted over one to two windows).
+    #[serde(with = "duration")]
+    pub window: Duration,
     /// Distinct object ids on one route template above which a session is tagged.
     pub max_distinct_ids: u32,
     /// Requests on one route before the error ratio is judged.
@@ -262,7 +191,7 @@ impl Default for EnumerationConfig {
     fn default() -> Self {
         EnumerationConfig {
             enabled: true,
-            window_secs: 4 * 3600,
+            window: Duration::from_secs(4 * 3600),
             max_distinct_ids: 100,
             ratio_min_requests: 20,
             max_error_ratio: 0.5,
@@ -325,10 +254,12 @@ pub struct SequenceConfig {
     pub rare_route: f64,
     /// The most distinct route templates modelled; later ones share one bucket.
     pub max_routes: usize,
-    /// Seconds of inactivity after which a session starts over.
-    pub session_gap_secs: u64,
-    /// The model keeps two generations of counts, each this many seconds long.
-    pub model_window_secs: u64,
+    /// Inactivity after which a session starts over.
+    #[serde(with = "duration")]
+    pub session_gap: Duration,
+    /// The model keeps two generations of counts, each this long.
+    #[serde(with = "duration")]
+    pub model_window: Duration,
     /// The most sessions tracked.
     pub max_entries: usize,
 }
@@ -342,8 +273,8 @@ impl Default for SequenceConfig {
             min_total_observations: 20_000,
             rare_route: 0.0002,
             max_routes: 64,
-            session_gap_secs: 900,
-            model_window_secs: 86_400,
+            session_gap: Duration::from_secs(900),
+            model_window: Duration::from_secs(86_400),
             max_entries: 100_000,
         }
     }
@@ -353,12 +284,15 @@ impl Default for SequenceConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PenaltyConfig {
-    /// Seconds a `block` lasts.
-    pub block_secs: u64,
-    /// Seconds a `throttle` lasts.
-    pub throttle_secs: u64,
-    /// Seconds a `freeze` lasts (an operator can lift it sooner, or freeze for good by hand).
-    pub freeze_secs: u64,
+    /// How long a `block` lasts.
+    #[serde(with = "duration")]
+    pub block: Duration,
+    /// How long a `throttle` lasts.
+    #[serde(with = "duration")]
+    pub throttle: Duration,
+    /// How long a `freeze` lasts (an operator can lift it sooner, or freeze for good by hand).
+    #[serde(with = "duration")]
+    pub freeze: Duration,
     /// The most callers under a penalty at once.
     pub max_entries: usize,
 }
@@ -366,9 +300,9 @@ pub struct PenaltyConfig {
 impl Default for PenaltyConfig {
     fn default() -> Self {
         PenaltyConfig {
-            block_secs: 600,
-            throttle_secs: 600,
-            freeze_secs: 86_400,
+            block: Duration::from_secs(600),
+            throttle: Duration::from_secs(600),
+            freeze: Duration::from_secs(86_400),
             max_entries: 100_000,
         }
     }
@@ -382,8 +316,9 @@ pub struct ThrottleConfig {
     pub tier: String,
     /// Requests allowed per period.
     pub requests: u32,
-    /// The period in seconds.
-    pub period_secs: u64,
+    /// The period.
+    #[serde(with = "duration")]
+    pub period: Duration,
     /// Extra requests allowed in a burst.
     pub burst: u32,
 }
@@ -393,26 +328,35 @@ impl Default for ThrottleConfig {
         ThrottleConfig {
             tier: "anomaly-throttle".into(),
             requests: 10,
-            period_secs: 60,
+            period: Duration::from_secs(60),
             burst: 0,
         }
     }
 }
 
-/// The anomaly layer's configuration (TOML section `[anomaly]`).
+/// The anomaly layer's configuration (TOML section `[anomaly]`). Durations are
+/// strings such as `"90s"`, `"15m"` or `"1d"`. Per-route policies are not part of
+/// it: they are an [`crate::AnomalyRoute`] per route, given to
+/// [`crate::AnomalyBuilder::routes`].
 ///
 /// ```
+/// use std::time::Duration;
+///
 /// let config: tollgate_anomaly::AnomalyConfig = toml::from_str(r#"
 ///     report_only = true
 ///     [actions]
 ///     enumeration = "block"
+///     [volume]
+///     window = "1m"
 ///     [volume.tier_norms]
 ///     free = 120
 ///     pro = 1200
-///     [routes."/health"]
-///     skip = true
+///     [penalties]
+///     block = "10m"
 /// "#).unwrap();
 /// assert!(config.report_only);
+/// assert_eq!(config.penalties.block, Duration::from_secs(600));
+/// config.validate().unwrap();
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -423,8 +367,6 @@ pub struct AnomalyConfig {
     pub debug_header: bool,
     /// The action per anomaly kind (default: `record` for all).
     pub actions: ActionMap,
-    /// Per-route policies, keyed by route template.
-    pub routes: BTreeMap<String, RoutePolicy>,
     /// The volume detector.
     pub volume: VolumeConfig,
     /// The credential-stuffing detector.
@@ -441,24 +383,8 @@ pub struct AnomalyConfig {
     pub throttle: ThrottleConfig,
 }
 
-/// A configuration that cannot work, naming the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("anomaly.{setting}: {reason}")]
-pub struct ConfigError {
-    /// The setting at fault, such as `volume.baseline_factor`.
-    pub setting: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError {
-            setting: setting.into(),
-            reason: reason.into(),
-        }
-    }
-}
+/// The TOML section of this configuration: the prefix of every setting an error names.
+pub(crate) const SECTION: &str = "anomaly";
 
 fn positive(setting: &str, v: u64) -> Result<(), ConfigError> {
     if v == 0 {
@@ -467,18 +393,21 @@ fn positive(setting: &str, v: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The longest duration any setting takes: a year.
-const MAX_SECS: u64 = 366 * 86_400;
+/// The longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
-fn duration(setting: &str, v: u64) -> Result<(), ConfigError> {
-    positive(setting, v)?;
-    if v > MAX_SECS {
-        return Err(ConfigError::new(
-            setting,
-            format!("must be at most {MAX_SECS} seconds"),
-        ));
+fn at_most_max(setting: &str, v: Duration) -> Result<(), ConfigError> {
+    if v > MAX_DURATION {
+        return Err(ConfigError::new(setting, "must be at most 366d"));
     }
     Ok(())
+}
+
+fn nonzero(setting: &str, v: Duration) -> Result<(), ConfigError> {
+    if v.is_zero() {
+        return Err(ConfigError::new(setting, "must be greater than 0"));
+    }
+    at_most_max(setting, v)
 }
 
 fn fraction(setting: &str, v: f64) -> Result<(), ConfigError> {
@@ -489,13 +418,18 @@ fn fraction(setting: &str, v: f64) -> Result<(), ConfigError> {
 }
 
 impl AnomalyConfig {
-    /// Checks every setting; the error names the first one at fault.
+    /// Checks every setting; the error names the first one at fault by its path in
+    /// the configuration file (`anomaly.volume.baseline_factor`).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|e| e.in_section(SECTION))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         let v = &self.volume;
-        duration("volume.window_secs", v.window_secs)?;
+        nonzero("volume.window", v.window)?;
         positive("volume.default_norm", u64::from(v.default_norm))?;
         positive("volume.max_entries", v.max_entries as u64)?;
-        duration("volume.ttl_secs", v.ttl_secs)?;
+        nonzero("volume.ttl", v.ttl)?;
         if !(v.baseline_factor > 1.0 && v.baseline_factor.is_finite()) {
             return Err(ConfigError::new(
                 "volume.baseline_factor",
@@ -512,18 +446,13 @@ impl AnomalyConfig {
             }
         }
         let s = &self.stuffing;
-        if s.hold_secs > MAX_SECS {
-            return Err(ConfigError::new(
-                "stuffing.hold_secs",
-                format!("must be at most {MAX_SECS} seconds"),
-            ));
-        }
-        duration("stuffing.window_secs", s.window_secs)?;
+        at_most_max("stuffing.hold", s.hold)?;
+        nonzero("stuffing.window", s.window)?;
         positive("stuffing.max_failures", u64::from(s.max_failures))?;
         positive("stuffing.max_subjects", u64::from(s.max_subjects))?;
         positive("stuffing.max_entries", s.max_entries as u64)?;
         let e = &self.enumeration;
-        duration("enumeration.window_secs", e.window_secs)?;
+        nonzero("enumeration.window", e.window)?;
         positive("enumeration.max_distinct_ids", u64::from(e.max_distinct_ids))?;
         if e.max_distinct_ids > 1_000 {
             return Err(ConfigError::new(
@@ -538,8 +467,8 @@ impl AnomalyConfig {
         fraction("sequence.rare_transition", q.rare_transition)?;
         fraction("sequence.rare_route", q.rare_route)?;
         positive("sequence.min_observations", u64::from(q.min_observations))?;
-        duration("sequence.session_gap_secs", q.session_gap_secs)?;
-        duration("sequence.model_window_secs", q.model_window_secs)?;
+        nonzero("sequence.session_gap", q.session_gap)?;
+        nonzero("sequence.model_window", q.model_window)?;
         positive("sequence.max_entries", q.max_entries as u64)?;
         if q.max_routes == 0 || q.max_routes > 250 {
             return Err(ConfigError::new(
@@ -548,23 +477,15 @@ impl AnomalyConfig {
             ));
         }
         let p = &self.penalties;
-        duration("penalties.block_secs", p.block_secs)?;
-        duration("penalties.throttle_secs", p.throttle_secs)?;
-        duration("penalties.freeze_secs", p.freeze_secs)?;
+        nonzero("penalties.block", p.block)?;
+        nonzero("penalties.throttle", p.throttle)?;
+        nonzero("penalties.freeze", p.freeze)?;
         positive("penalties.max_entries", p.max_entries as u64)?;
         let t = &self.throttle;
         positive("throttle.requests", u64::from(t.requests))?;
-        duration("throttle.period_secs", t.period_secs)?;
+        nonzero("throttle.period", t.period)?;
         if t.tier.is_empty() {
             return Err(ConfigError::new("throttle.tier", "must not be empty"));
-        }
-        for route in self.routes.keys() {
-            if !route.starts_with('/') {
-                return Err(ConfigError::new(
-                    format!("routes.\"{route}\""),
-                    "a route template starts with '/' (for example \"/v1/items/{id}\")",
-                ));
-            }
         }
         Ok(())
     }
@@ -573,24 +494,12 @@ impl AnomalyConfig {
     pub fn action(&self, kind: AnomalyKind) -> Action {
         self.actions.get(kind).unwrap_or_default()
     }
-
-    /// True if some global or per-route action is `freeze`.
-    pub fn uses(&self, action: Action) -> bool {
-        AnomalyKind::ALL.iter().any(|k| self.action(*k) == action)
-            || self
-                .routes
-                .values()
-                .any(|r| AnomalyKind::ALL.iter().any(|k| r.actions.get(*k) == Some(action)))
-    }
-}
-
-pub(crate) fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::AnomalyRoute;
 
     #[test]
     fn defaults_are_valid_and_record_only() {
@@ -604,15 +513,26 @@ mod tests {
         let mut c = AnomalyConfig::default();
         c.volume.baseline_factor = 0.5;
         let e = c.validate().unwrap_err();
-        assert_eq!(e.setting, "volume.baseline_factor");
-        assert!(e.to_string().starts_with("anomaly.volume.baseline_factor"));
+        assert_eq!(e.setting, "anomaly.volume.baseline_factor");
+        assert!(
+            e.to_string().starts_with("anomaly.volume.baseline_factor: must be"),
+            "{e}"
+        );
         c.volume.baseline_factor = 4.0;
-        c.enumeration.window_secs = u64::MAX;
-        assert_eq!(c.validate().unwrap_err().setting, "enumeration.window_secs");
-        let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow = 3");
+        c.enumeration.window = Duration::from_secs(400 * 86_400);
+        assert_eq!(c.validate().unwrap_err().setting, "anomaly.enumeration.window");
+        c.enumeration.window = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().setting, "anomaly.enumeration.window");
+        // The old keys with a unit suffix are refused, and durations are strings.
+        let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow_secs = 60");
         assert!(bad.unwrap_err().to_string().contains("unknown field"));
+        let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow = 60");
+        assert!(bad.is_err());
         let bad: Result<AnomalyConfig, _> = toml::from_str("[actions]\nvolume = \"explode\"");
         assert!(bad.is_err());
+        // Per-route policies are no longer part of this section.
+        let bad: Result<AnomalyConfig, _> = toml::from_str("[routes.\"/health\"]\nskip = true");
+        assert!(bad.unwrap_err().to_string().contains("unknown field"));
     }
 
     /// The snippet given to the demo gateway's `[anomaly]` section.
@@ -634,36 +554,44 @@ mod tests {
             pro = 1200
             [anomaly.throttle]
             requests = 10
-            period_secs = 60
+            period = "60s"
             [anomaly.penalties]
-            block_secs = 600
-            throttle_secs = 600
-            freeze_secs = 86400
-            [anomaly.routes."/health"]
-            skip = true
+            block = "10m"
+            throttle = "10m"
+            freeze = "1d"
             "#,
         )
         .unwrap();
         let c: AnomalyConfig = outer["anomaly"].clone().try_into().unwrap();
         c.validate().unwrap();
         assert_eq!(c.action(AnomalyKind::TokenSharing), Action::Freeze);
-        assert!(c.routes["/health"].skip);
+        assert_eq!(c.throttle.period, Duration::from_secs(60));
+        assert_eq!(c.penalties.freeze, Duration::from_secs(86_400));
+        // Written back, durations stay strings.
+        let again: AnomalyConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
     }
 
     #[test]
     fn route_policy_from_toml() {
-        let c: AnomalyConfig = toml::from_str(
+        // As a facade's `[routes."<template>"]` table would carry it.
+        let routes: BTreeMap<String, AnomalyRoute> = toml::from_str(
             r#"
-            [routes."/v1/login"]
+            ["/v1/login"]
             actions = { credential_stuffing = "block" }
             disabled = ["volume"]
+            ["/health"]
+            skip = true
             "#,
         )
         .unwrap();
-        let r = &c.routes["/v1/login"];
+        let r = &routes["/v1/login"];
         assert_eq!(r.actions.credential_stuffing, Some(Action::Block));
         assert!(!r.is_enabled(AnomalyKind::Volume));
-        assert!(c.uses(Action::Block));
-        assert!(!c.uses(Action::Freeze));
+        assert!(r.is_enabled(AnomalyKind::Enumeration));
+        assert!(routes["/health"].skip);
+        assert!(!routes["/health"].is_enabled(AnomalyKind::Enumeration));
+        let bad: Result<AnomalyRoute, _> = toml::from_str("skipped = true");
+        assert!(bad.unwrap_err().to_string().contains("unknown field"));
     }
 }

@@ -10,7 +10,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use tollgate_core::pseudonym::{Domain, Pseudonymizer};
 
 /// The pseudonym domain from which the anomaly layer derives its hash key.
-pub const HASH_DOMAIN: Domain = Domain::new("anomaly-hash-key");
+const HASH_DOMAIN: Domain = Domain::new("anomaly-hash-key");
 
 /// Domain tags that keep keys of different kinds apart.
 #[derive(Clone, Copy, Debug)]
@@ -30,7 +30,7 @@ const KINDS: usize = 8;
 
 /// A keyed hasher; cloning the pre-keyed state is the whole per-hash setup.
 #[derive(Clone, Debug)]
-pub struct KeyedHasher {
+pub(crate) struct KeyedHasher {
     base: DefaultHasher,
     /// Secret per-kind salts for [`KeyedHasher::derive`], themselves keyed hashes.
     salts: [u64; KINDS],
@@ -38,7 +38,7 @@ pub struct KeyedHasher {
 
 impl KeyedHasher {
     /// A hasher keyed by 16 secret bytes.
-    pub fn new(key: [u8; 16]) -> Self {
+    pub(crate) fn new(key: [u8; 16]) -> Self {
         let mut base = DefaultHasher::new();
         base.write(&key);
         let salts = std::array::from_fn(|kind| {
@@ -52,7 +52,7 @@ impl KeyedHasher {
 
     /// A hasher keyed from the pseudonym secret (stable for a given secret, so
     /// simulator runs are reproducible).
-    pub fn from_pseudonymizer(p: &Pseudonymizer) -> Self {
+    pub(crate) fn from_pseudonymizer(p: &Pseudonymizer) -> Self {
         let digest = p.digest(HASH_DOMAIN, b"v1");
         let mut key = [0u8; 16];
         let hex = digest.to_hex();

@@ -13,14 +13,16 @@
 //!
 //! The verdict goes into [`AnomalyTags`] (request and response extensions), the
 //! request span's `anomaly` field (`kind:score` pairs, then `;action=...`), and
-//! optionally an `x-tollgate-anomaly` response header. Per tag and per route, the
-//! action is `record` (default), `throttle` (a stricter rate-limit tier),
-//! `block` (403 `request-blocked`) or `freeze` (the credential goes on the freeze
-//! list); `report_only` records what would have been done.
+//! optionally an `x-tollgate-anomaly` response header. Per tag, the action is
+//! `record` (default), `throttle` (a stricter rate-limit tier), `block` (403
+//! `request-blocked`) or `freeze` (the credential goes on the freeze list);
+//! `report_only` records what would have been done. Per route, an [`AnomalyRoute`]
+//! skips the layer, turns detectors off or overrides actions
+//! ([`AnomalyBuilder::routes`]).
 //!
 //! # Where the layers go
 //! ```text
-//! PrivacyTraceLayer            (outermost: span, ClientContext)
+//! PrivacyTraceLayer            (outermost: span, ClientContext, Route)
 //!   FailureWatchLayer          (anomaly.failure_watch(): counts auth's 401s per network)
 //!     AuthLayer                (Principal; 401/403)
 //!       FingerprintLayer       (SessionInfo)
@@ -32,25 +34,38 @@
 //! No raw identifier is kept: state is keyed by keyed hashes of pseudonyms, digests
 //! and coarsened networks; object ids only set bits in fixed-size sketches.
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
+// Its items are `pub` for the shared sharded map that is to replace it; the module
+// stays private, and what the engine does not call is unused here.
+#[allow(unreachable_pub, dead_code)]
 mod bounded;
+mod builder;
 mod config;
-pub mod detectors;
+mod detectors;
 mod engine;
+mod future;
 mod hash;
 mod inventory;
 mod layer;
-pub mod sketch;
+mod params;
+mod record;
+mod route;
+mod route_index;
+mod service;
+mod sketch;
 mod tags;
 mod watch;
 
-pub use bounded::BoundedMap;
+pub use builder::AnomalyBuilder;
 pub use config::{
-    Action, ActionMap, AnomalyConfig, ConfigError, EnumerationConfig, HealthLevel, PenaltyConfig,
-    RoutePolicy, SequenceConfig, StuffingConfig, ThrottleConfig, TokenSharingConfig, VolumeConfig,
+    Action, ActionMap, AnomalyConfig, EnumerationConfig, HealthLevel, PenaltyConfig, SequenceConfig,
+    StuffingConfig, ThrottleConfig, TokenSharingConfig, VolumeConfig,
 };
 pub use engine::{DEBUG_HEADER, StateSize, THROTTLE_SCOPE};
-pub use hash::KeyedHasher;
-pub use layer::{AnomalyLayer, AnomalyLayerBuilder, AnomalyService, ResponseFuture};
+pub use future::ResponseFuture;
+pub use layer::AnomalyLayer;
+pub use route::AnomalyRoute;
+pub use service::AnomalyService;
 pub use tags::{AnomalyKind, AnomalyTags, KIND_COUNT};
-pub use watch::{FailureWatch, FailureWatchLayer, WatchFuture};
+pub use watch::{FailureWatchLayer, FailureWatchService};

@@ -26,7 +26,7 @@ fn offset_in(now: u64, window_nanos: u64, hint: u64) -> u64 {
 /// previous window's count weighted by how much of it still overlaps, plus the
 /// current window's count. 12 bytes.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SlidingCounter {
+pub(crate) struct SlidingCounter {
     window: u64,
     current: u32,
     previous: u32,
@@ -35,7 +35,7 @@ pub struct SlidingCounter {
 impl SlidingCounter {
     /// Moves to the window containing `now`. Returns the count of the window that
     /// just closed and the number of whole windows skipped, when the window changed.
-    pub fn roll(&mut self, now: u64, window_nanos: u64) -> Option<(u32, u64)> {
+    pub(crate) fn roll(&mut self, now: u64, window_nanos: u64) -> Option<(u32, u64)> {
         let w = window_of(now, window_nanos, self.window);
         if w == self.window {
             return None;
@@ -53,13 +53,13 @@ impl SlidingCounter {
     }
 
     /// Adds `n` at `now`.
-    pub fn add(&mut self, now: u64, window_nanos: u64, n: u32) {
+    pub(crate) fn add(&mut self, now: u64, window_nanos: u64, n: u32) {
         self.roll(now, window_nanos);
         self.current = self.current.saturating_add(n);
     }
 
     /// The estimated count over the last `window_nanos` at `now` (after [`SlidingCounter::roll`]).
-    pub fn estimate(&self, now: u64, window_nanos: u64) -> f64 {
+    pub(crate) fn estimate(&self, now: u64, window_nanos: u64) -> f64 {
         let elapsed = offset_in(now, window_nanos, self.window) as f64 / window_nanos as f64;
         f64::from(self.previous) * (1.0 - elapsed) + f64::from(self.current)
     }
@@ -72,18 +72,18 @@ const BITS: usize = 256;
 /// many distinct 64-bit hashes were inserted, to within a few percent up to a few
 /// hundred, saturating near 1,400. Stores one bit per hash bucket, never a hash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DistinctSketch([u64; BITS / 64]);
+pub(crate) struct DistinctSketch([u64; BITS / 64]);
 
 impl DistinctSketch {
     /// Adds a hash.
-    pub fn insert(&mut self, hash: u64) {
+    pub(crate) fn insert(&mut self, hash: u64) {
         // The low bits pick the bucket; the hash is a keyed SipHash, so all bits are uniform.
         let bit = (hash % BITS as u64) as usize;
         self.0[bit / 64] |= 1 << (bit % 64);
     }
 
     /// The union of two sketches.
-    pub fn union(&self, other: &DistinctSketch) -> DistinctSketch {
+    pub(crate) fn union(&self, other: &DistinctSketch) -> DistinctSketch {
         let mut out = *self;
         for (a, b) in out.0.iter_mut().zip(other.0.iter()) {
             *a |= b;
@@ -92,7 +92,7 @@ impl DistinctSketch {
     }
 
     /// The estimated number of distinct hashes inserted.
-    pub fn estimate(&self) -> u32 {
+    pub(crate) fn estimate(&self) -> u32 {
         let set: u32 = self.0.iter().map(|w| w.count_ones()).sum();
         ESTIMATES.get_or_init(estimates)[set as usize]
     }
@@ -120,7 +120,7 @@ fn estimate_of(set: u32) -> u32 {
 /// Distinct hashes over a sliding window: the union of the current and previous
 /// fixed windows' sketches (so between one and two windows of history). 72 bytes.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WindowedDistinct {
+pub(crate) struct WindowedDistinct {
     window: u64,
     current: DistinctSketch,
     previous: DistinctSketch,
@@ -142,13 +142,13 @@ impl WindowedDistinct {
     }
 
     /// Adds a hash at `now`.
-    pub fn insert(&mut self, hash: u64, now: u64, window_nanos: u64) {
+    pub(crate) fn insert(&mut self, hash: u64, now: u64, window_nanos: u64) {
         self.roll(now, window_nanos);
         self.current.insert(hash);
     }
 
     /// The estimated distinct count over the last one to two windows.
-    pub fn estimate(&mut self, now: u64, window_nanos: u64) -> u32 {
+    pub(crate) fn estimate(&mut self, now: u64, window_nanos: u64) -> u32 {
         self.roll(now, window_nanos);
         self.current.union(&self.previous).estimate()
     }

@@ -1,5 +1,5 @@
 //! Names of the request span's fields. [`PrivacyTraceLayer`] declares all of them
-//! when it opens the span; each layer records its own with `Span::current().record`.
+//! when it opens the span; each layer records its own with [`crate::span::record_current`].
 //!
 //! [`PrivacyTraceLayer`]: https://docs.rs/tollgate-privacy
 

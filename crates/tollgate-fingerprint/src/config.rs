@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tollgate_core::{FailurePolicy, SessionHealth};
+use tollgate_core::{ConfigError, FailurePolicy, SessionHealth};
 
 /// What the layer does with a session whose verdict reaches
 /// [`FingerprintConfig::act_on`].
@@ -80,18 +80,23 @@ impl ActOn {
     }
 }
 
-/// Configuration of [`FingerprintLayer`](crate::FingerprintLayer).
+/// Configuration of [`FingerprintLayer`](crate::FingerprintLayer), as mounted under
+/// `[fingerprint]`. Durations are written as strings (`"60s"`, `"5m"`, `"24h"`).
+/// Whether a route is fingerprinted at all is per route (`fingerprint = false` in
+/// its `[routes."<template>"]` table, or [`FingerprintBuilder::routes`](crate::FingerprintBuilder::routes)).
 ///
 /// ```
+/// use std::time::Duration;
 /// use tollgate_fingerprint::{FingerprintConfig, SessionPolicy};
 ///
 /// let config: FingerprintConfig = toml::from_str(r#"
 ///     policy = "reauthenticate"
-///     concurrency_window_secs = 120
+///     concurrency_window = "2m"
 ///     [dimensions]
 ///     accept_language = true
 /// "#).unwrap();
 /// assert_eq!(config.policy, SessionPolicy::Reauthenticate);
+/// assert_eq!(config.concurrency_window, Duration::from_secs(120));
 /// assert!(config.dimensions.network && config.dimensions.accept_language);
 /// config.validate().unwrap();
 /// ```
@@ -100,27 +105,32 @@ impl ActOn {
 pub struct FingerprintConfig {
     /// Which traits make up the fingerprint.
     pub dimensions: Dimensions,
-    /// How long a session record lives after its last request, in seconds. Default 86 400.
-    pub session_ttl_secs: u64,
-    /// The most session records kept in process; older ones are evicted. Default 100 000.
+    /// How long a session record lives after its last request. Default `"24h"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub session_ttl: Duration,
+    /// The most session records kept by the in-process store; the sessions idle the
+    /// longest are evicted. Default 100 000.
     pub max_sessions: u64,
     /// Requests after which a session is established, so that a fingerprint it has
     /// not shown before is a signal. Default 3.
     pub established_after: u64,
-    /// Two network prefixes used by one credential within this many seconds are
-    /// concurrent use. Default 60.
-    pub concurrency_window_secs: u64,
-    /// The window in which fingerprint switches are counted, in seconds. Default 300.
-    pub alternation_window_secs: u64,
+    /// Two network prefixes used by one credential within this window are
+    /// concurrent use. Default `"60s"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub concurrency_window: Duration,
+    /// The window in which fingerprint switches are counted. Default `"5m"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub alternation_window: Duration,
     /// Switches between fingerprints within the window that make the session
     /// unhealthy. Default 3 (A, B, A, B).
     pub alternation_switches: u16,
-    /// A token first seen this many seconds after it was issued (`iat`) is stale, and
-    /// stays `stale_token` for its session's life; 0 turns the signal off. Only tokens
+    /// A token first seen this long after it was issued (`iat`) is stale, and stays
+    /// `stale_token` for its session's life; `"0s"` turns the signal off. Only tokens
     /// issued after the layer started are judged (before that nobody was watching);
     /// with the in-process store, each replica and each restart watches afresh.
-    /// Default 3 600.
-    pub stale_after_secs: u64,
+    /// Default `"1h"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub stale_after: Duration,
     /// This many signals at once make a session unhealthy (alternation alone does).
     /// Default 3.
     pub unhealthy_reasons: u32,
@@ -131,8 +141,9 @@ pub struct FingerprintConfig {
     /// Record what the policy would do (`session.action = would_…`) without doing it.
     /// Default `false`.
     pub report_only: bool,
-    /// How long a freeze made by the `freeze` policy holds, in seconds. Default 86 400.
-    pub freeze_for_secs: u64,
+    /// How long a freeze made by the `freeze` policy holds. Default `"24h"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub freeze_for: Duration,
     /// What happens when the session store cannot answer: `open` lets the request
     /// through without a verdict, `closed` answers 503. Default `open`.
     pub store_failure: FailurePolicy,
@@ -145,61 +156,53 @@ impl Default for FingerprintConfig {
     fn default() -> Self {
         FingerprintConfig {
             dimensions: Dimensions::default(),
-            session_ttl_secs: 86_400,
+            session_ttl: Duration::from_secs(86_400),
             max_sessions: 100_000,
             established_after: 3,
-            concurrency_window_secs: 60,
-            alternation_window_secs: 300,
+            concurrency_window: Duration::from_secs(60),
+            alternation_window: Duration::from_secs(300),
             alternation_switches: 3,
-            stale_after_secs: 3_600,
+            stale_after: Duration::from_secs(3_600),
             unhealthy_reasons: 3,
             policy: SessionPolicy::Tag,
             act_on: ActOn::Unhealthy,
             report_only: false,
-            freeze_for_secs: 86_400,
+            freeze_for: Duration::from_secs(86_400),
             store_failure: FailurePolicy::Open,
             user_agent_cache: 10_000,
         }
     }
 }
 
-/// A configuration the layer refuses, naming the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("fingerprint.{setting}: {problem}")]
-pub struct ConfigError {
-    /// The setting at fault, as named in the `[fingerprint]` section.
-    pub setting: &'static str,
-    /// What is wrong with it.
-    pub problem: &'static str,
-}
-
-fn refuse(setting: &'static str, problem: &'static str) -> Result<(), ConfigError> {
-    Err(ConfigError { setting, problem })
+/// An error about `setting`, named by its path from the `[fingerprint]` section.
+fn refuse(setting: &str, message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::new(format!("fingerprint.{setting}"), message))
 }
 
 impl FingerprintConfig {
-    /// Checks the settings, naming the first one at fault.
+    /// Checks the settings, naming the first one at fault by its path in the TOML
+    /// file (`fingerprint.session_ttl`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = self.dimensions;
         if !(d.network || d.user_agent || d.accept_language || d.client_hints) {
             return refuse("dimensions", "at least one dimension must be enabled");
         }
-        if self.session_ttl_secs == 0 {
-            return refuse("session_ttl_secs", "must be at least 1");
+        if self.session_ttl < Duration::from_secs(1) {
+            return refuse("session_ttl", "must be at least 1s");
         }
         if self.max_sessions == 0 {
             return refuse("max_sessions", "must be at least 1");
         }
-        if self.concurrency_window_secs > self.session_ttl_secs {
+        if self.concurrency_window > self.session_ttl {
             return refuse(
-                "concurrency_window_secs",
-                "must not exceed session_ttl_secs: the record would be gone before the window ends",
+                "concurrency_window",
+                "must not exceed session_ttl: the record would be gone before the window ends",
             );
         }
-        if self.alternation_window_secs == 0 || self.alternation_window_secs > self.session_ttl_secs {
+        if self.alternation_window.is_zero() || self.alternation_window > self.session_ttl {
             return refuse(
-                "alternation_window_secs",
-                "must be between 1 and session_ttl_secs",
+                "alternation_window",
+                "must be more than 0s and at most session_ttl",
             );
         }
         if self.alternation_switches < 2 {
@@ -211,18 +214,10 @@ impl FingerprintConfig {
         if !(1..=4).contains(&self.unhealthy_reasons) {
             return refuse("unhealthy_reasons", "must be between 1 and 4");
         }
-        if self.freeze_for_secs == 0 {
-            return refuse("freeze_for_secs", "must be at least 1: every freeze has an end");
+        if self.freeze_for.is_zero() {
+            return refuse("freeze_for", "must be more than 0s: every freeze has an end");
         }
         Ok(())
-    }
-
-    pub(crate) fn session_ttl(&self) -> Duration {
-        Duration::from_secs(self.session_ttl_secs)
-    }
-
-    pub(crate) fn freeze_for(&self) -> Duration {
-        Duration::from_secs(self.freeze_for_secs)
     }
 }
 
@@ -238,25 +233,52 @@ mod tests {
         assert!(toml::from_str::<FingerprintConfig>("polcy = \"tag\"").is_err());
         assert!(toml::from_str::<FingerprintConfig>("[dimensions]\nuser_agnet = true").is_err());
         assert!(toml::from_str::<FingerprintConfig>("policy = \"block\"").is_err());
+        // Durations are strings with units; the old second counts are refused.
+        assert!(toml::from_str::<FingerprintConfig>("session_ttl_secs = 60").is_err());
+        assert!(toml::from_str::<FingerprintConfig>("session_ttl = 60").is_err());
     }
 
     #[test]
-    fn errors_name_the_setting() {
+    fn durations_read_as_humantime_and_round_trip() {
+        let config: FingerprintConfig = toml::from_str(
+            r#"
+            session_ttl = "12h"
+            concurrency_window = "90s"
+            alternation_window = "10m"
+            stale_after = "0s"
+            freeze_for = "1d"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.session_ttl, Duration::from_secs(12 * 3_600));
+        assert_eq!(config.concurrency_window, Duration::from_secs(90));
+        assert_eq!(config.alternation_window, Duration::from_secs(600));
+        assert!(config.stale_after.is_zero());
+        assert_eq!(config.freeze_for, Duration::from_secs(86_400));
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<FingerprintConfig>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn errors_name_the_setting_once() {
         let cases: [(&str, &str); 6] = [
             (
                 "[dimensions]\nnetwork = false\nuser_agent = false",
                 "fingerprint.dimensions",
             ),
-            ("session_ttl_secs = 0", "fingerprint.session_ttl_secs"),
+            ("session_ttl = \"0s\"", "fingerprint.session_ttl"),
             ("alternation_switches = 1", "fingerprint.alternation_switches"),
             ("unhealthy_reasons = 5", "fingerprint.unhealthy_reasons"),
-            ("freeze_for_secs = 0", "fingerprint.freeze_for_secs"),
-            ("session_ttl_secs = 30", "fingerprint.concurrency_window_secs"),
+            ("freeze_for = \"0s\"", "fingerprint.freeze_for"),
+            ("session_ttl = \"30s\"", "fingerprint.concurrency_window"),
         ];
         for (toml_text, setting) in cases {
             let config: FingerprintConfig = toml::from_str(toml_text).unwrap();
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.starts_with(setting), "{toml_text}: {err}");
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{toml_text}");
+            assert!(err.to_string().starts_with(&format!("{setting}: ")), "{err}");
+            assert_eq!(err.to_string().matches("fingerprint").count(), 1, "{err}");
         }
     }
 }

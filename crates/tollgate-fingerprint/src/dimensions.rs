@@ -13,7 +13,7 @@ use http::header::{ACCEPT_LANGUAGE, USER_AGENT};
 use tollgate_core::{NetworkPrefix, Timestamp, UserAgentFamily};
 
 use crate::config::Dimensions;
-use crate::memory::LocalHasher;
+use crate::local_hash::LocalHasher;
 
 /// The bytes a fingerprint is hashed from: tagged, length-prefixed fields on the stack.
 pub(crate) struct FingerprintInput {

@@ -18,25 +18,39 @@
 //!    suspicious; alternation, or three signals at once, unhealthy) as a
 //!    [`SessionInfo`] in request extensions and as the span fields `session`,
 //!    `session.health` and `session.reasons`;
-//! 5. applies the route's **policy** ([`SessionPolicy`]): tag only (default), answer
-//!    401 so the client authenticates again, or freeze the credential on the freeze
-//!    list shared with the authentication layer; optionally report-only.
+//! 5. applies the **policy** ([`SessionPolicy`]): tag only (default), answer 401 so
+//!    the client authenticates again, or freeze the credential on the freeze list
+//!    shared with the authentication layer; optionally report-only.
+//!
+//! Routes are fingerprinted or not through a [`RouteMap<bool>`](tollgate_core::RouteMap)
+//! ([`FingerprintBuilder::routes`]; in the facade's configuration,
+//! `fingerprint = false` in a `[routes."<template>"]` table). Session records live in
+//! a [`SessionStore`]: in process by default ([`MemorySessionStore`]), or any
+//! [`StateStore<SessionRecord>`](tollgate_core::StateStore) such as Redis.
 //!
 //! A mobile client whose address moves within its /24 keeps its fingerprint: the
 //! network is coarsened before it is hashed.
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
+mod builder;
 mod config;
 mod dimensions;
+mod inventory;
 mod layer;
+mod local_hash;
 mod memory;
 mod record;
-mod span;
+mod service;
+mod store;
+mod verdict;
 
-pub use config::{ActOn, ConfigError, Dimensions, FingerprintConfig, SessionPolicy};
-pub use layer::{
-    FingerprintLayer, FingerprintOverride, FingerprintService, ResponseFuture, SESSION_NAMESPACE, session_key,
-};
+pub use builder::FingerprintBuilder;
+pub use config::{ActOn, Dimensions, FingerprintConfig, SessionPolicy};
+pub use layer::FingerprintLayer;
 pub use memory::MemorySessionStore;
 pub use record::{MAX_FINGERPRINTS, MAX_NETWORKS, NetworkSeen, SessionRecord};
+pub use service::FingerprintService;
+pub use store::{SESSION_NAMESPACE, SessionCell, SessionStore, session_key};
+pub use tollgate_core::future::ResponseFuture;
 pub use tollgate_core::{SessionHealth, SessionInfo, SessionReason, SessionReasons};

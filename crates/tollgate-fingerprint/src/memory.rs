@@ -5,45 +5,18 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tollgate_core::clock::duration_nanos;
-use tollgate_core::{KeyedDigest, Pseudonym, StateStore, StoreError, StoreKey};
+use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
+use tollgate_core::{BoxFuture, KeyedDigest, SharedClock, StoreError, StoreKey, system_clock};
 
-use crate::layer::{SESSION_NAMESPACE, session_key};
 use crate::record::SessionRecord;
-
-/// What the in-process store keeps per session: the record, and, in memory only, the
-/// pseudonyms and keyed hashes last computed for it, so that a steady session costs
-/// no HMAC. The caches are keyed by a hash under a random per-process key and never
-/// leave the process.
-#[derive(Default)]
-pub(crate) struct Cell {
-    pub record: Option<SessionRecord>,
-    /// The session pseudonym, for the epoch it carries.
-    pub session: Option<Pseudonym>,
-    /// What the last request's fingerprint input gave.
-    pub fingerprint: Option<SeenInput>,
-    /// (local hash of the network prefix, keyed hash).
-    pub network: Option<(u64, u64)>,
-}
-
-/// The keyed hashes of one fingerprint input, cached with the session.
-#[derive(Clone, Copy)]
-pub(crate) struct SeenInput {
-    /// The input's key ([`input_key`](crate::dimensions::input_key)).
-    pub key: u64,
-    /// The fingerprint's keyed hash.
-    pub hash: u64,
-    /// The fingerprint pseudonym, for the epoch it carries.
-    pub pseudonym: Pseudonym,
-    /// The keyed hash of the network prefix in the input. The input holds the
-    /// prefix (or its absence), so the same input always has the same network.
-    pub network: Option<u64>,
-}
+use crate::store::{SessionCell, SessionStore, session_key};
 
 /// The default session store: in process, bounded by a number of sessions, each
-/// record dropped after the session TTL without a request (time to idle).
+/// record dropped after the session TTL without a request (time to idle), on the
+/// clock it is given (the layer's).
 ///
 /// A session's read-modify-write runs under the lock of its shard, so concurrent
 /// requests of one session are judged one after the other and none is lost. The
@@ -52,16 +25,23 @@ pub(crate) struct SeenInput {
 /// different sessions wait for each other at most that long.
 ///
 /// The cells sit in a few hash maps under short mutexes (sharded by the credential
-/// digest), with each session's last request time on the monotonic clock. A session
-/// idle for the TTL counts as absent at once, and is removed by a small sweep on
-/// every insertion of a new session, by eviction, or by
-/// [`MemorySessionStore::run_pending_tasks`]. When a shard is full, a new session
-/// replaces the sampled session idle the longest (an expired one if the sample
-/// holds one).
+/// digest), with each session's last request time. A session idle for the TTL
+/// counts as absent at once, and is removed by a small sweep on every insertion of
+/// a new session, by eviction, or by [`MemorySessionStore::run_pending_tasks`]. When
+/// a shard is full, a new session replaces the sampled session idle the longest (an
+/// expired one if the sample holds one). The TTL given to
+/// [`SessionStore::observe`] is ignored: the store's own applies.
 ///
-/// It is also a [`StateStore`] of [`SessionRecord`]s under `tollgate:session:…` keys, for
-/// admin tools; through that interface the TTL argument of `insert` is ignored (the
-/// store's own TTL applies).
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tollgate_core::{FakeClock, Timestamp};
+/// use tollgate_fingerprint::MemorySessionStore;
+///
+/// let clock = FakeClock::new(Timestamp::from_secs(1_000));
+/// let store = MemorySessionStore::with_clock(10_000, Duration::from_secs(3_600), Arc::new(clock));
+/// assert_eq!(store.entry_count(), 0);
+/// ```
 #[derive(Clone)]
 pub struct MemorySessionStore {
     inner: Arc<Inner>,
@@ -110,11 +90,12 @@ impl Hasher for MixHasher {
 struct Shard {
     /// Where each session sits in `keys` and `cells`.
     map: HashMap<KeyedDigest, u32, BuildHasherDefault<MixHasher>>,
-    /// Every key with the time of its session's last request (ns since `Inner::start`),
-    /// for the expiry check, sampling on eviction and the sweep.
+    /// Every key with the time of its session's last request (ns since the Unix
+    /// epoch, on the store's clock), for the expiry check, sampling on eviction and
+    /// the sweep.
     keys: Vec<(KeyedDigest, u64)>,
     /// The sessions' cells, in the order of `keys`.
-    cells: Vec<Cell>,
+    cells: Vec<SessionCell>,
     cap: usize,
     rng: u64,
     sweep: usize,
@@ -150,7 +131,7 @@ impl Shard {
     }
 
     /// The live cell of `key`, touched at `now`.
-    fn get(&mut self, key: &KeyedDigest, now: u64, ttl: u64) -> Option<&mut Cell> {
+    fn get(&mut self, key: &KeyedDigest, now: u64, ttl: u64) -> Option<&mut SessionCell> {
         let pos = *self.map.get(key)? as usize;
         let seen = &mut self.keys[pos].1;
         if now.saturating_sub(*seen) >= ttl {
@@ -162,13 +143,13 @@ impl Shard {
 
     /// The cell of `key`, touched at `now`: a new, empty one if the session is
     /// unknown or has expired.
-    fn touch(&mut self, key: KeyedDigest, now: u64, ttl: u64) -> &mut Cell {
+    fn touch(&mut self, key: KeyedDigest, now: u64, ttl: u64) -> &mut SessionCell {
         let pos = match self.map.get(&key) {
             Some(&pos) => {
                 let pos = pos as usize;
                 let seen = &mut self.keys[pos].1;
                 if now.saturating_sub(*seen) >= ttl {
-                    self.cells[pos] = Cell::default();
+                    self.cells[pos] = SessionCell::default();
                 }
                 *seen = now;
                 pos
@@ -183,7 +164,7 @@ impl Shard {
         self.sweep(now, ttl);
         let pos = if self.keys.len() < self.cap {
             self.keys.push((key, now));
-            self.cells.push(Cell::default());
+            self.cells.push(SessionCell::default());
             self.keys.len() - 1
         } else {
             // Full: replace the sampled session idle the longest.
@@ -200,7 +181,7 @@ impl Shard {
             }
             self.map.remove(&self.keys[victim].0);
             self.keys[victim] = (key, now);
-            self.cells[victim] = Cell::default();
+            self.cells[victim] = SessionCell::default();
             victim
         };
         self.map.insert(key, pos as u32);
@@ -259,14 +240,20 @@ struct Padded(Mutex<Shard>);
 struct Inner {
     shards: Box<[Padded]>,
     mask: u64,
-    /// The origin of the store's monotonic times.
-    start: Instant,
+    clock: SharedClock,
     ttl_nanos: u64,
 }
 
 impl MemorySessionStore {
-    /// A store of at most `max_sessions` sessions, each dropped `ttl` after its last request.
+    /// A store of at most `max_sessions` sessions, each dropped `ttl` after its last
+    /// request, on the system clock.
     pub fn new(max_sessions: u64, ttl: Duration) -> Self {
+        Self::with_clock(max_sessions, ttl, system_clock())
+    }
+
+    /// As [`MemorySessionStore::new`], with idle times read from `clock` (the
+    /// layer's, so a [`FakeClock`](tollgate_core::FakeClock) expires sessions too).
+    pub fn with_clock(max_sessions: u64, ttl: Duration, clock: SharedClock) -> Self {
         let ttl = Duration::from_nanos(duration_nanos(ttl).max(1_000_000_000));
         let max_sessions = max_sessions.max(1);
         // A power of two no larger than `max_sessions`, so every shard holds one or
@@ -285,7 +272,7 @@ impl MemorySessionStore {
             inner: Arc::new(Inner {
                 shards,
                 mask: n - 1,
-                start: Instant::now(),
+                clock,
                 ttl_nanos: duration_nanos(ttl),
             }),
             ttl,
@@ -293,7 +280,7 @@ impl MemorySessionStore {
     }
 
     fn now(&self) -> u64 {
-        duration_nanos(self.inner.start.elapsed())
+        self.inner.clock.now().as_nanos()
     }
 
     fn shard(&self, key: &KeyedDigest) -> MutexGuard<'_, Shard> {
@@ -309,7 +296,7 @@ impl MemorySessionStore {
 
     /// Runs `f` on the cell of a session (made empty if there is none), under the
     /// lock of its shard: keep `f` short (no keyed hash in it).
-    pub(crate) fn with_cell<R>(&self, credential: KeyedDigest, f: impl FnOnce(&mut Cell) -> R) -> R {
+    pub(crate) fn with_cell<R>(&self, credential: KeyedDigest, f: impl FnOnce(&mut SessionCell) -> R) -> R {
         let now = self.now();
         let ttl = self.inner.ttl_nanos;
         f(self.shard(&credential).touch(credential, now, ttl))
@@ -321,6 +308,11 @@ impl MemorySessionStore {
         self.shard(credential)
             .get(credential, now, self.inner.ttl_nanos)?
             .record
+    }
+
+    /// Forgets the session of `credential`.
+    pub fn remove(&self, credential: &KeyedDigest) {
+        self.shard(credential).remove(credential);
     }
 
     /// The number of sessions (expired ones included until
@@ -361,49 +353,38 @@ impl MemorySessionStore {
         }
         out
     }
-
-    fn digest_of(key: &StoreKey) -> Option<KeyedDigest> {
-        let hex = key
-            .as_str()
-            .strip_prefix("tollgate:")?
-            .strip_prefix(SESSION_NAMESPACE)?
-            .strip_prefix(':')?;
-        KeyedDigest::from_hex(hex)
-    }
 }
 
-impl StateStore<SessionRecord> for MemorySessionStore {
-    async fn get(&self, key: &StoreKey) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(Self::digest_of(key).and_then(|d| self.record(&d)))
+impl SessionStore for MemorySessionStore {
+    fn observe<'a>(
+        &'a self,
+        credential: KeyedDigest,
+        _ttl: Duration,
+        f: &'a mut (dyn FnMut(Option<&SessionRecord>) -> SessionRecord + Send),
+    ) -> BoxFuture<'a, Result<SessionRecord, StoreError>> {
+        let next = self.with_cell(credential, |cell| {
+            let next = f(cell.record.as_ref());
+            cell.record = Some(next);
+            next
+        });
+        Box::pin(std::future::ready(Ok(next)))
     }
 
-    async fn insert(&self, key: &StoreKey, value: SessionRecord, _ttl: Duration) -> Result<(), StoreError> {
-        let digest =
-            Self::digest_of(key).ok_or_else(|| StoreError::Corrupt("not a tollgate:session key".into()))?;
-        self.with_cell(digest, |cell| cell.record = Some(value));
-        Ok(())
+    fn observe_immediate(&self, credential: KeyedDigest, f: &mut dyn FnMut(&mut SessionCell)) -> Option<()> {
+        self.with_cell(credential, f);
+        Some(())
     }
 
-    async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
-        if let Some(digest) = Self::digest_of(key) {
-            self.shard(&digest).remove(&digest);
-        }
-        Ok(())
-    }
-}
-
-/// A hash under a random per-process key, for in-memory cache keys only.
-#[derive(Clone, Default)]
-pub(crate) struct LocalHasher(std::collections::hash_map::RandomState);
-
-impl LocalHasher {
-    pub(crate) fn hash(&self, bytes: &[u8]) -> u64 {
-        self.0.hash_one(bytes)
-    }
-
-    /// A hasher under the same key, to hash several parts.
-    pub(crate) fn hasher(&self) -> impl Hasher {
-        self.0.build_hasher()
+    fn inventory(&self) -> Vec<FieldSpec> {
+        vec![FieldSpec {
+            name: "session.cache",
+            layer: "fingerprint",
+            derived_from: "the session's and latest fingerprint's pseudonyms, and the keyed hashes of its latest fingerprint and prefix, tagged with hashes under a random per-process key",
+            protection: Protection::Pseudonym,
+            purpose: "spare a steady session's requests every HMAC; in process memory only, never stored elsewhere",
+            retention: Retention::ttl(self.ttl),
+            sinks: &[Sink::Store],
+        }]
     }
 }
 
@@ -416,11 +397,11 @@ mod tests {
     }
 
     /// Marks a cell, to know it again.
-    fn mark(cell: &mut Cell, tag: u64) {
+    fn mark(cell: &mut SessionCell, tag: u64) {
         cell.network = Some((tag, tag));
     }
 
-    fn tag(cell: &Cell) -> Option<u64> {
+    fn tag(cell: &SessionCell) -> Option<u64> {
         cell.network.map(|(t, _)| t)
     }
 

@@ -10,7 +10,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
 use tollgate_core::{FailurePolicy, StoreError, StoreKey};
 
-use crate::config::{ConfigError, StoreConfig};
+use tollgate_core::ConfigError;
+
+use crate::config::StoreConfig;
 
 /// The counters of one [`RedisBackend`] and the stores built on it.
 #[derive(Default)]
@@ -84,9 +86,9 @@ struct Inner {
 /// Built on `redis`'s [`ConnectionManager`]: one multiplexed connection (concurrent
 /// calls are pipelined on it) that reconnects by itself. Around it:
 ///
-/// - every call is bounded by `timeout_ms`;
+/// - every call is bounded by `timeout`;
 /// - a circuit breaker: after a failure the backend is *down*; while down, one call
-///   per `retry_interval_ms` is let through to probe Redis and every other call fails
+///   per `retry_interval` is let through to probe Redis and every other call fails
 ///   at once (no waiting on a dead server), each store applying its failure policy;
 /// - every switch between up and down is logged once (`warn` when going down,
 ///   `info` when back) and counted in [`RedisBackend::stats`].
@@ -122,10 +124,7 @@ impl RedisBackend {
         config.backend = crate::StoreBackend::Redis;
         config.validate()?;
         let url = config.resolved_url()?;
-        let client = redis::Client::open(url.as_str()).map_err(|_| ConfigError {
-            setting: "store.url",
-            message: "not a valid Redis URL".into(),
-        })?;
+        let client = redis::Client::open(url.as_str()).map_err(|_| ConfigError::new("store.url", "not a valid Redis URL"))?;
         let prefix = match &config.namespace {
             Some(ns) => format!("tollgate:{ns}:"),
             None => "tollgate:".to_string(),
@@ -135,9 +134,9 @@ impl RedisBackend {
             manager: OnceLock::new(),
             manager_lock: std::sync::Mutex::new(()),
             prefix,
-            timeout: config.timeout(),
-            connect_timeout: config.connect_timeout(),
-            retry_interval: u64::try_from(config.retry_interval().as_nanos()).unwrap_or(u64::MAX),
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            retry_interval: u64::try_from(config.retry_interval.as_nanos()).unwrap_or(u64::MAX),
             base: Instant::now(),
             up: AtomicBool::new(true),
             next_probe: AtomicU64::new(0),
@@ -279,7 +278,7 @@ impl RedisBackend {
                 store = "redis",
                 state = "down",
                 cause,
-                retry_interval_ms = self.0.config.retry_interval_ms,
+                retry_interval_ms = self.0.config.retry_interval.as_millis() as u64,
                 "redis unreachable: stores follow their failure policies until it answers again"
             );
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use tollgate_core::FailurePolicy;
+use tollgate_core::{ConfigError, FailurePolicy};
 
 /// The environment variable read when `[store] url` is not set.
 pub const URL_ENV: &str = "REDIS_URL";
@@ -56,11 +56,13 @@ pub struct FreezeConfig {
     pub on_failure: FailurePolicy,
     /// The most freezes kept; a freeze beyond that is refused with an error.
     pub max_entries: usize,
-    /// How often the subscription connection is pinged, in milliseconds; a ping
-    /// unanswered within `connect_timeout_ms` drops the local copy's "current" status.
-    pub heartbeat_ms: u64,
-    /// How often the local copy is reloaded in full as a safety net, in milliseconds.
-    pub resync_interval_ms: u64,
+    /// How often the subscription connection is pinged (default `"1s"`); a ping
+    /// unanswered within `connect_timeout` drops the local copy's "current" status.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub heartbeat: Duration,
+    /// How often the local copy is reloaded in full as a safety net (default `"60s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub resync_interval: Duration,
 }
 
 impl Default for FreezeConfig {
@@ -68,8 +70,8 @@ impl Default for FreezeConfig {
         FreezeConfig {
             on_failure: FailurePolicy::Closed,
             max_entries: 10_000,
-            heartbeat_ms: 1_000,
-            resync_interval_ms: 60_000,
+            heartbeat: Duration::from_secs(1),
+            resync_interval: Duration::from_secs(60),
         }
     }
 }
@@ -124,7 +126,7 @@ impl Default for SessionStoreConfig {
 /// let config: StoreConfig = toml::from_str(r#"
 ///     backend = "redis"
 ///     url = "redis://127.0.0.1:6379"
-///     timeout_ms = 50
+///     timeout = "50ms"
 ///
 ///     [freeze]
 ///     on_failure = "closed"
@@ -143,13 +145,16 @@ pub struct StoreConfig {
     /// A name inserted into every key (`tollgate:{namespace}:…`) so several deployments
     /// can share one Redis: 1 to 32 characters of `[A-Za-z0-9_-]`.
     pub namespace: Option<String>,
-    /// How long one Redis call may take before it counts as failed, in milliseconds.
-    pub timeout_ms: u64,
-    /// How long connecting may take, in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// While Redis is down, how often one call is let through to probe it, in
-    /// milliseconds; every other call follows its failure policy at once.
-    pub retry_interval_ms: u64,
+    /// How long one Redis call may take before it counts as failed (default `"100ms"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub timeout: Duration,
+    /// How long connecting may take (default `"1s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub connect_timeout: Duration,
+    /// While Redis is down, how often one call is let through to probe it (default
+    /// `"1s"`); every other call follows its failure policy at once.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub retry_interval: Duration,
     /// The freeze list.
     pub freeze: FreezeConfig,
     /// Rate limits.
@@ -164,31 +169,12 @@ impl Default for StoreConfig {
             backend: StoreBackend::Memory,
             url: None,
             namespace: None,
-            timeout_ms: 100,
-            connect_timeout_ms: 1_000,
-            retry_interval_ms: 500,
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+            retry_interval: Duration::from_millis(500),
             freeze: FreezeConfig::default(),
             rate_limit: RateLimitStoreConfig::default(),
             sessions: SessionStoreConfig::default(),
-        }
-    }
-}
-
-/// A configuration error, naming the setting.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {message}")]
-pub struct ConfigError {
-    /// The setting, as written in the configuration (`store.url`).
-    pub setting: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(setting: &'static str, message: impl Into<String>) -> Self {
-        ConfigError {
-            setting,
-            message: message.into(),
         }
     }
 }
@@ -207,21 +193,6 @@ impl StoreConfig {
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
-    }
-
-    /// The per-call timeout.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-
-    /// The connect timeout.
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    /// The probe interval while Redis is down.
-    pub fn retry_interval(&self) -> Duration {
-        Duration::from_millis(self.retry_interval_ms)
     }
 
     /// The URL to connect to: `url`, else `REDIS_URL`.
@@ -259,25 +230,26 @@ impl StoreConfig {
                 ));
             }
         }
-        let ms = |setting, v: u64, lo: u64, hi: u64| {
+        let within = |setting: &str, v: Duration, lo: Duration, hi: Duration| {
             if (lo..=hi).contains(&v) {
                 Ok(())
             } else {
                 Err(ConfigError::new(
                     setting,
-                    format!("must be between {lo} and {hi}"),
+                    format!("must be between {lo:?} and {hi:?}"),
                 ))
             }
         };
-        ms("store.timeout_ms", self.timeout_ms, 1, 60_000)?;
-        ms("store.connect_timeout_ms", self.connect_timeout_ms, 1, 60_000)?;
-        ms("store.retry_interval_ms", self.retry_interval_ms, 10, 600_000)?;
-        ms("store.freeze.heartbeat_ms", self.freeze.heartbeat_ms, 10, 600_000)?;
-        ms(
-            "store.freeze.resync_interval_ms",
-            self.freeze.resync_interval_ms,
-            100,
-            86_400_000,
+        let ms = Duration::from_millis;
+        within("store.timeout", self.timeout, ms(1), ms(60_000))?;
+        within("store.connect_timeout", self.connect_timeout, ms(1), ms(60_000))?;
+        within("store.retry_interval", self.retry_interval, ms(10), ms(600_000))?;
+        within("store.freeze.heartbeat", self.freeze.heartbeat, ms(10), ms(600_000))?;
+        within(
+            "store.freeze.resync_interval",
+            self.freeze.resync_interval,
+            ms(100),
+            ms(86_400_000),
         )?;
         if self.rate_limit.local_max_entries == 0 {
             return Err(ConfigError::new(
@@ -317,10 +289,10 @@ mod tests {
         assert_eq!(bad_ns.validate().unwrap_err().setting, "store.namespace");
 
         let zero = StoreConfig {
-            timeout_ms: 0,
+            timeout: Duration::ZERO,
             ..StoreConfig::redis("redis://127.0.0.1:6379")
         };
-        assert_eq!(zero.validate().unwrap_err().setting, "store.timeout_ms");
+        assert_eq!(zero.validate().unwrap_err().setting, "store.timeout");
         StoreConfig::redis("redis://127.0.0.1:6379")
             .with_namespace("prod-eu_1")
             .validate()

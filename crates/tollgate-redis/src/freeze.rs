@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use redis::Script;
 use tokio::sync::watch;
 use tollgate_core::clock::{SharedClock, system_clock};
-use tollgate_core::{FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError};
+use tollgate_core::{BoxFuture, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError};
 
 use crate::backend::RedisBackend;
 use crate::config::FreezeConfig;
@@ -116,12 +116,12 @@ impl Drop for Inner {
 /// [`check`](FreezeList::check) is a lock-free map lookup (no Redis round trip), and a
 /// freeze made on one replica holds on every other within the pub/sub delivery time
 /// (well under 100 ms on a LAN; the crate's tests measure it). The copy is reloaded in
-/// full every `resync_interval_ms` as a safety net, and expired freezes are dropped
+/// full every `resync_interval` as a safety net, and expired freezes are dropped
 /// from Redis when seen.
 ///
 /// **Failure contract of `check`.** The copy is *current* while the subscription is
-/// up (pinged every `heartbeat_ms`). When it is not:
-/// - `check` reads the two fields from Redis directly (bounded by `timeout_ms`);
+/// up (pinged every `heartbeat`). When it is not:
+/// - `check` reads the two fields from Redis directly (bounded by `timeout`);
 /// - if Redis cannot answer either, the credential cannot be checked, and the
 ///   `[store.freeze] on_failure` policy decides:
 ///   - `closed` (default): `check` returns `Err(StoreError)`. The authentication layer
@@ -223,8 +223,8 @@ impl RedisFreezeList {
         });
         let task = tokio::spawn(subscriber(
             shared.clone(),
-            Duration::from_millis(config.heartbeat_ms.max(10)),
-            Duration::from_millis(config.resync_interval_ms.max(100)),
+            config.heartbeat.max(Duration::from_millis(10)),
+            config.resync_interval.max(Duration::from_millis(100)),
         ))
         .abort_handle();
         RedisFreezeList(Arc::new(Inner { shared, task }))
@@ -416,7 +416,7 @@ async fn follow(shared: &Shared, heartbeat: Duration, resync: Duration) -> Resul
 }
 
 async fn subscriber(shared: Arc<Shared>, heartbeat: Duration, resync: Duration) {
-    let retry = shared.backend.config().retry_interval();
+    let retry = shared.backend.config().retry_interval;
     loop {
         let cause = follow(&shared, heartbeat, resync).await.err().unwrap_or_default();
         shared.set_synced(false, &cause);
@@ -424,13 +424,13 @@ async fn subscriber(shared: Arc<Shared>, heartbeat: Duration, resync: Duration) 
     }
 }
 
-impl FreezeList for RedisFreezeList {
+impl RedisFreezeList {
     /// The active freeze on `principal`'s credential or subject.
     ///
     /// From the local copy while it is current; otherwise read from Redis; if Redis
     /// cannot answer, per the failure policy: `closed` returns the error (the auth
     /// layer answers 503), `open` answers from the last copy. See the type's docs.
-    async fn check(&self, principal: &Principal) -> Result<Option<Freeze>, StoreError> {
+    async fn check_async(&self, principal: &Principal) -> Result<Option<Freeze>, StoreError> {
         let s = &self.0.shared;
         if s.synced.load(Ordering::Acquire) {
             return Ok(lookup(&s.entries.load(), principal, &s.clock));
@@ -478,14 +478,8 @@ impl FreezeList for RedisFreezeList {
 
     /// Answers at once from the local copy while it is current; `None` otherwise (the
     /// caller then awaits [`check`](FreezeList::check), which reads Redis).
-    fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
-        let s = &self.0.shared;
-        s.synced
-            .load(Ordering::Acquire)
-            .then(|| Ok(lookup(&s.entries.load(), principal, &s.clock)))
-    }
 
-    async fn freeze(&self, freeze: Freeze) -> Result<(), StoreError> {
+    async fn freeze_async(&self, freeze: Freeze) -> Result<(), StoreError> {
         let s = &self.0.shared;
         let value = serde_json::to_string(&freeze)
             .map_err(|_| StoreError::Corrupt("freeze does not encode".into()))?;
@@ -524,7 +518,7 @@ impl FreezeList for RedisFreezeList {
         }
     }
 
-    async fn unfreeze(&self, target: &FreezeTarget) -> Result<bool, StoreError> {
+    async fn unfreeze_async(&self, target: &FreezeTarget) -> Result<bool, StoreError> {
         let s = &self.0.shared;
         let (key, channel, f) = (s.hash_key.clone(), s.channel.clone(), field(target));
         let lifted = s
@@ -545,7 +539,7 @@ impl FreezeList for RedisFreezeList {
         Ok(lifted == 1)
     }
 
-    async fn list(&self) -> Result<Vec<Freeze>, StoreError> {
+    async fn list_async(&self) -> Result<Vec<Freeze>, StoreError> {
         let s = &self.0.shared;
         let now = s.clock.now();
         if s.synced.load(Ordering::Acquire) {
@@ -573,6 +567,31 @@ impl FreezeList for RedisFreezeList {
             .map(|(_, fr)| fr)
             .filter(|fr| fr.is_active(now))
             .collect())
+    }
+}
+
+impl FreezeList for RedisFreezeList {
+    fn check<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Result<Option<Freeze>, StoreError>> {
+        Box::pin(self.check_async(principal))
+    }
+
+    fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
+        let s = &self.0.shared;
+        s.synced
+            .load(Ordering::Acquire)
+            .then(|| Ok(lookup(&s.entries.load(), principal, &s.clock)))
+    }
+
+    fn freeze(&self, freeze: Freeze) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.freeze_async(freeze))
+    }
+
+    fn unfreeze<'a>(&'a self, target: &'a FreezeTarget) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.unfreeze_async(target))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Freeze>, StoreError>> {
+        Box::pin(self.list_async())
     }
 }
 

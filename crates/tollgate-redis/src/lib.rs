@@ -77,7 +77,7 @@ mod store;
 
 pub use backend::{RedisBackend, RedisStats};
 pub use config::{
-    ConfigError, FreezeConfig, RateLimitClock, RateLimitFallback, RateLimitStoreConfig, SessionStoreConfig,
+    FreezeConfig, RateLimitClock, RateLimitFallback, RateLimitStoreConfig, SessionStoreConfig,
     StoreBackend, StoreConfig,
 };
 pub use freeze::RedisFreezeList;

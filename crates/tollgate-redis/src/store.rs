@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tollgate_core::{FailurePolicy, StateStore, StoreError, StoreKey};
+use tollgate_core::{BoxFuture, FailurePolicy, StateStore, StoreError, StoreKey};
 
 use crate::backend::RedisBackend;
 
@@ -110,11 +110,11 @@ pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-impl<V> StateStore<V> for RedisStore<V>
+impl<V> RedisStore<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    async fn get(&self, key: &StoreKey) -> Result<Option<V>, StoreError> {
+    async fn get_async(&self, key: &StoreKey) -> Result<Option<V>, StoreError> {
         let k = self.backend.key(key);
         let raw = self
             .backend
@@ -135,7 +135,7 @@ where
         }
     }
 
-    async fn insert(&self, key: &StoreKey, value: V, ttl: Duration) -> Result<(), StoreError> {
+    async fn insert_async(&self, key: &StoreKey, value: V, ttl: Duration) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&value)
             .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
         let k = self.backend.key(key);
@@ -153,7 +153,7 @@ where
         }
     }
 
-    async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
+    async fn remove_async(&self, key: &StoreKey) -> Result<(), StoreError> {
         let k = self.backend.key(key);
         match self
             .backend
@@ -166,6 +166,23 @@ where
             }
             Err(e) => self.fail(e, ()),
         }
+    }
+}
+
+impl<V> StateStore<V> for RedisStore<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<V>, StoreError>> {
+        Box::pin(self.get_async(key))
+    }
+
+    fn insert<'a>(&'a self, key: &'a StoreKey, value: V, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.insert_async(key, value, ttl))
+    }
+
+    fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.remove_async(key))
     }
 }
 

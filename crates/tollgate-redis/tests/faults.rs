@@ -50,11 +50,11 @@ impl Captured {
 
 fn fast_config(url: String) -> StoreConfig {
     StoreConfig {
-        timeout_ms: 100,
-        connect_timeout_ms: 200,
-        retry_interval_ms: 100,
+        timeout: Duration::from_millis(100),
+        connect_timeout: Duration::from_millis(200),
+        retry_interval: Duration::from_millis(100),
         freeze: FreezeConfig {
-            heartbeat_ms: 100,
+            heartbeat: Duration::from_millis(100),
             ..FreezeConfig::default()
         },
         ..StoreConfig::redis(url).with_namespace(common::random_namespace())
@@ -348,7 +348,7 @@ async fn redis_killed_and_restarted_mid_test() {
 }
 
 /// Redis hangs (SIGSTOP: connections stay open, nothing answers), then resumes: calls
-/// time out after `timeout_ms` and follow their policies, the freeze list notices by
+/// time out after `timeout` and follow their policies, the freeze list notices by
 /// its heartbeat, and everything recovers after SIGCONT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_redis_times_out_then_recovers() {

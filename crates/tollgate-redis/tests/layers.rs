@@ -101,7 +101,7 @@ async fn rate_limit_layer_without_redis_fails_open_never_500() {
         (tollgate_redis::RateLimitFallback::Local, 3),
     ] {
         let backend = tollgate_redis::RedisBackend::new(&tollgate_redis::StoreConfig {
-            timeout_ms: 50,
+            timeout: Duration::from_millis(50),
             ..tollgate_redis::StoreConfig::redis(url.clone())
         })
         .unwrap();

@@ -79,7 +79,7 @@ async fn freeze_on_one_replica_holds_on_the_other_within_100ms() {
     let Some(t) = TestRedis::new() else { return };
     // Heartbeats every 20 ms: the subscription must stay up through them.
     let config = FreezeConfig {
-        heartbeat_ms: 20,
+        heartbeat: Duration::from_millis(20),
         ..FreezeConfig::default()
     };
     let a = RedisFreezeList::with_config(&t.backend(), &config, system_clock());

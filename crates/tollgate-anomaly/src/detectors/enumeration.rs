@@ -1,8 +1,10 @@
 //! Enumeration (OWASP API1, broken object level authorization): one session walking
 //! many distinct object ids on one route template, or drawing many 403/404s.
 
+use tollgate_core::clock::duration_nanos;
+
 use crate::bounded::BoundedMap;
-use crate::config::{EnumerationConfig, secs};
+use crate::config::EnumerationConfig;
 use crate::sketch::{SlidingCounter, WindowedDistinct};
 
 use super::excess_score;
@@ -17,22 +19,8 @@ struct EnumerationState {
 /// Per session and route template: a distinct-count sketch of the object ids in the
 /// path (keyed hashes, one bit each; the ids themselves are never kept) and the
 /// share of 403/404 answers, over a sliding window.
-///
-/// ```
-/// use tollgate_anomaly::EnumerationConfig;
-/// use tollgate_anomaly::detectors::EnumerationDetector;
-///
-/// let d = EnumerationDetector::new(&EnumerationConfig::default());
-/// let key = 0xabc;
-/// let mut fired = false;
-/// for id in 0..200u64 {
-///     let id_hash = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-///     fired |= d.observe_request(key, [id_hash], id * 10_000_000_000).is_some();
-/// }
-/// assert!(fired);
-/// ```
 #[derive(Debug)]
-pub struct EnumerationDetector {
+pub(crate) struct EnumerationDetector {
     map: BoundedMap<EnumerationState>,
     window: u64,
     max_ids: f64,
@@ -42,10 +30,10 @@ pub struct EnumerationDetector {
 
 impl EnumerationDetector {
     /// A detector with this configuration.
-    pub fn new(config: &EnumerationConfig) -> Self {
+    pub(crate) fn new(config: &EnumerationConfig) -> Self {
         EnumerationDetector {
-            map: BoundedMap::new(config.max_entries, secs(2 * config.window_secs)),
-            window: config.window_secs.max(1) * 1_000_000_000,
+            map: BoundedMap::new(config.max_entries, config.window * 2),
+            window: duration_nanos(config.window).max(1),
             max_ids: f64::from(config.max_distinct_ids),
             min_requests: f64::from(config.ratio_min_requests),
             max_ratio: config.max_error_ratio,
@@ -66,7 +54,7 @@ impl EnumerationDetector {
     /// Counts the object ids (keyed hashes) of one request of `key` (a session and
     /// route) at `now`, before the handler runs. Returns a score if the distinct
     /// ids, or the error ratio so far, are anomalous.
-    pub fn observe_request(&self, key: u64, ids: impl IntoIterator<Item = u64>, now: u64) -> Option<u8> {
+    pub(crate) fn observe_request(&self, key: u64, ids: impl IntoIterator<Item = u64>, now: u64) -> Option<u8> {
         let window = self.window;
         self.map.update(key, now, EnumerationState::default, |s| {
             let mut any = false;
@@ -87,7 +75,7 @@ impl EnumerationDetector {
 
     /// Counts the answer status of one request of `key` at `now`. Returns a score if
     /// the 403/404 ratio is anomalous.
-    pub fn observe_status(&self, key: u64, status: u16, now: u64) -> Option<u8> {
+    pub(crate) fn observe_status(&self, key: u64, status: u16, now: u64) -> Option<u8> {
         let window = self.window;
         self.map.update(key, now, EnumerationState::default, |s| {
             s.total.add(now, window, 1);
@@ -99,17 +87,17 @@ impl EnumerationDetector {
     }
 
     /// The number of session-and-route pairs tracked.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
     /// True if nothing is tracked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// The most pairs tracked.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.map.capacity()
     }
 
@@ -129,6 +117,17 @@ mod tests {
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         x ^ (x >> 31)
+    }
+
+    #[test]
+    fn a_walk_over_many_ids_fires() {
+        let d = EnumerationDetector::new(&EnumerationConfig::default());
+        let mut fired = false;
+        for id in 0..200u64 {
+            let id_hash = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            fired |= d.observe_request(0xabc, [id_hash], id * 10 * S).is_some();
+        }
+        assert!(fired);
     }
 
     #[test]

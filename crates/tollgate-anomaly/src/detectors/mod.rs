@@ -5,17 +5,18 @@
 //! identifier. Each detector answers with a score from 1 to 100 when it fires.
 
 mod enumeration;
+#[cfg(test)]
+mod memory;
 mod sequence;
 mod stuffing;
 mod token;
 mod volume;
 
-pub use enumeration::EnumerationDetector;
-pub(crate) use sequence::RouteEntry;
-pub use sequence::{RouteIndex, SequenceDetector, Step};
-pub use stuffing::StuffingDetector;
-pub use token::TokenSharingDetector;
-pub use volume::VolumeDetector;
+pub(crate) use enumeration::EnumerationDetector;
+pub(crate) use sequence::{SequenceDetector, Step};
+pub(crate) use stuffing::StuffingDetector;
+pub(crate) use token::TokenSharingDetector;
+pub(crate) use volume::VolumeDetector;
 
 /// A score from how far `value` is above `threshold`: 50 at the threshold, 100 at
 /// twice the threshold or more.

@@ -1,166 +1,13 @@
 //! Unusual sequence: a small learned per-route transition model.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use tollgate_core::clock::duration_nanos;
 
 use crate::bounded::BoundedMap;
-use crate::config::{CompiledPolicy, SequenceConfig, secs};
-use crate::engine::ParamShape;
+use crate::config::SequenceConfig;
 
 use super::rarity_score;
-
-/// What the request path needs to know about a route template, found with one lookup.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RouteEntry {
-    /// The index in the transition model.
-    pub idx: u8,
-    /// The policy configured for the template, if any.
-    pub policy: Option<CompiledPolicy>,
-    /// Where the template's parameters are, for the enumeration detector.
-    pub params: ParamShape,
-}
-
-/// The hash of a route template in the [`RouteIndex`]. Templates are few, come from
-/// the router (not from clients) and are short: a multiplicative hash is enough,
-/// and much cheaper than SipHash.
-fn template_hash(template: &str) -> u64 {
-    let mut h = template.len() as u64;
-    for chunk in template.as_bytes().chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (h >> 32)
-}
-
-/// A template and its entry, in a [`RouteIndex`] slot.
-type Indexed = (Box<str>, RouteEntry);
-
-/// Maps route templates to small indices (for the transition model), their
-/// configured policy and parameter shape. Bounded: past `max_routes` templates, new
-/// ones share the `other` index.
-///
-/// An append-only open-addressing table that is never more than half full: a
-/// lookup is a hash and a probe or two without any lock or reference count; adding
-/// a template takes a mutex (once per template).
-#[derive(Debug)]
-pub struct RouteIndex {
-    slots: Box<[OnceLock<Indexed>]>,
-    mask: usize,
-    len: AtomicUsize,
-    adding: Mutex<()>,
-    max_routes: usize,
-}
-
-impl RouteIndex {
-    pub(crate) fn new(
-        max_routes: usize,
-        policies: impl IntoIterator<Item = (String, CompiledPolicy)>,
-    ) -> Self {
-        let policies: Vec<_> = policies.into_iter().collect();
-        // Configured templates, then at most `max_routes` learned ones.
-        let capacity = (2 * (policies.len() + max_routes)).next_power_of_two().max(8);
-        let index = RouteIndex {
-            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
-            mask: capacity - 1,
-            len: AtomicUsize::new(0),
-            adding: Mutex::new(()),
-            max_routes,
-        };
-        for (route, policy) in policies {
-            let next = index.len.load(Ordering::Relaxed);
-            let idx = if next < max_routes {
-                next as u8
-            } else {
-                max_routes as u8
-            };
-            let entry = RouteEntry {
-                idx,
-                policy: Some(policy),
-                params: ParamShape::of(&route),
-            };
-            if let Err(i) = index.find(&route) {
-                index.put(i, &route, entry);
-            }
-        }
-        index
-    }
-
-    /// The slot holding `template`, or the free slot where it would go.
-    fn find(&self, template: &str) -> Result<RouteEntry, usize> {
-        let mut i = template_hash(template) as usize & self.mask;
-        loop {
-            match self.slots[i].get() {
-                None => return Err(i),
-                Some((t, entry)) if **t == *template => return Ok(*entry),
-                Some(_) => i = (i + 1) & self.mask,
-            }
-        }
-    }
-
-    fn put(&self, slot: usize, template: &str, entry: RouteEntry) {
-        if self.slots[slot].set((template.into(), entry)).is_ok() {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The index shared by unmatched requests and templates past the cap.
-    pub fn other(&self) -> u8 {
-        self.max_routes as u8
-    }
-
-    /// The pseudo-route before a session's first request.
-    pub fn start(&self) -> u8 {
-        self.max_routes as u8 + 1
-    }
-
-    /// The number of indices (routes, `other`, `start`).
-    pub fn len(&self) -> usize {
-        self.max_routes + 2
-    }
-
-    /// Never empty: `other` and `start` always exist.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The entry of `template` (`None`: unmatched).
-    pub(crate) fn lookup(&self, template: Option<&str>) -> RouteEntry {
-        let Some(template) = template else {
-            return RouteEntry {
-                idx: self.other(),
-                policy: None,
-                params: ParamShape::None,
-            };
-        };
-        if let Ok(found) = self.find(template) {
-            return found;
-        }
-        let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.find(template) {
-            Ok(found) => found,
-            Err(_) if self.len.load(Ordering::Relaxed) >= self.max_routes => RouteEntry {
-                idx: self.other(),
-                policy: None,
-                params: ParamShape::of(template),
-            },
-            Err(slot) => {
-                let entry = RouteEntry {
-                    idx: self.len.load(Ordering::Relaxed) as u8,
-                    policy: None,
-                    params: ParamShape::of(template),
-                };
-                self.put(slot, template, entry);
-                entry
-            }
-        }
-    }
-
-    /// The number of templates indexed.
-    pub fn routes(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-}
 
 /// One generation of the transition model.
 #[derive(Debug)]
@@ -213,12 +60,12 @@ const MAX_LEARNED_PER_SESSION: u8 = 64;
 
 /// One observed step, to hand back to [`SequenceDetector::learn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     session: u64,
     /// The previous route (or the start of the session).
-    pub prev: u8,
+    pub(crate) prev: u8,
     /// The route.
-    pub route: u8,
+    pub(crate) route: u8,
     /// The session's learning counts when the step was observed (they only grow).
     learned: u8,
     taught: u8,
@@ -226,7 +73,8 @@ pub struct Step {
 
 impl Step {
     /// The same session's step `prev -> route` (for tests and replays).
-    pub fn with(self, prev: u8, route: u8) -> Step {
+    #[cfg(test)]
+    pub(crate) fn with(self, prev: u8, route: u8) -> Step {
         Step { prev, route, ..self }
     }
 }
@@ -243,30 +91,10 @@ impl Step {
 /// novelties fade as many sessions make them while one attacker cannot teach the model.
 ///
 /// It is two generations of `(max_routes + 2)²` aggregate counters, each covering
-/// `model_window_secs`: counts older than two windows are gone, so the model follows
-/// change. Per session it keeps three bytes, forgotten after `session_gap_secs`.
-///
-/// ```
-/// use tollgate_anomaly::SequenceConfig;
-/// use tollgate_anomaly::detectors::SequenceDetector;
-///
-/// let config = SequenceConfig { min_observations: 10, ..SequenceConfig::default() };
-/// let d = SequenceDetector::new(&config);
-/// let (search, item, export) = (0u8, 1u8, 2u8);
-/// for s in 0..100u64 {
-///     for route in [search, item] {
-///         let (step, score) = d.observe(s, route, 0);
-///         assert!(score.is_none() || s < 10);
-///         d.learn(step, score.is_some(), 0);
-///     }
-/// }
-/// // Straight from `search` to `export`: never seen.
-/// d.observe(1_000, search, 0);
-/// let (_, score) = d.observe(1_000, export, 0);
-/// assert!(score.is_some());
-/// ```
+/// `model_window`: counts older than two windows are gone, so the model follows
+/// change. Per session it keeps three bytes, forgotten after `session_gap`.
 #[derive(Debug)]
-pub struct SequenceDetector {
+pub(crate) struct SequenceDetector {
     n: usize,
     start: u8,
     other: u8,
@@ -282,7 +110,7 @@ pub struct SequenceDetector {
 
 impl SequenceDetector {
     /// A detector with this configuration.
-    pub fn new(config: &SequenceConfig) -> Self {
+    pub(crate) fn new(config: &SequenceConfig) -> Self {
         let n = config.max_routes + 2;
         SequenceDetector {
             n,
@@ -290,8 +118,8 @@ impl SequenceDetector {
             other: config.max_routes as u8,
             counts: [Counts::new(n), Counts::new(n)],
             generation: AtomicU64::new(0),
-            window: config.model_window_secs.max(1) * 1_000_000_000,
-            sessions: BoundedMap::new(config.max_entries, secs(config.session_gap_secs)),
+            window: duration_nanos(config.model_window).max(1),
+            sessions: BoundedMap::new(config.max_entries, config.session_gap),
             min_observations: config.min_observations,
             rare_transition: config.rare_transition,
             min_total: config.min_total_observations,
@@ -301,7 +129,7 @@ impl SequenceDetector {
 
     /// Records that `session` called `route` at `now`. Returns the step (for
     /// [`SequenceDetector::learn`]) and a score if it is unusual.
-    pub fn observe(&self, session: u64, route: u8, now: u64) -> (Step, Option<u8>) {
+    pub(crate) fn observe(&self, session: u64, route: u8, now: u64) -> (Step, Option<u8>) {
         let route = route.min(self.other);
         let start = self.start;
         let (prev, learned, taught) = self.sessions.update(
@@ -366,7 +194,7 @@ impl SequenceDetector {
     /// Learns `step` at `now`. Call it for steps no other detector tagged;
     /// `self_tagged` says whether this detector tagged it (such steps are learned at
     /// most twice per session).
-    pub fn learn(&self, step: Step, self_tagged: bool, now: u64) {
+    pub(crate) fn learn(&self, step: Step, self_tagged: bool, now: u64) {
         let allowed = self.sessions.update(
             step.session,
             now,
@@ -413,7 +241,7 @@ impl SequenceDetector {
     }
 
     /// The share of departures from `prev` that went to `route`, if any were observed.
-    pub fn transition_share(&self, prev: u8, route: u8) -> Option<f64> {
+    pub(crate) fn transition_share(&self, prev: u8, route: u8) -> Option<f64> {
         let p = usize::from(prev).min(self.n - 1);
         let r = usize::from(route.min(self.other));
         let departures = self.sum(|c| &c.departures[p]);
@@ -421,22 +249,22 @@ impl SequenceDetector {
     }
 
     /// The pseudo-route before a session's first request.
-    pub fn start(&self) -> u8 {
+    pub(crate) fn start(&self) -> u8 {
         self.start
     }
 
     /// The number of sessions tracked.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sessions.len()
     }
 
     /// True if no session is tracked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
 
     /// The most sessions tracked.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.sessions.capacity()
     }
 
@@ -467,6 +295,27 @@ mod tests {
             }
         }
         d
+    }
+
+    #[test]
+    fn a_never_seen_step_fires() {
+        let config = SequenceConfig {
+            min_observations: 10,
+            ..SequenceConfig::default()
+        };
+        let d = SequenceDetector::new(&config);
+        let (search, item, export) = (0u8, 1u8, 2u8);
+        for s in 0..100u64 {
+            for route in [search, item] {
+                let (step, score) = d.observe(s, route, 0);
+                assert!(score.is_none() || s < 10);
+                d.learn(step, score.is_some(), 0);
+            }
+        }
+        // Straight from `search` to `export`: never seen.
+        d.observe(1_000, search, 0);
+        let (_, score) = d.observe(1_000, export, 0);
+        assert!(score.is_some());
     }
 
     #[test]
@@ -503,50 +352,6 @@ mod tests {
         assert_eq!(step.prev, d.start());
     }
 
-    #[test]
-    fn route_index_is_bounded() {
-        let idx = RouteIndex::new(3, []);
-        assert_eq!(idx.lookup(Some("/a")).idx, 0);
-        assert_eq!(idx.lookup(Some("/b")).idx, 1);
-        assert_eq!(idx.lookup(Some("/a")).idx, 0);
-        assert_eq!(idx.lookup(Some("/c")).idx, 2);
-        assert_eq!(idx.lookup(Some("/d")).idx, idx.other());
-        assert_eq!(idx.lookup(None).idx, idx.other());
-        assert_eq!(idx.routes(), 3);
-
-        // Configured templates come first, and count towards the cap.
-        let policies = (0..5).map(|i| (format!("/c{i}/{{id}}"), CompiledPolicy::default()));
-        let idx = RouteIndex::new(3, policies);
-        assert_eq!(idx.routes(), 5);
-        for i in 0..5 {
-            let e = idx.lookup(Some(&format!("/c{i}/{{id}}")));
-            assert_eq!(e.idx, (i as u8).min(3));
-            assert!(e.policy.is_some());
-            assert_eq!(e.params, ParamShape::Right(1));
-        }
-        assert_eq!(idx.lookup(Some("/new")).idx, idx.other());
-        assert_eq!(idx.routes(), 5);
-
-        // Many templates from many threads: each gets one index, the first `max` distinct.
-        let idx = RouteIndex::new(200, []);
-        std::thread::scope(|s| {
-            for t in 0..4 {
-                let idx = &idx;
-                s.spawn(move || {
-                    for i in 0..300 {
-                        idx.lookup(Some(&format!("/r{}", (i * 7 + t * 13) % 300)));
-                    }
-                });
-            }
-        });
-        assert_eq!(idx.routes(), 200);
-        let mut seen: Vec<u8> = (0..300)
-            .map(|i| idx.lookup(Some(&format!("/r{i}"))).idx)
-            .filter(|&i| i != idx.other())
-            .collect();
-        seen.sort_unstable();
-        assert_eq!(seen, (0..200).map(|i| i as u8).collect::<Vec<_>>());
-    }
 }
 
 #[cfg(test)]
@@ -557,7 +362,7 @@ mod window_tests {
     fn the_model_forgets_after_two_windows() {
         let config = SequenceConfig {
             min_observations: 5,
-            model_window_secs: 100,
+            model_window: std::time::Duration::from_secs(100),
             ..SequenceConfig::default()
         };
         let d = SequenceDetector::new(&config);

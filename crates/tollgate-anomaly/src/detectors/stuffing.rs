@@ -1,8 +1,10 @@
 //! Credential stuffing: many failed logins, or many distinct subjects, from one
 //! network prefix.
 
+use tollgate_core::clock::duration_nanos;
+
 use crate::bounded::BoundedMap;
-use crate::config::{StuffingConfig, secs};
+use crate::config::StuffingConfig;
 use crate::sketch::{SlidingCounter, WindowedDistinct};
 
 use super::excess_score;
@@ -17,21 +19,10 @@ struct StuffingState {
 
 /// Per network prefix: 401 answers in a sliding window, and a distinct-count sketch
 /// of the subjects that authenticated from it. Either above its limit tags the
-/// prefix, which then stays tagged for `hold_secs`, so the logins that succeed in
+/// prefix, which then stays tagged for `hold`, so the logins that succeed in
 /// the middle of a campaign are tagged too.
-///
-/// ```
-/// use tollgate_anomaly::StuffingConfig;
-/// use tollgate_anomaly::detectors::StuffingDetector;
-///
-/// let d = StuffingDetector::new(&StuffingConfig::default());
-/// let net = 0x1234;
-/// let fired = (0..30u64).filter_map(|i| d.record_failure(net, i * 1_000_000_000)).count();
-/// assert!(fired > 0);
-/// assert!(d.check(net, 40_000_000_000).is_some());
-/// ```
 #[derive(Debug)]
-pub struct StuffingDetector {
+pub(crate) struct StuffingDetector {
     map: BoundedMap<StuffingState>,
     window: u64,
     hold: u64,
@@ -41,15 +32,12 @@ pub struct StuffingDetector {
 
 impl StuffingDetector {
     /// A detector with this configuration.
-    pub fn new(config: &StuffingConfig) -> Self {
-        let window = config.window_secs.max(1) * 1_000_000_000;
-        let hold = config.hold_secs * 1_000_000_000;
+    pub(crate) fn new(config: &StuffingConfig) -> Self {
+        let window = duration_nanos(config.window).max(1);
+        let hold = duration_nanos(config.hold);
         StuffingDetector {
             // An entry lives while it is counting or holding.
-            map: BoundedMap::new(
-                config.max_entries,
-                secs(2 * config.window_secs.max(config.hold_secs)),
-            ),
+            map: BoundedMap::new(config.max_entries, config.window.max(config.hold) * 2),
             window,
             hold,
             max_failures: f64::from(config.max_failures),
@@ -71,7 +59,7 @@ impl StuffingDetector {
     }
 
     /// Counts a 401 answer to `network` at `now`.
-    pub fn record_failure(&self, network: u64, now: u64) -> Option<u8> {
+    pub(crate) fn record_failure(&self, network: u64, now: u64) -> Option<u8> {
         let window = self.window;
         self.map.update(network, now, StuffingState::default, |s| {
             s.failures.add(now, window, 1);
@@ -82,7 +70,7 @@ impl StuffingDetector {
     }
 
     /// Counts a subject (a keyed hash) that authenticated from `network` at `now`.
-    pub fn record_subject(&self, network: u64, subject: u64, now: u64) -> Option<u8> {
+    pub(crate) fn record_subject(&self, network: u64, subject: u64, now: u64) -> Option<u8> {
         let window = self.window;
         self.map.update(network, now, StuffingState::default, |s| {
             s.subjects.insert(subject, now, window);
@@ -93,24 +81,24 @@ impl StuffingDetector {
     }
 
     /// The score of `network` if it is tagged now (read only).
-    pub fn check(&self, network: u64, now: u64) -> Option<u8> {
+    pub(crate) fn check(&self, network: u64, now: u64) -> Option<u8> {
         self.map
             .get(network, now, |s| (now < s.held_until).then_some(s.score))
             .flatten()
     }
 
     /// The number of prefixes tracked.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
     /// True if nothing is tracked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// The most prefixes tracked.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.map.capacity()
     }
 
@@ -124,6 +112,15 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn thirty_failures_fire_and_hold() {
+        let d = StuffingDetector::new(&StuffingConfig::default());
+        let net = 0x1234;
+        let fired = (0..30u64).filter_map(|i| d.record_failure(net, i * S)).count();
+        assert!(fired > 0);
+        assert!(d.check(net, 40 * S).is_some());
+    }
 
     #[test]
     fn a_few_typos_are_quiet() {

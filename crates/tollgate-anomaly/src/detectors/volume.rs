@@ -1,8 +1,10 @@
 //! Volume: a principal's request rate far above its own recent baseline and above
 //! its tier's norm.
 
+use tollgate_core::clock::duration_nanos;
+
 use crate::bounded::BoundedMap;
-use crate::config::{VolumeConfig, secs};
+use crate::config::VolumeConfig;
 use crate::sketch::SlidingCounter;
 
 use super::excess_score;
@@ -25,22 +27,8 @@ struct VolumeState {
 /// an attack does not teach the detector that it is normal within minutes; idle
 /// windows do not feed it at all, so the baseline is "how fast this principal goes
 /// when it is active".
-///
-/// ```
-/// use tollgate_anomaly::VolumeConfig;
-/// use tollgate_anomaly::detectors::VolumeDetector;
-///
-/// let d = VolumeDetector::new(&VolumeConfig::default());
-/// let norm = d.norm(Some("free")); // 120 per minute by default
-/// let mut fired = None;
-/// for i in 0..200u64 {
-///     // 200 requests in 20 seconds
-///     fired = fired.or(d.observe(42, norm, i * 100_000_000));
-/// }
-/// assert!(fired.is_some());
-/// ```
 #[derive(Debug)]
-pub struct VolumeDetector {
+pub(crate) struct VolumeDetector {
     map: BoundedMap<VolumeState>,
     window: u64,
     factor: f64,
@@ -51,10 +39,10 @@ pub struct VolumeDetector {
 
 impl VolumeDetector {
     /// A detector with this configuration (validated by the layer).
-    pub fn new(config: &VolumeConfig) -> Self {
+    pub(crate) fn new(config: &VolumeConfig) -> Self {
         VolumeDetector {
-            map: BoundedMap::new(config.max_entries, secs(config.ttl_secs)),
-            window: config.window_secs.max(1) * 1_000_000_000,
+            map: BoundedMap::new(config.max_entries, config.ttl),
+            window: duration_nanos(config.window).max(1),
             factor: config.baseline_factor,
             alpha: config.baseline_alpha as f32,
             norms: config
@@ -68,13 +56,13 @@ impl VolumeDetector {
 
     /// The norm (requests per window) of `tier`; the default norm for unknown tiers
     /// and for `None` (unauthenticated callers).
-    pub fn norm(&self, tier: Option<&str>) -> u32 {
+    pub(crate) fn norm(&self, tier: Option<&str>) -> u32 {
         tier.and_then(|t| self.norms.iter().find(|(name, _)| &**name == t))
             .map_or(self.default_norm, |(_, n)| *n)
     }
 
     /// Counts one request of `key` at `now`; returns a score if the rate is anomalous.
-    pub fn observe(&self, key: u64, norm: u32, now: u64) -> Option<u8> {
+    pub(crate) fn observe(&self, key: u64, norm: u32, now: u64) -> Option<u8> {
         let window = self.window;
         self.map.update(
             key,
@@ -115,22 +103,22 @@ impl VolumeDetector {
     }
 
     /// The baseline (requests per active window) of `key`, if known.
-    pub fn baseline(&self, key: u64, now: u64) -> Option<f32> {
+    pub(crate) fn baseline(&self, key: u64, now: u64) -> Option<f32> {
         self.map.get(key, now, |s| s.baseline).filter(|b| *b >= 0.0)
     }
 
     /// The number of keys tracked.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
     /// True if nothing is tracked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// The most keys tracked.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.map.capacity()
     }
 
@@ -157,6 +145,17 @@ mod tests {
         (0..per_min * minutes)
             .filter(|i| d.observe(key, norm, start + i * step).is_some())
             .count()
+    }
+
+    #[test]
+    fn two_hundred_requests_in_twenty_seconds_fire() {
+        let d = VolumeDetector::new(&VolumeConfig::default());
+        let norm = d.norm(Some("free")); // 120 per minute by default
+        let mut fired = None;
+        for i in 0..200u64 {
+            fired = fired.or(d.observe(42, norm, i * 100_000_000));
+        }
+        assert!(fired.is_some());
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl TestRedis {
     /// A `[store]` config for this test's namespace, with short timeouts.
     pub fn config(&self) -> StoreConfig {
         StoreConfig {
-            timeout_ms: 1_000,
+            timeout: Duration::from_secs(1),
             ..StoreConfig::redis(self.url.clone()).with_namespace(self.namespace.clone())
         }
     }

@@ -1,7 +1,7 @@
 //! Memory stays bounded under 1,000,000 distinct keys, driving the detectors directly.
 
-use tollgate_anomaly::detectors::{EnumerationDetector, SequenceDetector, StuffingDetector, VolumeDetector};
-use tollgate_anomaly::{EnumerationConfig, SequenceConfig, StuffingConfig, VolumeConfig};
+use super::{EnumerationDetector, SequenceDetector, StuffingDetector, VolumeDetector};
+use crate::config::{EnumerationConfig, SequenceConfig, StuffingConfig, VolumeConfig};
 
 const KEYS: u64 = 1_000_000;
 const MS: u64 = 1_000_000;
