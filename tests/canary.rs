@@ -6,13 +6,9 @@ mod common;
 
 use common::*;
 use std::time::Duration;
+use tollgate_test_support::canary::{self, EMAIL, IP, JTI, OTHER_IP, SUBJECT, USER_AGENT, assert_absent};
+use tollgate_test_support::redis::RedisNamespace;
 
-const CLIENT_IP: &str = "203.0.113.77";
-const CLIENT_PREFIX: &str = "203.0.113.";
-const USER_AGENT: &str = "CanaryBrowser/9.9 (canary-ua-7731; X11)";
-const SUBJECT: &str = "canary.person@example.com";
-const JTI: &str = "canary-jti-424242";
-const QUERY_EMAIL: &str = "canary.query@example.com";
 const PATH_ID: &str = "987654321";
 
 /// Drives every kind of request through the stack at `addr`; returns the canaries.
@@ -22,10 +18,10 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
     let get = |path: &str| {
         client
             .get(format!("http://{addr}{path}"))
-            .header("x-forwarded-for", CLIENT_IP)
+            .header("x-forwarded-for", IP)
             .header("user-agent", USER_AGENT)
     };
-    let ok = get(&format!("/v1/items/{PATH_ID}?email={QUERY_EMAIL}"))
+    let ok = get(&format!("/v1/items/{PATH_ID}?email={EMAIL}"))
         .bearer_auth(&token)
         .send()
         .await
@@ -55,7 +51,7 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
     // The same token from a second network: the session layer notices.
     let moved = client
         .get(format!("http://{addr}/v1/me"))
-        .header("x-forwarded-for", "198.51.100.23")
+        .header("x-forwarded-for", OTHER_IP)
         .header("user-agent", "OtherCanary/1.0")
         .bearer_auth(&token)
         .send()
@@ -63,37 +59,22 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
         .unwrap();
     assert_eq!(moved.status(), 200);
 
-    vec![
-        CLIENT_IP.into(),
-        CLIENT_PREFIX.into(),
-        "198.51.100.".into(),
-        USER_AGENT.into(),
-        "CanaryBrowser".into(),
-        "canary-ua-7731".into(),
-        "OtherCanary".into(),
-        SUBJECT.into(),
-        "canary.person".into(),
-        JTI.into(),
-        QUERY_EMAIL.into(),
-        "email=".into(),
-        PATH_ID.into(),
-        API_KEY.into(),
-        "tgk_canary".into(),
-        "canary-key-id-31337".into(),
-        "canary.keyowner".into(),
-        token.clone(),
-        token.split('.').nth(1).unwrap().into(),
-        token.split('.').nth(2).unwrap().into(),
-    ]
-}
-
-fn assert_no_canary(what: &str, text: &str, canaries: &[String]) {
-    for canary in canaries {
-        assert!(
-            !text.contains(canary.as_str()),
-            "{what} carries the canary {canary:?}"
-        );
-    }
+    let mut canaries: Vec<String> = canary::FRAGMENTS.iter().map(|c| c.to_string()).collect();
+    canaries.extend(
+        [
+            "OtherCanary",
+            "email=",
+            PATH_ID,
+            API_KEY,
+            "tgk_canary",
+            "canary-key-id-31337",
+            "canary.keyowner",
+        ]
+        .map(String::from),
+    );
+    canaries.push(token.clone());
+    canaries.extend(token.split('.').skip(1).map(String::from));
+    canaries
 }
 
 /// The request lines prove the stack did its work, so the absence of canaries means something.
@@ -129,15 +110,17 @@ async fn no_identifier_reaches_the_logs() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let text = server.capture.text();
     assert_lines_carry_pseudonyms(&server.capture);
-    assert_no_canary("the log output", &text, &canaries);
+    assert_absent("the log output", &text, &canaries);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_identifier_reaches_the_logs_or_redis() {
-    let Some(url) = redis_url() else { return };
-    let namespace = random_namespace();
+    let Some(redis) = RedisNamespace::new() else {
+        return;
+    };
     let server = serve(stack_config(&format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nnamespace = \"{namespace}\"\n"
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
+        redis.url, redis.namespace
     )));
     let mut canaries = traffic(server.addr).await;
     // Freeze the credential through the admin API, so the freeze list holds an entry.
@@ -151,14 +134,8 @@ async fn no_identifier_reaches_the_logs_or_redis() {
     assert!(freeze.status().is_success(), "{}", freeze.status());
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("tollgate:{namespace}:*"))
-        .query(&mut conn)
-        .unwrap();
+    let mut conn = redis.connection();
+    let keys = redis.keys();
     assert!(
         keys.iter().any(|k| k.contains(":rl")),
         "rate-limit cells are in Redis: {keys:?}"
@@ -184,11 +161,10 @@ async fn no_identifier_reaches_the_logs_or_redis() {
         stored.push_str(&value.join("\n"));
         stored.push('\n');
     }
-    let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
 
     // The operator's freeze reason is the one free text stored; it is not a canary.
     canaries.retain(|c| c != "canary test");
     assert_lines_carry_pseudonyms(&server.capture);
-    assert_no_canary("the log output", &server.capture.text(), &canaries);
-    assert_no_canary("the Redis keys and values", &stored, &canaries);
+    assert_absent("the log output", &server.capture.text(), &canaries);
+    assert_absent("the Redis keys and values", &stored, &canaries);
 }

@@ -4,10 +4,12 @@
 mod common;
 
 use common::*;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tollgate_test_support::redis::RedisNamespace;
+use tollgate_test_support::{free_port, random_namespace};
 
 /// The demo gateway binary, built by `cargo test --all-targets` next to this test.
 fn gateway_binary() -> PathBuf {
@@ -20,14 +22,6 @@ fn gateway_binary() -> PathBuf {
         binary.display()
     );
     binary
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Replica {
@@ -128,22 +122,12 @@ mod tempfile_path {
     }
 }
 
-fn cleanup(url: &str, namespace: &str) {
-    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("tollgate:{namespace}:*"))
-        .query(&mut conn)
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_budget_and_one_freeze_list() {
-    let Some(url) = redis_url() else { return };
-    let namespace = random_namespace();
-    let config = config_file(&url, &namespace);
+    let Some(redis) = RedisNamespace::new() else {
+        return;
+    };
+    let config = config_file(&redis.url, &redis.namespace);
     let a = start(&config);
     let b = start(&config);
     let client = reqwest::Client::new();
@@ -213,5 +197,4 @@ async fn two_replicas_share_one_budget_and_one_freeze_list() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     println!("freeze on A held on B after {:?}", frozen_at.elapsed());
-    cleanup(&url, &namespace);
 }

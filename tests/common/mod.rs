@@ -1,16 +1,13 @@
 //! Shared helpers for the black-box tests of the composed stack.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::ops::Deref;
 
 use axum::extract::Path;
 use axum::{Router, routing::get, routing::post};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tollgate::{Tollgate, TollgateConfig};
-use tracing_subscriber::prelude::*;
+use tollgate_test_support::{LogCapture, jwt, serve_captured};
 
 /// The HS256 secret of the test issuer (test-only).
 pub const JWT_SECRET: [u8; 32] = [0x5a; 32];
@@ -18,38 +15,22 @@ pub const ISSUER: &str = "https://issuer.test.invalid";
 pub const AUDIENCE: &str = "tollgate-tests";
 pub const PSEUDONYM_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// Every byte the server thread logged.
-#[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<u8>>>);
+/// Every byte the server thread logged (derefs to [`LogCapture`]).
+#[derive(Clone, Debug)]
+pub struct Capture(LogCapture);
 
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+impl Capture {
+    /// The request lines (one per request).
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.0.lines_with_target(tollgate::privacy::TARGET)
     }
 }
 
-impl Capture {
-    pub fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).expect("log output is UTF-8")
-    }
+impl Deref for Capture {
+    type Target = LogCapture;
 
-    pub fn lines(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    /// The request lines (one per request).
-    pub fn requests(&self) -> Vec<serde_json::Value> {
-        self.lines()
-            .into_iter()
-            .filter(|l| l["target"] == tollgate::privacy::TARGET)
-            .collect()
+    fn deref(&self) -> &LogCapture {
+        &self.0
     }
 }
 
@@ -77,36 +58,24 @@ pub struct Server {
 /// Builds the stack from `config` and serves the test API behind it on 127.0.0.1,
 /// on a thread of its own whose log output is captured.
 pub fn serve(config: TollgateConfig) -> Server {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let subscriber = tracing_subscriber::registry()
-            .with(tollgate::privacy::json_layer(move || writer.clone()))
-            .with(tracing_subscriber::filter::LevelFilter::TRACE);
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let tollgate = Tollgate::from_config(&config).await.expect("the stack builds");
-            let mut app = api();
-            if let Some(admin) = tollgate.freeze_admin() {
-                app = app.nest("/admin", admin);
-            }
-            let app = tollgate.apply(app);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .unwrap();
-        });
+    serve_app(config, api)
+}
+
+/// [`serve`] with the routes `app` builds instead of the test API; the freeze admin
+/// API, when configured, is nested under `/admin`.
+pub fn serve_app(config: TollgateConfig, app: impl FnOnce() -> Router + Send + 'static) -> Server {
+    let server = serve_captured(tollgate::privacy::json_layer, move || async move {
+        let tollgate = Tollgate::from_config(&config).await.expect("the stack builds");
+        let mut app = app();
+        if let Some(admin) = tollgate.freeze_admin() {
+            app = app.nest("/admin", admin);
+        }
+        tollgate.apply(app)
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server starts");
-    Server { addr, capture }
+    Server {
+        addr: server.addr,
+        capture: Capture(server.capture),
+    }
 }
 
 /// The whole stack's config: every layer on, loopback trusted as a proxy so tests
@@ -172,41 +141,9 @@ pub fn sha256_hex(s: &str) -> String {
 
 /// An HS256 token from the test issuer.
 pub fn token(sub: &str, jti: &str, plan: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let claims = serde_json::json!({
-        "sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600, "jti": jti, "plan": plan,
-        "scope": "read:items",
-    });
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("test".into());
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&JWT_SECRET)).unwrap()
-}
-
-/// The Redis to test against, from `REDIS_URL`: `None` (after printing that the
-/// test is skipped) when it is unset outside CI; a failure under `CI` or when set
-/// but unreachable.
-pub fn redis_url() -> Option<String> {
-    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if ci => panic!("CI is set but REDIS_URL is not: the Redis tests must run under CI"),
-        _ => {
-            println!("skipped: REDIS_URL not set");
-            return None;
-        }
-    };
-    let reachable = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-    if let Err(e) = reachable {
-        panic!("REDIS_URL is set but Redis does not answer: {}", e.category());
-    }
-    Some(url)
-}
-
-/// A random key namespace for one test.
-pub fn random_namespace() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    format!("t{}", hex::encode(b))
+    let mut claims = jwt::claims(ISSUER, AUDIENCE, sub);
+    claims["jti"] = jti.into();
+    claims["plan"] = plan.into();
+    claims["scope"] = "read:items".into();
+    jwt::hs256(&JWT_SECRET, Some("test"), &claims)
 }

@@ -1,69 +1,24 @@
 //! Bounded per-key state with an idle TTL: the storage under every detector.
 //!
-//! A fixed number of shards, each a `Mutex` around a hash index and a slot vector
-//! of fixed capacity. A new key in a full shard evicts by CLOCK (second chance):
-//! expired entries and entries not touched again since they were made or last
-//! passed go first. So the entry count never exceeds
-//! the configured cap, whatever the number of distinct keys, and one lookup costs a
-//! short uncontended lock and a hash probe.
+//! Core's [`ShardedMap`] with the [`SecondChance`] (CLOCK) rule: a new key in a full
+//! shard evicts an expired entry or one not touched again since it was made or last
+//! passed, so a flood of one-off keys evicts itself before the keys that come back.
+//! The entry count never exceeds the configured cap, whatever the number of distinct
+//! keys, and one lookup costs a short uncontended lock and a hash probe. Each update
+//! moves the entry's deadline to `now + ttl`; a write to a shard sweeps it whole once
+//! per sweep interval.
 //!
 //! Keys are 64-bit keyed hashes (see [`crate::hash`]), never raw identifiers.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tollgate_core::clock::duration_nanos;
-
-/// Keys are already uniform keyed hashes: the index uses them as they are.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type Index = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
-
-/// A shard on cache lines of its own, so that threads working on different shards
-/// do not contend for one line.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-struct Slot<V> {
-    key: u64,
-    touched: u64,
-    referenced: bool,
-    value: V,
-}
-
-struct Shard<V> {
-    index: Index,
-    slots: Vec<Slot<V>>,
-    hand: usize,
-    last_sweep: u64,
-}
+use tollgate_core::clock::{Timestamp, duration_nanos};
+use tollgate_core::sharded::{SecondChance, ShardedMap};
 
 /// A bounded map from 64-bit keys to `V`, with an idle TTL per entry.
-pub struct BoundedMap<V> {
-    shards: Box<[Padded<Mutex<Shard<V>>>]>,
-    shard_bits: u32,
-    shard_cap: usize,
+pub(crate) struct BoundedMap<V> {
+    map: ShardedMap<u64, V, SecondChance>,
     ttl: u64,
-    sweep_every: u64,
-    len: AtomicUsize,
 }
 
 impl<V> std::fmt::Debug for BoundedMap<V> {
@@ -79,188 +34,70 @@ impl<V> std::fmt::Debug for BoundedMap<V> {
 impl<V> BoundedMap<V> {
     /// A map of at most `max_entries` entries (at least 1), each dropped `ttl` after
     /// its last update.
-    pub fn new(max_entries: usize, ttl: Duration) -> Self {
-        let max_entries = max_entries.max(1);
-        // Up to 64 shards, each of at least 16 entries.
-        let mut shard_bits = 0u32;
-        while shard_bits < 6 && (max_entries >> (shard_bits + 1)) >= 16 {
-            shard_bits += 1;
-        }
-        let n = 1usize << shard_bits;
-        let shard_cap = max_entries / n;
+    pub(crate) fn new(max_entries: usize, ttl: Duration) -> Self {
         let ttl = duration_nanos(ttl).max(1);
-        let shards = (0..n)
-            .map(|_| {
-                Padded(Mutex::new(Shard {
-                    index: Index::default(),
-                    slots: Vec::new(),
-                    hand: 0,
-                    last_sweep: 0,
-                }))
-            })
-            .collect();
+        // Expired entries are unreadable at once and dropped within an eighth of the TTL
+        // (at the next write to their shard after that).
+        let sweep_every = (ttl / 8).max(1_000_000_000).min(ttl);
         BoundedMap {
-            shards,
-            shard_bits,
-            shard_cap,
+            map: ShardedMap::builder(max_entries)
+                .evict(SecondChance)
+                .sweep_interval(Duration::from_nanos(sweep_every))
+                .build(),
             ttl,
-            // Expired entries are unreadable at once and dropped within an eighth of the TTL
-            // (at the next access to their shard after that).
-            sweep_every: (ttl / 8).max(1_000_000_000).min(ttl),
-            len: AtomicUsize::new(0),
         }
     }
 
     /// The most entries the map holds.
-    pub fn capacity(&self) -> usize {
-        self.shard_cap << self.shard_bits
+    pub(crate) fn capacity(&self) -> usize {
+        self.map.capacity()
     }
 
     /// The idle time after which an entry is gone.
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         Duration::from_nanos(self.ttl)
     }
 
     /// The longest an expired entry can stay in memory before a sweep drops it,
     /// counted from its last update (TTL plus the sweep interval).
-    pub fn retention(&self) -> Duration {
-        Duration::from_nanos(self.ttl.saturating_add(self.sweep_every))
+    pub(crate) fn retention(&self) -> Duration {
+        self.ttl() + self.map.sweep_interval().unwrap_or_default()
     }
 
     /// The number of entries held (expired ones included until swept).
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
     }
 
-    /// True if the map holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn shard(&self, key: u64) -> MutexGuard<'_, Shard<V>> {
-        let i = if self.shard_bits == 0 {
-            0
-        } else {
-            // The index's buckets use the low bits and its tags the top seven: take the
-            // shard from the middle.
-            ((key >> 32) as usize) & ((1 << self.shard_bits) - 1)
-        };
-        self.shards[i].0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn expired(&self, touched: u64, now: u64) -> bool {
-        now.saturating_sub(touched) >= self.ttl
+    /// True if the map holds nothing (one atomic read).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// Runs `f` on the entry at `key`, creating it with `init` if it is missing or
     /// expired, and refreshes its TTL.
-    pub fn update<R>(&self, key: u64, now: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
-        let mut shard = self.shard(key);
-        self.maybe_sweep(&mut shard, now);
-        let shard = &mut *shard;
-        if let Some(&i) = shard.index.get(&key) {
-            let slot = &mut shard.slots[i as usize];
-            if self.expired(slot.touched, now) {
-                slot.value = init();
-            }
-            slot.touched = now;
-            slot.referenced = true;
-            return f(&mut slot.value);
-        }
-        // New entries start unreferenced: a flood of one-off keys evicts itself
-        // before it evicts the keys that come back.
-        let slot = Slot {
-            key,
-            touched: now,
-            referenced: false,
-            value: init(),
-        };
-        let i = if shard.slots.len() < self.shard_cap {
-            shard.slots.push(slot);
-            self.len.fetch_add(1, Ordering::Relaxed);
-            shard.slots.len() - 1
-        } else {
-            let victim = self.clock_victim(shard, now);
-            let old = std::mem::replace(&mut shard.slots[victim], slot);
-            shard.index.remove(&old.key);
-            victim
-        };
-        shard.index.insert(key, i as u32);
-        f(&mut shard.slots[i].value)
+    pub(crate) fn update<R>(&self, key: u64, now: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
+        let deadline = Timestamp::from_nanos(now.saturating_add(self.ttl));
+        self.map.update(&key, Timestamp::from_nanos(now), deadline, init, f)
     }
 
     /// Reads the entry at `key`, if present and not expired, without refreshing it.
-    pub fn get<R>(&self, key: u64, now: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+    pub(crate) fn get<R>(&self, key: u64, now: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
         if self.is_empty() {
             return None;
         }
-        let shard = self.shard(key);
-        let &i = shard.index.get(&key)?;
-        let slot = &shard.slots[i as usize];
-        (!self.expired(slot.touched, now)).then(|| f(&slot.value))
+        self.map.get_with(&key, Timestamp::from_nanos(now), f)
     }
 
     /// Removes the entry at `key`; returns whether there was one.
-    pub fn remove(&self, key: u64) -> bool {
-        let mut shard = self.shard(key);
-        let Some(i) = shard.index.remove(&key) else {
-            return false;
-        };
-        self.remove_slot(&mut shard, i as usize);
-        true
+    pub(crate) fn remove(&self, key: u64) -> bool {
+        // At time zero every held entry is live (deadlines are `now + ttl`, ttl >= 1).
+        self.map.remove(&key, Timestamp::ZERO).is_some()
     }
 
     /// Drops every expired entry now (the request path does this a shard at a time).
-    pub fn purge_expired(&self, now: u64) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
-            self.sweep(&mut shard, now);
-        }
-    }
-
-    fn clock_victim(&self, shard: &mut Shard<V>, now: u64) -> usize {
-        let len = shard.slots.len();
-        // Two passes at most: the first clears every reference bit it passes.
-        loop {
-            let h = shard.hand % len;
-            shard.hand = (h + 1) % len;
-            let slot = &mut shard.slots[h];
-            if !slot.referenced || self.expired(slot.touched, now) {
-                return h;
-            }
-            slot.referenced = false;
-        }
-    }
-
-    fn remove_slot(&self, shard: &mut Shard<V>, i: usize) {
-        shard.slots.swap_remove(i);
-        if let Some(moved) = shard.slots.get(i) {
-            shard.index.insert(moved.key, i as u32);
-        }
-        if shard.hand >= shard.slots.len() {
-            shard.hand = 0;
-        }
-        self.len.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    fn maybe_sweep(&self, shard: &mut Shard<V>, now: u64) {
-        if now.saturating_sub(shard.last_sweep) >= self.sweep_every {
-            self.sweep(shard, now);
-        }
-    }
-
-    fn sweep(&self, shard: &mut Shard<V>, now: u64) {
-        shard.last_sweep = now;
-        let mut i = 0;
-        while i < shard.slots.len() {
-            if self.expired(shard.slots[i].touched, now) {
-                let key = shard.slots[i].key;
-                shard.index.remove(&key);
-                self.remove_slot(shard, i);
-            } else {
-                i += 1;
-            }
-        }
+    pub(crate) fn purge_expired(&self, now: u64) {
+        self.map.purge_expired(Timestamp::from_nanos(now));
     }
 }
 

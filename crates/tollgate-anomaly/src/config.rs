@@ -499,7 +499,6 @@ impl AnomalyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::AnomalyRoute;
 
     #[test]
     fn defaults_are_valid_and_record_only() {
@@ -515,7 +514,8 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.setting, "anomaly.volume.baseline_factor");
         assert!(
-            e.to_string().starts_with("anomaly.volume.baseline_factor: must be"),
+            e.to_string()
+                .starts_with("anomaly.volume.baseline_factor: must be"),
             "{e}"
         );
         c.volume.baseline_factor = 4.0;
@@ -570,28 +570,5 @@ mod tests {
         // Written back, durations stay strings.
         let again: AnomalyConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
-    }
-
-    #[test]
-    fn route_policy_from_toml() {
-        // As a facade's `[routes."<template>"]` table would carry it.
-        let routes: BTreeMap<String, AnomalyRoute> = toml::from_str(
-            r#"
-            ["/v1/login"]
-            actions = { credential_stuffing = "block" }
-            disabled = ["volume"]
-            ["/health"]
-            skip = true
-            "#,
-        )
-        .unwrap();
-        let r = &routes["/v1/login"];
-        assert_eq!(r.actions.credential_stuffing, Some(Action::Block));
-        assert!(!r.is_enabled(AnomalyKind::Volume));
-        assert!(r.is_enabled(AnomalyKind::Enumeration));
-        assert!(routes["/health"].skip);
-        assert!(!routes["/health"].is_enabled(AnomalyKind::Enumeration));
-        let bad: Result<AnomalyRoute, _> = toml::from_str("skipped = true");
-        assert!(bad.unwrap_err().to_string().contains("unknown field"));
     }
 }

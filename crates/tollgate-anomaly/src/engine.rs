@@ -2,31 +2,34 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath};
+use axum::extract::MatchedPath;
 use axum::response::Response;
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
-use tollgate_core::clock::SharedClock;
+use tollgate_core::clock::{SharedClock, duration_nanos};
+use tollgate_core::future::BoxResponseFuture;
 use tollgate_core::problem::types;
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    ClientConfig, ClientContext, Freeze, FreezeList, FreezeTarget, KeyedDigest, NetworkPrefix, Principal,
-    Problem, ProblemResponder, Pseudonymizer, SessionInfo, StoreError, Timestamp, fields,
+    ClientConfig, ConfigError, Freeze, FreezeTarget, KeyedDigest, NetworkPrefix, Principal, Problem,
+    ProblemResponder, Pseudonymizer, RouteMap, SessionInfo, SharedFreezeList, StoreError, Timestamp,
 };
 use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
 
 use crate::bounded::BoundedMap;
-use crate::config::{Action, AnomalyConfig, CompiledPolicy, RoutePolicy, secs};
+use crate::config::{Action, AnomalyConfig, SECTION};
 use crate::detectors::{
-    EnumerationDetector, RouteEntry, RouteIndex, SequenceDetector, Step, StuffingDetector,
-    TokenSharingDetector, VolumeDetector,
+    EnumerationDetector, SequenceDetector, Step, StuffingDetector, TokenSharingDetector, VolumeDetector,
 };
 use crate::hash::{KeyKind, KeyedHasher};
+use crate::params::{ParamIds, ParamShape, next_back};
+use crate::record::Record;
+use crate::route::{AnomalyRoute, CompiledPolicy};
+use crate::route_index::{RouteEntry, RouteIndex};
 use crate::tags::{AnomalyKind, AnomalyTags, KIND_COUNT};
 
 /// The debug response header carrying the tags (only when `debug_header` is on).
@@ -40,19 +43,6 @@ const THROTTLE_NETWORK: Domain = Domain::new("anomaly-throttle-network");
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// A freeze list behind a trait object: freezing is rare, so its boxed future costs
-/// nothing on the common path, and the layer is not generic over the backend.
-pub(crate) trait ErasedFreeze: Send + Sync {
-    fn freeze(&self, freeze: Freeze) -> BoxFuture<Result<(), StoreError>>;
-}
-
-impl<F: FreezeList> ErasedFreeze for F {
-    fn freeze(&self, freeze: Freeze) -> BoxFuture<Result<(), StoreError>> {
-        let list = self.clone();
-        Box::pin(async move { list.freeze(freeze).await })
-    }
-}
-
 /// A penalty on one caller (a credential or a network).
 #[derive(Clone, Copy, Debug, Default)]
 struct Penalty {
@@ -64,131 +54,10 @@ struct Penalty {
 /// The keys of one request: keyed hashes, and the credential's keyed digest (hashed
 /// into a key only when a penalty needs it, which is rare).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Keys {
-    pub network: Option<u64>,
-    pub credential: Option<KeyedDigest>,
-    pub enumeration: Option<u64>,
-}
-
-/// What the `anomaly` span field and the debug header show: `kind:score` pairs,
-/// then `;action=...` when an action was taken (or would be, in report-only mode).
-#[derive(Clone, Copy)]
-pub(crate) struct Record {
-    pub tags: AnomalyTags,
-    pub action: Option<&'static str>,
-}
-
-impl fmt::Display for Record {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.render().as_str())
-    }
-}
-
-/// The text of a [`Record`], built without the formatting machinery: at most five
-/// `kind:score` pairs and an action name fit in 128 bytes.
-pub(crate) struct RecordText {
-    buf: [u8; 128],
-    len: usize,
-}
-
-impl RecordText {
-    fn push(&mut self, s: &str) {
-        let end = (self.len + s.len()).min(self.buf.len());
-        self.buf[self.len..end].copy_from_slice(&s.as_bytes()[..end - self.len]);
-        self.len = end;
-    }
-
-    fn push_score(&mut self, score: u8) {
-        let digits = [b'0' + score / 100, b'0' + score / 10 % 10, b'0' + score % 10];
-        let skip = if score >= 100 {
-            0
-        } else if score >= 10 {
-            1
-        } else {
-            2
-        };
-        for &d in &digits[skip..] {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = d;
-                self.len += 1;
-            }
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII kind and action names and digits are pushed, whole.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
-}
-
-impl Record {
-    /// The text, as [`AnomalyTags`]'s `Display` then `;action=...`.
-    pub fn render(&self) -> RecordText {
-        let mut out = RecordText {
-            buf: [0; 128],
-            len: 0,
-        };
-        for (i, (kind, score)) in self.tags.iter().enumerate() {
-            if i > 0 {
-                out.push(",");
-            }
-            out.push(kind.as_str());
-            out.push(":");
-            out.push_score(score);
-        }
-        if let Some(action) = self.action {
-            out.push(";action=");
-            out.push(action);
-        }
-        out
-    }
-
-    pub fn emit(&self) {
-        // As a string: the JSON log writes it as `display` did, without running the
-        // formatting machinery.
-        if self.action.is_none()
-            && self.tags.len() == 1
-            && let Some((kind, score)) = self.tags.iter().next()
-        {
-            record_current(fields::ANOMALY, &single_tag_text(kind, score));
-        } else if !self.tags.is_empty() || self.action.is_some() {
-            let text = self.render();
-            record_current(fields::ANOMALY, &text.as_str());
-        }
-    }
-}
-
-/// `kind:score` for every kind and score, made once: the text of a request with one
-/// tag and no action, the common case, is a lookup.
-fn single_tag_text(kind: AnomalyKind, score: u8) -> &'static str {
-    static TEXT: OnceLock<Vec<String>> = OnceLock::new();
-    let table = TEXT.get_or_init(|| {
-        AnomalyKind::ALL
-            .iter()
-            .flat_map(|k| (0..=100u8).map(move |s| format!("{}:{s}", k.as_str())))
-            .collect()
-    });
-    &table[kind.index() * 101 + usize::from(score.min(100))]
-}
-
-/// Records `value` as the field `name` of the current span, as
-/// `Span::current().record(name, value)` does, without making (and dropping) a span
-/// handle: that takes and releases a reference on the span in the subscriber.
-/// Skipped if there is no current span or it does not declare `name`.
-fn record_current(name: &str, value: &dyn tracing::field::Value) {
-    tracing::dispatcher::get_default(|dispatch| {
-        let Some((id, meta)) = dispatch.current_span().into_inner() else {
-            return;
-        };
-        let names = meta.fields();
-        let Some(field) = names.field(name) else {
-            return;
-        };
-        dispatch.record(
-            &id,
-            &tracing::span::Record::new(&names.value_set(&[(&field, Some(value))])),
-        );
-    });
+struct Keys {
+    network: Option<u64>,
+    credential: Option<KeyedDigest>,
+    enumeration: Option<u64>,
 }
 
 /// An answer given before the handler runs.
@@ -218,20 +87,34 @@ pub(crate) struct Post {
 /// hands the inner layer what the watch already worked out, so that the request
 /// reads the clock, looks its route up and hashes its network once.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct FailureWatched {
+struct FailureWatched {
     /// The engine of the watch: only the same engine reuses the rest.
     engine: usize,
     route: RouteEntry,
+    policy: CompiledPolicy,
     /// The time and the network key, if the watch got as far as reading them.
     seen: Option<(Timestamp, u64)>,
 }
 
 /// What the outer watch layer keeps for the response phase.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct WatchState {
-    pub network: u64,
-    pub policy: CompiledPolicy,
-    pub now: Timestamp,
+struct WatchState {
+    network: u64,
+    policy: CompiledPolicy,
+    now: Timestamp,
+}
+
+/// The response phase of the outer watch layer, for a request whose 401 it counts.
+pub(crate) struct Watch {
+    engine: Arc<Engine>,
+    state: WatchState,
+}
+
+impl Watch {
+    /// Counts the response if it is a 401.
+    pub(crate) fn finish(self, response: &mut Response) {
+        self.engine.on_watch_response(&self.state, response);
+    }
 }
 
 /// The sizes of the detectors' state, for memory checks and admin views.
@@ -245,7 +128,7 @@ pub struct StateSize {
     pub capacity: usize,
 }
 
-pub(crate) struct Throttle {
+struct Throttle {
     store: MemoryRateLimitStore,
     limit: Limit,
     key: RateLimitKey,
@@ -257,9 +140,13 @@ pub(crate) struct Throttle {
 /// every core) do not share a cache line with the settings every request reads.
 #[repr(align(128))]
 pub(crate) struct Engine {
-    pub config: AnomalyConfig,
+    pub(crate) config: AnomalyConfig,
     actions: [Action; KIND_COUNT],
+    /// The per-route policies, read with `RouteMap::get_for`.
+    policies: RouteMap<CompiledPolicy>,
     hasher: KeyedHasher,
+    /// The templates the sequence model and the enumeration detector have seen
+    /// (learned as requests come, unlike the configured `policies`).
     routes: RouteIndex,
     volume: Option<VolumeDetector>,
     stuffing: Option<StuffingDetector>,
@@ -271,8 +158,8 @@ pub(crate) struct Engine {
     clock: SharedClock,
     pseudonymizer: Pseudonymizer,
     client: ClientConfig,
-    pub freeze: Option<Arc<dyn ErasedFreeze>>,
-    pub responder: ProblemResponder,
+    pub(crate) freeze: Option<SharedFreezeList>,
+    pub(crate) responder: ProblemResponder,
     block_nanos: u64,
     throttle_nanos: u64,
 }
@@ -287,37 +174,78 @@ impl fmt::Debug for Engine {
     }
 }
 
-impl Engine {
-    pub fn new(
-        config: AnomalyConfig,
-        pseudonymizer: Pseudonymizer,
-        clock: SharedClock,
-        client: ClientConfig,
-        freeze: Option<Arc<dyn ErasedFreeze>>,
-        throttle_store: Option<MemoryRateLimitStore>,
-        responder: ProblemResponder,
-    ) -> Result<Self, crate::ConfigError> {
-        config.validate()?;
-        if freeze.is_none() && config.uses(Action::Freeze) {
-            return Err(crate::ConfigError::new(
-                "actions",
-                "an action is `freeze` but no freeze list was given (AnomalyLayerBuilder::freeze_list)",
+/// What an [`Engine`] is made of: the builder's settings.
+pub(crate) struct Settings {
+    pub(crate) config: AnomalyConfig,
+    pub(crate) pseudonymizer: Pseudonymizer,
+    pub(crate) clock: SharedClock,
+    pub(crate) client: ClientConfig,
+    pub(crate) freeze: Option<SharedFreezeList>,
+    pub(crate) throttle_store: Option<MemoryRateLimitStore>,
+    pub(crate) responder: ProblemResponder,
+    pub(crate) routes: RouteMap<AnomalyRoute>,
+}
+
+/// Refuses a `freeze` action when there is no freeze list to write to: a private
+/// list nobody reads would let the credential through on the next request.
+fn check_freeze(settings: &Settings) -> Result<(), ConfigError> {
+    if settings.freeze.is_some() {
+        return Ok(());
+    }
+    const HINT: &str = "is `freeze` but no freeze list was given (AnomalyBuilder::freeze_list)";
+    let global = settings.config.actions;
+    if let Some(kind) = AnomalyKind::ALL
+        .into_iter()
+        .find(|k| global.get(*k) == Some(Action::Freeze))
+    {
+        return Err(ConfigError::new(format!("{SECTION}.actions.{kind}"), HINT));
+    }
+    for (pattern, route) in settings.routes.iter() {
+        if let Some(kind) = AnomalyKind::ALL
+            .into_iter()
+            .find(|k| route.actions.get(*k) == Some(Action::Freeze))
+        {
+            return Err(ConfigError::new(
+                format!("routes.\"{pattern}\".{SECTION}.actions.{kind}"),
+                HINT,
             ));
         }
+    }
+    Ok(())
+}
+
+impl Engine {
+    pub(crate) fn new(settings: Settings) -> Result<Self, ConfigError> {
+        settings.config.validate()?;
+        check_freeze(&settings)?;
+        let Settings {
+            config,
+            pseudonymizer,
+            clock,
+            client,
+            freeze,
+            throttle_store,
+            responder,
+            routes: policies,
+        } = settings;
         let t = &config.throttle;
         let limit = Limit::new(
             u64::from(t.requests),
-            secs(t.period_secs),
+            t.period,
             u64::from(t.requests) + u64::from(t.burst),
         )
-        .map_err(|e| crate::ConfigError::new("throttle", e.to_string()))?;
-        let routes = RouteIndex::new(
-            config.sequence.max_routes,
-            config.routes.iter().map(|(k, v)| (k.clone(), v.compile())),
-        );
+        .map_err(|e| ConfigError::new(format!("{SECTION}.throttle"), e))?;
+        // The configured templates get the first indices of the sequence model.
+        let templates = policies
+            .table()
+            .patterns()
+            .map(|(_, pattern)| pattern)
+            .filter(|p| p.starts_with('/') && !p.ends_with("/*"));
+        let routes = RouteIndex::new(config.sequence.max_routes, templates);
         let p = &config.penalties;
         Ok(Engine {
             actions: AnomalyKind::ALL.map(|k| config.action(k)),
+            policies: policies.map(AnomalyRoute::compile),
             hasher: KeyedHasher::from_pseudonymizer(&pseudonymizer),
             routes,
             volume: config.volume.enabled.then(|| VolumeDetector::new(&config.volume)),
@@ -337,15 +265,15 @@ impl Engine {
                 .sequence
                 .enabled
                 .then(|| SequenceDetector::new(&config.sequence)),
-            penalties: BoundedMap::new(p.max_entries, secs(p.block_secs.max(p.throttle_secs))),
+            penalties: BoundedMap::new(p.max_entries, p.block.max(p.throttle)),
             throttle: Throttle {
                 store: throttle_store.unwrap_or_default(),
                 limit,
                 key: RateLimitKey::scoped(THROTTLE_SCOPE, pseudonymizer.digest(THROTTLE_NETWORK, b""))
-                    .map_err(|e| crate::ConfigError::new("throttle", e.to_string()))?,
+                    .map_err(|e| ConfigError::new(format!("{SECTION}.throttle"), e))?,
             },
-            block_nanos: p.block_secs * 1_000_000_000,
-            throttle_nanos: p.throttle_secs * 1_000_000_000,
+            block_nanos: duration_nanos(p.block),
+            throttle_nanos: duration_nanos(p.throttle),
             clock,
             pseudonymizer,
             client,
@@ -355,7 +283,7 @@ impl Engine {
         })
     }
 
-    pub fn sizes(&self) -> Vec<StateSize> {
+    pub(crate) fn sizes(&self) -> Vec<StateSize> {
         let mut out = Vec::new();
         let mut push = |name, len, capacity| out.push(StateSize { name, len, capacity });
         if let Some(d) = &self.volume {
@@ -383,7 +311,7 @@ impl Engine {
         out
     }
 
-    pub fn retention(&self, name: &str) -> Option<Duration> {
+    pub(crate) fn retention(&self, name: &str) -> Option<Duration> {
         match name {
             "anomaly.volume" => self.volume.as_ref().map(|d| d.map().retention()),
             "anomaly.stuffing" => self.stuffing.as_ref().map(|d| d.map().retention()),
@@ -394,7 +322,7 @@ impl Engine {
         }
     }
 
-    pub fn purge_expired(&self) {
+    pub(crate) fn purge_expired(&self) {
         let now = self.clock.now().as_nanos();
         if let Some(d) = &self.volume {
             d.map().purge_expired(now);
@@ -411,7 +339,7 @@ impl Engine {
         self.penalties.purge_expired(now);
     }
 
-    pub fn transition_share(&self, from: Option<&str>, to: &str) -> Option<f64> {
+    pub(crate) fn transition_share(&self, from: Option<&str>, to: &str) -> Option<f64> {
         let d = self.sequence.as_ref()?;
         let prev = match from {
             Some(f) => self.routes.lookup(Some(f)).idx,
@@ -420,16 +348,11 @@ impl Engine {
         d.transition_share(prev, self.routes.lookup(Some(to)).idx)
     }
 
+    /// The client's network, as every layer of the stack resolves it.
     fn network_of<B>(&self, req: &Request<B>) -> Option<NetworkPrefix> {
-        if let Some(ctx) = req.extensions().get::<ClientContext>() {
-            return Some(ctx.network());
-        }
-        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-        Some(
-            self.client
-                .context(peer, req.headers(), &self.pseudonymizer)
-                .network(),
-        )
+        self.client
+            .resolve(req.extensions(), req.headers(), &self.pseudonymizer)
+            .map(|client| client.network())
     }
 
     fn network_key(&self, network: &NetworkPrefix) -> u64 {
@@ -565,37 +488,31 @@ impl Engine {
     }
 
     fn freeze_of(&self, target: FreezeTarget, tags: AnomalyTags, now: Timestamp) -> Freeze {
-        let secs = self.config.penalties.freeze_secs;
+        let length = self.config.penalties.freeze;
         let mut reason = String::from("anomaly: ");
         reason.push_str(&tags.to_string());
         Freeze {
             target,
             reason,
             frozen_at: now,
-            until: (secs > 0).then(|| now.saturating_add(Duration::from_secs(secs))),
-        }
-    }
-
-    fn policy<B>(&self, req: &Request<B>, configured: Option<CompiledPolicy>) -> CompiledPolicy {
-        match req.extensions().get::<RoutePolicy>() {
-            Some(p) => p.compile(),
-            None => configured.unwrap_or_default(),
+            until: (!length.is_zero()).then(|| now.saturating_add(length)),
         }
     }
 
     /// The request phase of the inner layer.
-    pub fn on_request<B>(self: &Arc<Self>, req: &mut Request<B>) -> (Option<Early>, Option<Post>) {
+    pub(crate) fn on_request<B>(self: &Arc<Self>, req: &mut Request<B>) -> (Option<Early>, Option<Post>) {
         let ext = req.extensions();
         let marker = ext.get::<FailureWatched>().copied();
         let watched = marker.is_some();
         let shared = marker.filter(|m| m.engine == self.id());
-        let route = match &shared {
-            Some(m) => m.route,
-            None => self
-                .routes
-                .lookup(ext.get::<MatchedPath>().map(MatchedPath::as_str)),
+        let (route, policy) = match &shared {
+            Some(m) => (m.route, m.policy),
+            None => (
+                self.routes
+                    .lookup(ext.get::<MatchedPath>().map(MatchedPath::as_str)),
+                *self.policies.get_for(req),
+            ),
         };
-        let policy = self.policy(req, route.policy);
         if policy.skip {
             return (None, None);
         }
@@ -800,16 +717,20 @@ impl Engine {
 
     /// The request phase of the outer watch layer: blocks or throttles networks under
     /// a penalty, and marks the request so the inner layer leaves 401s to it.
-    pub fn on_watch_request<B>(&self, req: &mut Request<B>) -> (Option<Problem>, Option<WatchState>) {
+    pub(crate) fn on_watch_request<B>(
+        self: &Arc<Self>,
+        req: &mut Request<B>,
+    ) -> (Option<Problem>, Option<Watch>) {
         let route = self
             .routes
             .lookup(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+        let policy = *self.policies.get_for(req);
         let mut marker = FailureWatched {
             engine: self.id(),
             route,
+            policy,
             seen: None,
         };
-        let policy = self.policy(req, route.policy);
         let network = if policy.skip || !policy.enabled(AnomalyKind::CredentialStuffing) {
             None
         } else {
@@ -846,16 +767,20 @@ impl Engine {
             // Nothing to count in the response phase.
             return (None, None);
         }
-        let watch = WatchState {
+        let state = WatchState {
             network: key,
             policy,
             now,
+        };
+        let watch = Watch {
+            engine: Arc::clone(self),
+            state,
         };
         (None, Some(watch))
     }
 
     /// The response phase of the outer watch layer: counts 401s per network.
-    pub fn on_watch_response(&self, watch: &WatchState, response: &mut Response) {
+    fn on_watch_response(&self, watch: &WatchState, response: &mut Response) {
         if response.status() != StatusCode::UNAUTHORIZED {
             return;
         }
@@ -934,7 +859,7 @@ fn insert_tags<B>(req: &mut Request<B>, tags: AnomalyTags) {
 impl Post {
     /// The response phase of the inner layer. Returns a freeze to run before the
     /// response goes out, if the response phase decided one.
-    pub fn finish(self, response: &mut Response) -> Option<BoxFuture<()>> {
+    pub(crate) fn finish(self, response: &mut Response) -> Option<BoxFuture<()>> {
         let engine = &*self.engine;
         let now_ts = self.now;
         let now = now_ts.as_nanos();
@@ -965,11 +890,12 @@ impl Post {
             match (action, &engine.freeze, self.keys.credential) {
                 (Action::Freeze, Some(list), Some(credential)) if !engine.config.report_only => {
                     let target = FreezeTarget::Credential(credential);
-                    let pending = list.freeze(engine.freeze_of(target, fresh, now_ts));
+                    let entry = engine.freeze_of(target, fresh, now_ts);
+                    let list = Arc::clone(list);
                     let engine = Arc::clone(&self.engine);
                     let actor = engine.actor(&self.keys);
                     freeze = Some(Box::pin(async move {
-                        if let Err(e) = pending.await {
+                        if let Err(e) = list.freeze(entry).await {
                             freeze_failed(&engine, actor, fresh, &e);
                         }
                     }) as BoxFuture<()>);
@@ -1014,250 +940,25 @@ fn freeze_failed(engine: &Engine, actor: Option<u64>, tags: AnomalyTags, error: 
 impl Engine {
     /// Runs a freeze decided before the handler, then answers 401 `credential-frozen`
     /// (or 403 `request-blocked` if the freeze list refused).
-    pub fn run_freeze(
+    pub(crate) fn run_freeze<E: 'static>(
         self: &Arc<Self>,
         freeze: Freeze,
         actor: Option<u64>,
         tags: AnomalyTags,
-    ) -> BoxFuture<Response> {
+    ) -> BoxResponseFuture<E> {
         let engine = Arc::clone(self);
-        let list = self.freeze.clone();
         Box::pin(async move {
-            let result = match list {
+            let result = match &engine.freeze {
                 Some(list) => list.freeze(freeze).await,
                 None => Err(StoreError::Unavailable("no freeze list".into())),
             };
-            match result {
+            Ok(match result {
                 Ok(()) => engine.responder.respond(frozen()),
                 Err(e) => {
                     freeze_failed(&engine, actor, tags, &e);
                     engine.responder.respond(Engine::blocked())
                 }
-            }
+            })
         })
-    }
-}
-
-/// Where a route template's parameters are, worked out once per template (the
-/// [`RouteIndex`] keeps it), so the request path only walks the path segments it hashes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum ParamShape {
-    /// No parameter: nothing to hash.
-    #[default]
-    None,
-    /// Bit `i` set: the `i`-th segment from the right is (or contains) a parameter.
-    Right(u32),
-    /// A wildcard, or a parameter further than 32 segments from the right: the
-    /// general walk over the template.
-    General,
-}
-
-impl ParamShape {
-    pub fn of(template: &str) -> Self {
-        if !template.contains('{') {
-            return ParamShape::None;
-        }
-        if template.contains("{*") {
-            return ParamShape::General;
-        }
-        let mut mask = 0u32;
-        for (i, t) in template.rsplit('/').enumerate() {
-            if t.contains('{') {
-                if i >= 32 {
-                    return ParamShape::General;
-                }
-                mask |= 1 << i;
-            }
-        }
-        ParamShape::Right(mask)
-    }
-}
-
-/// Keyed hashes of the path segments that the route template marks as parameters
-/// (`{id}`, or a segment containing one; `{*rest}` takes the rest of the path).
-///
-/// Without a wildcard, template and path are aligned from the right, so a router
-/// nested under a stripped prefix still lines up. Nothing is allocated and no
-/// segment value is kept.
-pub(crate) struct ParamIds<'a> {
-    walk: Walk<'a>,
-    hasher: &'a KeyedHasher,
-}
-
-enum Walk<'a> {
-    Done,
-    /// Right-aligned, by a [`ParamShape::Right`] mask: the path not walked yet.
-    Mask {
-        path: Option<&'a str>,
-        mask: u32,
-    },
-    /// Right-aligned, template and path side by side.
-    Right {
-        template: std::str::RSplit<'a, char>,
-        path: std::str::RSplit<'a, char>,
-    },
-    /// Left-aligned, for templates with a trailing wildcard.
-    Wildcard {
-        template: std::str::Split<'a, char>,
-        rest: &'a str,
-    },
-}
-
-impl<'a> ParamIds<'a> {
-    #[cfg(test)]
-    pub fn new(template: &'a str, path: &'a str, hasher: &'a KeyedHasher) -> Self {
-        Self::with_shape(ParamShape::of(template), template, path, hasher)
-    }
-
-    /// The ids of `path` under a template of this shape (`template` is read only
-    /// for [`ParamShape::General`]).
-    pub fn with_shape(shape: ParamShape, template: &'a str, path: &'a str, hasher: &'a KeyedHasher) -> Self {
-        let walk = match shape {
-            ParamShape::None => Walk::Done,
-            ParamShape::Right(mask) => Walk::Mask {
-                path: Some(path),
-                mask,
-            },
-            ParamShape::General if template.contains("{*") => Walk::Wildcard {
-                template: template.trim_start_matches('/').split('/'),
-                rest: path.trim_start_matches('/'),
-            },
-            ParamShape::General => Walk::Right {
-                template: template.rsplit('/'),
-                path: path.rsplit('/'),
-            },
-        };
-        ParamIds { walk, hasher }
-    }
-}
-
-/// The last `/`-separated segment of `*rest`, as `rsplit('/')` yields them.
-fn next_back<'a>(rest: &mut Option<&'a str>) -> Option<&'a str> {
-    let r = (*rest)?;
-    // Segments are short: a plain scan beats `memrchr`'s setup.
-    match r.bytes().rposition(|b| b == b'/') {
-        Some(i) => {
-            *rest = Some(&r[..i]);
-            Some(&r[i + 1..])
-        }
-        None => {
-            *rest = None;
-            Some(r)
-        }
-    }
-}
-
-impl Iterator for ParamIds<'_> {
-    type Item = u64;
-
-    fn next(&mut self) -> Option<u64> {
-        let hasher = self.hasher;
-        let id = |segment: &str| hasher.hash_bytes(KeyKind::ObjectId, segment.as_bytes());
-        match &mut self.walk {
-            Walk::Done => None,
-            Walk::Mask { path, mask } => loop {
-                if *mask == 0 {
-                    return None;
-                }
-                let segment = next_back(path)?;
-                let param = *mask & 1 != 0;
-                *mask >>= 1;
-                if param {
-                    return Some(id(segment));
-                }
-            },
-            Walk::Right { template, path } => loop {
-                let t = template.next()?;
-                let p = path.next()?;
-                if t.contains('{') {
-                    return Some(id(p));
-                }
-            },
-            Walk::Wildcard { template, rest } => loop {
-                let t = template.next()?;
-                if t.starts_with("{*") {
-                    let value = *rest;
-                    self.walk = Walk::Done;
-                    return Some(id(value));
-                }
-                let (segment, after) = rest.split_once('/').unwrap_or((rest, ""));
-                *rest = after;
-                if t.contains('{') {
-                    return Some(id(segment));
-                }
-            },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(template: &str, path: &str) -> Vec<u64> {
-        let h = KeyedHasher::new([5; 16]);
-        let fast: Vec<u64> = ParamIds::new(template, path, &h).collect();
-        // The general walk over the template gives the same ids.
-        let general: Vec<u64> = ParamIds::with_shape(ParamShape::General, template, path, &h).collect();
-        assert_eq!(fast, general, "{template} {path}");
-        fast
-    }
-
-    fn id(value: &str) -> u64 {
-        KeyedHasher::new([5; 16]).hash_bytes(KeyKind::ObjectId, value.as_bytes())
-    }
-
-    #[test]
-    fn record_text_matches_display() {
-        let mut tags = AnomalyTags::default();
-        let check = |record: Record| {
-            let expected = match record.action {
-                Some(a) => format!("{};action={a}", record.tags),
-                None => record.tags.to_string(),
-            };
-            assert_eq!(record.render().as_str(), expected);
-            assert_eq!(record.to_string(), expected);
-        };
-        check(Record { tags, action: None });
-        check(Record {
-            tags,
-            action: Some("block"),
-        });
-        for kind in AnomalyKind::ALL {
-            for score in 1..=100 {
-                let mut one = AnomalyTags::default();
-                one.insert(kind, score);
-                assert_eq!(single_tag_text(kind, score), one.to_string());
-            }
-        }
-        for (kind, score) in AnomalyKind::ALL.into_iter().zip([1u8, 9, 10, 99, 100]) {
-            tags.insert(kind, score);
-            check(Record { tags, action: None });
-            check(Record {
-                tags,
-                action: Some(Action::Throttle.would()),
-            });
-        }
-    }
-
-    #[test]
-    fn param_segments_are_hashed() {
-        assert_eq!(ids("/v1/items/{id}", "/v1/items/42"), vec![id("42")]);
-        assert_eq!(
-            ids("/v1/users/{user}/orders/{order}", "/v1/users/7/orders/9"),
-            vec![id("9"), id("7")]
-        );
-        assert_eq!(ids("/v1/items", "/v1/items"), Vec::<u64>::new());
-        // A nested router saw the path without its prefix.
-        assert_eq!(ids("/api/v1/items/{id}", "/v1/items/42"), vec![id("42")]);
-        assert_eq!(ids("/files/{*path}", "/files/a/b/c.txt"), vec![id("a/b/c.txt")]);
-        assert_eq!(
-            ids("/o/{org}/files/{*path}", "/o/x/files/a/b"),
-            vec![id("x"), id("a/b")]
-        );
-        assert_eq!(ids("/items/{id}.json", "/items/5.json"), vec![id("5.json")]);
-        // Hostile input: more or fewer segments than the template.
-        assert_eq!(ids("/items/{id}", "/"), vec![id("")]);
-        assert_eq!(ids("/files/{*path}", ""), vec![id("")]);
     }
 }

@@ -1,7 +1,5 @@
 //! The anomaly layer's entries in the data inventory.
 
-use std::time::Duration;
-
 use tollgate_core::{FieldSpec, Protection, Retention, Sink, fields};
 
 use crate::engine::Engine;
@@ -94,14 +92,14 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             name: "anomaly.sequence.model",
             layer: LAYER,
             derived_from: "route templates and aggregate transition counts between them over all untagged \
-                           traffic, in two generations of `sequence.model_window_secs`; nothing per person",
+                           traffic, in two generations of `sequence.model_window`; nothing per person",
             protection: Protection::NotPersonal,
             purpose: "learning which steps normally precede each route",
-            retention: Retention::ttl(Duration::from_secs(2 * c.sequence.model_window_secs)),
+            retention: Retention::ttl(c.sequence.model_window * 2),
             sinks: &[Sink::Store],
         });
     }
-    let throttle_period = Duration::from_secs(c.throttle.period_secs);
+    let throttle_period = c.throttle.period;
     out.push(FieldSpec {
         name: "rl:anomaly-throttle",
         layer: LAYER,
@@ -120,7 +118,7 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
                            `anomaly: <tags>` and the time to the second",
             protection: Protection::KeyedDigest,
             purpose: "stopping a credential the detectors judged stolen or abused",
-            retention: Retention::ttl(Duration::from_secs(c.penalties.freeze_secs)),
+            retention: Retention::ttl(c.penalties.freeze),
             sinks: &[Sink::Store],
         });
     }

@@ -36,9 +36,8 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
-// Its items are `pub` for the shared sharded map that is to replace it; the module
-// stays private, and what the engine does not call is unused here.
-#[allow(unreachable_pub, dead_code)]
+// The map keeps a general API (`ttl`, `remove`) that the engine does not all use.
+#[allow(dead_code)]
 mod bounded;
 mod builder;
 mod config;

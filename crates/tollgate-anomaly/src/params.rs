@@ -75,7 +75,12 @@ impl<'a> ParamIds<'a> {
 
     /// The ids of `path` under a template of this shape (`template` is read only
     /// for [`ParamShape::General`]).
-    pub(crate) fn with_shape(shape: ParamShape, template: &'a str, path: &'a str, hasher: &'a KeyedHasher) -> Self {
+    pub(crate) fn with_shape(
+        shape: ParamShape,
+        template: &'a str,
+        path: &'a str,
+        hasher: &'a KeyedHasher,
+    ) -> Self {
         let walk = match shape {
             ParamShape::None => Walk::Done,
             ParamShape::Right(mask) => Walk::Mask {

@@ -94,3 +94,33 @@ impl CompiledPolicy {
         self.disabled & (1 << kind.index()) == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn route_policy_from_toml() {
+        // As a facade's `[routes."<template>"]` table would carry it.
+        let routes: BTreeMap<String, AnomalyRoute> = toml::from_str(
+            r#"
+            ["/v1/login"]
+            actions = { credential_stuffing = "block" }
+            disabled = ["volume"]
+            ["/health"]
+            skip = true
+            "#,
+        )
+        .unwrap();
+        let r = &routes["/v1/login"];
+        assert_eq!(r.actions.credential_stuffing, Some(Action::Block));
+        assert!(!r.is_enabled(AnomalyKind::Volume));
+        assert!(r.is_enabled(AnomalyKind::Enumeration));
+        assert!(routes["/health"].skip);
+        assert!(!routes["/health"].is_enabled(AnomalyKind::Enumeration));
+        let bad: Result<AnomalyRoute, _> = toml::from_str("skipped = true");
+        assert!(bad.unwrap_err().to_string().contains("unknown field"));
+    }
+}

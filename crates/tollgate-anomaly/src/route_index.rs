@@ -103,21 +103,6 @@ impl RouteIndex {
         self.max_routes as u8
     }
 
-    /// The pseudo-route before a session's first request.
-    pub(crate) fn start(&self) -> u8 {
-        self.max_routes as u8 + 1
-    }
-
-    /// The number of indices (routes, `other`, `start`).
-    pub(crate) fn len(&self) -> usize {
-        self.max_routes + 2
-    }
-
-    /// Never empty: `other` and `start` always exist.
-    pub(crate) fn is_empty(&self) -> bool {
-        false
-    }
-
     /// The entry of `template` (`None`: unmatched).
     pub(crate) fn lookup(&self, template: Option<&str>) -> RouteEntry {
         let Some(template) = template else {
@@ -139,7 +124,7 @@ impl RouteIndex {
             Err(slot) => {
                 let entry = RouteEntry {
                     idx: self.len.load(Ordering::Relaxed) as u8,
-                        params: ParamShape::of(template),
+                    params: ParamShape::of(template),
                 };
                 self.put(slot, template, entry);
                 entry
@@ -200,6 +185,4 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..200).map(|i| i as u8).collect::<Vec<_>>());
     }
-}
-
 }

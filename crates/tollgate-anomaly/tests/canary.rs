@@ -71,7 +71,7 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
         .set(AnomalyKind::TokenSharing, Action::Freeze);
     let anomaly = AnomalyLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
-        .freeze_list(freeze.clone())
+        .freeze_list(Arc::new(freeze.clone()))
         .throttle_store(throttle_store.clone())
         .debug_header(true)
         .build()

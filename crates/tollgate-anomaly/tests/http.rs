@@ -4,10 +4,11 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
-use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer, HealthLevel, RoutePolicy};
-use tollgate_core::{FreezeList, MemoryFreezeList};
+use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer, AnomalyRoute, HealthLevel};
+use tollgate_core::{FreezeList, MemoryFreezeList, RouteMap};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -68,7 +69,7 @@ async fn block_stops_an_enumeration_and_the_caller_stays_blocked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // The block lifts after `penalties.block_secs`.
+    // The block lifts after `penalties.block`.
     clock.advance(std::time::Duration::from_secs(601));
     let r = c
         .get(format!("{base}/v1/search"))
@@ -87,7 +88,7 @@ async fn throttle_holds_a_volume_spike_to_the_stricter_tier() {
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 10;
     config.throttle.requests = 3;
-    config.throttle.period_secs = 60;
+    config.throttle.period = Duration::from_secs(60);
     config.actions = config.actions.set(AnomalyKind::Volume, Action::Throttle);
     let anomaly = AnomalyLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
@@ -138,7 +139,7 @@ async fn freeze_puts_a_shared_token_on_the_freeze_list() {
     config.actions = config.actions.set(AnomalyKind::TokenSharing, Action::Freeze);
     let anomaly = AnomalyLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
-        .freeze_list(freeze.clone())
+        .freeze_list(Arc::new(freeze.clone()))
         .build()
         .unwrap();
     let app = routes().layer(anomaly.clone()).layer(auth_layer(&p, &freeze));
@@ -185,8 +186,25 @@ async fn freeze_puts_a_shared_token_on_the_freeze_list() {
     // A freeze without a freeze list is refused at build time, naming the setting.
     let mut config = AnomalyConfig::default();
     config.actions = config.actions.set(AnomalyKind::TokenSharing, Action::Freeze);
-    let err = AnomalyLayer::new(config, p.clone()).unwrap_err();
-    assert!(err.to_string().starts_with("anomaly.actions"), "{err}");
+    let err = AnomalyLayer::from_config(&config, p.clone()).unwrap_err();
+    assert_eq!(err.setting, "anomaly.actions.token_sharing", "{err}");
+    // The same for a route's action.
+    let policies = RouteMap::new(
+        [(
+            "/v1/items/{id}",
+            AnomalyRoute::default().action(AnomalyKind::Enumeration, Action::Freeze),
+        )],
+        AnomalyRoute::default(),
+    )
+    .unwrap();
+    let err = AnomalyLayer::builder(AnomalyConfig::default(), p.clone())
+        .routes(policies)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.setting, "routes.\"/v1/items/{id}\".anomaly.actions.enumeration",
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -317,15 +335,20 @@ async fn route_policies_override_actions_and_skip_routes() {
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 5;
     config.actions = config.actions.set(AnomalyKind::Volume, Action::Block);
-    config
-        .routes
-        .insert("/health".into(), RoutePolicy::default().skip());
-    config.routes.insert(
-        "/v1/search".into(),
-        RoutePolicy::default().action(AnomalyKind::Volume, Action::Record),
-    );
+    let policies = RouteMap::new(
+        [
+            ("/health", AnomalyRoute::default().skip()),
+            (
+                "/v1/search",
+                AnomalyRoute::default().action(AnomalyKind::Volume, Action::Record),
+            ),
+        ],
+        AnomalyRoute::default(),
+    )
+    .unwrap();
     let anomaly = AnomalyLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
+        .routes(policies)
         .debug_header(true)
         .build()
         .unwrap();
@@ -394,28 +417,30 @@ async fn no_debug_header_by_default() {
 }
 
 #[tokio::test]
-async fn a_route_policy_in_request_extensions_wins_over_config() {
+async fn a_route_policy_relaxes_one_route_of_an_app_wide_layer() {
     let clock = clock();
     let p = pseudonymizer(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 2;
     config.actions = config.actions.set(AnomalyKind::Volume, Action::Block);
+    // One layer over the whole router: the route's policy is found by its template.
+    let policies = RouteMap::new(
+        [(
+            "/v1/bulk",
+            AnomalyRoute::default().action(AnomalyKind::Volume, Action::Record),
+        )],
+        AnomalyRoute::default(),
+    )
+    .unwrap();
     let anomaly = AnomalyLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
+        .routes(policies)
         .build()
         .unwrap();
-    // The override must be in the request before the anomaly layer runs: a layer
-    // added after it (outside) on this sub-router.
-    let relaxed = axum::Router::new()
-        .route("/v1/bulk", axum::routing::get(|| async { "bulk" }))
-        .layer(anomaly.clone())
-        .layer(axum::Extension(
-            RoutePolicy::default().action(AnomalyKind::Volume, Action::Record),
-        ));
     let app = routes()
+        .route("/v1/bulk", axum::routing::get(|| async { "bulk" }))
         .layer(anomaly)
-        .merge(relaxed)
         .layer(auth_layer(&p, &freeze));
     let base = serve(app).await;
     for _ in 0..10 {

@@ -1,5 +1,6 @@
 //! The data inventory matches what the layer keeps and emits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer};
@@ -15,11 +16,11 @@ fn p() -> Pseudonymizer {
 #[test]
 fn every_piece_of_state_is_declared_with_its_retention() {
     let mut config = AnomalyConfig::default();
-    config.volume.ttl_secs = 7_200;
-    config.penalties.freeze_secs = 3_600;
+    config.volume.ttl = Duration::from_secs(7_200);
+    config.penalties.freeze = Duration::from_secs(3_600);
     config.actions = config.actions.set(AnomalyKind::TokenSharing, Action::Freeze);
     let layer = AnomalyLayer::builder(config, p())
-        .freeze_list(MemoryFreezeList::new(10))
+        .freeze_list(Arc::new(MemoryFreezeList::new(10)))
         .build()
         .unwrap();
     let inventory = layer.inventory();

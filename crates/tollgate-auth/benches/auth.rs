@@ -10,9 +10,9 @@ use axum::body::Body;
 use axum::response::Response;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::Digest;
-use tollgate_auth::{AuthConfig, AuthLayer, bench};
+use tollgate_auth::{AuthConfig, AuthLayer, JwtKey, bench};
 use tollgate_core::{PseudonymSecret, Pseudonymizer};
 use tower::{Layer, Service, ServiceExt};
 
@@ -22,27 +22,18 @@ fn key(name: &str) -> Vec<u8> {
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-fn keys(alg: Algorithm) -> (EncodingKey, DecodingKey) {
+fn keys(alg: Algorithm) -> (EncodingKey, JwtKey) {
+    let ours: tollgate_auth::Algorithm = format!("{alg:?}").parse().unwrap();
+    let pem = |name: &str| JwtKey::from_pem(ours, &key(name)).unwrap();
     match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-            (EncodingKey::from_secret(SECRET), DecodingKey::from_secret(SECRET))
-        }
-        Algorithm::ES256 => (
-            EncodingKey::from_ec_pem(&key("p256.key")).unwrap(),
-            DecodingKey::from_ec_pem(&key("p256.pub")).unwrap(),
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => (
+            EncodingKey::from_secret(SECRET),
+            JwtKey::from_secret(ours, SECRET).unwrap(),
         ),
-        Algorithm::ES384 => (
-            EncodingKey::from_ec_pem(&key("p384.key")).unwrap(),
-            DecodingKey::from_ec_pem(&key("p384.pub")).unwrap(),
-        ),
-        Algorithm::EdDSA => (
-            EncodingKey::from_ed_pem(&key("ed25519.key")).unwrap(),
-            DecodingKey::from_ed_pem(&key("ed25519.pub")).unwrap(),
-        ),
-        _ => (
-            EncodingKey::from_rsa_pem(&key("rsa1.key")).unwrap(),
-            DecodingKey::from_rsa_pem(&key("rsa1.pub")).unwrap(),
-        ),
+        Algorithm::ES256 => (EncodingKey::from_ec_pem(&key("p256.key")).unwrap(), pem("p256.pub")),
+        Algorithm::ES384 => (EncodingKey::from_ec_pem(&key("p384.key")).unwrap(), pem("p384.pub")),
+        Algorithm::EdDSA => (EncodingKey::from_ed_pem(&key("ed25519.key")).unwrap(), pem("ed25519.pub")),
+        _ => (EncodingKey::from_rsa_pem(&key("rsa1.key")).unwrap(), pem("rsa1.pub")),
     }
 }
 
@@ -98,7 +89,7 @@ scopes = ["read:items"]
     );
     let mut builder = AuthLayer::builder(config, p);
     for alg in ALGS {
-        builder = builder.jwt_key(Some(&format!("{alg:?}")), *alg, keys(*alg).1);
+        builder = builder.jwt_key(Some(&format!("{alg:?}")), keys(*alg).1);
     }
     rt.block_on(builder.build()).unwrap()
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -12,9 +13,14 @@ use http::StatusCode;
 use serde::Deserialize;
 use tollgate_core::clock::{SharedClock, system_clock};
 use tollgate_core::problem::{Problem, ProblemType, types};
-use tollgate_core::{Freeze, FreezeList, FreezeTarget, KeyedDigest, Pseudonymizer};
+use tollgate_core::span::record_current;
+use tollgate_core::{
+    Freeze, FreezeTarget, KeyedDigest, Principal, ProblemResponder, Pseudonymizer, SharedFreezeList, StoreError,
+    fields,
+};
 
-use crate::scope::require_scope;
+use crate::error::{AuthError, Challenges};
+use crate::scope::RequiredScopes;
 
 /// The scope the admin handlers require by default.
 pub const DEFAULT_ADMIN_SCOPE: &str = "tollgate:admin";
@@ -61,7 +67,9 @@ pub struct FreezeRequest {
     /// Why (must not name the person); at most 256 bytes.
     #[serde(default)]
     pub reason: Option<String>,
-    /// How long the freeze holds, in seconds; the configured maximum if absent.
+    /// How long the freeze holds, in whole seconds; the configured maximum if
+    /// absent. (A JSON API, so a number of seconds as in OAuth2's `expires_in`, not
+    /// the duration strings of the configuration file.)
     #[serde(default)]
     pub ttl_s: Option<u64>,
 }
@@ -83,18 +91,24 @@ impl std::fmt::Debug for FreezeRequest {
 /// - `DELETE /freezes` `{kind, id}`: 204, or 404 if not frozen.
 /// - `DELETE /freezes/{credential|subject}/{digest}`: unfreeze a listed entry.
 ///
-/// Every route requires the admin scope; mount the router behind an
-/// [`AuthLayer`](crate::AuthLayer).
+/// Every route requires the admin scope, whatever the route policy of the
+/// [`AuthLayer`](crate::AuthLayer) it is mounted behind (401 without a
+/// [`Principal`], 403 `insufficient_scope` without the scope), so it cannot be
+/// mounted open by mistake. Get one from
+/// [`AuthLayer::freeze_admin`](crate::AuthLayer::freeze_admin) to share the layer's
+/// freeze list, clock, realm and responder.
 #[derive(Clone)]
-pub struct FreezeAdmin<F> {
-    list: F,
+pub struct FreezeAdmin {
+    list: SharedFreezeList,
     pseudonymizer: Pseudonymizer,
     admin_scope: String,
     max_ttl: Duration,
     clock: SharedClock,
+    responder: ProblemResponder,
+    realm: Option<String>,
 }
 
-impl<F> std::fmt::Debug for FreezeAdmin<F> {
+impl std::fmt::Debug for FreezeAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FreezeAdmin")
             .field("admin_scope", &self.admin_scope)
@@ -106,27 +120,30 @@ impl<F> std::fmt::Debug for FreezeAdmin<F> {
 /// The admin router over `list` with the default scope and a 30-day maximum freeze.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use std::time::Duration;
 /// use tollgate_auth::freeze_admin_router;
 /// use tollgate_core::{MemoryFreezeList, Pseudonymizer, PseudonymSecret};
 ///
 /// let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[1; 32]).unwrap(), Duration::from_secs(86_400));
-/// let admin: axum::Router = freeze_admin_router(MemoryFreezeList::new(10_000), p);
+/// let admin: axum::Router = freeze_admin_router(Arc::new(MemoryFreezeList::new(10_000)), p);
 /// let app: axum::Router = axum::Router::new().nest("/admin", admin);
 /// ```
-pub fn freeze_admin_router<F: FreezeList>(list: F, pseudonymizer: Pseudonymizer) -> Router {
+pub fn freeze_admin_router(list: SharedFreezeList, pseudonymizer: Pseudonymizer) -> Router {
     FreezeAdmin::new(list, pseudonymizer).router()
 }
 
-impl<F: FreezeList> FreezeAdmin<F> {
+impl FreezeAdmin {
     /// Admin handlers over `list`, hashing ids with `pseudonymizer`.
-    pub fn new(list: F, pseudonymizer: Pseudonymizer) -> Self {
+    pub fn new(list: SharedFreezeList, pseudonymizer: Pseudonymizer) -> Self {
         FreezeAdmin {
             list,
             pseudonymizer,
             admin_scope: DEFAULT_ADMIN_SCOPE.to_string(),
             max_ttl: Duration::from_secs(30 * 86_400),
             clock: system_clock(),
+            responder: ProblemResponder::default(),
+            realm: None,
         }
     }
 
@@ -148,13 +165,30 @@ impl<F: FreezeList> FreezeAdmin<F> {
         self
     }
 
+    /// Answers errors with this responder instead of problem+json.
+    pub fn responder(mut self, responder: ProblemResponder) -> Self {
+        self.responder = responder;
+        self
+    }
+
+    /// Names `realm` in `WWW-Authenticate` challenges.
+    pub(crate) fn realm(mut self, realm: Option<&str>) -> Self {
+        self.realm = realm.map(str::to_string);
+        self
+    }
+
     /// The router.
     pub fn router(self) -> Router {
-        let scope = require_scope([self.admin_scope.as_str()]);
+        let guard = Arc::new(Guard {
+            scope: RequiredScopes::new(&[self.admin_scope.as_str()], self.realm.as_deref())
+                .expect("one scope is listed"),
+            unauthenticated: Challenges::new(self.realm.as_deref()),
+            responder: self.responder.clone(),
+        });
         Router::new()
-            .route("/freezes", get(list::<F>).post(freeze::<F>).delete(unfreeze::<F>))
-            .route("/freezes/{kind}/{digest}", delete(unfreeze_digest::<F>))
-            .route_layer(scope)
+            .route("/freezes", get(list).post(freeze).delete(unfreeze))
+            .route("/freezes/{kind}/{digest}", delete(unfreeze_digest))
+            .route_layer(middleware::from_fn_with_state(guard, require_admin))
             .with_state(Arc::new(self))
     }
 
@@ -164,19 +198,40 @@ impl<F: FreezeList> FreezeAdmin<F> {
             FreezeKind::Subject => FreezeTarget::subject(&self.pseudonymizer, id),
         }
     }
+
+    fn bad(&self, detail: &'static str) -> Response {
+        self.responder
+            .respond(Problem::new(INVALID_ADMIN_REQUEST).with_detail(detail))
+    }
+
+    fn unavailable(&self, e: StoreError) -> Response {
+        tracing::warn!(error = %e, "freeze list unavailable");
+        self.responder
+            .respond(Problem::new(types::UNAVAILABLE).with_detail("the freeze list could not be updated"))
+    }
 }
 
-fn bad(detail: &'static str) -> Response {
-    Problem::new(INVALID_ADMIN_REQUEST)
-        .with_detail(detail)
-        .into_response()
+/// The admin scope check in front of every admin route.
+struct Guard {
+    scope: RequiredScopes,
+    unauthenticated: Challenges,
+    responder: ProblemResponder,
 }
 
-fn unavailable(e: tollgate_core::StoreError) -> Response {
-    tracing::warn!(error = %e, "freeze list unavailable");
-    Problem::new(types::UNAVAILABLE)
-        .with_detail("the freeze list could not be updated")
-        .into_response()
+async fn require_admin(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let problem = match req.extensions().get::<Principal>() {
+        None => {
+            let error = AuthError::MissingCredentials;
+            record_current([(fields::AUTH_ERROR, &error.slug())]);
+            guard.unauthenticated.problem(error)
+        }
+        Some(p) if !guard.scope.held_by(p) => {
+            record_current([(fields::AUTH_ERROR, &AuthError::InsufficientScope.slug())]);
+            guard.scope.problem()
+        }
+        Some(_) => return next.run(req).await,
+    };
+    guard.responder.respond(problem)
 }
 
 fn kind_name(kind: FreezeKind) -> &'static str {
@@ -199,20 +254,20 @@ fn parse(body: Result<Json<FreezeRequest>, JsonRejection>) -> Result<FreezeReque
     Ok(req)
 }
 
-async fn list<F: FreezeList>(State(admin): State<Arc<FreezeAdmin<F>>>) -> Response {
+async fn list(State(admin): State<Arc<FreezeAdmin>>) -> Response {
     match admin.list.list().await {
         Ok(freezes) => Json(freezes).into_response(),
-        Err(e) => unavailable(e),
+        Err(e) => admin.unavailable(e),
     }
 }
 
-async fn freeze<F: FreezeList>(
-    State(admin): State<Arc<FreezeAdmin<F>>>,
+async fn freeze(
+    State(admin): State<Arc<FreezeAdmin>>,
     body: Result<Json<FreezeRequest>, JsonRejection>,
 ) -> Response {
     let req = match parse(body) {
         Ok(r) => r,
-        Err(detail) => return bad(detail),
+        Err(detail) => return admin.bad(detail),
     };
     let target = admin.target(req.kind, &req.id);
     let ttl = req
@@ -220,7 +275,7 @@ async fn freeze<F: FreezeList>(
         .map_or(admin.max_ttl, Duration::from_secs)
         .min(admin.max_ttl);
     if ttl.is_zero() {
-        return bad("ttl_s must be positive");
+        return admin.bad("ttl_s must be positive");
     }
     let now = admin.clock.now();
     let freeze = Freeze {
@@ -234,39 +289,39 @@ async fn freeze<F: FreezeList>(
             tracing::info!(kind = kind_name(req.kind), ttl_s = ttl.as_secs(), "freeze added");
             (StatusCode::CREATED, Json(freeze)).into_response()
         }
-        Err(e) => unavailable(e),
+        Err(e) => admin.unavailable(e),
     }
 }
 
-async fn unfreeze<F: FreezeList>(
-    State(admin): State<Arc<FreezeAdmin<F>>>,
+async fn unfreeze(
+    State(admin): State<Arc<FreezeAdmin>>,
     body: Result<Json<FreezeRequest>, JsonRejection>,
 ) -> Response {
     let req = match parse(body) {
         Ok(r) => r,
-        Err(detail) => return bad(detail),
+        Err(detail) => return admin.bad(detail),
     };
     let target = admin.target(req.kind, &req.id);
     remove(&admin, &target, kind_name(req.kind)).await
 }
 
-async fn unfreeze_digest<F: FreezeList>(
-    State(admin): State<Arc<FreezeAdmin<F>>>,
+async fn unfreeze_digest(
+    State(admin): State<Arc<FreezeAdmin>>,
     Path((kind, digest)): Path<(String, String)>,
 ) -> Response {
     let Some(digest) = KeyedDigest::from_hex(&digest) else {
-        return bad("digest must be 32 hex digits");
+        return admin.bad("digest must be 32 hex digits");
     };
     let (target, name) = match kind.as_str() {
         "credential" => (FreezeTarget::Credential(digest), "credential"),
         "subject" => (FreezeTarget::Subject(digest), "subject"),
-        _ => return bad("kind must be credential or subject"),
+        _ => return admin.bad("kind must be credential or subject"),
     };
     remove(&admin, &target, name).await
 }
 
-async fn remove<F: FreezeList>(
-    admin: &FreezeAdmin<F>,
+async fn remove(
+    admin: &FreezeAdmin,
     target: &FreezeTarget,
     kind: &'static str,
 ) -> Response {
@@ -275,7 +330,7 @@ async fn remove<F: FreezeList>(
             tracing::info!(kind, "freeze lifted");
             StatusCode::NO_CONTENT.into_response()
         }
-        Ok(false) => Problem::new(NOT_FROZEN).into_response(),
-        Err(e) => unavailable(e),
+        Ok(false) => admin.responder.respond(Problem::new(NOT_FROZEN)),
+        Err(e) => admin.unavailable(e),
     }
 }

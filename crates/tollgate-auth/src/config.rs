@@ -1,65 +1,35 @@
 //! The `[auth]` configuration section.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
-use tollgate_core::FailurePolicy;
+use tollgate_core::{ConfigError, FailurePolicy};
 
 use crate::api_key::ApiKeyRecord;
-use crate::jwt::{JwtRules, PinnedKey, SUPPORTED_ALGORITHMS, hmac_family, min_hmac_secret};
+use crate::keys::{Algorithm, JwtKey, JwtRules, PinnedKey};
 
-/// A misconfiguration, naming the setting at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A setting has an unusable value.
-    #[error("{setting}: {message}")]
-    Invalid {
-        /// The setting, as a TOML path (`auth.jwt.jwks_url`).
-        setting: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-pub(crate) fn invalid(setting: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        setting: setting.into(),
-        message: message.to_string(),
-    }
-}
-
-/// What to do with a request that carries no credentials.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Anonymous {
-    /// Answer 401 (the default).
-    #[default]
-    Required,
-    /// Pass the request on without a `Principal` (for `/health`, public pages,
-    /// anonymous rate limits). Invalid credentials are still refused.
-    Optional,
-}
-
-/// The `[auth]` section.
+/// The `[auth]` section. Durations are written as strings (`"30s"`, `"5m"`, `"30d"`).
+///
+/// Which routes need credentials, and which scopes, is not part of this section:
+/// it is the per-route [`AuthRoute`](crate::AuthRoute) given to
+/// [`AuthBuilder::routes`](crate::AuthBuilder::routes) (by default every route
+/// requires credentials).
 ///
 /// ```
 /// let config: tollgate_auth::AuthConfig = toml::from_str(r#"
-///     anonymous = "optional"
+///     cache_max_ttl = "2m"
 ///     [[api_keys]]
 ///     id = "key-1"
 ///     sha256 = "6f7aa9b3b51bdd2c3c1b0d0f0f2f6a5ecb1d5c1d1c7b8b4d2b0f8c1b1c3c2b1a"
 ///     tier = "pro"
 /// "#).unwrap();
 /// assert_eq!(config.api_keys.len(), 1);
+/// assert_eq!(config.cache_max_ttl, std::time::Duration::from_secs(120));
 /// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `required` (default): 401 without credentials; `optional`: pass through without a principal.
-    pub anonymous: Anonymous,
     /// The `realm` of `WWW-Authenticate` challenges; none by default.
     pub realm: Option<String>,
     /// The API key header (default `x-api-key`); an empty string disables it.
@@ -76,12 +46,14 @@ pub struct AuthConfig {
     pub tiers: Vec<String>,
     /// The most verified tokens cached (default 100 000).
     pub cache_max_entries: u64,
-    /// The longest a verified token is cached, in seconds (default 300); never past its `exp`.
-    pub cache_max_ttl_s: u64,
+    /// The longest a verified token is cached (default `"5m"`); never past its `exp`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub cache_max_ttl: Duration,
     /// What happens when the freeze list cannot answer: `closed` (default, 503) or `open`.
     pub freeze_failure: FailurePolicy,
-    /// The longest freeze the admin handlers create, in seconds (default 30 days).
-    pub max_freeze_ttl_s: u64,
+    /// The longest freeze the admin handlers create (default `"30d"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub max_freeze_ttl: Duration,
     /// JWT verification (`[auth.jwt]`).
     pub jwt: Option<JwtConfig>,
     /// API keys (`[[auth.api_keys]]`).
@@ -93,7 +65,6 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            anonymous: Anonymous::Required,
             realm: None,
             api_key_header: "x-api-key".into(),
             api_key_scheme: true,
@@ -102,9 +73,9 @@ impl Default for AuthConfig {
             tier_scope_prefix: None,
             tiers: Vec::new(),
             cache_max_entries: 100_000,
-            cache_max_ttl_s: 300,
+            cache_max_ttl: Duration::from_secs(300),
             freeze_failure: FailurePolicy::Closed,
-            max_freeze_ttl_s: 30 * 86_400,
+            max_freeze_ttl: Duration::from_secs(30 * 86_400),
             jwt: None,
             api_keys: Vec::new(),
             introspection: None,
@@ -143,6 +114,17 @@ pub enum JwtProfile {
 }
 
 /// The `[auth.jwt]` section.
+///
+/// ```
+/// let jwt: tollgate_auth::JwtConfig = toml::from_str(r#"
+///     issuer = "https://issuer.example"
+///     audience = ["api", "api-v2"]
+///     jwks_url = "http://idp.internal/jwks.json"
+///     leeway = "10s"
+///     jwks_min_refresh = "1m"
+/// "#).unwrap();
+/// assert_eq!(jwt.leeway, std::time::Duration::from_secs(10));
+/// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
@@ -157,8 +139,10 @@ pub struct JwtConfig {
     pub jwks_url: Option<String>,
     /// Static keys (`[[auth.jwt.keys]]`).
     pub keys: Vec<StaticKeyConfig>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 30).
-    pub leeway_s: u64,
+    /// Clock skew allowed on `exp` and `nbf` (default `"30s"`). Both are checked on
+    /// the layer's clock.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub leeway: Duration,
     /// The claim holding the tier (e.g. `plan`).
     pub tier_claim: Option<String>,
     /// Claims every token must carry (default `["exp"]`).
@@ -167,16 +151,21 @@ pub struct JwtConfig {
     pub profile: Option<JwtProfile>,
     /// Refuse to start when the first JWKS fetch fails (default true).
     pub jwks_required_at_start: bool,
-    /// JWKS refresh period when the response has no `max-age`, in seconds (default 300).
-    pub jwks_refresh_s: f64,
-    /// The shortest JWKS refresh period and the retry delay after a failure, in seconds (default 30).
-    pub jwks_min_refresh_s: f64,
-    /// The longest JWKS refresh period, in seconds (default 86 400).
-    pub jwks_max_refresh_s: f64,
-    /// At most one refetch per this interval for unknown `kid`s, in seconds (default 30).
-    pub jwks_unknown_kid_interval_s: f64,
-    /// JWKS request timeout, in milliseconds (default 5000).
-    pub jwks_timeout_ms: u64,
+    /// JWKS refresh period when the response has no `max-age` (default `"5m"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub jwks_refresh: Duration,
+    /// The shortest JWKS refresh period, and the retry delay after a failure (default `"30s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub jwks_min_refresh: Duration,
+    /// The longest JWKS refresh period (default `"1d"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub jwks_max_refresh: Duration,
+    /// At most one refetch per this interval for unknown `kid`s (default `"30s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub jwks_unknown_kid_interval: Duration,
+    /// JWKS request timeout (default `"5s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub jwks_timeout: Duration,
     /// The largest JWKS document accepted, in bytes (default 262 144).
     pub jwks_max_bytes: usize,
 }
@@ -189,16 +178,16 @@ impl Default for JwtConfig {
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
             jwks_url: None,
             keys: Vec::new(),
-            leeway_s: 30,
+            leeway: Duration::from_secs(30),
             tier_claim: None,
             required_claims: vec!["exp".into()],
             profile: None,
             jwks_required_at_start: true,
-            jwks_refresh_s: 300.0,
-            jwks_min_refresh_s: 30.0,
-            jwks_max_refresh_s: 86_400.0,
-            jwks_unknown_kid_interval_s: 30.0,
-            jwks_timeout_ms: 5_000,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(30),
+            jwks_max_refresh: Duration::from_secs(86_400),
+            jwks_unknown_kid_interval: Duration::from_secs(30),
+            jwks_timeout: Duration::from_secs(5),
             jwks_max_bytes: 256 * 1024,
         }
     }
@@ -267,12 +256,12 @@ pub struct IntrospectionConfig {
     /// The client secret (prefer `client_secret_env`).
     #[serde(default)]
     pub client_secret: Option<String>,
-    /// Request timeout in milliseconds (default 2000); past it the answer is 503.
-    #[serde(default = "default_introspection_timeout")]
-    pub timeout_ms: u64,
-    /// The longest an answer is cached, in seconds (default 60); never past `exp`.
-    #[serde(default = "default_introspection_ttl")]
-    pub cache_ttl_s: u64,
+    /// Request timeout (default `"2s"`); past it the answer is 503.
+    #[serde(default = "default_introspection_timeout", with = "tollgate_core::config::duration")]
+    pub timeout: Duration,
+    /// The longest an answer is cached (default `"1m"`); never past `exp`.
+    #[serde(default = "default_introspection_ttl", with = "tollgate_core::config::duration")]
+    pub cache_ttl: Duration,
     /// The response field holding the tier.
     #[serde(default)]
     pub tier_claim: Option<String>,
@@ -282,44 +271,39 @@ impl std::fmt::Debug for IntrospectionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntrospectionConfig")
             .field("url", &self.url)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("cache_ttl_s", &self.cache_ttl_s)
+            .field("timeout", &self.timeout)
+            .field("cache_ttl", &self.cache_ttl)
             .finish_non_exhaustive()
     }
 }
 
-fn default_introspection_timeout() -> u64 {
-    2_000
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
-fn default_introspection_ttl() -> u64 {
-    60
-}
-
-pub(crate) fn seconds(setting: &str, s: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(s).map_err(|_| invalid(setting, "must be a non-negative number of seconds"))
+fn default_introspection_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl JwtConfig {
     pub(crate) fn rules(&self) -> Result<JwtRules, ConfigError> {
         let mut algorithms = Vec::new();
         for name in &self.algorithms {
-            let alg = Algorithm::from_str(name)
-                .ok()
-                .filter(|a| SUPPORTED_ALGORITHMS.contains(a))
-                .ok_or_else(|| invalid("auth.jwt.algorithms", format!("unsupported algorithm {name:?}")))?;
+            let alg = name.parse::<Algorithm>().map_err(|_| {
+                ConfigError::new("auth.jwt.algorithms", format!("unsupported algorithm {name:?}"))
+            })?;
             if !algorithms.contains(&alg) {
                 algorithms.push(alg);
             }
         }
         if algorithms.is_empty() {
-            return Err(invalid("auth.jwt.algorithms", "list at least one algorithm"));
+            return Err(ConfigError::new("auth.jwt.algorithms", "list at least one algorithm"));
         }
         Ok(JwtRules {
             issuers: self.issuer.0.clone(),
             audiences: self.audience.0.clone(),
             algorithms,
-            leeway_s: self.leeway_s,
+            leeway: self.leeway,
             required_claims: self.required_claims.clone(),
             rfc9068: self.profile == Some(JwtProfile::Rfc9068),
         })
@@ -329,10 +313,12 @@ impl JwtConfig {
 impl StaticKeyConfig {
     pub(crate) fn pinned(&self, index: usize, rules: &JwtRules) -> Result<PinnedKey, ConfigError> {
         let at = |field: &str| format!("auth.jwt.keys[{index}].{field}");
-        let alg = Algorithm::from_str(&self.alg)
+        let alg = self
+            .alg
+            .parse::<Algorithm>()
             .ok()
             .filter(|a| rules.algorithms.contains(a))
-            .ok_or_else(|| invalid(at("alg"), "must be one of auth.jwt.algorithms"))?;
+            .ok_or_else(|| ConfigError::new(at("alg"), "must be one of auth.jwt.algorithms"))?;
         let sources = [
             self.pem.is_some(),
             self.pem_file.is_some(),
@@ -341,7 +327,7 @@ impl StaticKeyConfig {
             self.secret_hex.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 at("pem"),
                 "give exactly one of pem, pem_file, jwk, secret_env, secret_hex",
             ));
@@ -349,72 +335,47 @@ impl StaticKeyConfig {
         let secret = match (&self.secret_env, &self.secret_hex) {
             (Some(var), _) => Some((
                 at("secret_env"),
-                std::env::var(var).map_err(|_| invalid(at("secret_env"), format!("{var} is not set")))?,
+                std::env::var(var)
+                    .map_err(|_| ConfigError::new(at("secret_env"), format!("{var} is not set")))?,
             )),
             (None, Some(hex)) => Some((at("secret_hex"), hex.clone())),
             (None, None) => None,
         };
         let key = if let Some((setting, hex_text)) = secret {
-            if !hmac_family(alg) {
-                return Err(invalid(setting, "HMAC secrets only verify HS256/HS384/HS512"));
-            }
-            let bytes = hex::decode(hex_text.trim()).map_err(|_| invalid(&setting, "must be hex"))?;
-            if bytes.len() < min_hmac_secret(alg) {
-                return Err(invalid(
-                    setting,
-                    format!(
-                        "{alg:?} needs a secret of at least {} bytes",
-                        min_hmac_secret(alg)
-                    ),
-                ));
-            }
-            DecodingKey::from_secret(&bytes)
+            let bytes = hex::decode(hex_text.trim()).map_err(|_| ConfigError::new(&setting, "must be hex"))?;
+            JwtKey::from_secret(alg, &bytes).map_err(|e| ConfigError::new(setting, e))?
+        } else if alg.is_hmac() {
+            return Err(ConfigError::new(at("alg"), "HS* keys take secret_env or secret_hex"));
+        } else if let Some(jwk) = &self.jwk {
+            JwtKey::from_jwk(alg, jwk).map_err(|e| ConfigError::new(at("jwk"), e))?
         } else {
-            if hmac_family(alg) {
-                return Err(invalid(at("alg"), "HS* keys take secret_env or secret_hex"));
-            }
-            if let Some(jwk) = &self.jwk {
-                let v: serde_json::Value =
-                    serde_json::from_str(jwk).map_err(|e| invalid(at("jwk"), format!("not JSON: {e}")))?;
-                let pinned =
-                    crate::jwt::jwk_algorithm(&v, &rules.algorithms).map_err(|m| invalid(at("jwk"), m))?;
-                if pinned != alg {
-                    return Err(invalid(at("jwk"), "the JWK's alg or curve differs from alg"));
-                }
-                let jwk: jsonwebtoken::jwk::Jwk =
-                    serde_json::from_value(v).map_err(|e| invalid(at("jwk"), e))?;
-                DecodingKey::from_jwk(&jwk).map_err(|e| invalid(at("jwk"), e))?
-            } else {
-                let (setting, pem) = match (&self.pem, &self.pem_file) {
-                    (Some(p), _) => (at("pem"), p.clone().into_bytes()),
-                    (None, Some(path)) => (
-                        at("pem_file"),
-                        std::fs::read(path).map_err(|e| invalid(at("pem_file"), e))?,
-                    ),
-                    (None, None) => unreachable!("one source is set"),
-                };
-                let key = match alg {
-                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                    _ => DecodingKey::from_rsa_pem(&pem),
-                };
-                key.map_err(|e| invalid(setting, format!("not a {alg:?} public key: {e}")))?
-            }
+            let (setting, pem) = match (&self.pem, &self.pem_file) {
+                (Some(p), _) => (at("pem"), p.clone().into_bytes()),
+                (None, Some(path)) => (
+                    at("pem_file"),
+                    std::fs::read(path).map_err(|e| ConfigError::new(at("pem_file"), e))?,
+                ),
+                (None, None) => unreachable!("one source is set"),
+            };
+            JwtKey::from_pem(alg, &pem).map_err(|e| ConfigError::new(setting, e))?
         };
-        Ok(PinnedKey::new(self.kid.clone(), alg, key, rules))
+        Ok(PinnedKey::new(self.kid.clone(), key, rules))
     }
 }
 
 impl ApiKeyConfig {
     pub(crate) fn record(&self, index: usize) -> Result<ApiKeyRecord, ConfigError> {
         let mut record = ApiKeyRecord::from_hex(&self.id, &self.sha256).map_err(|_| {
-            invalid(
+            ConfigError::new(
                 format!("auth.api_keys[{index}].sha256"),
                 "must be the 64 hex digits of the key's SHA-256",
             )
         })?;
         if self.id.is_empty() {
-            return Err(invalid(format!("auth.api_keys[{index}].id"), "must not be empty"));
+            return Err(ConfigError::new(
+                format!("auth.api_keys[{index}].id"),
+                "must not be empty",
+            ));
         }
         record.tier = self.tier.clone();
         record.scopes = self.scopes.clone();

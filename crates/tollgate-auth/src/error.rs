@@ -184,7 +184,7 @@ impl Challenges {
     pub(crate) fn problem(&self, error: AuthError) -> Problem {
         let problem = Problem::new(error.problem_type()).with_detail(error.detail());
         // 401s carry a challenge (RFC 6750 §3); so do 400/431 `invalid_request`
-        // answers, to name the error code. 503s and 403s (see `require_scope`) do not.
+        // answers, to name the error code. 503s and 403s (see `scope.rs`) do not.
         let challenge = match (error.problem_type().status.as_u16(), error.rfc6750_code()) {
             (401, None) => &self.plain,
             (_, Some("invalid_request")) => &self.invalid_request,
@@ -193,21 +193,6 @@ impl Challenges {
         };
         problem.with_header(WWW_AUTHENTICATE, challenge.clone())
     }
-}
-
-/// The `WWW-Authenticate` value of a 403 for missing `scopes`.
-pub(crate) fn insufficient_scope_challenge(realm: Option<&str>, scopes: &[Box<str>]) -> HeaderValue {
-    let scope: Vec<&str> = scopes.iter().map(|s| &**s).collect();
-    let scope = scope.join(" ").replace(['"', '\\'], "");
-    let text = match realm.filter(|r| !r.is_empty()) {
-        Some(r) => format!(
-            "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"",
-            r.replace(['"', '\\'], "")
-        ),
-        None => format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
-    };
-    HeaderValue::from_str(&text)
-        .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"insufficient_scope\""))
 }
 
 #[cfg(test)]

@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use http::header::CACHE_CONTROL;
-use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::Jwk;
 use serde_json::Value;
 use tollgate_core::clock::{SharedClock, duration_nanos};
 
-use crate::jwt::{JwtRules, KeySet, PinnedKey, jwk_algorithm};
+use crate::keys::{JwtRules, KeySet, PinnedKey, jwk_algorithm, key_from_jwk};
 
 /// How the JWKS is fetched and refreshed.
 #[derive(Clone, Debug)]
@@ -233,10 +231,9 @@ fn pinned_from_jwk(v: &Value, rules: &JwtRules) -> Result<PinnedKey, &'static st
         return Err("key_ops lacks verify");
     }
     let alg = jwk_algorithm(v, &rules.algorithms)?;
-    let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|_| "malformed JWK")?;
-    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
+    let key = key_from_jwk(v, alg)?;
     let kid = v.get("kid").and_then(Value::as_str).map(str::to_string);
-    Ok(PinnedKey::new(kid, alg, key, rules))
+    Ok(PinnedKey::new(kid, key, rules))
 }
 
 /// `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as zero.

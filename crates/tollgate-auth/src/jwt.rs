@@ -1,14 +1,12 @@
-//! JWT verification: keys pinned to one algorithm each (RFC 8725 §3.1).
+//! JWT verification: keys pinned to one algorithm each (RFC 8725 §3.1), `exp` and
+//! `nbf` checked against the layer's clock.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -17,146 +15,11 @@ use tollgate_core::{CredentialKind, Principal, Pseudonymizer, Scopes};
 
 use crate::error::AuthError;
 use crate::jwks::Jwks;
+use crate::keys::{Algorithm, Found, JwtRules, KeySet};
 use crate::policy::TierPolicy;
 
 /// The longest JWT header accepted, in base64 characters.
 const MAX_HEADER_B64: usize = 2048;
-
-/// Every algorithm this layer verifies.
-pub const SUPPORTED_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-/// What a JWT must satisfy besides its signature.
-#[derive(Clone, Debug)]
-pub(crate) struct JwtRules {
-    pub(crate) issuers: Vec<String>,
-    pub(crate) audiences: Vec<String>,
-    pub(crate) algorithms: Vec<Algorithm>,
-    pub(crate) leeway_s: u64,
-    /// Claims that must be present (any name, spec or not).
-    pub(crate) required_claims: Vec<String>,
-    /// RFC 9068: `typ: at+jwt` and its required claims.
-    pub(crate) rfc9068: bool,
-}
-
-impl JwtRules {
-    /// The `jsonwebtoken` validation for a key pinned to `alg`.
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.leeway_s;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        if self.audiences.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&self.audiences);
-        }
-        if !self.issuers.is_empty() {
-            v.set_issuer(&self.issuers);
-        }
-        let spec: Vec<&str> = self
-            .all_required()
-            .filter(|c| matches!(*c, "exp" | "nbf" | "aud" | "iss" | "sub"))
-            .collect();
-        v.set_required_spec_claims(&spec);
-        v
-    }
-
-    fn all_required(&self) -> impl Iterator<Item = &str> {
-        const RFC9068: &[&str] = &["iss", "exp", "aud", "sub", "client_id", "iat", "jti"];
-        let profile = if self.rfc9068 { RFC9068 } else { &[] };
-        self.required_claims
-            .iter()
-            .map(String::as_str)
-            .chain(profile.iter().copied())
-    }
-}
-
-/// A verification key pinned to exactly one algorithm.
-pub(crate) struct PinnedKey {
-    pub(crate) kid: Option<String>,
-    pub(crate) alg: Algorithm,
-    key: DecodingKey,
-    validation: Validation,
-}
-
-impl fmt::Debug for PinnedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PinnedKey {
-    pub(crate) fn new(kid: Option<String>, alg: Algorithm, key: DecodingKey, rules: &JwtRules) -> Self {
-        PinnedKey {
-            kid,
-            alg,
-            key,
-            validation: rules.validation(alg),
-        }
-    }
-}
-
-/// Keys by `kid`, plus all keys for tokens without one.
-#[derive(Debug, Default)]
-pub(crate) struct KeySet {
-    by_kid: HashMap<String, Arc<PinnedKey>>,
-    all: Vec<Arc<PinnedKey>>,
-}
-
-pub(crate) enum Found<'a> {
-    Key(&'a Arc<PinnedKey>),
-    None,
-    Ambiguous,
-}
-
-impl KeySet {
-    pub(crate) fn new(keys: impl IntoIterator<Item = PinnedKey>) -> Self {
-        let mut set = KeySet::default();
-        for key in keys {
-            let key = Arc::new(key);
-            if let Some(kid) = &key.kid {
-                set.by_kid.insert(kid.clone(), key.clone());
-            }
-            set.all.push(key);
-        }
-        set
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.all.len()
-    }
-
-    /// The key for `kid`; without a kid, the only key of algorithm `alg`.
-    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Found<'_> {
-        match kid {
-            Some(kid) => self.by_kid.get(kid).map_or(Found::None, Found::Key),
-            None => {
-                let mut matching = self.all.iter().filter(|k| k.alg == alg);
-                match (matching.next(), matching.next()) {
-                    (Some(k), None) => Found::Key(k),
-                    (None, _) => Found::None,
-                    (Some(_), Some(_)) => Found::Ambiguous,
-                }
-            }
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct RawHeader<'a> {
@@ -207,14 +70,16 @@ pub(crate) fn looks_like_jwt(token: &str) -> bool {
 }
 
 impl JwtVerifier {
+    /// Verifies `token` at time `now` (the layer's clock).
     pub(crate) fn verify(
         &self,
         token: &str,
         allow_refetch: bool,
+        now: Timestamp,
         p: &Pseudonymizer,
         tiers: &TierPolicy,
     ) -> Outcome {
-        match self.verify_inner(token, allow_refetch, p, tiers) {
+        match self.verify_inner(token, allow_refetch, now, p, tiers) {
             Ok(Some(v)) => Outcome::Verified(v),
             Ok(None) => Outcome::Refetch,
             Err(e) => Outcome::Rejected(e),
@@ -225,6 +90,7 @@ impl JwtVerifier {
         &self,
         token: &str,
         allow_refetch: bool,
+        now: Timestamp,
         p: &Pseudonymizer,
         tiers: &TierPolicy,
     ) -> Result<Option<Verified>, AuthError> {
@@ -241,7 +107,7 @@ impl JwtVerifier {
         // only the exact names of supported algorithms parse.
         let alg = header
             .alg
-            .and_then(|a| Algorithm::from_str(a).ok())
+            .and_then(|a| a.parse::<Algorithm>().ok())
             .ok_or(AuthError::UnsupportedAlgorithm)?;
         if !self.rules.algorithms.contains(&alg) {
             return Err(AuthError::UnsupportedAlgorithm);
@@ -274,7 +140,29 @@ impl JwtVerifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
             .map_err(|e| map_error(e.kind()))?;
+        self.check_times(&data.claims, now)?;
         self.principal(token, &data.claims, p, tiers).map(Some)
+    }
+
+    /// `exp` and `nbf` against `now`, with the configured leeway either way. A
+    /// present claim that is not a NumericDate is refused like a missing one.
+    fn check_times(&self, claims: &Map<String, Value>, now: Timestamp) -> Result<(), AuthError> {
+        let date = |name: &str| match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => numeric_date(v).map(Some).ok_or(AuthError::MissingClaim),
+        };
+        let leeway = self.rules.leeway;
+        if let Some(exp) = date("exp")?
+            && now > exp.saturating_add(leeway)
+        {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = date("nbf")?
+            && nbf > now.saturating_add(leeway)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(())
     }
 
     fn principal(
@@ -373,105 +261,10 @@ fn map_error(kind: &ErrorKind) -> AuthError {
     }
 }
 
-/// The algorithm a JWK is pinned to: its `alg` when present (and consistent with
-/// its key type and curve), otherwise the only algorithm its curve allows; an RSA
-/// key without `alg` only when exactly one RSA algorithm is allowed.
-pub(crate) fn jwk_algorithm(jwk: &Value, allowed: &[Algorithm]) -> Result<Algorithm, &'static str> {
-    let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or("");
-    let crv = jwk.get("crv").and_then(Value::as_str);
-    let by_curve = match (kty, crv) {
-        ("EC", Some("P-256")) => Some(Algorithm::ES256),
-        ("EC", Some("P-384")) => Some(Algorithm::ES384),
-        ("OKP", Some("Ed25519")) => Some(Algorithm::EdDSA),
-        ("EC", _) | ("OKP", _) => return Err("unsupported curve"),
-        ("RSA", _) => None,
-        ("oct", _) => return Err("symmetric keys are not accepted from a JWKS URL"),
-        _ => return Err("unsupported key type"),
-    };
-    let alg = match jwk.get("alg").and_then(Value::as_str) {
-        Some(name) => {
-            let alg = Algorithm::from_str(name).map_err(|_| "unsupported alg")?;
-            let consistent = match kty {
-                "RSA" => matches!(
-                    alg,
-                    Algorithm::RS256
-                        | Algorithm::RS384
-                        | Algorithm::RS512
-                        | Algorithm::PS256
-                        | Algorithm::PS384
-                        | Algorithm::PS512
-                ),
-                _ => Some(alg) == by_curve,
-            };
-            if !consistent {
-                return Err("alg does not match the key type or curve");
-            }
-            alg
-        }
-        None => match by_curve {
-            Some(alg) => alg,
-            None => {
-                let mut rsa = allowed.iter().filter(|a| rsa_family(**a));
-                match (rsa.next(), rsa.next()) {
-                    (Some(a), None) => *a,
-                    _ => return Err("RSA key without alg while several RSA algorithms are allowed"),
-                }
-            }
-        },
-    };
-    if !allowed.contains(&alg) {
-        return Err("alg is not among the allowed algorithms");
-    }
-    Ok(alg)
-}
-
-pub(crate) fn rsa_family(a: Algorithm) -> bool {
-    matches!(
-        a,
-        Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512
-    )
-}
-
-pub(crate) fn hmac_family(a: Algorithm) -> bool {
-    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-}
-
-/// The shortest HMAC secret accepted for `alg`: the hash's output size (RFC 7518 §3.2).
-pub(crate) fn min_hmac_secret(alg: Algorithm) -> usize {
-    match alg {
-        Algorithm::HS384 => 48,
-        Algorithm::HS512 => 64,
-        _ => 32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn jwk_pinning() {
-        let all = SUPPORTED_ALGORITHMS;
-        assert_eq!(
-            jwk_algorithm(&json!({"kty":"EC","crv":"P-256"}), all),
-            Ok(Algorithm::ES256)
-        );
-        assert!(jwk_algorithm(&json!({"kty":"EC","crv":"P-256","alg":"ES384"}), all).is_err());
-        assert!(jwk_algorithm(&json!({"kty":"RSA"}), all).is_err());
-        assert_eq!(
-            jwk_algorithm(&json!({"kty":"RSA"}), &[Algorithm::RS256, Algorithm::ES256]),
-            Ok(Algorithm::RS256)
-        );
-        assert!(jwk_algorithm(&json!({"kty":"RSA","alg":"HS256"}), all).is_err());
-        assert!(jwk_algorithm(&json!({"kty":"oct","alg":"HS256"}), all).is_err());
-        assert!(jwk_algorithm(&json!({"kty":"RSA","alg":"RS256"}), &[Algorithm::ES256]).is_err());
-    }
 
     #[test]
     fn scopes_forms() {

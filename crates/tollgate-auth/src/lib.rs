@@ -6,53 +6,61 @@
 //! extensions: subject and credential as pseudonyms and keyed digests, tier, scopes.
 //! No token, key or subject leaves this layer.
 //!
+//! - Per route, through a [`RouteMap<AuthRoute>`](tollgate_core::RouteMap): credentials
+//!   [required, optional or skipped](AuthRequirement), and scopes the principal must
+//!   hold (403 `insufficient_scope` otherwise). By default every route requires
+//!   credentials.
 //! - JWT: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA; every key is
-//!   pinned to one algorithm (RFC 8725 §3.1), so `alg: none` and HMAC signed with an
-//!   RSA public key are refused. `jku`, `x5u` and embedded `jwk` headers are never
-//!   followed. Verified tokens are cached (keyed by a keyed 128-bit hash of the
-//!   token, never past `exp`), so a repeated token skips signature verification.
+//!   pinned to one [`Algorithm`] (RFC 8725 §3.1), so `alg: none` and HMAC signed with
+//!   an RSA public key are refused. `jku`, `x5u` and embedded `jwk` headers are never
+//!   followed. `exp` and `nbf` are checked on the layer's clock. Verified tokens are
+//!   cached (keyed by a keyed 128-bit hash of the token, never past `exp`), so a
+//!   repeated token skips signature verification.
 //! - API keys: stored only as SHA-256 digests, compared in constant time.
 //! - Introspection (RFC 7662) with the `oauth2` crate; an unreachable endpoint is a
 //!   503, never a pass.
 //! - Errors: RFC 9457 problem+json, `WWW-Authenticate: Bearer` with RFC 6750 codes,
 //!   customizable through a [`ProblemResponder`](tollgate_core::ProblemResponder).
 //!
-//! Handlers extract the [`Principal`]; [`require_scope`] guards single routes; the
-//! [`freeze_admin_router`] freezes, unfreezes and lists.
+//! Handlers extract the [`Principal`]; the [`FreezeAdmin`] router freezes, unfreezes
+//! and lists.
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 mod admin;
 mod api_key;
+mod authenticator;
+mod builder;
 mod cache;
 mod config;
+mod credential;
 mod error;
 mod introspection;
+mod inventory;
 mod jwks;
 mod jwt;
+mod keys;
 mod layer;
 mod policy;
+mod route;
 mod scope;
-mod span;
+mod service;
 
 pub use admin::{
     DEFAULT_ADMIN_SCOPE, FreezeAdmin, FreezeKind, FreezeRequest, INVALID_ADMIN_REQUEST, NOT_FROZEN,
     freeze_admin_router,
 };
 pub use api_key::{ApiKeyRecord, ApiKeys};
-pub use config::{
-    Anonymous, ApiKeyConfig, AuthConfig, ConfigError, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany,
-    StaticKeyConfig,
-};
+pub use builder::AuthBuilder;
+pub use config::{ApiKeyConfig, AuthConfig, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany, StaticKeyConfig};
 pub use error::AuthError;
-pub use jsonwebtoken::{Algorithm, DecodingKey};
-pub use jwt::{SUPPORTED_ALGORITHMS, token_digest_hex};
-pub use layer::{AuthBuilder, AuthFuture, AuthLayer, AuthOverride, AuthService};
-pub use policy::TierPolicy;
-pub use scope::{RequireScope, RequireScopeFuture, RequireScopeLayer, require_scope};
+pub use jwt::token_digest_hex;
+pub use keys::{Algorithm, JwtKey, JwtKeyError, UnknownAlgorithm};
+pub use layer::AuthLayer;
+pub use route::{AuthRequirement, AuthRoute};
+pub use service::AuthService;
 pub use tollgate_core::Principal;
+pub use tollgate_core::future::ResponseFuture;
 
 #[doc(hidden)]
-pub mod bench {
-    //! Internals exposed for the crate's benchmarks only; not a stable API.
-    pub use crate::layer::bench_support::*;
-}
+pub mod bench;

@@ -9,7 +9,7 @@ const MAX_TIER_LEN: usize = 64;
 
 /// Where tiers come from: a claim, a scope prefix, or the default.
 #[derive(Clone, Debug)]
-pub struct TierPolicy {
+pub(crate) struct TierPolicy {
     pub(crate) default: Tier,
     pub(crate) claim: Option<String>,
     pub(crate) scope_prefix: Option<String>,
@@ -29,27 +29,27 @@ impl Default for TierPolicy {
 
 impl TierPolicy {
     /// The tier of callers for whom no tier was found.
-    pub fn default_tier(mut self, tier: &str) -> Self {
+    pub(crate) fn default_tier(mut self, tier: &str) -> Self {
         self.default = Tier::new(tier);
         self
     }
 
     /// Reads the tier from this token claim (JWT claim or introspection field).
-    pub fn claim(mut self, name: &str) -> Self {
+    pub(crate) fn claim(mut self, name: &str) -> Self {
         self.claim = Some(name.to_string());
         self
     }
 
     /// Reads the tier from a scope with this prefix: with `tier:`, scope `tier:pro`
     /// gives tier `pro`. The claim wins when both are present.
-    pub fn scope_prefix(mut self, prefix: &str) -> Self {
+    pub(crate) fn scope_prefix(mut self, prefix: &str) -> Self {
         self.scope_prefix = Some(prefix.to_string());
         self
     }
 
     /// Accepts only these tier names from tokens; any other gives the default tier.
     /// Without a list, any short name of letters, digits, `-`, `_`, `.` is accepted.
-    pub fn allowed<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, tiers: I) -> Self {
+    pub(crate) fn allowed<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, tiers: I) -> Self {
         self.allowed = Some(
             tiers
                 .into_iter()

@@ -11,6 +11,7 @@
 //! - [`freeze`]: the freeze list trait and its in-process store.
 //! - [`session`]: the session verdict the fingerprinting layer hands on.
 //! - [`store`]: async store traits and the bounded in-process store.
+//! - [`sharded`]: the bounded sharded map with a pluggable eviction rule under the in-process stores.
 //! - [`clock`]: integer-nanosecond time behind a trait, with a fake clock for tests.
 //! - [`fields`]: the request span's field names; [`span`] records them.
 //! - [`route`]: per-route settings, resolved once per request.
@@ -31,6 +32,7 @@ pub mod problem;
 pub mod pseudonym;
 pub mod route;
 pub mod session;
+pub mod sharded;
 pub mod span;
 pub mod store;
 

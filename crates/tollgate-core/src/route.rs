@@ -154,7 +154,7 @@ impl RouteTable {
             }
             list.push(pattern.into());
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(RouteTable {
             table: Arc::new(Table {
                 patterns: list.into(),

@@ -8,13 +8,13 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
-use moka::ops::compute::Op;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{SharedClock, system_clock};
 use crate::pseudonym::KeyedDigest;
+use crate::sharded::{Entry, ShardedMap};
 
 /// A store key: `tollgate:{namespace}:{digest}`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,26 +85,11 @@ pub trait StateStore<V>: Send + Sync + 'static {
     fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-#[derive(Clone)]
-struct Timed<V> {
-    value: V,
-    ttl: Duration,
-}
-
-struct PerEntryTtl;
-
-impl<K, V> Expiry<K, Timed<V>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &K, v: &Timed<V>, _: Instant) -> Option<Duration> {
-        Some(v.ttl)
-    }
-
-    fn expire_after_update(&self, _: &K, v: &Timed<V>, _: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(v.ttl)
-    }
-}
-
-/// A bounded in-process cache with a TTL per entry: moka under a fixed entry cap,
-/// so a flood of distinct keys evicts old entries instead of growing memory.
+/// A bounded in-process cache with a TTL per entry, on the layer's clock: a
+/// [`ShardedMap`] under a fixed entry cap, so a flood of distinct keys evicts the
+/// entries closest to expiry instead of growing memory.
+///
+/// Clones share the same entries.
 ///
 /// ```
 /// use std::time::Duration;
@@ -115,13 +100,15 @@ impl<K, V> Expiry<K, Timed<V>> for PerEntryTtl {
 /// assert_eq!(cache.get(&1), Some("one"));
 /// ```
 pub struct MemoryCache<K, V> {
-    cache: moka::sync::Cache<K, Timed<V>>,
+    map: Arc<ShardedMap<K, V>>,
+    clock: SharedClock,
 }
 
 impl<K, V> Clone for MemoryCache<K, V> {
     fn clone(&self) -> Self {
         MemoryCache {
-            cache: self.cache.clone(),
+            map: self.map.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -129,71 +116,98 @@ impl<K, V> Clone for MemoryCache<K, V> {
 impl<K, V> fmt::Debug for MemoryCache<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryCache")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.map.len())
+            .field("max_entries", &self.map.capacity())
             .finish()
     }
 }
 
 impl<K, V> MemoryCache<K, V>
 where
-    K: Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone,
 {
-    /// A cache holding at most `max_entries` entries.
+    /// A cache holding at most `max_entries` entries (at least 1), on the system clock.
     pub fn new(max_entries: u64) -> Self {
+        Self::with_clock(max_entries, system_clock())
+    }
+
+    /// A cache holding at most `max_entries` entries (at least 1), whose TTLs run on `clock`.
+    pub fn with_clock(max_entries: u64, clock: SharedClock) -> Self {
         MemoryCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(PerEntryTtl)
-                .build(),
+            map: Arc::new(ShardedMap::new(usize::try_from(max_entries).unwrap_or(usize::MAX))),
+            clock,
         }
     }
 
     /// The value at `key`, if present and not expired.
-    pub fn get(&self, key: &K) -> Option<V> {
-        self.cache.get(key).map(|t| t.value)
+    pub fn get(&self, key: &K) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.map.get(key, self.clock.now())
     }
 
-    /// Stores `value` at `key` for `ttl`.
+    /// Stores `value` at `key` for `ttl` (a zero `ttl` removes the key).
     pub fn insert(&self, key: K, value: V, ttl: Duration) {
-        self.cache.insert(key, Timed { value, ttl });
+        let now = self.clock.now();
+        self.map.insert(key, value, now.saturating_add(ttl), now);
     }
 
     /// Removes the value at `key`.
     pub fn remove(&self, key: &K) {
-        self.cache.invalidate(key);
+        self.map.remove(key, self.clock.now());
     }
 
     /// Atomically replaces the value at `key` with `f(current)`: `Some((value, ttl))`
-    /// stores, `None` removes. Returns what `f` returned. Concurrent updates of one
-    /// key run one after another.
+    /// stores (a zero `ttl` removes), `None` removes. Returns what `f` returned.
+    /// Concurrent updates of one key run one after another; `f` runs under a lock, so
+    /// keep it short.
     pub fn update<R>(&self, key: K, f: impl FnOnce(Option<&V>) -> (Option<(V, Duration)>, R)) -> R {
-        let mut result = None;
-        self.cache.entry(key).and_compute_with(|current| {
-            let (next, r) = f(current.as_ref().map(|e| &e.value().value));
-            result = Some(r);
-            match next {
-                Some((value, ttl)) => Op::Put(Timed { value, ttl }),
-                None => Op::Remove,
+        let now = self.clock.now();
+        self.map.entry(&key, now, |entry| match entry {
+            Entry::Occupied(mut current) => {
+                let (next, r) = f(Some(current.get()));
+                match next {
+                    Some((value, ttl)) if !ttl.is_zero() => {
+                        *current.get_mut() = value;
+                        current.set_deadline(now.saturating_add(ttl));
+                    }
+                    _ => current.remove(),
+                }
+                r
             }
-        });
-        result.expect("compute closure runs exactly once")
+            Entry::Vacant(vacant) => {
+                let (next, r) = f(None);
+                if let Some((value, ttl)) = next
+                    && !ttl.is_zero()
+                {
+                    vacant.insert(value, now.saturating_add(ttl));
+                }
+                r
+            }
+        })
     }
 
-    /// The number of entries (approximate until [`MemoryCache::run_pending_tasks`]).
+    /// The number of entries, expired ones not yet swept included.
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.map.len() as u64
     }
 
-    /// Runs moka's pending maintenance (evictions, expiry) now; tests use it to read
-    /// an exact entry count.
-    pub fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks();
+    /// Removes expired entries now (the cache otherwise sweeps a few on each new key);
+    /// tests use it to read an exact entry count.
+    pub fn purge_expired(&self) {
+        self.map.purge_expired(self.clock.now());
     }
 
     /// All live entries (for admin listings; not for the request path).
-    pub fn entries(&self) -> Vec<(Arc<K>, V)> {
-        self.cache.iter().map(|(k, t)| (k, t.value)).collect()
+    pub fn entries(&self) -> Vec<(K, V)>
+    where
+        V: Clone,
+    {
+        let mut out = Vec::new();
+        self.map
+            .for_each(self.clock.now(), |k, v, _| out.push((k.clone(), v.clone())));
+        out
     }
 }
 
@@ -219,6 +233,7 @@ impl<V: Clone + Send + Sync + 'static> StateStore<V> for MemoryCache<StoreKey, V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{FakeClock, Timestamp};
     use crate::pseudonym::{Domain, PseudonymSecret, Pseudonymizer};
 
     fn key(i: u64) -> StoreKey {
@@ -248,13 +263,40 @@ mod tests {
     }
 
     #[test]
+    fn entries_expire_on_the_injected_clock() {
+        let clock = FakeClock::new(Timestamp::from_secs(1_000));
+        let cache: MemoryStore<u32> = MemoryCache::with_clock(100, Arc::new(clock.clone()));
+        cache.insert(key(1), 7, Duration::from_secs(10));
+        cache.insert(key(2), 8, Duration::from_secs(20));
+        cache.insert(key(3), 9, Duration::ZERO);
+        assert_eq!(cache.get(&key(3)), None, "a zero TTL stores nothing");
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(cache.get(&key(1)), None);
+        assert_eq!(cache.entries(), vec![(key(2), 8)]);
+        assert_eq!(cache.entry_count(), 2);
+        cache.purge_expired();
+        assert_eq!(cache.entry_count(), 1);
+        cache.remove(&key(2));
+        assert_eq!(cache.entry_count(), 0);
+    }
+
+    #[test]
     fn bounded_under_a_flood() {
         let cache: MemoryCache<u64, u64> = MemoryCache::new(1_000);
         for i in 0..50_000 {
             cache.insert(i, i, Duration::from_secs(600));
+            assert!(cache.entry_count() <= 1_000, "{}", cache.entry_count());
         }
-        cache.run_pending_tasks();
-        assert!(cache.entry_count() <= 1_000, "{}", cache.entry_count());
+        assert_eq!(cache.get(&49_999), Some(49_999));
+    }
+
+    #[tokio::test]
+    async fn usable_as_a_trait_object() {
+        let store: Arc<dyn StateStore<u32>> = Arc::new(MemoryStore::<u32>::new(10));
+        store.insert(&key(1), 1, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.get(&key(1)).await.unwrap(), Some(1));
+        store.remove(&key(1)).await.unwrap();
+        assert_eq!(store.get(&key(1)).await.unwrap(), None);
     }
 
     #[test]
@@ -275,5 +317,7 @@ mod tests {
         let removed = cache.update(1, |v| (None, v.copied()));
         assert_eq!(removed, Some(4_000));
         assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.update(1, |v| (Some((5, Duration::ZERO)), v.copied())), None);
+        assert_eq!(cache.entry_count(), 0, "a zero TTL stores nothing");
     }
 }

@@ -77,7 +77,7 @@ fn layer(c: &mut Criterion) {
         },
         ..FingerprintConfig::default()
     };
-    let svc = FingerprintLayer::from_config(&both, p.clone(), tollgate_core::MemoryFreezeList::new(10))
+    let svc = FingerprintLayer::from_config(&both, p.clone())
         .unwrap()
         .layer(handler());
     group.bench_function("steady_session", |b| {
@@ -96,10 +96,9 @@ fn layer(c: &mut Criterion) {
         user_agent_cache: 0,
         ..both
     };
-    let svc_uncached =
-        FingerprintLayer::from_config(&uncached, p.clone(), tollgate_core::MemoryFreezeList::new(10))
-            .unwrap()
-            .layer(handler());
+    let svc_uncached = FingerprintLayer::from_config(&uncached, p.clone())
+        .unwrap()
+        .layer(handler());
     group.bench_function("steady_session_no_ua_cache", |b| {
         b.to_async(&rt)
             .iter(|| svc_uncached.clone().oneshot(request(&principal, ctx)))

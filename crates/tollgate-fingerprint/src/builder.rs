@@ -38,7 +38,10 @@ impl FingerprintLayer {
 
     /// A layer from its configuration, with every other part at its default: see
     /// [`FingerprintLayer::builder`]. Fails on an invalid setting, naming it.
-    pub fn from_config(config: &FingerprintConfig, pseudonymizer: Pseudonymizer) -> Result<Self, ConfigError> {
+    pub fn from_config(
+        config: &FingerprintConfig,
+        pseudonymizer: Pseudonymizer,
+    ) -> Result<Self, ConfigError> {
         Self::builder(config.clone(), pseudonymizer).build()
     }
 

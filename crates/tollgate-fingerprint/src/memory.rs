@@ -1,15 +1,14 @@
-//! The in-process session store: one small cell per session, updated under its shard's lock.
+//! The in-process session store: one small cell per session, in core's bounded
+//! sharded map, updated under its shard's lock.
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_core::clock::duration_nanos;
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
-use tollgate_core::{BoxFuture, KeyedDigest, SharedClock, StoreError, StoreKey, system_clock};
+use tollgate_core::sharded::ShardedMap;
+use tollgate_core::{BoxFuture, KeyedDigest, SharedClock, StoreError, StoreKey, Timestamp, system_clock};
 
 use crate::record::SessionRecord;
 use crate::store::{SessionCell, SessionStore, session_key};
@@ -24,13 +23,12 @@ use crate::store::{SessionCell, SessionStore, session_key};
 /// session, a new epoch or new traits need are computed outside it, so requests of
 /// different sessions wait for each other at most that long.
 ///
-/// The cells sit in a few hash maps under short mutexes (sharded by the credential
-/// digest), with each session's last request time. A session idle for the TTL
-/// counts as absent at once, and is removed by a small sweep on every insertion of
-/// a new session, by eviction, or by [`MemorySessionStore::run_pending_tasks`]. When
-/// a shard is full, a new session replaces the sampled session idle the longest (an
-/// expired one if the sample holds one). The TTL given to
-/// [`SessionStore::observe`] is ignored: the store's own applies.
+/// The cells sit in a [`ShardedMap`], each with a deadline one TTL after its
+/// session's last request. A session idle for the TTL counts as absent at once, and
+/// is removed by a small sweep on every insertion of a new session, by eviction, or
+/// by [`MemorySessionStore::run_pending_tasks`]. When a shard is full, a new session
+/// replaces the sampled session idle the longest (an expired one if the sample holds
+/// one). The TTL given to [`SessionStore::observe`] is ignored: the store's own applies.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -45,6 +43,11 @@ use crate::store::{SessionCell, SessionStore, session_key};
 #[derive(Clone)]
 pub struct MemorySessionStore {
     inner: Arc<Inner>,
+}
+
+struct Inner {
+    cells: ShardedMap<KeyedDigest, SessionCell>,
+    clock: SharedClock,
     ttl: Duration,
 }
 
@@ -52,196 +55,9 @@ impl fmt::Debug for MemorySessionStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemorySessionStore")
             .field("sessions", &self.entry_count())
-            .field("ttl", &self.ttl)
+            .field("ttl", &self.inner.ttl)
             .finish()
     }
-}
-
-/// A folded-multiply hasher: the keys are keyed HMAC outputs nobody can choose, so a
-/// fast non-cryptographic mix is enough and HashDoS is not a concern.
-#[derive(Default, Clone, Copy)]
-struct MixHasher(u64);
-
-const MIX: u64 = 0x517c_c1b7_2722_0a95;
-
-impl Hasher for MixHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(buf));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let full = u128::from(self.0 ^ n) * u128::from(MIX);
-        self.0 = (full as u64) ^ ((full >> 64) as u64);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-struct Shard {
-    /// Where each session sits in `keys` and `cells`.
-    map: HashMap<KeyedDigest, u32, BuildHasherDefault<MixHasher>>,
-    /// Every key with the time of its session's last request (ns since the Unix
-    /// epoch, on the store's clock), for the expiry check, sampling on eviction and
-    /// the sweep.
-    keys: Vec<(KeyedDigest, u64)>,
-    /// The sessions' cells, in the order of `keys`.
-    cells: Vec<SessionCell>,
-    cap: usize,
-    rng: u64,
-    sweep: usize,
-}
-
-/// How many sessions an insertion into a full shard samples to choose a victim.
-const EVICTION_SAMPLES: usize = 8;
-/// How many sessions each insertion of a new session examines for expiry.
-const SWEEP_PER_INSERT: usize = 4;
-/// At most this many shards: enough that two cores rarely meet on one lock.
-const MAX_SHARDS: u64 = 16;
-
-impl Shard {
-    fn new(cap: usize, rng: u64) -> Self {
-        Shard {
-            map: HashMap::default(),
-            keys: Vec::new(),
-            cells: Vec::new(),
-            cap,
-            rng,
-            sweep: 0,
-        }
-    }
-
-    fn next_rand(&mut self) -> u64 {
-        // xorshift64
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-
-    /// The live cell of `key`, touched at `now`.
-    fn get(&mut self, key: &KeyedDigest, now: u64, ttl: u64) -> Option<&mut SessionCell> {
-        let pos = *self.map.get(key)? as usize;
-        let seen = &mut self.keys[pos].1;
-        if now.saturating_sub(*seen) >= ttl {
-            return None;
-        }
-        *seen = now;
-        Some(&mut self.cells[pos])
-    }
-
-    /// The cell of `key`, touched at `now`: a new, empty one if the session is
-    /// unknown or has expired.
-    fn touch(&mut self, key: KeyedDigest, now: u64, ttl: u64) -> &mut SessionCell {
-        let pos = match self.map.get(&key) {
-            Some(&pos) => {
-                let pos = pos as usize;
-                let seen = &mut self.keys[pos].1;
-                if now.saturating_sub(*seen) >= ttl {
-                    self.cells[pos] = SessionCell::default();
-                }
-                *seen = now;
-                pos
-            }
-            None => self.insert(key, now, ttl),
-        };
-        &mut self.cells[pos]
-    }
-
-    /// Adds an empty cell for a new `key`; returns its position.
-    fn insert(&mut self, key: KeyedDigest, now: u64, ttl: u64) -> usize {
-        self.sweep(now, ttl);
-        let pos = if self.keys.len() < self.cap {
-            self.keys.push((key, now));
-            self.cells.push(SessionCell::default());
-            self.keys.len() - 1
-        } else {
-            // Full: replace the sampled session idle the longest.
-            let len = self.keys.len() as u64;
-            let mut victim = (self.next_rand() % len) as usize;
-            for _ in 1..EVICTION_SAMPLES {
-                if now.saturating_sub(self.keys[victim].1) >= ttl {
-                    break;
-                }
-                let j = (self.next_rand() % len) as usize;
-                if self.keys[j].1 < self.keys[victim].1 {
-                    victim = j;
-                }
-            }
-            self.map.remove(&self.keys[victim].0);
-            self.keys[victim] = (key, now);
-            self.cells[victim] = SessionCell::default();
-            victim
-        };
-        self.map.insert(key, pos as u32);
-        pos
-    }
-
-    fn sweep(&mut self, now: u64, ttl: u64) {
-        for _ in 0..SWEEP_PER_INSERT {
-            if self.keys.is_empty() {
-                return;
-            }
-            if self.sweep >= self.keys.len() {
-                self.sweep = 0;
-            }
-            let i = self.sweep;
-            if now.saturating_sub(self.keys[i].1) >= ttl {
-                self.remove_at(i);
-            } else {
-                self.sweep += 1;
-            }
-        }
-    }
-
-    fn remove_at(&mut self, i: usize) {
-        let (gone, _) = self.keys.swap_remove(i);
-        self.cells.swap_remove(i);
-        self.map.remove(&gone);
-        if let Some((moved, _)) = self.keys.get(i)
-            && let Some(pos) = self.map.get_mut(moved)
-        {
-            *pos = i as u32;
-        }
-    }
-
-    fn remove(&mut self, key: &KeyedDigest) {
-        if let Some(&pos) = self.map.get(key) {
-            self.remove_at(pos as usize);
-        }
-    }
-
-    fn purge(&mut self, now: u64, ttl: u64) {
-        let mut i = 0;
-        while i < self.keys.len() {
-            if now.saturating_sub(self.keys[i].1) >= ttl {
-                self.remove_at(i);
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
-#[repr(align(128))]
-struct Padded(Mutex<Shard>);
-
-struct Inner {
-    shards: Box<[Padded]>,
-    mask: u64,
-    clock: SharedClock,
-    ttl_nanos: u64,
 }
 
 impl MemorySessionStore {
@@ -254,103 +70,68 @@ impl MemorySessionStore {
     /// As [`MemorySessionStore::new`], with idle times read from `clock` (the
     /// layer's, so a [`FakeClock`](tollgate_core::FakeClock) expires sessions too).
     pub fn with_clock(max_sessions: u64, ttl: Duration, clock: SharedClock) -> Self {
-        let ttl = Duration::from_nanos(duration_nanos(ttl).max(1_000_000_000));
-        let max_sessions = max_sessions.max(1);
-        // A power of two no larger than `max_sessions`, so every shard holds one or
-        // more and the shard caps add up to `max_sessions` exactly.
-        let n = MAX_SHARDS.min(1 << max_sessions.ilog2());
-        let seed = RandomState::new().hash_one(0u64) | 1;
-        let shards = (0..n)
-            .map(|i| {
-                Padded(Mutex::new(Shard::new(
-                    (max_sessions / n + u64::from(i < max_sessions % n)) as usize,
-                    seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
-                )))
-            })
-            .collect();
+        let max_sessions = usize::try_from(max_sessions).unwrap_or(usize::MAX);
+        Self::from_map(ShardedMap::new(max_sessions), ttl, clock)
+    }
+
+    fn from_map(cells: ShardedMap<KeyedDigest, SessionCell>, ttl: Duration, clock: SharedClock) -> Self {
         MemorySessionStore {
             inner: Arc::new(Inner {
-                shards,
-                mask: n - 1,
+                cells,
                 clock,
-                ttl_nanos: duration_nanos(ttl),
+                ttl: Duration::from_nanos(duration_nanos(ttl).max(1_000_000_000)),
             }),
-            ttl,
         }
     }
 
-    fn now(&self) -> u64 {
-        self.inner.clock.now().as_nanos()
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
     }
 
-    fn shard(&self, key: &KeyedDigest) -> MutexGuard<'_, Shard> {
-        let mut h = MixHasher::default();
-        key.hash(&mut h);
-        // The high bits pick the shard; the table uses the low ones.
-        let i = (h.finish() >> 32) & self.inner.mask;
-        self.inner.shards[i as usize]
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the cell of a session (made empty if there is none), under the
-    /// lock of its shard: keep `f` short (no keyed hash in it).
+    /// Runs `f` on the cell of a session (made empty if there is none or it
+    /// expired), under the lock of its shard, and restarts its idle time: keep `f`
+    /// short (no keyed hash in it).
     pub(crate) fn with_cell<R>(&self, credential: KeyedDigest, f: impl FnOnce(&mut SessionCell) -> R) -> R {
         let now = self.now();
-        let ttl = self.inner.ttl_nanos;
-        f(self.shard(&credential).touch(credential, now, ttl))
+        let deadline = now.saturating_add(self.inner.ttl);
+        self.inner
+            .cells
+            .update(&credential, now, deadline, SessionCell::default, f)
     }
 
     /// The record of the session of `credential` ([`Principal::credential_key`](tollgate_core::Principal::credential_key)).
+    /// Reading it does not restart the session's idle time.
     pub fn record(&self, credential: &KeyedDigest) -> Option<SessionRecord> {
-        let now = self.now();
-        self.shard(credential)
-            .get(credential, now, self.inner.ttl_nanos)?
-            .record
+        self.inner
+            .cells
+            .get_with(credential, self.now(), |cell| cell.record)
+            .flatten()
     }
 
     /// Forgets the session of `credential`.
     pub fn remove(&self, credential: &KeyedDigest) {
-        self.shard(credential).remove(credential);
+        self.inner.cells.remove(credential, self.now());
     }
 
     /// The number of sessions (expired ones included until
     /// [`MemorySessionStore::run_pending_tasks`] or the sweep removes them).
     pub fn entry_count(&self) -> u64 {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.0.lock().unwrap_or_else(PoisonError::into_inner).keys.len() as u64)
-            .sum()
+        self.inner.cells.len() as u64
     }
 
     /// Removes expired sessions now; tests use it to read an exact count.
     pub fn run_pending_tasks(&self) {
-        let now = self.now();
-        for s in &self.inner.shards {
-            s.0.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .purge(now, self.inner.ttl_nanos);
-        }
+        self.inner.cells.purge_expired(self.now());
     }
 
     /// Every live record with its store key (for admin listings; not for the request path).
     pub fn entries(&self) -> Vec<(StoreKey, SessionRecord)> {
-        let now = self.now();
-        let ttl = self.inner.ttl_nanos;
         let mut out = Vec::new();
-        for s in &self.inner.shards {
-            let shard = s.0.lock().unwrap_or_else(PoisonError::into_inner);
-            out.extend(
-                shard
-                    .keys
-                    .iter()
-                    .zip(&shard.cells)
-                    .filter(|((_, seen), _)| now.saturating_sub(*seen) < ttl)
-                    .filter_map(|((digest, _), cell)| Some((session_key(digest), cell.record?))),
-            );
-        }
+        self.inner.cells.for_each(self.now(), |digest, cell, _| {
+            if let Some(record) = cell.record {
+                out.push((session_key(digest), record));
+            }
+        });
         out
     }
 }
@@ -382,7 +163,7 @@ impl SessionStore for MemorySessionStore {
             derived_from: "the session's and latest fingerprint's pseudonyms, and the keyed hashes of its latest fingerprint and prefix, tagged with hashes under a random per-process key",
             protection: Protection::Pseudonym,
             purpose: "spare a steady session's requests every HMAC; in process memory only, never stored elsewhere",
-            retention: Retention::ttl(self.ttl),
+            retention: Retention::ttl(self.inner.ttl),
             sinks: &[Sink::Store],
         }]
     }
@@ -390,6 +171,8 @@ impl SessionStore for MemorySessionStore {
 
 #[cfg(test)]
 mod tests {
+    use tollgate_core::FakeClock;
+
     use super::*;
 
     fn digest(i: u32) -> KeyedDigest {
@@ -405,74 +188,72 @@ mod tests {
         cell.network.map(|(t, _)| t)
     }
 
-    /// Every key sits where `map` says, with its cell.
-    fn consistent(s: &Shard) {
-        assert_eq!(s.map.len(), s.keys.len());
-        assert_eq!(s.cells.len(), s.keys.len());
-        for (i, (k, _)) in s.keys.iter().enumerate() {
-            assert_eq!(s.map[k] as usize, i);
-        }
+    /// A store of `max` sessions in one shard (so eviction is exact), on `clock`.
+    fn one_shard(max: usize, ttl_secs: u64, clock: &FakeClock) -> MemorySessionStore {
+        MemorySessionStore::from_map(
+            ShardedMap::builder(max).shards(1).seed(7).build(),
+            Duration::from_secs(ttl_secs),
+            Arc::new(clock.clone()),
+        )
     }
 
     #[test]
-    fn a_session_lives_until_idle_for_the_ttl() {
-        let mut s = Shard::new(10, 7);
-        mark(s.touch(digest(1), 100, 50), 1);
-        // Each request restarts the idle time.
-        assert_eq!(tag(s.get(&digest(1), 149, 50).unwrap()), Some(1));
-        assert!(s.get(&digest(1), 198, 50).is_some());
-        assert!(s.get(&digest(1), 248, 50).is_none(), "idle for the TTL");
+    fn a_session_lives_until_idle_for_the_ttl_on_the_clock() {
+        let clock = FakeClock::new(Timestamp::from_secs(100));
+        let store = one_shard(10, 50, &clock);
+        store.with_cell(digest(1), |c| mark(c, 1));
+        // Each request restarts the idle time; reading the record does not.
+        clock.set(Timestamp::from_secs(149));
+        assert_eq!(store.with_cell(digest(1), |c| tag(c)), Some(1));
+        clock.set(Timestamp::from_secs(198));
+        assert!(store.entries().is_empty(), "no record yet, only caches");
+        assert_eq!(store.with_cell(digest(1), |c| tag(c)), Some(1));
+        clock.set(Timestamp::from_secs(248));
         // An empty cell takes the expired one's place.
-        assert_eq!(tag(s.touch(digest(1), 248, 50)), None);
-        mark(s.touch(digest(1), 249, 50), 2);
-        assert_eq!(tag(s.get(&digest(1), 250, 50).unwrap()), Some(2));
-        assert_eq!(s.keys.len(), 1);
-        consistent(&s);
+        assert_eq!(store.with_cell(digest(1), |c| tag(c)), None, "idle for the TTL");
+        assert_eq!(store.entry_count(), 1);
     }
 
     #[test]
-    fn a_full_shard_replaces_an_expired_or_idle_session() {
-        let mut s = Shard::new(4, 7);
+    fn a_full_store_replaces_the_session_idle_the_longest() {
+        let clock = FakeClock::new(Timestamp::from_secs(1_000));
+        let store = one_shard(4, 1_000, &clock);
         for i in 0..4 {
-            mark(s.touch(digest(i), 10 * u64::from(i), 1_000), u64::from(i));
+            clock.set(Timestamp::from_secs(1_000 + 10 * u64::from(i)));
+            store.with_cell(digest(i), |c| mark(c, u64::from(i)));
         }
         // Sessions 1..3 stay busy; 0 is idle the longest.
+        clock.set(Timestamp::from_secs(1_500));
         for i in 1..4 {
-            assert!(s.get(&digest(i), 500, 1_000).is_some());
+            store.with_cell(digest(i), |_| ());
         }
-        s.touch(digest(9), 600, 1_000);
-        assert_eq!(s.keys.len(), 4);
-        assert!(s.get(&digest(9), 600, 1_000).is_some());
-        // With eight samples of four keys (and this seed), the idlest one goes.
-        assert!(s.get(&digest(0), 600, 1_000).is_none());
-        for i in 1..4 {
-            assert_eq!(tag(s.get(&digest(i), 600, 1_000).unwrap()), Some(u64::from(i)));
-        }
-        consistent(&s);
-        // Many more: never above the cap.
+        clock.set(Timestamp::from_secs(1_600));
+        store.with_cell(digest(9), |c| mark(c, 9));
+        assert_eq!(store.entry_count(), 4);
+        assert_eq!(store.with_cell(digest(0), |c| tag(c)), None, "the idlest went");
+        // Many more: never above the cap, and expired sessions are purged.
         for i in 10..200 {
-            s.touch(digest(i), 700 + u64::from(i), 1_000);
-            assert!(s.keys.len() <= 4);
-            consistent(&s);
+            store.with_cell(digest(i), |_| ());
+            assert!(store.entry_count() <= 4);
         }
-        // The sweep removes expired sessions as new ones arrive; purge removes all.
-        s.purge(10_000, 1_000);
-        assert!(s.keys.is_empty());
-        consistent(&s);
+        clock.set(Timestamp::from_secs(10_000));
+        store.run_pending_tasks();
+        assert_eq!(store.entry_count(), 0);
     }
 
     #[test]
-    fn remove_keeps_positions_and_cells_right() {
-        let mut s = Shard::new(10, 7);
+    fn remove_forgets_one_session() {
+        let clock = FakeClock::new(Timestamp::from_secs(1));
+        let store = one_shard(10, 1_000, &clock);
         for i in 0..5 {
-            mark(s.touch(digest(i), 1, 1_000), u64::from(i));
+            store.with_cell(digest(i), |c| mark(c, u64::from(i)));
         }
-        s.remove(&digest(1));
-        s.remove(&digest(42));
-        consistent(&s);
-        assert!(s.get(&digest(1), 2, 1_000).is_none());
+        store.remove(&digest(1));
+        store.remove(&digest(42));
+        assert_eq!(store.entry_count(), 4);
+        assert_eq!(store.with_cell(digest(1), |c| tag(c)), None);
         for i in [0, 2, 3, 4] {
-            assert_eq!(tag(s.get(&digest(i), 2, 1_000).unwrap()), Some(u64::from(i)));
+            assert_eq!(store.with_cell(digest(i), |c| tag(c)), Some(u64::from(i)));
         }
     }
 

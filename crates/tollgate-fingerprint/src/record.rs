@@ -177,7 +177,7 @@ impl SessionRecord {
 
     /// How long the record may live: the session TTL, from its last update.
     pub(crate) fn ttl(ttl: Duration) -> Duration {
-        // Moka and Redis both take whole durations; keep it non-zero.
+        // At least a second: a zero TTL would drop the record as it is written.
         Duration::from_nanos(duration_nanos(ttl).max(1_000_000_000))
     }
 }

@@ -185,7 +185,9 @@ impl<S> FingerprintService<S> {
             Decision::Respond(response) => ResponseFuture::ready(response),
             Decision::Freeze(freeze) => {
                 let shared = self.shared.clone();
-                ResponseFuture::boxed(Box::pin(async move { Ok(freeze_and_respond(shared, freeze).await) }))
+                ResponseFuture::boxed(Box::pin(
+                    async move { Ok(freeze_and_respond(shared, freeze).await) },
+                ))
             }
         }
     }

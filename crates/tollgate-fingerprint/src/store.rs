@@ -24,12 +24,17 @@ pub fn session_key(credential: &KeyedDigest) -> StoreKey {
 /// [`observe`](SessionStore::observe) is a `get` then an `insert` under
 /// [`session_key`]. Two replicas serving one session at the same instant then each
 /// write their own view and the last writer wins (one request's fingerprint may be
-/// missing from the record). That is how a Redis store is used:
+/// missing from the record). That is how a Redis store is used: give the layer
+/// `Arc::new(RedisStore::<SessionRecord>::new(&backend))` (from `tollgate-redis`).
 ///
-/// ```ignore
-/// let layer = FingerprintLayer::builder(config, pseudonymizer)
-///     .store(Arc::new(RedisStore::<SessionRecord>::new(&backend)))
-///     .build()?;
+/// ```
+/// use std::sync::Arc;
+/// use tollgate_core::MemoryStore;
+/// use tollgate_fingerprint::{SessionRecord, SessionStore};
+///
+/// // Core's in-process `StateStore`, standing in for a shared one.
+/// let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::<SessionRecord>::new(10_000));
+/// # let _ = store;
 /// ```
 ///
 /// An in-process store ([`MemorySessionStore`](crate::MemorySessionStore)) also

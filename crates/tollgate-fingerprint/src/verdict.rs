@@ -246,7 +246,12 @@ impl Judge {
 
     /// Applies the policy to the verdict; records the outcome in `span`, or in the
     /// current span when `None`.
-    pub(crate) fn decide(&self, info: &SessionInfo, credential: Option<KeyedDigest>, span: Option<&Span>) -> Decision {
+    pub(crate) fn decide(
+        &self,
+        info: &SessionInfo,
+        credential: Option<KeyedDigest>,
+        span: Option<&Span>,
+    ) -> Decision {
         let config = &self.config;
         if config.policy == SessionPolicy::Tag || info.health < config.act_on.health() {
             return Decision::Pass;

@@ -3,31 +3,15 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::extract::Request;
 use axum::middleware::{Next, from_fn};
 use support::{Env, app};
 use tollgate_core::FreezeList;
 use tollgate_fingerprint::{ActOn, Dimensions, FingerprintConfig, SessionPolicy};
+use tollgate_test_support::LogCapture;
 use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const TOKEN: &str = "jti-qqx-4471";
 const UA_A: &str = "Mozilla/5.0 (X11; Linux x86_64; qqxua-1) Gecko/20100101 Firefox/133.0";
@@ -49,14 +33,8 @@ const FORBIDDEN: &[&str] = &[
 
 #[tokio::test]
 async fn no_raw_dimension_reaches_logs_or_the_store() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .with_span_events(FmtSpan::CLOSE)
-        .with_max_level(tracing::Level::TRACE)
-        .init();
+    let captured = LogCapture::new();
+    captured.json_subscriber().with_span_events(FmtSpan::CLOSE).init();
 
     let env = Env::new();
     let config = FingerprintConfig {
@@ -70,8 +48,8 @@ async fn no_raw_dimension_reaches_logs_or_the_store() {
         act_on: ActOn::Unhealthy,
         ..FingerprintConfig::default()
     };
-    let layer = env.layer(&config);
-    let store = layer.session_store().clone();
+    let store = env.store(&config);
+    let layer = env.layer_on(&config, &store);
     // Stands in for PrivacyTraceLayer: one span per request with the session fields.
     let span_layer = from_fn(|req: Request, next: Next| async move {
         let span = tracing::info_span!(
@@ -83,7 +61,7 @@ async fn no_raw_dimension_reaches_logs_or_the_store() {
         );
         next.run(req).instrument(span).await
     });
-    let addr = support::serve(app(&env, layer, None).layer(span_layer)).await;
+    let addr = tollgate_test_support::serve(app(&env, layer, None).layer(span_layer)).await;
 
     let client = reqwest::Client::new();
     let mut statuses = Vec::new();
@@ -110,7 +88,7 @@ async fn no_raw_dimension_reaches_logs_or_the_store() {
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 401]);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     // The capture works and the layer did record.
     assert!(logs.contains("\"session.health\":\"healthy\""), "{logs}");
     assert!(logs.contains("\"session.health\":\"unhealthy\""), "{logs}");

@@ -2,13 +2,15 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use support::{CHROME, Client, Env, FIREFOX, app, app_with_routes, call, me_route, serve};
-use tollgate_core::{Clock, FreezeList, Timestamp};
-use tollgate_fingerprint::{FingerprintConfig, FingerprintOverride, SessionPolicy};
+use support::{CHROME, Client, Env, FIREFOX, app, app_with_routes, call, me_route};
+use tollgate_core::{Clock, FreezeList, RouteMap, Timestamp};
+use tollgate_fingerprint::{FingerprintConfig, SessionPolicy};
+use tollgate_test_support::serve;
 
 const A: Client = Client {
     ip: "198.51.100.7",
@@ -167,23 +169,13 @@ async fn report_only_acts_on_nothing() {
 #[tokio::test]
 async fn a_route_can_be_stricter_or_skipped() {
     let env = Env::new();
-    // An outer layer marks /health to be skipped: the override is read from extensions.
-    let mark_health = axum::middleware::from_fn(
-        |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-            if req.uri().path() == "/health" {
-                req.extensions_mut().insert(FingerprintOverride::SKIP);
-            }
-            next.run(req).await
-        },
-    );
-    let app = app_with_routes(
-        &env,
-        routes_for(&env),
-        env.layer(&config(SessionPolicy::Tag)),
-        None,
-    )
-    .layer(mark_health);
-    let addr = serve(app).await;
+    // /health is not fingerprinted: the layer's RouteMap, read from MatchedPath.
+    let layer = env
+        .builder(&config(SessionPolicy::Tag))
+        .routes(RouteMap::new([("/health", false)], true).unwrap())
+        .build()
+        .unwrap();
+    let addr = serve(app_with_routes(&env, routes_for(&env), layer, None)).await;
     for c in [A, A, A, B, A, B] {
         assert_eq!(call(addr, "/me", "jti-7", c).await.status, 200);
     }
@@ -196,7 +188,7 @@ async fn a_route_can_be_stricter_or_skipped() {
     assert_eq!(call(addr, "/health", "jti-7", A).await.body, "false");
 }
 
-/// `/me` (tag), `/admin` (its own stricter layer), `/health` (skipped).
+/// `/me` (tag), `/admin` (its own stricter layer), `/health`.
 fn routes_for(env: &Env) -> Router {
     let strict = env.layer(&config(SessionPolicy::Reauthenticate));
     Router::new()
@@ -206,6 +198,56 @@ fn routes_for(env: &Env) -> Router {
             "/health",
             get(|info: Option<tollgate_core::SessionInfo>| async move { format!("{}", info.is_some()) }),
         )
+}
+
+#[tokio::test]
+async fn routes_turned_off_get_no_verdict_and_no_record() {
+    let env = Env::new();
+    let config = config(SessionPolicy::Reauthenticate);
+    let store = env.store(&config);
+    // Off: /health and everything under /public, except /public/strict (most specific wins).
+    let routes = RouteMap::new(
+        [("/health", false), ("/public/*", false), ("/public/strict", true)],
+        true,
+    )
+    .unwrap();
+    let layer = env
+        .builder(&config)
+        .store(Arc::new(store.clone()))
+        .routes(routes)
+        .build()
+        .unwrap();
+    let app = app_with_routes(
+        &env,
+        Router::new()
+            .route("/me", me_route())
+            .route("/health", me_route())
+            .route("/public", me_route())
+            .route("/public/{id}", me_route())
+            .route("/public/{id}/notes", me_route())
+            .route("/public/strict", me_route()),
+        layer,
+        None,
+    );
+    let addr = serve(app).await;
+    // A token moving between clients on routes turned off: no verdict, never
+    // refused, nothing recorded.
+    for c in [A, A, A, B, A, B, A, B] {
+        for path in ["/health", "/public", "/public/7", "/public/7/notes"] {
+            let r = call(addr, path, "jti-off", c).await;
+            assert_eq!((r.status, r.body.as_str()), (200, "none"), "{path}");
+        }
+    }
+    let off = env.principal("jti-off").credential_key();
+    assert!(store.record(&off).is_none());
+    assert_eq!(store.entry_count(), 0);
+    // The same token on a route that is on starts a fresh session.
+    assert_eq!(call(addr, "/me", "jti-off", B).await.body, "healthy ");
+    assert_eq!(store.record(&off).unwrap().requests, 1);
+    // The exact route under the wildcard is on.
+    assert_eq!(call(addr, "/public/strict", "jti-off", B).await.body, "healthy ");
+    assert_eq!(store.record(&off).unwrap().requests, 2);
+    assert_eq!(store.entry_count(), 1);
 }
 
 #[tokio::test]

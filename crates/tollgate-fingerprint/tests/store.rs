@@ -14,8 +14,8 @@ use http::Request;
 use support::Env;
 use tollgate_core::inventory::Retention;
 use tollgate_core::{
-    ClientConfig, FailurePolicy, MemoryStore, Principal, SessionHealth, SessionInfo, StateStore, StoreError,
-    StoreKey, fields,
+    BoxFuture, ClientConfig, FailurePolicy, MemoryStore, Principal, SessionHealth, SessionInfo, StateStore,
+    StoreError, StoreKey, fields,
 };
 use tollgate_fingerprint::{FingerprintConfig, FingerprintLayer, SessionPolicy, SessionRecord, session_key};
 use tower::{Layer, Service, ServiceExt};
@@ -66,14 +66,13 @@ async fn the_store_stays_bounded_under_many_sessions() {
         max_sessions: 500,
         ..FingerprintConfig::default()
     };
-    let layer = env.layer(&config);
-    let svc = layer.layer(handler());
+    let store = env.store(&config);
+    let svc = env.layer_on(&config, &store).layer(handler());
     for i in 0..20_000u32 {
         let principal = env.principal(&format!("flood-{i}"));
         let r = send(&svc, request(&env, &principal, "198.51.100.7")).await;
         assert_eq!(health(&r), "healthy");
     }
-    let store = layer.session_store();
     store.run_pending_tasks();
     assert!(store.entry_count() <= 500, "{} records", store.entry_count());
     assert!(store.entry_count() > 0);
@@ -83,26 +82,32 @@ async fn the_store_stays_bounded_under_many_sessions() {
 async fn records_expire_with_their_ttl() {
     let env = Env::new();
     let config = FingerprintConfig {
-        session_ttl_secs: 1,
-        concurrency_window_secs: 1,
-        alternation_window_secs: 1,
+        session_ttl: Duration::from_secs(1),
+        concurrency_window: Duration::from_secs(1),
+        alternation_window: Duration::from_secs(1),
         ..FingerprintConfig::default()
     };
-    let layer = env.layer(&config);
+    let store = env.store(&config);
+    let layer = env.layer_on(&config, &store);
     let svc = layer.layer(handler());
     let principal = env.principal("short-lived");
     send(&svc, request(&env, &principal, "198.51.100.7")).await;
-    let key = session_key(&principal.credential_key());
-    let store = layer.session_store();
-    let record = StateStore::get(store, &key).await.unwrap().expect("recorded");
+    let credential = principal.credential_key();
+    let record = store.record(&credential).expect("recorded");
     assert_eq!(record.requests, 1);
     assert_eq!(
         record.first_seen.as_nanos() % 60_000_000_000,
         0,
         "minute resolution"
     );
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert!(StateStore::get(store, &key).await.unwrap().is_none());
+    // Expiry follows the layer's clock, not the wall clock.
+    env.clock.advance(Duration::from_millis(999));
+    assert_eq!(store.entries().len(), 1);
+    env.clock.advance(Duration::from_millis(1));
+    assert!(store.record(&credential).is_none());
+    assert!(store.entries().is_empty());
+    store.run_pending_tasks();
+    assert_eq!(store.entry_count(), 0);
     // The inventory states that retention.
     let declared = layer.inventory();
     let record_spec = declared.iter().find(|f| f.name == "tollgate:session").unwrap();
@@ -112,11 +117,13 @@ async fn records_expire_with_their_ttl() {
 #[tokio::test]
 async fn store_keys_are_keyed_digests_of_the_credential() {
     let env = Env::new();
-    let layer = env.layer(&FingerprintConfig::default());
-    let svc = layer.layer(handler());
+    let store = env.store(&FingerprintConfig::default());
+    let svc = env
+        .layer_on(&FingerprintConfig::default(), &store)
+        .layer(handler());
     let principal = env.principal("jti-key");
     send(&svc, request(&env, &principal, "198.51.100.7")).await;
-    let entries = layer.session_store().entries();
+    let entries = store.entries();
     assert_eq!(entries.len(), 1);
     let key: &StoreKey = &entries[0].0;
     assert_eq!(*key, session_key(&principal.credential_key()));
@@ -126,7 +133,7 @@ async fn store_keys_are_keyed_digests_of_the_credential() {
 }
 
 /// A store that is not the in-process one, so the layer takes its get-then-insert
-/// path; it can be made to fail.
+/// path (the `SessionStore` every `StateStore<SessionRecord>` is); it can be made to fail.
 #[derive(Clone)]
 struct Remote {
     inner: MemoryStore<SessionRecord>,
@@ -144,23 +151,34 @@ impl Remote {
 }
 
 impl StateStore<SessionRecord> for Remote {
-    async fn get(&self, key: &StoreKey) -> Result<Option<SessionRecord>, StoreError> {
-        self.check()?;
-        // Through serde, as a remote store would.
-        let json = StateStore::get(&self.inner, key)
-            .await?
-            .map(|r| serde_json::to_string(&r).unwrap());
-        Ok(json.map(|j| serde_json::from_str(&j).unwrap()))
+    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            // Through serde, as a remote store would.
+            let json = StateStore::get(&self.inner, key)
+                .await?
+                .map(|r| serde_json::to_string(&r).unwrap());
+            Ok(json.map(|j| serde_json::from_str(&j).unwrap()))
+        })
     }
 
-    async fn insert(&self, key: &StoreKey, value: SessionRecord, ttl: Duration) -> Result<(), StoreError> {
-        self.check()?;
-        StateStore::insert(&self.inner, key, value, ttl).await
+    fn insert<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        value: SessionRecord,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            StateStore::insert(&self.inner, key, value, ttl).await
+        })
     }
 
-    async fn remove(&self, key: &StoreKey) -> Result<(), StoreError> {
-        self.check()?;
-        StateStore::remove(&self.inner, key).await
+    fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            StateStore::remove(&self.inner, key).await
+        })
     }
 }
 
@@ -172,11 +190,13 @@ async fn a_remote_store_gives_the_same_verdicts() {
         down: Arc::new(AtomicBool::new(false)),
     };
     let layer = env
-        .layer(&FingerprintConfig {
+        .builder(&FingerprintConfig {
             policy: SessionPolicy::Reauthenticate,
             ..FingerprintConfig::default()
         })
-        .store(remote.clone());
+        .store(Arc::new(remote.clone()))
+        .build()
+        .unwrap();
     let svc = layer.layer(handler());
     let principal = env.principal("jti-remote");
     let a = "198.51.100.7";
@@ -214,16 +234,22 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() {
         down: Arc::new(AtomicBool::new(true)),
     };
     let principal = env.principal("jti-down");
-    let open = env.layer(&FingerprintConfig::default()).store(remote.clone());
+    let open = env
+        .builder(&FingerprintConfig::default())
+        .store(Arc::new(remote.clone()))
+        .build()
+        .unwrap();
     let r = send(&open.layer(handler()), request(&env, &principal, "198.51.100.7")).await;
     assert_eq!((r.status().as_u16(), health(&r)), (200, "none"));
 
     let closed = env
-        .layer(&FingerprintConfig {
+        .builder(&FingerprintConfig {
             store_failure: FailurePolicy::Closed,
             ..FingerprintConfig::default()
         })
-        .store(remote.clone());
+        .store(Arc::new(remote.clone()))
+        .build()
+        .unwrap();
     let r = send(
         &closed.layer(handler()),
         request(&env, &principal, "198.51.100.7"),
@@ -265,6 +291,16 @@ fn the_inventory_declares_every_span_field_and_store_field() {
     }
     let no_freeze = env.layer(&FingerprintConfig::default()).inventory();
     assert!(!no_freeze.iter().any(|f| f.name == "tollgate:freeze-credential"));
+    // The in-process store declares its caches; a shared store keeps records only.
+    assert!(declared.iter().any(|f| f.name == "session.cache"));
+    let shared = env
+        .builder(&FingerprintConfig::default())
+        .store(Arc::new(MemoryStore::<SessionRecord>::new(10)))
+        .build()
+        .unwrap()
+        .inventory();
+    assert!(!shared.iter().any(|f| f.name == "session.cache"));
+    assert!(shared.iter().any(|f| f.name == "tollgate:session"));
 }
 
 #[test]
@@ -276,11 +312,11 @@ fn a_bad_config_fails_at_build_naming_the_setting() {
             ..FingerprintConfig::default()
         },
         env.p.clone(),
-        env.freeze_list.clone(),
     )
     .unwrap_err();
+    assert_eq!(err.setting, "fingerprint.alternation_switches");
     assert!(
-        err.to_string().contains("fingerprint.alternation_switches"),
+        err.to_string().starts_with("fingerprint.alternation_switches: "),
         "{err}"
     );
 }
@@ -292,8 +328,13 @@ fn session_header(r: &Response) -> String {
 #[tokio::test]
 async fn pseudonyms_rotate_with_the_epoch_and_verdicts_do_not() {
     let env = Env::new();
-    let layer = env.layer(&FingerprintConfig::default());
-    let svc = layer.layer(handler());
+    // Sessions outlive the pseudonym epoch (a day) here.
+    let config = FingerprintConfig {
+        session_ttl: Duration::from_secs(7 * 86_400),
+        ..FingerprintConfig::default()
+    };
+    let store = env.store(&config);
+    let svc = env.layer_on(&config, &store).layer(handler());
     let principal = env.principal("jti-epoch");
     let first = send(&svc, request(&env, &principal, "198.51.100.7")).await;
     let again = send(&svc, request(&env, &principal, "198.51.100.7")).await;
@@ -303,7 +344,7 @@ async fn pseudonyms_rotate_with_the_epoch_and_verdicts_do_not() {
         "cached pseudonyms are the same"
     );
     // The same pseudonyms as computed afresh by a layer with an empty store.
-    let fresh = env.layer(&FingerprintConfig::default()).layer(handler());
+    let fresh = env.layer(&config).layer(handler());
     let other = send(&fresh, request(&env, &principal, "198.51.100.7")).await;
     assert_eq!(session_header(&first), session_header(&other));
 
@@ -318,7 +359,7 @@ async fn pseudonyms_rotate_with_the_epoch_and_verdicts_do_not() {
     let (before, after): (Vec<&str>, Vec<&str>) = (before.split(' ').collect(), after.split(' ').collect());
     assert_ne!(before[0], after[0], "session pseudonym rotates");
     assert_ne!(before[1], after[1], "fingerprint pseudonym rotates");
-    let record = layer.session_store().record(&principal.credential_key()).unwrap();
+    let record = store.record(&principal.credential_key()).unwrap();
     assert_eq!(record.requests, 3);
     assert_eq!(record.fingerprints[1], 0, "one fingerprint across the epoch");
 }
@@ -326,8 +367,10 @@ async fn pseudonyms_rotate_with_the_epoch_and_verdicts_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_of_one_session_are_all_counted() {
     let env = Env::new();
-    let layer = env.layer(&FingerprintConfig::default());
-    let svc = layer.layer(handler());
+    let store = env.store(&FingerprintConfig::default());
+    let svc = env
+        .layer_on(&FingerprintConfig::default(), &store)
+        .layer(handler());
     let principal = env.principal("jti-busy");
     let env = Arc::new(env);
     let tasks: Vec<_> = (0..8)
@@ -348,7 +391,7 @@ async fn concurrent_requests_of_one_session_are_all_counted() {
     for t in tasks {
         t.await.unwrap();
     }
-    let record = layer.session_store().record(&principal.credential_key()).unwrap();
+    let record = store.record(&principal.credential_key()).unwrap();
     assert_eq!(record.requests, 2_000);
     assert_eq!(record.health, SessionHealth::Healthy);
 }
@@ -359,14 +402,21 @@ async fn the_in_process_caches_give_what_a_fresh_computation_gives() {
     // same; the remote path computes them all afresh. Both must agree on every
     // pseudonym and verdict, as networks, user agents and epochs change.
     let env = Env::new();
-    let local = env.layer(&FingerprintConfig::default()).layer(handler());
+    // Sessions outlive the pseudonym epochs the steps cross.
+    let config = FingerprintConfig {
+        session_ttl: Duration::from_secs(7 * 86_400),
+        ..FingerprintConfig::default()
+    };
+    let local = env.layer(&config).layer(handler());
     let remote = Remote {
         inner: MemoryStore::new(1_000),
         down: Arc::new(AtomicBool::new(false)),
     };
     let fresh = env
-        .layer(&FingerprintConfig::default())
-        .store(remote)
+        .builder(&config)
+        .store(Arc::new(remote))
+        .build()
+        .unwrap()
         .layer(handler());
     let principal = env.principal("jti-cache");
     let steps = [

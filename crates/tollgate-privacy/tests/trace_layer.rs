@@ -1,47 +1,14 @@
 //! The privacy trace layer over real HTTP, with every byte of log output captured.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::{Router, routing::get};
 use serde_json::Value;
-use tollgate_core::{ClientConfig, ClientContext, PseudonymSecret, Pseudonymizer, fields};
-use tollgate_privacy::{LogProfile, PrivacyTraceLayer};
+use tollgate_core::{ClientConfig, ClientContext, RouteMap, fields};
+use tollgate_privacy::{LogProfile, PrivacyConfig, PrivacyTraceLayer};
+use tollgate_test_support::{LogCapture, pseudonymizer, serve_captured};
 use tracing_subscriber::prelude::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-    fn lines(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn pseudonymizer() -> Pseudonymizer {
-    Pseudonymizer::new(
-        PseudonymSecret::from_bytes(&[5; 32]).unwrap(),
-        Duration::from_secs(86_400),
-    )
-}
 
 async fn network(ctx: ClientContext) -> String {
     ctx.network().to_string()
@@ -50,42 +17,26 @@ async fn network(ctx: ClientContext) -> String {
 /// Serves `layer` around a small app on 127.0.0.1, on a thread of its own whose
 /// every log event (all levels, all targets) is captured. The test's own HTTP client
 /// runs elsewhere, so the capture holds exactly what the server emitted.
-fn serve(layer: PrivacyTraceLayer) -> (SocketAddr, Capture) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let subscriber = tracing_subscriber::registry()
-            .with(tollgate_privacy::json_layer(move || writer.clone()))
-            .with(tracing_subscriber::filter::LevelFilter::TRACE);
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = Router::new()
-                .route("/health", get(|| async { "ok" }))
-                .route("/v1/items/{id}", get(|| async { "item" }))
-                .route("/network", get(network))
-                .layer(layer);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .unwrap()
-        });
+fn serve(layer: PrivacyTraceLayer) -> (SocketAddr, LogCapture) {
+    let server = serve_captured(tollgate_privacy::json_layer, || async move {
+        Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/v1/items/{id}", get(|| async { "item" }))
+            .route("/network", get(network))
+            .layer(layer)
     });
-    (rx.recv().unwrap(), capture)
+    (server.addr, server.capture)
 }
 
 /// The request lines (target `tollgate::request`) among the captured events.
-fn request_lines(capture: &Capture) -> Vec<Value> {
-    capture
-        .lines()
-        .into_iter()
-        .filter(|l| l["target"] == tollgate_privacy::TARGET)
-        .collect()
+fn request_lines(capture: &LogCapture) -> Vec<Value> {
+    capture.lines_with_target(tollgate_privacy::TARGET)
+}
+
+fn headers(names: &[&str]) -> PrivacyConfig {
+    PrivacyConfig {
+        log_headers: names.iter().map(|n| n.to_string()).collect(),
+    }
 }
 
 fn trusting_loopback() -> ClientConfig {
@@ -149,7 +100,11 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
 
 #[tokio::test]
 async fn trusted_proxy_header_sets_the_client_network() {
-    let (addr, _) = serve(PrivacyTraceLayer::new(pseudonymizer()).client_config(trusting_loopback()));
+    let layer = PrivacyTraceLayer::builder(PrivacyConfig::default(), pseudonymizer())
+        .client(trusting_loopback())
+        .build()
+        .unwrap();
+    let (addr, _) = serve(layer);
     let client = reqwest::Client::new();
     let via_proxy = client
         .get(format!("http://{addr}/network"))
@@ -165,9 +120,15 @@ async fn trusted_proxy_header_sets_the_client_network() {
 
 #[tokio::test]
 async fn incoming_traceparent_is_kept_and_minimal_routes_carry_no_client_fields() {
-    let layer = PrivacyTraceLayer::new(pseudonymizer())
-        .route_profile("/health", LogProfile::Minimal)
-        .route_profile("/network", LogProfile::Off);
+    let routes = RouteMap::new(
+        [("/health", LogProfile::Minimal), ("/network", LogProfile::Off)],
+        LogProfile::Full,
+    )
+    .unwrap();
+    let layer = PrivacyTraceLayer::builder(PrivacyConfig::default(), pseudonymizer())
+        .routes(routes)
+        .build()
+        .unwrap();
     let (addr, capture) = serve(layer);
     let client = reqwest::Client::new();
     client
@@ -192,9 +153,7 @@ async fn incoming_traceparent_is_kept_and_minimal_routes_carry_no_client_fields(
 
 #[tokio::test]
 async fn allowlisted_headers_only() {
-    let layer = PrivacyTraceLayer::new(pseudonymizer())
-        .log_headers(["accept"])
-        .unwrap();
+    let layer = PrivacyTraceLayer::from_config(&headers(&["accept"]), pseudonymizer()).unwrap();
     let (addr, capture) = serve(layer);
     reqwest::Client::new()
         .get(format!("http://{addr}/health"))
@@ -217,15 +176,11 @@ fn identifying_headers_cannot_be_allowlisted() {
         "cookie",
         "x-api-key",
     ] {
-        let err = PrivacyTraceLayer::new(pseudonymizer())
-            .log_headers([name])
-            .unwrap_err();
+        let err = PrivacyTraceLayer::from_config(&headers(&[name]), pseudonymizer()).unwrap_err();
         assert!(err.to_string().contains("privacy.log_headers"), "{err}");
     }
     assert!(
-        PrivacyTraceLayer::new(pseudonymizer())
-            .log_headers(["not a header"])
-            .is_err()
+        PrivacyTraceLayer::from_config(&headers(&["not a header"]), pseudonymizer()).is_err()
     );
 }
 
@@ -279,10 +234,8 @@ fn the_span_declares_every_field_in_order() {
 async fn works_as_a_route_layer_on_some_routes_only() {
     use tower::ServiceExt;
 
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber =
-        tracing_subscriber::registry().with(tollgate_privacy::json_layer(move || writer.clone()));
+    let capture = LogCapture::new();
+    let subscriber = tracing_subscriber::registry().with(tollgate_privacy::json_layer(capture.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let app = Router::new()

@@ -1,5 +1,6 @@
 //! One rate-limit decision: tollgate's in-process GCRA store against governor's keyed
-//! limiter, on the same workloads (single key, many keys, contended across threads).
+//! limiter, on the same workloads (single key, many keys, contended across threads),
+//! and the same decision through the store trait object the layer holds.
 //!
 //! Run: `cargo bench -p tollgate-ratelimit --bench decision -- --warm-up-time 1 --measurement-time 3`
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tollgate_core::{Clock, Domain, KeyedDigest, PseudonymSecret, Pseudonymizer, SystemClock};
-use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
+use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey, SharedRateLimitStore};
 
 const RATE: u32 = 1_000_000;
 const BURST: u32 = 1_000_000_000;
@@ -49,6 +50,16 @@ fn bench(c: &mut Criterion) {
     let store = MemoryRateLimitStore::new(100_000);
     g.bench_function("tollgate", |b| {
         b.iter(|| black_box(store.decide(&store_keys[0], &limits, 1, clock.now()).allowed()))
+    });
+    // What the layer calls: the synchronous path of `Arc<dyn RateLimitStore>`, on a
+    // scoped key (a route's own limits).
+    let shared: SharedRateLimitStore = Arc::new(MemoryRateLimitStore::new(100_000));
+    let scoped = RateLimitKey::scoped("login", keys[0]).unwrap();
+    g.bench_function("tollgate_dyn_scoped", |b| {
+        b.iter(|| {
+            let d = shared.check_and_spend_now(&scoped, &limits, 1, clock.now());
+            black_box(d.map(|d| d.map(|d| d.allowed())))
+        })
     });
     let gov = governor();
     g.bench_function("governor", |b| {

@@ -1,4 +1,5 @@
-//! A small server behind `RateLimitLayer`: anonymous callers are limited per /24 network.
+//! A small server behind `RateLimitLayer`: anonymous callers are limited per /24
+//! network, `/login` has a limit of its own and `/health` none.
 //!
 //! ```text
 //! cargo run -p tollgate-ratelimit --example ratelimit
@@ -10,24 +11,37 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use tollgate_core::{PseudonymSecret, Pseudonymizer};
-use tollgate_ratelimit::{LimitConfig, RateLimitConfig, RateLimitLayer, RouteConfig};
+use tollgate_core::{PseudonymSecret, Pseudonymizer, RouteMap};
+use tollgate_ratelimit::{LimitConfig, RateLimitConfig, RateLimitLayer, RateLimitRoute};
 
 #[tokio::main]
 async fn main() {
     let pseudonymizer = Pseudonymizer::new(PseudonymSecret::random().unwrap(), Duration::from_secs(86_400));
-    let config = RateLimitConfig::default()
-        .tier(
-            "anonymous",
-            [
-                LimitConfig::new("burst", 2, Duration::from_secs(10)),
-                LimitConfig::new("daily", 1000, Duration::from_secs(86_400)),
-            ],
-        )
-        .route("/health", RouteConfig::exempt());
-    let layer = RateLimitLayer::new(&config, pseudonymizer).expect("valid rate-limit config");
+    let config = RateLimitConfig::default().tier(
+        "anonymous",
+        [
+            LimitConfig::new("burst", 2, Duration::from_secs(10)),
+            LimitConfig::new("daily", 1000, Duration::from_secs(86_400)),
+        ],
+    );
+    let routes = RouteMap::new(
+        [
+            ("/health", RateLimitRoute::exempt()),
+            (
+                "/login",
+                RateLimitRoute::limits([LimitConfig::new("login", 5, Duration::from_secs(60))]),
+            ),
+        ],
+        RateLimitRoute::default(),
+    )
+    .expect("valid route patterns");
+    let layer = RateLimitLayer::builder(config, pseudonymizer)
+        .routes(routes)
+        .build()
+        .expect("valid rate-limit config");
     let app = Router::new()
         .route("/items", get(|| async { "items\n" }))
+        .route("/login", get(|| async { "login\n" }))
         .route("/health", get(|| async { "ok\n" }))
         .layer(layer);
     let addr: SocketAddr = std::env::var("ADDR")

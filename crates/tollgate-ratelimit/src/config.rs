@@ -1,37 +1,10 @@
-//! The layer's configuration: tiers of stacked limits, route overrides and modes,
-//! as mounted under `[ratelimit]` in a TOML file.
-//!
-//! ```
-//! use tollgate_ratelimit::RateLimitConfig;
-//!
-//! let config: RateLimitConfig = toml::from_str(r#"
-//!     default_tier = "free"
-//!     anonymous_tier = "anonymous"
-//!
-//!     [tiers.free]
-//!     limits = [
-//!         { name = "burst", quota = 10, window = "1s", burst = 20 },
-//!         { name = "daily", quota = 10000, window = "1d" },
-//!     ]
-//!     [tiers.pro]
-//!     limits = [{ name = "burst", quota = 100, window = "1s" }]
-//!     [tiers.anonymous]
-//!     limits = [{ name = "burst", quota = 2, window = "1s", burst = 5 }]
-//!     mode = "report_only"
-//!
-//!     [routes."/login"]
-//!     limits = [{ name = "login", quota = 5, window = "1m" }]
-//!     [routes."/health"]
-//!     exempt = true
-//! "#).unwrap();
-//! assert_eq!(config.tiers["free"].limits.len(), 2);
-//! ```
+//! The `[ratelimit]` configuration section and the per-route settings.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use tollgate_core::ConfigError;
 use tollgate_core::store::FailurePolicy;
 
 use crate::gcra::{Limit, LimitError, MAX_LIMITS};
@@ -49,8 +22,34 @@ pub enum Mode {
     ReportOnly,
 }
 
-/// The layer's configuration.
-#[derive(Clone, Debug, Deserialize)]
+/// The `[ratelimit]` section: tiers of stacked limits and how the layer behaves.
+///
+/// Per-route behaviour (exempt routes, a route's own limits, another tier, a cost)
+/// is not part of this section: it is a [`RateLimitRoute`] per route, given to the
+/// builder as a [`RouteMap`](tollgate_core::RouteMap) (in a facade configuration, the
+/// `ratelimit` key of each `[routes."<template>"]` table).
+///
+/// ```
+/// use tollgate_ratelimit::RateLimitConfig;
+///
+/// let config: RateLimitConfig = toml::from_str(r#"
+///     default_tier = "free"
+///     anonymous_tier = "anonymous"
+///
+///     [tiers.free]
+///     limits = [
+///         { name = "burst", quota = 10, window = "1s", burst = 20 },
+///         { name = "daily", quota = 10000, window = "1d" },
+///     ]
+///     [tiers.pro]
+///     limits = [{ name = "burst", quota = 100, window = "1s" }]
+///     [tiers.anonymous]
+///     limits = [{ name = "burst", quota = 2, window = "1s", burst = 5 }]
+///     mode = "report_only"
+/// "#).unwrap();
+/// assert_eq!(config.tiers["free"].limits.len(), 2);
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// `enforce` (default) or `report_only`, for every tier and route that does not
@@ -63,25 +62,19 @@ pub struct RateLimitConfig {
     pub default_tier: String,
     /// The tier of anonymous requests, limited per client network (default `anonymous`).
     pub anonymous_tier: String,
-    /// The most keys the in-process store holds (default 100,000).
+    /// The most keys the in-process store holds (default 100,000). Unused when the
+    /// builder is given another store.
     pub max_entries: u64,
     /// What to do when the store fails (default `open`: let the request through).
     pub on_store_failure: FailurePolicy,
     /// Named plans, each with one to four stacked limits.
     pub tiers: BTreeMap<String, TierConfig>,
-    /// Overrides by route template (as axum's `MatchedPath` spells it, e.g. `/items/{id}`).
-    pub routes: BTreeMap<String, RouteConfig>,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         let tier = |quota, burst| TierConfig {
-            limits: vec![LimitConfig {
-                name: "burst".into(),
-                quota,
-                window: Window(Duration::from_secs(1)),
-                burst: Some(burst),
-            }],
+            limits: vec![LimitConfig::new("burst", quota, Duration::from_secs(1)).burst(burst)],
             mode: None,
         };
         RateLimitConfig {
@@ -95,7 +88,6 @@ impl Default for RateLimitConfig {
                 ("default".to_string(), tier(10, 20)),
                 ("anonymous".to_string(), tier(5, 10)),
             ]),
-            routes: BTreeMap::new(),
         }
     }
 }
@@ -110,12 +102,6 @@ impl RateLimitConfig {
                 mode: None,
             },
         );
-        self
-    }
-
-    /// Adds or replaces a route override.
-    pub fn route(mut self, template: impl Into<String>, route: RouteConfig) -> Self {
-        self.routes.insert(template.into(), route);
         self
     }
 
@@ -136,10 +122,28 @@ impl RateLimitConfig {
         self.anonymous_tier = name.into();
         self
     }
+
+    /// Switches the `RateLimit-Policy` and `RateLimit` headers on or off.
+    pub fn headers(mut self, on: bool) -> Self {
+        self.headers = on;
+        self
+    }
+
+    /// Sets what to do when the store fails.
+    pub fn on_store_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_store_failure = policy;
+        self
+    }
+
+    /// Sets the entry cap of the in-process store.
+    pub fn max_entries(mut self, max_entries: u64) -> Self {
+        self.max_entries = max_entries;
+        self
+    }
 }
 
 /// One tier.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     /// One to four limits, all checked before any is spent.
@@ -150,15 +154,17 @@ pub struct TierConfig {
 }
 
 /// One limit: `quota` requests per `window`, bursts of up to `burst`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// The policy name in headers and spans: 1 to 32 of `a-z 0-9 - _ .`.
     pub name: String,
     /// Requests per window.
     pub quota: u64,
-    /// The window: `"500ms"`, `"1s"`, `"1m"`, `"1h"`, `"1d"`, or whole seconds.
-    pub window: Window,
+    /// The window, written as every duration in the configuration is: `"500ms"`,
+    /// `"1s"`, `"1m"`, `"1h"`, `"1d"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub window: Duration,
     /// The most requests admitted at once from a full budget (default: `quota`).
     #[serde(default)]
     pub burst: Option<u64>,
@@ -170,7 +176,7 @@ impl LimitConfig {
         LimitConfig {
             name: name.into(),
             quota,
-            window: Window(window),
+            window,
             burst: None,
         }
     }
@@ -182,28 +188,63 @@ impl LimitConfig {
     }
 }
 
-/// A per-route override.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// The rate-limit settings of one route (one entry of a
+/// [`RouteMap`](tollgate_core::RouteMap), in a facade configuration the `ratelimit`
+/// key of a `[routes."<template>"]` table). Every key is optional; the default is
+/// the caller's tier at a cost of 1.
+///
+/// ```toml
+/// [routes."/health"]
+/// ratelimit = { exempt = true }
+///
+/// [routes."/login"]
+/// ratelimit = { limits = [{ name = "login", quota = 5, window = "1m" }] }
+///
+/// [routes."/v1/search"]
+/// ratelimit = { tier = "search", cost = 2 }
+/// ```
+///
+/// - `limits`: the route's own one to four limits, counted per caller under a key of
+///   the route's own; the caller's tier does not apply on this route.
+/// - `tier`: use this configured tier's limits on this route instead of the
+///   caller's, counted under a key of that tier's own (every route naming the tier
+///   shares that budget, apart from the caller's tier-wide one).
+/// - `exempt`: no rate limit at all (no headers, nothing stored).
+/// - `cost`: units each request spends (default 1); at most every applicable burst.
+/// - `mode`: `enforce` or `report_only` on this route; the tier's when absent.
+///
+/// `limits` and `tier` exclude each other; an exempt route takes none of the others.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RouteConfig {
+pub struct RateLimitRoute {
+    /// The route's own limits (empty: the caller's tier, or `tier`, applies).
+    pub limits: Vec<LimitConfig>,
+    /// The tier whose limits apply on this route instead of the caller's.
+    pub tier: Option<String>,
     /// No rate limit on this route.
     pub exempt: bool,
-    /// The route's own limits, counted per caller under a key of their own (the tier's
-    /// limits then do not apply on this route). Empty: the caller's tier applies.
-    pub limits: Vec<LimitConfig>,
-    /// The store scope of the route's own key (`rl:{scope}`); derived from the template
-    /// when absent.
-    pub scope: Option<String>,
     /// Units each request costs (default 1).
-    pub cost: Option<u64>,
+    pub cost: u64,
     /// This route's mode; the tier's when absent.
     pub mode: Option<Mode>,
 }
 
-impl RouteConfig {
-    /// An exempt route.
+impl Default for RateLimitRoute {
+    fn default() -> Self {
+        RateLimitRoute {
+            limits: Vec::new(),
+            tier: None,
+            exempt: false,
+            cost: 1,
+            mode: None,
+        }
+    }
+}
+
+impl RateLimitRoute {
+    /// A route without rate limit.
     pub fn exempt() -> Self {
-        RouteConfig {
+        RateLimitRoute {
             exempt: true,
             ..Default::default()
         }
@@ -211,90 +252,35 @@ impl RouteConfig {
 
     /// A route with its own limits.
     pub fn limits(limits: impl IntoIterator<Item = LimitConfig>) -> Self {
-        RouteConfig {
+        RateLimitRoute {
             limits: limits.into_iter().collect(),
             ..Default::default()
         }
     }
-}
 
-/// A window length, written `"500ms"`, `"1s"`, `"10m"`, `"1h"`, `"1d"` or as whole seconds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Window(pub Duration);
-
-impl fmt::Debug for Window {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-impl Window {
-    /// Parses `"500ms"`, `"1s"`, `"10m"`, `"1h"`, `"1d"`.
-    pub fn parse(text: &str) -> Option<Window> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit())?;
-        let (n, unit) = text.split_at(split);
-        let n: u64 = n.parse().ok()?;
-        let nanos_per = match unit.trim() {
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "d" => 86_400_000_000_000,
-            _ => return None,
-        };
-        n.checked_mul(nanos_per)
-            .map(|ns| Window(Duration::from_nanos(ns)))
-    }
-}
-
-impl<'de> Deserialize<'de> for Window {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Window(Duration::from_secs(s))),
-            Raw::Text(t) => Window::parse(&t).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "window {t:?}: expected a number and a unit (ms, s, m, h, d), e.g. \"1s\" or \"1d\""
-                ))
-            }),
+    /// A route on another tier's limits.
+    pub fn tier(name: impl Into<String>) -> Self {
+        RateLimitRoute {
+            tier: Some(name.into()),
+            ..Default::default()
         }
     }
-}
 
-/// A configuration the layer refuses; the message names the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A tier or route has an invalid limit.
-    #[error("ratelimit.{at}: {source}")]
-    Limit {
-        /// Where: `tiers.free.limits[0]`.
-        at: String,
-        /// Why.
-        source: LimitError,
-    },
-    /// Any other invalid setting.
-    #[error("ratelimit.{at}: {message}")]
-    Invalid {
-        /// Where: `default_tier`, `tiers.free`, `routes."/login".scope`.
-        at: String,
-        /// Why.
-        message: String,
-    },
-}
+    /// The same route at this cost per request.
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
 
-pub(crate) fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        at: at.into(),
-        message: message.into(),
+    /// The same route in this mode.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = Some(mode);
+        self
     }
 }
 
+/// `name` is 1 to `max` of `a-z 0-9 - _ .`: a String and token character set in
+/// header fields, safe in store keys and spans.
 pub(crate) fn valid_name(name: &str, max: usize) -> bool {
     (1..=max).contains(&name.len())
         && name
@@ -302,52 +288,41 @@ pub(crate) fn valid_name(name: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
-/// Checks and converts a list of limits.
+/// Checks and converts a list of limits; `at` is the setting holding the list
+/// (`ratelimit.tiers.free`), errors name the field within it.
 pub(crate) fn build_limits(at: &str, limits: &[LimitConfig]) -> Result<Vec<Limit>, ConfigError> {
     if limits.is_empty() || limits.len() > MAX_LIMITS {
-        return Err(invalid(
+        return Err(ConfigError::new(
             format!("{at}.limits"),
-            format!("needs 1 to {MAX_LIMITS} limits, got {}", limits.len()),
+            format_args!("needs 1 to {MAX_LIMITS} limits, got {}", limits.len()),
         ));
     }
     let mut out = Vec::with_capacity(limits.len());
     for (i, l) in limits.iter().enumerate() {
         let here = format!("{at}.limits[{i}]");
         if !valid_name(&l.name, 32) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 format!("{here}.name"),
-                format!("{:?} must be 1 to 32 of a-z 0-9 - _ .", l.name),
+                format_args!("{:?} must be 1 to 32 of a-z 0-9 - _ .", l.name),
             ));
         }
         if limits[..i].iter().any(|o| o.name == l.name) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 format!("{here}.name"),
-                format!("{:?} is used twice", l.name),
+                format_args!("{:?} is used twice", l.name),
             ));
         }
-        let limit = Limit::new(l.quota, l.window.0, l.burst.unwrap_or(l.quota))
-            .map_err(|source| ConfigError::Limit { at: here, source })?;
+        let limit = Limit::new(l.quota, l.window, l.burst.unwrap_or(l.quota)).map_err(|e| {
+            let field = match e {
+                LimitError::ZeroQuota => "quota",
+                LimitError::ZeroBurst => "burst",
+                LimitError::TooFast | LimitError::TooLarge => "window",
+            };
+            ConfigError::new(format!("{here}.{field}"), e)
+        })?;
         out.push(limit);
     }
     Ok(out)
-}
-
-/// A store scope derived from a route template: `/v1/items/{id}` gives `v1-items-id`.
-pub(crate) fn scope_from_template(template: &str) -> String {
-    let mut out = String::new();
-    for c in template.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    while out.ends_with('-') {
-        out.pop();
-    }
-    out.truncate(64);
-    if out.is_empty() { "root".into() } else { out }
 }
 
 #[cfg(test)]
@@ -355,59 +330,70 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows() {
-        assert_eq!(Window::parse("500ms"), Some(Window(Duration::from_millis(500))));
-        assert_eq!(Window::parse("1d"), Some(Window(Duration::from_secs(86_400))));
-        assert_eq!(Window::parse("10 m"), Some(Window(Duration::from_secs(600))));
-        assert_eq!(Window::parse("1w"), None);
-        assert_eq!(Window::parse("s"), None);
-        assert_eq!(Window::parse("99999999999999999999d"), None);
-        let w: LimitConfig = toml::from_str("name = \"a\"\nquota = 1\nwindow = 30").unwrap();
-        assert_eq!(w.window, Window(Duration::from_secs(30)));
-        let bad: Result<LimitConfig, _> = toml::from_str("name = \"a\"\nquota = 1\nwindow = \"1 fortnight\"");
-        assert!(bad.unwrap_err().to_string().contains("1 fortnight"));
+    fn windows_are_durations() {
+        let w = |text: &str| toml::from_str::<LimitConfig>(&format!("name = \"a\"\nquota = 1\nwindow = {text}"));
+        assert_eq!(w("\"500ms\"").unwrap().window, Duration::from_millis(500));
+        assert_eq!(w("\"1s\"").unwrap().window, Duration::from_secs(1));
+        assert_eq!(w("\"1m\"").unwrap().window, Duration::from_secs(60));
+        assert_eq!(w("\"1h\"").unwrap().window, Duration::from_secs(3600));
+        assert_eq!(w("\"1d\"").unwrap().window, Duration::from_secs(86_400));
+        assert_eq!(w("\"1h 30m\"").unwrap().window, Duration::from_secs(5400));
+        assert!(w("\"1 fortnight\"").is_err());
+        // One way to write durations: a string with a unit.
+        assert!(w("30").is_err());
     }
 
     #[test]
     fn unknown_fields_are_refused() {
         let bad: Result<RateLimitConfig, _> = toml::from_str("mdoe = \"enforce\"");
         assert!(bad.unwrap_err().to_string().contains("mdoe"));
+        let bad: Result<RateLimitRoute, _> = toml::from_str("exmept = true");
+        assert!(bad.unwrap_err().to_string().contains("exmept"));
+    }
+
+    #[test]
+    fn route_defaults_and_keys() {
+        let route: RateLimitRoute = toml::from_str("").unwrap();
+        assert_eq!(route, RateLimitRoute::default());
+        assert_eq!(route.cost, 1);
+        let route: RateLimitRoute = toml::from_str(
+            "limits = [{ name = \"login\", quota = 5, window = \"1m\" }]\ncost = 2\nmode = \"report_only\"",
+        )
+        .unwrap();
+        assert_eq!(
+            route,
+            RateLimitRoute::limits([LimitConfig::new("login", 5, Duration::from_secs(60))])
+                .cost(2)
+                .mode(Mode::ReportOnly)
+        );
+        let route: RateLimitRoute = toml::from_str("tier = \"pro\"\nexempt = false").unwrap();
+        assert_eq!(route, RateLimitRoute::tier("pro"));
     }
 
     #[test]
     fn limits_are_checked() {
-        let e = build_limits("tiers.free", &[]).unwrap_err();
+        let err = |limits: &[LimitConfig]| build_limits("ratelimit.tiers.free", limits).unwrap_err().to_string();
+        assert_eq!(err(&[]), "ratelimit.tiers.free.limits: needs 1 to 4 limits, got 0");
         assert_eq!(
-            e.to_string(),
-            "ratelimit.tiers.free.limits: needs 1 to 4 limits, got 0"
+            err(&[LimitConfig::new("a", 0, Duration::from_secs(1))]),
+            "ratelimit.tiers.free.limits[0].quota: quota must be at least 1"
         );
-        let e = build_limits("tiers.free", &[LimitConfig::new("a", 0, Duration::from_secs(1))]).unwrap_err();
         assert_eq!(
-            e.to_string(),
-            "ratelimit.tiers.free.limits[0]: quota must be at least 1"
+            err(&[LimitConfig::new("a", 1, Duration::from_secs(1)).burst(0)]),
+            "ratelimit.tiers.free.limits[0].burst: burst must be at least 1"
         );
-        let e = build_limits(
-            "tiers.free",
-            &[LimitConfig::new("A b", 1, Duration::from_secs(1))],
-        )
-        .unwrap_err();
-        assert!(e.to_string().starts_with("ratelimit.tiers.free.limits[0].name"));
+        assert!(
+            err(&[LimitConfig::new("a", 10, Duration::from_nanos(5))])
+                .starts_with("ratelimit.tiers.free.limits[0].window: ")
+        );
+        assert!(
+            err(&[LimitConfig::new("A b", 1, Duration::from_secs(1))])
+                .starts_with("ratelimit.tiers.free.limits[0].name: ")
+        );
         let twice = [
             LimitConfig::new("a", 1, Duration::from_secs(1)),
             LimitConfig::new("a", 1, Duration::from_secs(2)),
         ];
-        assert!(
-            build_limits("t", &twice)
-                .unwrap_err()
-                .to_string()
-                .contains("used twice")
-        );
-    }
-
-    #[test]
-    fn scopes_from_templates() {
-        assert_eq!(scope_from_template("/login"), "login");
-        assert_eq!(scope_from_template("/v1/items/{id}"), "v1-items-id");
-        assert_eq!(scope_from_template("/"), "root");
+        assert!(err(&twice).contains("used twice"));
     }
 }

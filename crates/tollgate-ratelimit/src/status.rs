@@ -1,22 +1,25 @@
 //! What the layer decided, for the layers and handlers after it, and the header
-//! fields of draft-ietf-httpapi-ratelimit-headers-10.
+//! fields that tell the caller.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-use http::HeaderValue;
+use axum::response::Response;
 use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use tollgate_core::future::OnResponse;
 use tollgate_core::problem::Problem;
 
 use crate::gcra::Limit;
-use crate::store::RateLimitKey;
+use crate::policy::{NamedLimit, Policy};
 
 /// `RateLimit-Policy`: the quota policies of the tier or route.
-pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-/// `RateLimit`: the policy with the lowest remaining quota, its remaining units and reset.
-pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: the policy with the lowest available quota, that quota and its
+/// effective window.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// What the layer did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,37 +46,6 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// One named limit of a policy, with its header and span text made once.
-pub(crate) struct NamedLimit {
-    pub(crate) name: Box<str>,
-    /// `{tier}/{name}`: the value of `ratelimit.policy`.
-    pub(crate) span_name: Box<str>,
-    pub(crate) limit: Limit,
-}
-
-/// A tier's or route's stack of limits, resolved when the layer is built.
-pub(crate) struct Policy {
-    /// The tier name, or `route:{scope}` for a route's own limits.
-    pub(crate) tier: Box<str>,
-    pub(crate) limits: Vec<Limit>,
-    pub(crate) named: Vec<NamedLimit>,
-    /// `"burst";q=20;w=2, "daily";q=10000;w=86400`.
-    pub(crate) policy_header: HeaderValue,
-    /// The key namespace, with a placeholder digest.
-    pub(crate) key: RateLimitKey,
-    pub(crate) mode: crate::config::Mode,
-}
-
-impl fmt::Debug for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Policy")
-            .field("tier", &self.tier)
-            .field("policy", &self.policy_header)
-            .field("mode", &self.mode)
-            .finish()
     }
 }
 
@@ -152,18 +124,30 @@ impl RateLimitStatus {
 
     /// When refused: the time until every limit would admit the request.
     pub fn retry_after(&self) -> Option<Duration> {
-        (self.outcome != Outcome::Allowed).then(|| Duration::from_nanos(self.retry_after_nanos))
+        self.is_limited()
+            .then(|| Duration::from_nanos(self.retry_after_nanos))
     }
 
-    /// The `RateLimit-Policy` value: every limit of the tier or route.
+    /// The `RateLimit-Policy` value: every limit of the tier or route, as
+    /// `"{name}";q={quota};w={window seconds}`.
     pub fn policy_header(&self) -> HeaderValue {
         self.policy.policy_header.clone()
     }
 
-    /// The `RateLimit` value: `"{name}";r={remaining};t={seconds to reset}`, written
-    /// into a stack buffer with `itoa`.
+    /// The `RateLimit` value: `"{name}";r={available};t={effective window}`.
+    ///
+    /// `t` is the time until the reported limit's budget is full again: a client
+    /// that spends no more than `r` units in `t` seconds is never refused by it. On
+    /// a refused request it is the `Retry-After` delay instead, so that both fields
+    /// name the same instant (the draft's §6: `Retry-After` no earlier than the end
+    /// of the effective window). Written into a stack buffer with `itoa`.
     pub fn ratelimit_header(&self) -> HeaderValue {
         let name = self.named().name.as_bytes();
+        let window = if self.is_limited() {
+            self.retry_after_secs()
+        } else {
+            secs_ceil(self.reset_nanos)
+        };
         // name <= 32 bytes, two u64 of <= 20 digits, 10 bytes of punctuation.
         let mut buf = [0u8; 96];
         let mut n = 0;
@@ -177,18 +161,34 @@ impl RateLimitStatus {
         put(b"\";r=");
         put(num.format(self.remaining).as_bytes());
         put(b";t=");
-        put(num.format(secs_ceil(self.reset_nanos)).as_bytes());
+        put(num.format(window).as_bytes());
         HeaderValue::from_bytes(&buf[..n]).expect("names are checked to be token characters")
     }
 
     /// The `Retry-After` value in whole seconds, rounded up, at least 1.
     pub fn retry_after_header(&self) -> HeaderValue {
-        HeaderValue::from(secs_ceil(self.retry_after_nanos).max(1))
+        HeaderValue::from(self.retry_after_secs())
+    }
+
+    fn retry_after_secs(&self) -> u64 {
+        secs_ceil(self.retry_after_nanos).max(1)
+    }
+}
+
+/// Adds the header fields (unless switched off) and the status to a response.
+impl OnResponse for RateLimitStatus {
+    fn on_response(self, response: &mut Response) {
+        if self.policy.headers {
+            let h = response.headers_mut();
+            h.insert(RATELIMIT_POLICY, self.policy_header());
+            h.insert(RATELIMIT, self.ratelimit_header());
+        }
+        response.extensions_mut().insert(self);
     }
 }
 
 /// Nanoseconds to whole seconds, rounded up.
-pub(crate) fn secs_ceil(nanos: u64) -> u64 {
+fn secs_ceil(nanos: u64) -> u64 {
     nanos.div_ceil(1_000_000_000)
 }
 

@@ -1,84 +1,65 @@
-//! Where rate-limit state lives: the [`RateLimitStore`] trait and its bounded
-//! in-process implementation.
-//!
-//! # The contract
-//!
-//! A store keeps, for each [`StoreKey`], one theoretical arrival time (TAT, integer
-//! nanoseconds since the Unix epoch) per limit, in the order the limits are given
-//! (see [`crate::gcra`] for what a TAT means). A key the store has never seen, or
-//! whose state expired, has TAT `0` for every limit: a full budget.
-//!
-//! [`RateLimitStore::check_and_spend`] must, **atomically per key**:
-//! 1. read the key's TATs (missing entries are `0`),
-//! 2. compute [`gcra::decide_all`]`(tats, now, limits, cost)`: the request is admitted
-//!    only if every limit admits it,
-//! 3. if admitted, store the advanced TATs ([`Decision::tats`]); if denied, change
-//!    nothing,
-//! 4. set the key's time to live to [`Decision::ttl`]: the time until every limit's
-//!    budget would be full again, when the state equals no state. A store may evict
-//!    entries early under memory pressure (an evicted key starts again with a full
-//!    budget); it must not let them outlive that TTL by more than its housekeeping
-//!    delay,
-//! 5. return the [`Decision`].
-//!
-//! `now` is the layer's clock. A shared store (Redis) may substitute its own time so
-//! that replicas with skewed clocks agree; [`Decision::now`] then reports the time it
-//! used. The caller picks keys so that one key always comes with the same list of
-//! limits (the layer scopes keys by route when a route has its own limits: see
-//! [`RateLimitKey`]).
-//!
-//! Any store must return, for the same stored TATs, `now`, limits and cost, exactly
-//! the decision [`gcra::decide_all`] returns: that function is the specification.
+//! Where rate-limit state lives: the key, the [`RateLimitStore`] trait and its
+//! bounded in-process implementation.
 
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::fmt;
-use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tollgate_core::clock::Timestamp;
 use tollgate_core::pseudonym::KeyedDigest;
-use tollgate_core::store::{StoreError, StoreKey};
+use tollgate_core::store::{BoxFuture, StoreError};
 
 use crate::gcra::{self, Decision, Limit, MAX_LIMITS};
 
-/// The store namespace of tier-wide rate-limit keys: `tollgate:rl:{digest}`.
-pub const NAMESPACE: &str = "rl";
+/// The store namespace of rate-limit keys: `tollgate:rl:…`.
+const NAMESPACE: &str = "rl";
 
-/// A rate-limit key: a [`KeyedDigest`] (of a subject, a network, or a custom key) in a
-/// namespace: `rl` for a tier's limits, `rl:{scope}` for a route's own limits.
+/// The longest scope name: with its length and hash, a key fills one 64-byte line.
+const MAX_SCOPE: usize = 39;
+
+/// A rate-limit key: a [`KeyedDigest`] (of a subject, a network, or a custom key),
+/// either tier-wide or in a scope of its own (a route's own limits, a tier used on a
+/// route, another component's budget such as the anomaly layer's throttle).
 ///
-/// `Copy` and allocation-free; [`RateLimitKey::store_key`] gives the [`StoreKey`] a
-/// shared store uses (`tollgate:rl:{hex}` or `tollgate:rl:{scope}:{hex}`).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// `Copy`, allocation-free and compared field by field: the in-process store uses it
+/// as it is; a shared store spells it [`RateLimitKey::store_key`].
+#[derive(Clone, Copy)]
 pub struct RateLimitKey {
     digest: KeyedDigest,
-    namespace: &'static str,
-    ns_hash: u64,
+    /// FNV-1a of the scope, so hashing a key does not walk the scope name.
+    scope_hash: u64,
+    scope_len: u8,
+    scope: [u8; MAX_SCOPE],
 }
 
-impl fmt::Debug for RateLimitKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "RateLimitKey({}:{})",
-            self.namespace,
-            self.digest.to_hex().as_str()
-        )
+impl PartialEq for RateLimitKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest && self.scope() == other.scope()
     }
 }
+
+impl Eq for RateLimitKey {}
 
 impl Hash for RateLimitKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.digest.hash(state);
-        state.write_u64(self.ns_hash);
+        state.write_u64(self.scope_hash);
+    }
+}
+
+impl fmt::Debug for RateLimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scope() {
+            None => write!(f, "RateLimitKey({})", self.digest.to_hex().as_str()),
+            Some(scope) => write!(f, "RateLimitKey({scope}:{})", self.digest.to_hex().as_str()),
+        }
     }
 }
 
 /// Why a scope name was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a rate-limit scope is 1 to 64 characters of a-z, 0-9, '-', '_', '.': got {0:?}")]
+#[error("a rate-limit scope is 1 to 39 characters of a-z, 0-9, '-', '_', '.': got {0:?}")]
 pub struct ScopeError(pub String);
 
 impl RateLimitKey {
@@ -86,33 +67,34 @@ impl RateLimitKey {
     pub fn new(digest: KeyedDigest) -> Self {
         RateLimitKey {
             digest,
-            namespace: NAMESPACE,
-            ns_hash: fnv(NAMESPACE),
+            scope_hash: 0,
+            scope_len: 0,
+            scope: [0; MAX_SCOPE],
         }
     }
 
-    /// The key of `digest` in a route scope (a policy name such as `login`).
-    ///
-    /// Build scoped keys' prototypes once (at layer build time) and reuse them with
-    /// [`RateLimitKey::with_digest`]: the scope name is interned for the life of the
-    /// process.
+    /// The key of `digest` in `scope` (a name such as `login`): a budget apart from
+    /// the tier-wide one. Build a scope's key once and reuse it with
+    /// [`RateLimitKey::with_digest`].
     pub fn scoped(scope: &str, digest: KeyedDigest) -> Result<Self, ScopeError> {
-        let valid = (1..=64).contains(&scope.len())
+        let valid = (1..=MAX_SCOPE).contains(&scope.len())
             && scope
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
         if !valid {
             return Err(ScopeError(scope.to_string()));
         }
-        let namespace = intern(&format!("{NAMESPACE}:{scope}"));
+        let mut bytes = [0; MAX_SCOPE];
+        bytes[..scope.len()].copy_from_slice(scope.as_bytes());
         Ok(RateLimitKey {
             digest,
-            namespace,
-            ns_hash: fnv(namespace),
+            scope_hash: fnv_hash(scope.as_bytes()),
+            scope_len: scope.len() as u8,
+            scope: bytes,
         })
     }
 
-    /// The same namespace with another digest.
+    /// The same scope with another digest.
     pub fn with_digest(self, digest: KeyedDigest) -> Self {
         RateLimitKey { digest, ..self }
     }
@@ -122,76 +104,111 @@ impl RateLimitKey {
         self.digest
     }
 
-    /// The namespace: `rl` or `rl:{scope}`.
-    pub fn namespace(&self) -> &'static str {
-        self.namespace
+    /// The scope, `None` for a tier-wide key.
+    pub fn scope(&self) -> Option<&str> {
+        let bytes = &self.scope[..usize::from(self.scope_len)];
+        // Only `scoped` writes the bytes, from a checked ASCII name.
+        (!bytes.is_empty()).then(|| std::str::from_utf8(bytes).expect("scopes are ASCII"))
     }
 
-    /// The key as a shared store spells it.
-    pub fn store_key(&self) -> StoreKey {
-        StoreKey::new(self.namespace, &self.digest)
-    }
-
-    /// Reads a key back from its store form (`tollgate:{namespace}:{hex}`).
-    pub fn from_store_key(key: &StoreKey) -> Option<Self> {
-        let rest = key.as_str().strip_prefix("tollgate:")?;
-        let (namespace, hex) = rest.rsplit_once(':')?;
-        let digest = KeyedDigest::from_hex(hex)?;
-        let ns_hash = fnv(namespace);
-        let namespace = if namespace == NAMESPACE {
-            NAMESPACE
-        } else {
-            intern(namespace)
-        };
-        Some(RateLimitKey {
-            digest,
-            namespace,
-            ns_hash,
-        })
+    /// The key as a shared store spells it: `tollgate:rl:{digest hex}`, or
+    /// `tollgate:rl:{scope}:{digest hex}` for a scoped key. Stable across versions,
+    /// so replicas of different versions share budgets.
+    pub fn store_key(&self) -> String {
+        let hex = self.digest.to_hex();
+        match self.scope() {
+            None => format!("tollgate:{NAMESPACE}:{}", hex.as_str()),
+            Some(scope) => format!("tollgate:{NAMESPACE}:{scope}:{}", hex.as_str()),
+        }
     }
 }
 
-fn intern(s: &str) -> &'static str {
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(name) = names.get(s) {
-        return name;
-    }
-    // Bounded by the number of distinct scope names configured in this process.
-    let name: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    names.insert(name);
-    name
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+/// FNV-1a: a stable hash of short configured names.
+pub(crate) fn fnv_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
-/// A rate-limit state store. See the [module docs](self) for the exact semantics.
+/// Where rate-limit state lives. Layers hold it as a [`SharedRateLimitStore`]; the
+/// in-process [`MemoryRateLimitStore`] is the default, a Redis store shares budgets
+/// across replicas.
 ///
-/// Methods return `Send` futures so the layer can be generic over the store.
-pub trait RateLimitStore: Clone + Send + Sync + 'static {
-    /// Checks every limit of `key` at `now` and spends `cost` units in all of them only
-    /// if all of them allow it, atomically per key.
-    ///
-    /// `limits` holds at most [`MAX_LIMITS`] limits; `cost` 0 reports without spending.
-    fn check_and_spend(
-        &self,
-        key: &StoreKey,
-        limits: &[Limit],
+/// # The contract
+///
+/// A store keeps, for each [`RateLimitKey`], one theoretical arrival time (TAT,
+/// integer nanoseconds since the Unix epoch) per limit, in the order the limits are
+/// given (see [`crate::gcra`] for what a TAT means). Two keys are the same state
+/// exactly when their scope and digest are equal. A key the store has never seen, or
+/// whose state expired, has TAT `0` for every limit: a full budget.
+///
+/// [`RateLimitStore::check_and_spend`] must, **atomically per key** (no other
+/// decision on the same key may interleave, on this replica or any other sharing the
+/// state):
+/// 1. read the key's TATs (missing entries are `0`);
+/// 2. check **every** limit before spending in any:
+///    [`gcra::decide_all`]`(tats, now, limits, cost)` admits the request only if
+///    every limit admits it;
+/// 3. if admitted, store the advanced TATs ([`Decision::tats`]); if denied, change
+///    nothing (a request refused by a daily limit costs nothing per second);
+/// 4. let the key expire after [`Decision::ttl`]: the time until every limit's budget
+///    would be full again, when the state equals no state. A store may evict
+///    entries early under memory pressure (an evicted key starts again with a full
+///    budget); it must not let them outlive that TTL by more than its housekeeping
+///    delay;
+/// 5. return the [`Decision`]: for the same stored TATs, time, limits and cost,
+///    exactly the one [`gcra::decide_all`] returns. That function is the
+///    specification.
+///
+/// **Time.** `now` is the layer's clock ([`SharedClock`](tollgate_core::SharedClock),
+/// a fake one in tests). A shared store may decide at its own time instead, so that
+/// replicas with skewed clocks agree; it then decides the whole request at that one
+/// time and [`Decision::now`] reports it. Never mix the two in one decision.
+///
+/// **Inputs.** `limits` holds one to [`MAX_LIMITS`] limits, and the layer always
+/// gives one key the same list (a route with its own limits, or another tier, gets a
+/// scope of its own). `cost` 0 reports the state without spending; a cost above a
+/// limit's burst is never admitted.
+///
+/// **Failures.** An error makes the layer apply its `on_store_failure` policy; a
+/// store with a fallback of its own (the Redis store's `local`) may answer a
+/// [`Decision`] instead.
+///
+/// **The fast path.** [`RateLimitStore::check_and_spend_now`] gives the same
+/// decision on the same state without a future, for stores that can answer at once;
+/// it must not wait on I/O (a short lock is fine). The layer asks it first and calls
+/// `check_and_spend` only when it answers `None`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tollgate_core::{Domain, Pseudonymizer, PseudonymSecret, Timestamp};
+/// use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey, SharedRateLimitStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[1; 32]).unwrap(), Duration::from_secs(86_400));
+/// let store: SharedRateLimitStore = Arc::new(MemoryRateLimitStore::new(1_000));
+/// let key = RateLimitKey::scoped("login", p.digest(Domain::SUBJECT, b"alice")).unwrap();
+/// let limits = [Limit::new(1, Duration::from_secs(60), 1).unwrap()];
+/// let now = Timestamp::from_secs(1_000);
+/// assert!(store.check_and_spend(&key, &limits, 1, now).await.unwrap().allowed());
+/// assert!(!store.check_and_spend_now(&key, &limits, 1, now).unwrap().unwrap().allowed());
+/// # });
+/// ```
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Checks every limit of `key` at `now` and spends `cost` units in all of them
+    /// only if all of them allow it, atomically per key (see the contract above).
+    fn check_and_spend<'a>(
+        &'a self,
+        key: &'a RateLimitKey,
+        limits: &'a [Limit],
         cost: u64,
         now: Timestamp,
-    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
 
-    /// The same decision without a future and without building a [`StoreKey`], for
-    /// stores that can answer at once (the in-process store). `None`, the default,
-    /// means "call [`RateLimitStore::check_and_spend`] with [`RateLimitKey::store_key`]".
-    /// The layer tries this first so that an in-process decision allocates nothing.
+    /// The same decision without a future, when the store can give it at once (the
+    /// in-process store); `None`, the default, means "await
+    /// [`RateLimitStore::check_and_spend`]". Must not wait on I/O.
     fn check_and_spend_now(
         &self,
         key: &RateLimitKey,
@@ -203,6 +220,9 @@ pub trait RateLimitStore: Clone + Send + Sync + 'static {
         None
     }
 }
+
+/// The store a layer holds: one store can serve several layers and replicas.
+pub type SharedRateLimitStore = Arc<dyn RateLimitStore>;
 
 /// TATs per limit, in limit order.
 type Tats = [u64; MAX_LIMITS];
@@ -404,6 +424,8 @@ impl Shard {
 /// is removed by the sweep that examines a few keys on every insertion of a new key,
 /// by eviction, or by [`MemoryRateLimitStore::purge_expired`].
 ///
+/// Clones share the same state.
+///
 /// ```
 /// use std::time::Duration;
 /// use tollgate_core::{Pseudonymizer, PseudonymSecret, Timestamp, Domain};
@@ -418,8 +440,9 @@ impl Shard {
 /// assert!(store.decide(&key, &limits, 1, now).allowed());
 /// assert!(!store.decide(&key, &limits, 1, now).allowed());
 /// ```
+#[derive(Clone)]
 pub struct MemoryRateLimitStore {
-    inner: std::sync::Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 struct Inner {
@@ -431,14 +454,6 @@ struct Inner {
 #[repr(align(128))]
 struct Padded(Mutex<Shard>);
 
-impl Clone for MemoryRateLimitStore {
-    fn clone(&self) -> Self {
-        MemoryRateLimitStore {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
 impl fmt::Debug for MemoryRateLimitStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryRateLimitStore")
@@ -449,7 +464,7 @@ impl fmt::Debug for MemoryRateLimitStore {
 }
 
 /// The default entry cap of the in-process store.
-pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+pub(crate) const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
 impl Default for MemoryRateLimitStore {
     fn default() -> Self {
@@ -483,7 +498,7 @@ impl MemoryRateLimitStore {
             })
             .collect();
         MemoryRateLimitStore {
-            inner: std::sync::Arc::new(Inner {
+            inner: Arc::new(Inner {
                 shards,
                 mask: count - 1,
                 max_entries,
@@ -491,7 +506,7 @@ impl MemoryRateLimitStore {
         }
     }
 
-    fn shard(&self, key: &RateLimitKey) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard(&self, key: &RateLimitKey) -> MutexGuard<'_, Shard> {
         let h = Mix::default().hash_one(key);
         let shard = &self.inner.shards[((h >> 40) & self.inner.mask) as usize];
         // A panic inside `decide` cannot leave a slot half-written in a way that
@@ -547,16 +562,14 @@ impl MemoryRateLimitStore {
 }
 
 impl RateLimitStore for MemoryRateLimitStore {
-    async fn check_and_spend(
-        &self,
-        key: &StoreKey,
-        limits: &[Limit],
+    fn check_and_spend<'a>(
+        &'a self,
+        key: &'a RateLimitKey,
+        limits: &'a [Limit],
         cost: u64,
         now: Timestamp,
-    ) -> Result<Decision, StoreError> {
-        let key = RateLimitKey::from_store_key(key)
-            .ok_or_else(|| StoreError::Corrupt("not a rate-limit store key".into()))?;
-        Ok(self.decide(&key, limits, cost, now))
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.decide(key, limits, cost, now))))
     }
 
     fn check_and_spend_now(
@@ -573,6 +586,7 @@ impl RateLimitStore for MemoryRateLimitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::OnceLock;
     use std::time::Duration;
     use tollgate_core::{Domain, PseudonymSecret, Pseudonymizer};
 
@@ -590,19 +604,29 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     #[test]
-    fn store_key_round_trip() {
+    fn keys_and_their_store_spelling() {
+        assert_eq!(std::mem::size_of::<RateLimitKey>(), 64);
         let k = RateLimitKey::new(digest(1));
+        assert_eq!(k.scope(), None);
         assert_eq!(
-            k.store_key().as_str(),
+            k.store_key(),
             format!("tollgate:rl:{}", digest(1).to_hex().as_str())
         );
-        assert_eq!(RateLimitKey::from_store_key(&k.store_key()), Some(k));
         let s = RateLimitKey::scoped("login", digest(1)).unwrap();
         assert_ne!(s, k);
-        assert!(s.store_key().as_str().starts_with("tollgate:rl:login:"));
-        assert_eq!(RateLimitKey::from_store_key(&s.store_key()), Some(s));
-        assert!(RateLimitKey::scoped("Bad Scope", digest(1)).is_err());
-        assert!(RateLimitKey::scoped("", digest(1)).is_err());
+        assert_eq!(s.scope(), Some("login"));
+        assert_eq!(s.digest(), k.digest());
+        assert_eq!(
+            s.store_key(),
+            format!("tollgate:rl:login:{}", digest(1).to_hex().as_str())
+        );
+        assert_eq!(s.with_digest(digest(2)).scope(), Some("login"));
+        assert_ne!(s, RateLimitKey::scoped("logon", digest(1)).unwrap());
+        assert_eq!(s, RateLimitKey::scoped("login", digest(1)).unwrap());
+        for bad in ["Bad Scope", "", "a:b", &"x".repeat(40)] {
+            assert!(RateLimitKey::scoped(bad, digest(1)).is_err(), "{bad:?}");
+        }
+        assert!(RateLimitKey::scoped(&"x".repeat(39), digest(1)).is_ok());
     }
 
     #[tokio::test]
@@ -612,19 +636,19 @@ mod tests {
         let k = RateLimitKey::scoped("x", digest(2)).unwrap();
         let now = Timestamp::from_secs(50);
         assert!(store.decide(&k, &limits, 2, now).allowed());
-        let d = store
-            .check_and_spend(&k.store_key(), &limits, 1, now)
-            .await
-            .unwrap();
+        let shared: SharedRateLimitStore = Arc::new(store.clone());
+        let d = shared.check_and_spend(&k, &limits, 1, now).await.unwrap();
         assert!(d.allowed());
         assert_eq!(d.cells()[0].remaining, 0);
         assert!(
-            !store
+            !shared
                 .check_and_spend_now(&k, &limits, 1, now)
                 .unwrap()
                 .unwrap()
                 .allowed()
         );
+        // The tier-wide key of the same digest is another budget.
+        assert!(store.decide(&RateLimitKey::new(digest(2)), &limits, 3, now).allowed());
     }
 
     #[test]

@@ -1,68 +1,47 @@
 //! Privacy canary: known identifiers go through the layer; none may come out in any
 //! log byte, span field, store key, header or body. Also checks the span fields.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use http::{HeaderMap, Request};
-use tollgate_core::{
-    ClientConfig, CredentialKind, FakeClock, Principal, PseudonymSecret, Pseudonymizer, Tier, Timestamp,
-};
-use tollgate_ratelimit::{LimitConfig, RateLimitConfig, RateLimitLayer};
+use tollgate_core::{ClientConfig, Clock, CredentialKind, Principal, Tier};
+use tollgate_ratelimit::{LimitConfig, MemoryRateLimitStore, RateLimitConfig, RateLimitLayer};
+use tollgate_test_support::canary::{self, IP, SUBJECT, USER_AGENT};
+use tollgate_test_support::{LogCapture, clock, pseudonymizer};
 use tower::ServiceExt;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-const SUBJECT: &str = "alice.canary@example.com";
 const CREDENTIAL: &str = "sk_live_canary_7f3a9";
-const IP: &str = "203.0.113.77";
-const USER_AGENT: &str = "CanaryBrowser/9.9.9";
 
 #[tokio::test]
 async fn no_identifier_leaves_the_layer() {
-    let out = Buffer::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
+    let capture = LogCapture::new();
+    let subscriber = capture
+        .json_subscriber()
         .with_current_span(true)
         .with_span_list(true)
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let p = Pseudonymizer::new(
-        PseudonymSecret::from_bytes(&[8; 32]).unwrap(),
-        Duration::from_secs(86_400),
-    );
+    let p = pseudonymizer();
     let config = RateLimitConfig::default()
         .tier("free", [LimitConfig::new("burst", 2, Duration::from_secs(10))])
         .tier(
             "anonymous",
             [LimitConfig::new("burst", 1, Duration::from_secs(10))],
         );
-    let layer = RateLimitLayer::new(&config, p.clone())
-        .unwrap()
-        .clock(Arc::new(FakeClock::new(Timestamp::from_secs(1_700_000_000))));
-    let store = layer.store_ref().clone();
+    let store = MemoryRateLimitStore::new(1_000);
+    let layer = RateLimitLayer::builder(config, p.clone())
+        .clock(Arc::new(clock()))
+        .store(Arc::new(store.clone()))
+        .build()
+        .unwrap();
     let inventory = layer.inventory();
     let app = Router::new()
         .route("/items/{id}", get(|| async { "ok" }))
@@ -102,10 +81,10 @@ async fn no_identifier_leaves_the_layer() {
         let body = axum::body::to_bytes(response.into_body(), 10_000).await.unwrap();
         seen.push(String::from_utf8(body.to_vec()).unwrap());
     }
-    for key in store.keys() {
-        seen.push(key.store_key().to_string());
+    for key in store.keys(clock().now()) {
+        seen.push(key.store_key());
     }
-    let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
 
     // The span fields were recorded.
     assert!(logs.contains(r#""ratelimit.policy":"free/burst""#), "{logs}");
@@ -113,7 +92,7 @@ async fn no_identifier_leaves_the_layer() {
     assert!(logs.contains(r#""ratelimit.outcome":"allowed""#), "{logs}");
     assert!(logs.contains(r#""ratelimit.outcome":"denied""#), "{logs}");
     assert!(logs.contains(r#""ratelimit.remaining":0"#), "{logs}");
-    assert_eq!(store.keys().len(), 2, "one subject key, one network key");
+    assert_eq!(store.keys(clock().now()).len(), 2, "one subject key, one network key");
 
     // Every field the layer put into a span is declared in its inventory.
     let mut emitted = std::collections::BTreeSet::new();
@@ -134,18 +113,8 @@ async fn no_identifier_leaves_the_layer() {
 
     let everything = format!("{logs}\n{}", seen.join("\n"));
     let subject_key = principal.subject_key().to_hex();
-    let canaries = [
-        SUBJECT,
-        "alice.canary",
-        CREDENTIAL,
-        IP,
-        "203.0.113.0",
-        USER_AGENT,
-        "CanaryBrowser",
-    ];
-    for canary in canaries {
-        assert!(!everything.contains(canary), "{canary:?} leaked:\n{everything}");
-    }
+    canary::assert_absent("the layer's output", &everything, canary::FRAGMENTS);
+    canary::assert_absent("the layer's output", &everything, [CREDENTIAL, "203.0.113.0"]);
     // The stable subject digest is a store key, and nothing else: it is not logged.
     assert!(
         !logs.contains(subject_key.as_str()),

@@ -10,27 +10,16 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{HeaderMap, Request, StatusCode};
-use tollgate_core::store::{FailurePolicy, StoreError, StoreKey};
+use tollgate_core::store::{BoxFuture, FailurePolicy, StoreError};
 use tollgate_core::{
-    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, PseudonymSecret, Pseudonymizer, Tier,
-    Timestamp,
+    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, Pseudonymizer, RouteMap, Tier, Timestamp,
 };
 use tollgate_ratelimit::{
-    Decision, Limit, LimitConfig, MemoryRateLimitStore, Mode, Outcome, RateLimitConfig, RateLimitKey,
-    RateLimitLayer, RateLimitOverride, RateLimitStatus, RateLimitStore, RouteConfig,
+    Decision, Limit, LimitConfig, MemoryRateLimitStore, Mode, Outcome, RateLimitBuilder, RateLimitConfig,
+    RateLimitKey, RateLimitLayer, RateLimitRoute, RateLimitStatus, RateLimitStore,
 };
+use tollgate_test_support::{clock, pseudonymizer};
 use tower::ServiceExt;
-
-fn pseudonymizer() -> Pseudonymizer {
-    Pseudonymizer::new(
-        PseudonymSecret::from_bytes(&[4; 32]).unwrap(),
-        Duration::from_secs(86_400),
-    )
-}
-
-fn clock() -> FakeClock {
-    FakeClock::new(Timestamp::from_secs(1_700_000_000))
-}
 
 fn config() -> RateLimitConfig {
     RateLimitConfig::default()
@@ -47,6 +36,13 @@ fn config() -> RateLimitConfig {
             [LimitConfig::new("burst", 2, Duration::from_secs(1))],
         )
         .default_tier("free")
+}
+
+/// A builder on `clock` and on `store`, which the test keeps to look inside.
+fn builder(config: RateLimitConfig, p: &Pseudonymizer, clock: &FakeClock, store: &MemoryRateLimitStore) -> RateLimitBuilder {
+    RateLimitLayer::builder(config, p.clone())
+        .clock(Arc::new(clock.clone()))
+        .store(Arc::new(store.clone()))
 }
 
 fn app(layer: RateLimitLayer) -> Router {
@@ -90,10 +86,10 @@ fn admitted(statuses: &[StatusCode]) -> usize {
 #[tokio::test]
 async fn two_tiers_side_by_side() {
     let p = pseudonymizer();
-    let clock = clock();
-    let layer = RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
-        .clock(Arc::new(clock.clone()));
+    let layer = RateLimitLayer::builder(config(), p.clone())
+        .clock(Arc::new(clock()))
+        .build()
+        .unwrap();
     let app = app(layer);
     let free = principal(&p, "free-user", "free");
     let pro = principal(&p, "pro-user", "pro");
@@ -118,11 +114,8 @@ async fn two_tiers_side_by_side() {
 async fn daily_denial_does_not_spend_the_per_second_budget() {
     let p = pseudonymizer();
     let clock = clock();
-    let layer = RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
-        .clock(Arc::new(clock.clone()));
-    let store = layer.store_ref().clone();
-    let app = app(layer);
+    let store = MemoryRateLimitStore::new(1_000);
+    let app = app(builder(config(), &p, &clock, &store).build().unwrap());
     let user = principal(&p, "stacked", "free");
     // 5 a day, 3 at once: spend the daily budget over a few seconds.
     for _ in 0..5 {
@@ -160,19 +153,25 @@ async fn daily_denial_does_not_spend_the_per_second_budget() {
 async fn refusal_is_problem_json_with_retry_after_and_not_cacheable() {
     let p = pseudonymizer();
     let clock = clock();
-    let app = app(RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
-        .clock(Arc::new(clock.clone())));
+    let app = app(RateLimitLayer::builder(config(), p.clone())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap());
     let user = principal(&p, "u", "free");
+    let mut windows = Vec::new();
     for _ in 0..3 {
-        send(&app, "/items", Some(&user)).await;
+        let r = send(&app, "/items", Some(&user)).await;
+        windows.push(r.headers()["ratelimit"].to_str().unwrap().to_string());
     }
+    // Allowed: the effective window is the time until the budget is full again.
+    assert_eq!(windows, ["\"burst\";r=2;t=1", "\"burst\";r=1;t=1", "\"burst\";r=0;t=2"]);
     let r = send(&app, "/items", Some(&user)).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert_eq!(r.headers()["cache-control"], "no-store");
     assert_eq!(r.headers()["retry-after"], "1");
-    assert_eq!(r.headers()["ratelimit"], "\"burst\";r=0;t=2");
+    // Refused: the effective window ends when Retry-After does (draft -11, §6).
+    assert_eq!(r.headers()["ratelimit"], "\"burst\";r=0;t=1");
     let status = r.extensions().get::<RateLimitStatus>().unwrap().clone();
     assert_eq!(status.outcome(), Outcome::Denied);
     assert_eq!(status.policy(), "free/burst");
@@ -189,10 +188,10 @@ async fn refusal_is_problem_json_with_retry_after_and_not_cacheable() {
 #[tokio::test]
 async fn anonymous_traffic_is_limited_per_network() {
     let p = pseudonymizer();
-    let clock = clock();
-    let app = app(RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
-        .clock(Arc::new(clock.clone())));
+    let app = app(RateLimitLayer::builder(config(), p.clone())
+        .clock(Arc::new(clock()))
+        .build()
+        .unwrap());
     // Two addresses in one /24 share the anonymous budget of 2.
     assert_eq!(
         send_from(&app, "/items", "198.51.100.7", &p).await.status(),
@@ -211,7 +210,8 @@ async fn anonymous_traffic_is_limited_per_network() {
         send_from(&app, "/items", "198.51.101.7", &p).await.status(),
         StatusCode::OK
     );
-    // Without ClientContext the peer address from ConnectInfo is coarsened the same way.
+    // Without ClientContext the peer address from ConnectInfo is resolved and coarsened
+    // the same way.
     let mut req = Request::get("/items").body(Body::empty()).unwrap();
     req.extensions_mut()
         .insert(ConnectInfo(SocketAddr::from(([198, 51, 100, 50], 4000))));
@@ -226,76 +226,12 @@ async fn anonymous_traffic_is_limited_per_network() {
 }
 
 #[tokio::test]
-async fn routes_exempt_own_limits_and_cost() {
-    let p = pseudonymizer();
-    let clock = clock();
-    let config = config()
-        .route("/health", RouteConfig::exempt())
-        .route(
-            "/login",
-            RouteConfig::limits([LimitConfig::new("login", 1, Duration::from_secs(60))]),
-        )
-        .route(
-            "/export",
-            RouteConfig {
-                cost: Some(2),
-                ..Default::default()
-            },
-        );
-    let layer = RateLimitLayer::new(&config, p.clone())
-        .unwrap()
-        .clock(Arc::new(clock.clone()));
-    let store = layer.store_ref().clone();
-    let app = app(layer);
-    let user = principal(&p, "router", "free");
-    for _ in 0..50 {
-        let r = send(&app, "/health", Some(&user)).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        assert!(r.headers().get("ratelimit").is_none());
-    }
-    let r = send(&app, "/login", Some(&user)).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["ratelimit-policy"], "\"login\";q=1;w=60");
-    let r = send(&app, "/login", Some(&user)).await;
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        r.extensions().get::<RateLimitStatus>().unwrap().policy(),
-        "route:login/login"
-    );
-    // /login has its own key: the tier's budget is untouched.
-    assert!(
-        store
-            .tats(&RateLimitKey::new(user.subject_key()), clock.now())
-            .is_none()
-    );
-    assert!(
-        store
-            .tats(
-                &RateLimitKey::scoped("login", user.subject_key()).unwrap(),
-                clock.now()
-            )
-            .is_some()
-    );
-    // /export costs 2 of the burst of 3.
-    let limited = StatusCode::TOO_MANY_REQUESTS;
-    assert_eq!(send(&app, "/export", Some(&user)).await.status(), StatusCode::OK);
-    assert_eq!(send(&app, "/export", Some(&user)).await.status(), limited);
-    assert_eq!(send(&app, "/items", Some(&user)).await.status(), StatusCode::OK);
-    assert_eq!(send(&app, "/items", Some(&user)).await.status(), limited);
-    // An override in the extensions wins over the route map.
-    let mut req = Request::get("/items").body(Body::empty()).unwrap();
-    req.extensions_mut().insert(user.clone());
-    req.extensions_mut().insert(RateLimitOverride::Exempt);
-    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
-}
-
-#[tokio::test]
 async fn report_only_lets_through_and_records() {
     let p = pseudonymizer();
-    let clock = clock();
-    let layer = RateLimitLayer::new(&config().mode(Mode::ReportOnly), p.clone())
-        .unwrap()
-        .clock(Arc::new(clock.clone()));
+    let layer = RateLimitLayer::builder(config().mode(Mode::ReportOnly), p.clone())
+        .clock(Arc::new(clock()))
+        .build()
+        .unwrap();
     let app = app(layer);
     let user = principal(&p, "shadow", "free");
     let mut outcomes = Vec::new();
@@ -315,10 +251,10 @@ async fn report_only_lets_through_and_records() {
 #[tokio::test]
 async fn headers_can_be_switched_off_and_unknown_tiers_use_the_default() {
     let p = pseudonymizer();
-    let layer = RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
+    let layer = RateLimitLayer::builder(config().headers(false), p.clone())
         .clock(Arc::new(clock()))
-        .headers(false);
+        .build()
+        .unwrap();
     let app = app(layer);
     let user = principal(&p, "mystery", "platinum");
     let mut statuses = Vec::new();
@@ -338,12 +274,13 @@ async fn headers_can_be_switched_off_and_unknown_tiers_use_the_default() {
 async fn a_custom_responder_keeps_the_rate_limit_headers() {
     use axum::response::IntoResponse;
     let p = pseudonymizer();
-    let layer = RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
+    let layer = RateLimitLayer::builder(config(), p.clone())
         .clock(Arc::new(clock()))
         .responder(tollgate_core::ProblemResponder::new(|problem| {
             (problem.status(), "slow down").into_response()
-        }));
+        }))
+        .build()
+        .unwrap();
     let app = app(layer);
     let user = principal(&p, "custom", "free");
     for _ in 0..3 {
@@ -362,13 +299,14 @@ async fn a_custom_responder_keeps_the_rate_limit_headers() {
 async fn custom_key_function() {
     let p = pseudonymizer();
     let keyer = p.clone();
-    let layer = RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
+    let layer = RateLimitLayer::builder(config(), p.clone())
         .clock(Arc::new(clock()))
         .key_fn(move |headers, _| {
             let tenant = headers.get("x-tenant")?;
             Some(keyer.digest(Domain::new("tenant"), tenant.as_bytes()))
-        });
+        })
+        .build()
+        .unwrap();
     let app = app(layer);
     // Two principals of one tenant share a budget.
     let a = principal(&p, "a", "free");
@@ -392,9 +330,10 @@ async fn concurrent_tasks_on_one_key_never_exceed_the_quota() {
         "default",
         [LimitConfig::new("burst", 100, Duration::from_secs(3600))],
     );
-    let app = app(RateLimitLayer::new(&config, p.clone())
-        .unwrap()
-        .clock(Arc::new(clock())));
+    let app = app(RateLimitLayer::builder(config, p.clone())
+        .clock(Arc::new(clock()))
+        .build()
+        .unwrap());
     let user = principal(&p, "hot", "default");
     let ok = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -415,22 +354,23 @@ async fn concurrent_tasks_on_one_key_never_exceed_the_quota() {
 }
 
 /// A store that can only answer asynchronously: exercises the boxed path.
-#[derive(Clone)]
 struct AsyncOnly(MemoryRateLimitStore, bool);
 
 impl RateLimitStore for AsyncOnly {
-    async fn check_and_spend(
-        &self,
-        key: &StoreKey,
-        limits: &[Limit],
+    fn check_and_spend<'a>(
+        &'a self,
+        key: &'a RateLimitKey,
+        limits: &'a [Limit],
         cost: u64,
         now: Timestamp,
-    ) -> Result<Decision, StoreError> {
-        tokio::task::yield_now().await;
-        if self.1 {
-            return Err(StoreError::Unavailable("down".into()));
-        }
-        self.0.check_and_spend(key, limits, cost, now).await
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            if self.1 {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.0.check_and_spend(key, limits, cost, now).await
+        })
     }
 }
 
@@ -438,10 +378,11 @@ impl RateLimitStore for AsyncOnly {
 async fn awaited_stores_and_store_failures() {
     let p = pseudonymizer();
     let user = principal(&p, "remote", "free");
-    let layer = RateLimitLayer::new(&config(), p.clone())
-        .unwrap()
+    let layer = RateLimitLayer::builder(config(), p.clone())
         .clock(Arc::new(clock()))
-        .store(AsyncOnly(MemoryRateLimitStore::new(100), false));
+        .store(Arc::new(AsyncOnly(MemoryRateLimitStore::new(100), false)))
+        .build()
+        .unwrap();
     let app = Router::new().route("/items", get(|| async { "ok" })).layer(layer);
     let mut statuses = Vec::new();
     for _ in 0..5 {
@@ -455,10 +396,10 @@ async fn awaited_stores_and_store_failures() {
         (FailurePolicy::Open, StatusCode::OK),
         (FailurePolicy::Closed, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        let layer = RateLimitLayer::new(&config(), p.clone())
-            .unwrap()
-            .store(AsyncOnly(MemoryRateLimitStore::new(100), true))
-            .on_store_failure(policy);
+        let layer = RateLimitLayer::builder(config().on_store_failure(policy), p.clone())
+            .store(Arc::new(AsyncOnly(MemoryRateLimitStore::new(100), true)))
+            .build()
+            .unwrap();
         let app = Router::new().route("/items", get(|| async { "ok" })).layer(layer);
         for _ in 0..5 {
             assert_eq!(send(&app, "/items", Some(&user)).await.status(), expected);
@@ -469,7 +410,15 @@ async fn awaited_stores_and_store_failures() {
 #[test]
 fn misconfiguration_names_the_setting() {
     let p = pseudonymizer();
-    let err = |c: RateLimitConfig| RateLimitLayer::new(&c, p.clone()).unwrap_err().to_string();
+    let err = |c: RateLimitConfig| RateLimitLayer::from_config(&c, p.clone()).unwrap_err().to_string();
+    let route_err = |template: &str, route: RateLimitRoute| {
+        let routes = RouteMap::new([(template, route)], RateLimitRoute::default()).unwrap();
+        RateLimitLayer::builder(config(), p.clone())
+            .routes(routes)
+            .build()
+            .unwrap_err()
+            .to_string()
+    };
     assert_eq!(
         err(config().default_tier("gold")),
         "ratelimit.default_tier: \"gold\" names no tier in ratelimit.tiers"
@@ -480,49 +429,59 @@ fn misconfiguration_names_the_setting() {
     );
     assert!(
         err(config().tier("Bad Name", [LimitConfig::new("a", 1, Duration::from_secs(1))]))
-            .starts_with("ratelimit.tiers.Bad Name")
+            .starts_with("ratelimit.tiers.Bad Name: ")
     );
     let five = (0..5).map(|i| LimitConfig::new(format!("l{i}"), 1, Duration::from_secs(1)));
     assert_eq!(
         err(config().tier("big", five)),
         "ratelimit.tiers.big.limits: needs 1 to 4 limits, got 5"
     );
-    let clash = config()
-        .route(
-            "/a-b",
-            RouteConfig::limits([LimitConfig::new("x", 1, Duration::from_secs(1))]),
-        )
-        .route(
-            "/a/b",
-            RouteConfig::limits([LimitConfig::new("x", 1, Duration::from_secs(1))]),
-        );
-    assert!(err(clash).contains("scope \"a-b\" is also used"));
-    let exempt_with_limits = config().route(
-        "/h",
-        RouteConfig {
-            exempt: true,
-            limits: vec![LimitConfig::new("x", 1, Duration::from_secs(1))],
-            ..Default::default()
-        },
+    assert_eq!(
+        err(config().tier("zero", [LimitConfig::new("a", 0, Duration::from_secs(1))])),
+        "ratelimit.tiers.zero.limits[0].quota: quota must be at least 1"
     );
     assert_eq!(
-        err(exempt_with_limits),
-        "ratelimit.routes.\"/h\": an exempt route takes no limits, cost or mode"
+        err(config().max_entries(0)),
+        "ratelimit.max_entries: must be at least 1"
     );
-    let costly = config().route(
-        "/x",
-        RouteConfig {
-            cost: Some(4),
-            ..Default::default()
-        },
+
+    let exempt_with_limits = RateLimitRoute {
+        exempt: true,
+        limits: vec![LimitConfig::new("x", 1, Duration::from_secs(1))],
+        ..Default::default()
+    };
+    assert_eq!(
+        route_err("/h", exempt_with_limits),
+        "routes.\"/h\".ratelimit: an exempt route takes no limits, tier, cost or mode"
+    );
+    let both = RateLimitRoute {
+        tier: Some("pro".into()),
+        ..RateLimitRoute::limits([LimitConfig::new("x", 1, Duration::from_secs(1))])
+    };
+    assert!(route_err("/h", both).starts_with("routes.\"/h\".ratelimit: `limits` and `tier` exclude each other"));
+    assert_eq!(
+        route_err("/x", RateLimitRoute::default().cost(4)),
+        "routes.\"/x\".ratelimit.cost: cost 4 exceeds the burst 2 of anonymous/burst, so no request could pass"
     );
     assert_eq!(
-        err(costly),
-        "ratelimit.routes.\"/x\".cost: cost 4 exceeds the burst 2 of anonymous/burst, so no request could pass"
+        route_err("/x", RateLimitRoute::default().cost(0)),
+        "routes.\"/x\".ratelimit.cost: cost must be at least 1"
     );
-    let mut none = config();
-    none.max_entries = 0;
-    assert_eq!(err(none), "ratelimit.max_entries: must be at least 1");
+    assert_eq!(
+        route_err("/x", RateLimitRoute::tier("gold")),
+        "routes.\"/x\".ratelimit.tier: \"gold\" names no tier in ratelimit.tiers"
+    );
+    assert_eq!(
+        route_err("/x", RateLimitRoute::tier("pro").cost(11)),
+        "routes.\"/x\".ratelimit.cost: cost 11 exceeds the burst 10 of pro/burst, so no request could pass"
+    );
+    assert_eq!(
+        route_err(
+            "/login",
+            RateLimitRoute::limits([LimitConfig::new("login", 5, Duration::from_secs(60)).burst(0)])
+        ),
+        "routes.\"/login\".ratelimit.limits[0].burst: burst must be at least 1"
+    );
     let toml_config: RateLimitConfig = toml::from_str(
         r#"
         default_tier = "free"
@@ -535,12 +494,12 @@ fn misconfiguration_names_the_setting() {
     .unwrap();
     assert_eq!(
         err(toml_config),
-        "ratelimit.tiers.free.limits[0]: burst must be at least 1"
+        "ratelimit.tiers.free.limits[0].burst: burst must be at least 1"
     );
 }
 
 #[tokio::test]
-async fn works_as_a_route_layer_and_with_a_named_override() {
+async fn works_as_a_route_layer() {
     let p = pseudonymizer();
     let strict = RateLimitConfig::default()
         .tier(
@@ -551,9 +510,10 @@ async fn works_as_a_route_layer_and_with_a_named_override() {
             "anonymous",
             [LimitConfig::new("strict", 1, Duration::from_secs(60))],
         );
-    let layer = RateLimitLayer::new(&strict, p.clone())
-        .unwrap()
-        .clock(Arc::new(clock()));
+    let layer = RateLimitLayer::builder(strict, p.clone())
+        .clock(Arc::new(clock()))
+        .build()
+        .unwrap();
     let routed = Router::new()
         .route("/login", get(|| async { "login" }))
         .route_layer(layer)
@@ -570,38 +530,10 @@ async fn works_as_a_route_layer_and_with_a_named_override() {
     for _ in 0..5 {
         assert_eq!(send(&routed, "/open", Some(&user)).await.status(), StatusCode::OK);
     }
-
-    // An outer middleware can point a request at a configured route rule by name.
-    let config = config().route(
-        "/login",
-        RouteConfig::limits([LimitConfig::new("login", 1, Duration::from_secs(60))]),
-    );
-    let named = app(RateLimitLayer::new(&config, p.clone())
-        .unwrap()
-        .clock(Arc::new(clock())));
-    let outer = tower::ServiceBuilder::new()
-        .map_request(|mut req: Request<Body>| {
-            req.extensions_mut().insert(RateLimitOverride::Route("/login"));
-            req
-        })
-        .service(named);
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        let mut req = Request::get("/items").body(Body::empty()).unwrap();
-        req.extensions_mut().insert(user.clone());
-        statuses.push(outer.clone().oneshot(req).await.unwrap().status());
-    }
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::OK,
-            StatusCode::TOO_MANY_REQUESTS,
-            StatusCode::TOO_MANY_REQUESTS
-        ]
-    );
 }
 
-/// The `[ratelimit]` section given to the demo gateway parses and builds.
+/// The `[ratelimit]` section and the `ratelimit` keys of the `[routes]` tables given to
+/// the demo gateway parse and build.
 #[tokio::test]
 async fn gateway_snippet_builds() {
     let config: RateLimitConfig = toml::from_str(
@@ -626,18 +558,34 @@ async fn gateway_snippet_builds() {
         [tiers.anonymous]
         limits = [{ name = "burst", quota = 2, window = "1s", burst = 5 }]
         mode = "report_only"
-
-        [routes."/login"]
-        limits = [{ name = "login", quota = 5, window = "1m" }]
-        [routes."/health"]
-        exempt = true
         "#,
     )
     .unwrap();
+    #[derive(serde::Deserialize)]
+    struct Route {
+        #[serde(default)]
+        ratelimit: RateLimitRoute,
+    }
+    let routes: std::collections::BTreeMap<String, Route> = toml::from_str(
+        r#"
+        ["/health"]
+        ratelimit = { exempt = true }
+        ["/login"]
+        ratelimit = { limits = [{ name = "login", quota = 5, window = "1m" }] }
+        "#,
+    )
+    .unwrap();
+    let routes = RouteMap::new(
+        routes.into_iter().map(|(t, r)| (t, r.ratelimit)),
+        RateLimitRoute::default(),
+    )
+    .unwrap();
     let p = pseudonymizer();
-    let layer = RateLimitLayer::new(&config, p.clone())
-        .unwrap()
-        .clock(Arc::new(clock()));
+    let layer = RateLimitLayer::builder(config, p.clone())
+        .clock(Arc::new(clock()))
+        .routes(routes)
+        .build()
+        .unwrap();
     assert_eq!(layer.inventory().len(), 6);
     let app = app(layer);
     let pro = principal(&p, "gw", "pro");
@@ -646,6 +594,8 @@ async fn gateway_snippet_builds() {
         r.headers()["ratelimit-policy"],
         "\"burst\";q=200;w=2, \"daily\";q=1000000;w=86400"
     );
+    let r = send(&app, "/login", Some(&pro)).await;
+    assert_eq!(r.headers()["ratelimit-policy"], "\"login\";q=5;w=60");
     // Anonymous traffic is in report-only mode: never refused.
     for _ in 0..10 {
         assert_eq!(

@@ -2,14 +2,9 @@
 //! mid-test and restarted. Every use follows its policy, nothing panics, every switch
 //! is logged once and counted, and the stack recovers by itself.
 
-mod common;
-
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{closed_port, pseudonymizer};
 use tollgate_core::{
     CredentialKind, Domain, FailurePolicy, Freeze, FreezeList, FreezeTarget, Principal, StateStore,
     StoreError, StoreKey, SystemClock, clock::Clock, clock::system_clock,
@@ -19,34 +14,7 @@ use tollgate_redis::{
     FreezeConfig, RateLimitFallback, RedisBackend, RedisFreezeList, RedisRateLimitStore, RedisStore,
     StoreConfig,
 };
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
-        let w = self.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || w.clone())
-            .finish()
-    }
-}
+use tollgate_test_support::{LogCapture, free_port, pseudonymizer, random_namespace};
 
 fn fast_config(url: String) -> StoreConfig {
     StoreConfig {
@@ -57,7 +25,7 @@ fn fast_config(url: String) -> StoreConfig {
             heartbeat: Duration::from_millis(100),
             ..FreezeConfig::default()
         },
-        ..StoreConfig::redis(url).with_namespace(common::random_namespace())
+        ..StoreConfig::redis(url).with_namespace(random_namespace())
     }
 }
 
@@ -69,15 +37,18 @@ fn limits() -> [Limit; 1] {
 /// logged and counted, and no identifier reaches the logs.
 #[test]
 fn unreachable_redis_follows_each_policy() {
-    let logs = Captured::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let logs = LogCapture::new();
+    let _guard = tracing::subscriber::set_default(
+        logs.json_subscriber()
+            .with_max_level(tracing::Level::DEBUG)
+            .finish(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let backend =
-            RedisBackend::new(&fast_config(format!("redis://127.0.0.1:{}", closed_port()))).unwrap();
+        let backend = RedisBackend::new(&fast_config(format!("redis://127.0.0.1:{}", free_port()))).unwrap();
         let p = pseudonymizer();
         let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"alice@example.com")).store_key();
         let principal = Principal::new(&p, CredentialKind::ApiKey, "alice@example.com", b"key-secret-123");
@@ -239,7 +210,7 @@ async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_test() {
     let Some(bin) = redis_server() else { return };
-    let port = closed_port();
+    let port = free_port();
     let server = Server::start(&bin, port);
     let backend = RedisBackend::new(&fast_config(format!("redis://127.0.0.1:{port}"))).unwrap();
     let rl = RedisRateLimitStore::new(&backend);
@@ -353,7 +324,7 @@ async fn redis_killed_and_restarted_mid_test() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_redis_times_out_then_recovers() {
     let Some(bin) = redis_server() else { return };
-    let port = closed_port();
+    let port = free_port();
     let server = Server::start(&bin, port);
     let pid = server.0.id().to_string();
     let signal = |sig: &str| {

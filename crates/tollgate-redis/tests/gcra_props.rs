@@ -47,7 +47,7 @@ impl Model {
 }
 
 fn key(t: &TestRedis, case: u64) -> StoreKey {
-    let p = common::pseudonymizer();
+    let p = tollgate_test_support::pseudonymizer();
     let mut id = t.namespace.clone().into_bytes();
     id.extend_from_slice(&case.to_be_bytes());
     RateLimitKey::new(p.digest(Domain::SUBJECT, &id)).store_key()
@@ -71,7 +71,7 @@ fn redis_script_matches_in_process_gcra() {
         .build()
         .unwrap();
     let store = rt.block_on(async { RedisRateLimitStore::new(&t.backend()) });
-    let raw = std::cell::RefCell::new(t.raw());
+    let raw = std::cell::RefCell::new(t.connection());
     let case = std::cell::Cell::new(0u64);
     let config = ProptestConfig {
         cases: 48,

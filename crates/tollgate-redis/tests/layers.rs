@@ -9,12 +9,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use common::{TestRedis, pseudonymizer};
+use common::TestRedis;
 use http::{Request, StatusCode};
 use tollgate_core::{CredentialKind, Principal, SessionInfo, Tier};
 use tollgate_fingerprint::{FingerprintConfig, FingerprintLayer, SessionRecord};
 use tollgate_ratelimit::{LimitConfig, RateLimitConfig, RateLimitLayer};
 use tollgate_redis::{RedisFreezeList, RedisRateLimitStore, RedisStore};
+use tollgate_test_support::{free_port, pseudonymizer};
 use tower::ServiceExt;
 
 fn replica(t: &TestRedis, config: &RateLimitConfig) -> Router {
@@ -78,7 +79,7 @@ async fn fingerprint_layer_keeps_session_records_in_redis() {
     // One record for the session, seen by both replicas, under a digest key with a TTL.
     let keys: Vec<String> = t.keys().into_iter().filter(|k| k.contains(":session:")).collect();
     assert_eq!(keys.len(), 1, "{keys:?}");
-    let mut conn = t.raw();
+    let mut conn = t.connection();
     let json: String = redis::cmd("GET").arg(&keys[0]).query(&mut conn).unwrap();
     let record: SessionRecord = serde_json::from_str(&json).unwrap();
     assert_eq!(record.requests, 6);
@@ -91,7 +92,7 @@ async fn fingerprint_layer_keeps_session_records_in_redis() {
 /// the local fallback's budget), never 500.
 #[tokio::test]
 async fn rate_limit_layer_without_redis_fails_open_never_500() {
-    let url = format!("redis://127.0.0.1:{}", common::closed_port());
+    let url = format!("redis://127.0.0.1:{}", free_port());
     let config =
         RateLimitConfig::default().tier("free", [LimitConfig::new("minute", 3, Duration::from_secs(60))]);
     let p = pseudonymizer();

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestRedis, pseudonymizer};
+use common::TestRedis;
 use serde::{Deserialize, Serialize};
 use tollgate_core::clock::system_clock;
 use tollgate_core::{
@@ -15,6 +15,7 @@ use tollgate_core::{
 };
 use tollgate_ratelimit::{Limit, RateLimitKey, RateLimitStore};
 use tollgate_redis::{FreezeConfig, RedisFreezeList, RedisRateLimitStore, RedisStore};
+use tollgate_test_support::pseudonymizer;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Record {
@@ -43,7 +44,10 @@ async fn session_store_round_trip_with_ttl() {
     // The TTL is set in Redis.
     let redis_key = backend.key(&key);
     assert!(redis_key.starts_with(&format!("tollgate:{}:session:", t.namespace)));
-    let pttl: i64 = redis::cmd("PTTL").arg(&redis_key).query(&mut t.raw()).unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&redis_key)
+        .query(&mut t.connection())
+        .unwrap();
     assert!((1..=300).contains(&pttl), "{pttl}");
 
     store.remove(&key).await.unwrap();
@@ -240,7 +244,7 @@ async fn two_replicas_share_one_budget() {
     // share of 50 units (50 * 86.4 s), not later.
     let pttl: i64 = redis::cmd("PTTL")
         .arg(a.backend().key(&key))
-        .query(&mut t.raw())
+        .query(&mut t.connection())
         .unwrap();
     let full_again: i64 = 50 * 86_400_000 / 1_000;
     assert!(pttl > full_again - 5_000 && pttl <= full_again + 1, "{pttl}");
@@ -334,7 +338,7 @@ async fn keys_are_namespaced_digests_and_hold_no_raw_identifier() {
     let keys = t.keys();
     assert_eq!(keys.len(), 3 * raw.len() + 1, "{keys:?}");
     let prefix = format!("tollgate:{}:", t.namespace);
-    let mut conn = t.raw();
+    let mut conn = t.connection();
     for key in &keys {
         let rest = key.strip_prefix(&prefix).expect("namespaced");
         if rest == "freeze" {
@@ -387,7 +391,10 @@ async fn script_is_reloaded_after_noscript() {
             .unwrap()
             .allowed()
     );
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut t.raw()).unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut t.connection())
+        .unwrap();
     let d = store
         .check_and_spend(&key, &limits, 1, SystemClock.now())
         .await

@@ -2,7 +2,6 @@
 //! trace, failure watch, auth (API keys, freeze list), fingerprinting, rate limits
 //! and the anomaly layer.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,17 +40,7 @@ async fn serve(config: AnomalyConfig) -> (String, Stack) {
         },
     ];
     let s = stack(&accounts, &credentials, 1_000, 1_700_006_400, config).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = s.router.clone();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = tollgate_test_support::serve(s.router.clone()).await;
     (format!("http://{addr}"), s)
 }
 

@@ -78,9 +78,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "the logs carry the canary \"alice.canary\"")]
+    #[should_panic(expected = "the log output carries the canary \"alice.canary\"")]
     fn a_fragment_is_found() {
-        assert_absent("the logs", "user=alice.canary", FRAGMENTS);
+        assert_absent("the log output", "user=alice.canary", FRAGMENTS);
     }
 
     #[test]

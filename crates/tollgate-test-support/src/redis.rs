@@ -137,13 +137,22 @@ mod tests {
 
     #[test]
     fn a_namespace_is_emptied_on_drop() {
-        let Some(redis) = RedisNamespace::new() else { return };
+        let Some(redis) = RedisNamespace::new() else {
+            return;
+        };
         let key = format!("tollgate:{}:test:1", redis.namespace);
-        let _: () = cmd("SET").arg(&key).arg("v").query(&mut redis.connection()).unwrap();
-        assert_eq!(redis.keys(), [key.clone()]);
+        let _: () = cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .query(&mut redis.connection())
+            .unwrap();
+        assert_eq!(redis.keys(), std::slice::from_ref(&key));
         let url = redis.url.clone();
         drop(redis);
-        let left: i64 = cmd("EXISTS").arg(&key).query(&mut connect(&url).unwrap()).unwrap();
+        let left: i64 = cmd("EXISTS")
+            .arg(&key)
+            .query(&mut connect(&url).unwrap())
+            .unwrap();
         assert_eq!(left, 0);
     }
 }

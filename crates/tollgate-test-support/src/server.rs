@@ -72,7 +72,10 @@ pub struct CapturedServer {
 /// # Panics
 /// If the server has not bound its port within 30 s (for instance because `app`
 /// panicked: its message is printed first).
-pub fn serve_captured<L, A, F>(log_layer: impl FnOnce(LogCapture) -> L + Send + 'static, app: A) -> CapturedServer
+pub fn serve_captured<L, A, F>(
+    log_layer: impl FnOnce(LogCapture) -> L + Send + 'static,
+    app: A,
+) -> CapturedServer
 where
     L: Layer<Registry> + Send + Sync + 'static,
     A: FnOnce() -> F + Send + 'static,

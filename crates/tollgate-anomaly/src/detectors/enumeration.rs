@@ -7,7 +7,7 @@ use crate::bounded::BoundedMap;
 use crate::config::EnumerationConfig;
 use crate::sketch::{SlidingCounter, WindowedDistinct};
 
-use super::excess_score;
+use super::score::excess_score;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct EnumerationState {
@@ -54,7 +54,12 @@ impl EnumerationDetector {
     /// Counts the object ids (keyed hashes) of one request of `key` (a session and
     /// route) at `now`, before the handler runs. Returns a score if the distinct
     /// ids, or the error ratio so far, are anomalous.
-    pub(crate) fn observe_request(&self, key: u64, ids: impl IntoIterator<Item = u64>, now: u64) -> Option<u8> {
+    pub(crate) fn observe_request(
+        &self,
+        key: u64,
+        ids: impl IntoIterator<Item = u64>,
+        now: u64,
+    ) -> Option<u8> {
         let window = self.window;
         self.map.update(key, now, EnumerationState::default, |s| {
             let mut any = false;
@@ -89,11 +94,6 @@ impl EnumerationDetector {
     /// The number of session-and-route pairs tracked.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// True if nothing is tracked.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// The most pairs tracked.

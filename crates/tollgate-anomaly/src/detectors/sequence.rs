@@ -7,7 +7,7 @@ use tollgate_core::clock::duration_nanos;
 use crate::bounded::BoundedMap;
 use crate::config::SequenceConfig;
 
-use super::rarity_score;
+use super::score::rarity_score;
 
 /// One generation of the transition model.
 #[derive(Debug)]
@@ -258,11 +258,6 @@ impl SequenceDetector {
         self.sessions.len()
     }
 
-    /// True if no session is tracked.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
     /// The most sessions tracked.
     pub(crate) fn capacity(&self) -> usize {
         self.sessions.capacity()
@@ -351,7 +346,6 @@ mod tests {
         let (step, _) = d.observe(5, 3, 10_000 * S);
         assert_eq!(step.prev, d.start());
     }
-
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::bounded::BoundedMap;
 use crate::config::StuffingConfig;
 use crate::sketch::{SlidingCounter, WindowedDistinct};
 
-use super::excess_score;
+use super::score::excess_score;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct StuffingState {
@@ -90,11 +90,6 @@ impl StuffingDetector {
     /// The number of prefixes tracked.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// True if nothing is tracked.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// The most prefixes tracked.

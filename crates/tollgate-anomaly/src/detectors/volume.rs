@@ -7,7 +7,7 @@ use crate::bounded::BoundedMap;
 use crate::config::VolumeConfig;
 use crate::sketch::SlidingCounter;
 
-use super::excess_score;
+use super::score::excess_score;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct VolumeState {
@@ -103,6 +103,7 @@ impl VolumeDetector {
     }
 
     /// The baseline (requests per active window) of `key`, if known.
+    #[cfg(test)]
     pub(crate) fn baseline(&self, key: u64, now: u64) -> Option<f32> {
         self.map.get(key, now, |s| s.baseline).filter(|b| *b >= 0.0)
     }
@@ -110,11 +111,6 @@ impl VolumeDetector {
     /// The number of keys tracked.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// True if nothing is tracked.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// The most keys tracked.

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tollgate_auth::AuthLayer;
-use tollgate_core::FreezeList;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 

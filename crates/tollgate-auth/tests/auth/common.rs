@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tollgate_auth::{AuthConfig, AuthLayer};
-use tollgate_core::{FreezeList, Principal, PseudonymSecret, Pseudonymizer};
+use tollgate_auth::{AuthConfig, AuthLayer, AuthRoute};
+use tollgate_core::{Principal, PseudonymSecret, Pseudonymizer, RouteMap};
 
 pub const ISS: &str = "https://issuer.test";
 pub const AUD: &str = "tollgate-api";
@@ -261,19 +261,35 @@ pub async fn maybe_me(principal: Option<Principal>) -> Json<Value> {
     Json(json!({"authenticated": principal.is_some()}))
 }
 
+/// The route policy of [`app`]: `/items` needs `read:items`, `/write` needs
+/// `delete:all`, everything else credentials.
+pub fn routes() -> RouteMap<AuthRoute> {
+    RouteMap::new(
+        [
+            ("/items", AuthRoute::required().with_scopes(["read:items"])),
+            ("/write", AuthRoute::required().with_scopes(["delete:all"])),
+        ],
+        AuthRoute::required(),
+    )
+    .unwrap()
+}
+
+/// The layer for `cfg` with the route policy of [`app`].
+pub async fn layer(cfg: AuthConfig) -> AuthLayer {
+    AuthLayer::builder(cfg, pseudonymizer())
+        .routes(routes())
+        .build()
+        .await
+        .unwrap()
+}
+
 /// The app under test: `/me` behind the layer, `/admin/*` freeze handlers.
-pub fn app<F: FreezeList>(layer: AuthLayer<F>) -> Router {
+pub fn app(layer: AuthLayer) -> Router {
     Router::new()
         .route("/me", get(me))
         .route("/maybe", get(maybe_me))
-        .route(
-            "/items",
-            get(|| async { "items" }).route_layer(layer.require_scope(["read:items"])),
-        )
-        .route(
-            "/write",
-            get(|| async { "ok" }).route_layer(layer.require_scope(["delete:all"])),
-        )
+        .route("/items", get(|| async { "items" }))
+        .route("/write", get(|| async { "ok" }))
         .nest("/admin", layer.freeze_admin().router())
         .layer(layer)
 }
@@ -344,10 +360,10 @@ realm = "tollgate-test"
 issuer = "{ISS}"
 audience = "{AUD}"
 algorithms = [{algs}]
-{jwks}leeway_s = 5
+{jwks}leeway = "5s"
 tier_claim = "plan"
 required_claims = ["exp", "sub"]
-jwks_unknown_kid_interval_s = 30
+jwks_unknown_kid_interval = "30s"
 {keys}
 [[api_keys]]
 id = "key-1"

@@ -1,8 +1,12 @@
 //! The freeze list: a token accepted, frozen, refused (cached or not), unfrozen, accepted.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tollgate_auth::{AuthLayer, token_digest_hex};
+use tollgate_core::{BoxFuture, Freeze, FreezeList, FreezeTarget, MemoryFreezeList, Principal, StoreError};
 
 use crate::common::*;
 
@@ -166,48 +170,46 @@ async fn admin_routes_need_the_admin_scope_and_valid_bodies() {
 /// takes its boxed path), and can be made to fail.
 #[derive(Clone)]
 struct FlakyList {
-    inner: tollgate_core::MemoryFreezeList,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    inner: MemoryFreezeList,
+    down: Arc<AtomicBool>,
 }
 
-impl tollgate_core::FreezeList for FlakyList {
-    async fn check(
-        &self,
-        p: &tollgate_core::Principal,
-    ) -> Result<Option<tollgate_core::Freeze>, tollgate_core::StoreError> {
-        tokio::task::yield_now().await;
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(tollgate_core::StoreError::Unavailable("test".into()));
-        }
-        self.inner.check(p).await
+impl FreezeList for FlakyList {
+    fn check<'a>(&'a self, p: &'a Principal) -> BoxFuture<'a, Result<Option<Freeze>, StoreError>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("test".into()));
+            }
+            self.inner.check(p).await
+        })
     }
-    async fn freeze(&self, f: tollgate_core::Freeze) -> Result<(), tollgate_core::StoreError> {
-        self.inner.freeze(f).await
+    fn freeze(&self, f: Freeze) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.freeze(f)
     }
-    async fn unfreeze(&self, t: &tollgate_core::FreezeTarget) -> Result<bool, tollgate_core::StoreError> {
-        self.inner.unfreeze(t).await
+    fn unfreeze<'a>(&'a self, t: &'a FreezeTarget) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.unfreeze(t)
     }
-    async fn list(&self) -> Result<Vec<tollgate_core::Freeze>, tollgate_core::StoreError> {
-        self.inner.list().await
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Freeze>, StoreError>> {
+        self.inner.list()
     }
 }
 
 #[tokio::test]
 async fn an_unreachable_freeze_list_follows_its_failure_policy() {
-    use std::sync::atomic::Ordering;
     let list = FlakyList {
-        inner: tollgate_core::MemoryFreezeList::new(100),
+        inner: MemoryFreezeList::new(100),
         down: Default::default(),
     };
     let closed = AuthLayer::builder(config(None), pseudonymizer())
-        .freeze_list(list.clone())
+        .freeze_list(Arc::new(list.clone()))
         .build()
         .await
         .unwrap();
     let mut cfg = config(None);
     cfg.freeze_failure = tollgate_core::FailurePolicy::Open;
     let open = AuthLayer::builder(cfg, pseudonymizer())
-        .freeze_list(list.clone())
+        .freeze_list(Arc::new(list.clone()))
         .build()
         .await
         .unwrap();

@@ -9,7 +9,7 @@ fn introspection_config(url: &str) -> AuthConfig {
     let mut cfg = config(None);
     cfg.introspection = Some(
         toml::from_str::<IntrospectionConfig>(&format!(
-            "url = \"{url}\"\nclient_id = \"rs-1\"\nclient_secret = \"rs-secret\"\ntimeout_ms = 1000\ncache_ttl_s = 60\ntier_claim = \"plan\"\n"
+            "url = \"{url}\"\nclient_id = \"rs-1\"\nclient_secret = \"rs-secret\"\ntimeout = \"1s\"\ncache_ttl = \"1m\"\ntier_claim = \"plan\"\n"
         ))
         .unwrap(),
     );

@@ -15,11 +15,11 @@ fn rsa_doc(kids: &[(&str, &str)]) -> serde_json::Value {
     json!({"keys": kids.iter().map(|(kid, rsa)| public_jwk(Algorithm::RS256, kid, rsa)).collect::<Vec<_>>()})
 }
 
-fn jwks_config(url: &str, min_refresh_s: f64) -> AuthConfig {
+fn jwks_config(url: &str, min_refresh: Duration) -> AuthConfig {
     let mut cfg = config(Some(url));
     let jwt = cfg.jwt.as_mut().unwrap();
-    jwt.jwks_min_refresh_s = min_refresh_s;
-    jwt.jwks_unknown_kid_interval_s = 30.0;
+    jwt.jwks_min_refresh = min_refresh;
+    jwt.jwks_unknown_kid_interval = Duration::from_secs(30);
     cfg
 }
 
@@ -37,7 +37,7 @@ async fn wait_for_hits(server: &JwksServer, at_least: usize) {
 async fn rotation_is_picked_up_and_forged_kids_cause_one_refetch_per_interval() {
     let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
     let clock = FakeClock::new(Timestamp::from_secs(now()));
-    let layer = AuthLayer::builder(jwks_config(&server.url(), 3600.0), pseudonymizer())
+    let layer = AuthLayer::builder(jwks_config(&server.url(), Duration::from_secs(3600)), pseudonymizer())
         .clock(Arc::new(clock.clone()))
         .build()
         .await
@@ -122,7 +122,7 @@ async fn background_refresh_honours_max_age() {
     let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
     *server.cache_control.lock().unwrap() = Some("public, max-age=0".into());
     let clock = FakeClock::new(Timestamp::from_secs(now()));
-    let layer = AuthLayer::builder(jwks_config(&server.url(), 0.1), pseudonymizer())
+    let layer = AuthLayer::builder(jwks_config(&server.url(), Duration::from_millis(100)), pseudonymizer())
         .clock(Arc::new(clock.clone()))
         .build()
         .await
@@ -153,7 +153,7 @@ async fn background_refresh_honours_max_age() {
 async fn endpoint_down_keeps_the_last_good_keys() {
     let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
     *server.cache_control.lock().unwrap() = Some("max-age=0".into());
-    let layer = AuthLayer::from_config(&jwks_config(&server.url(), 0.05), pseudonymizer())
+    let layer = AuthLayer::from_config(&jwks_config(&server.url(), Duration::from_millis(50)), pseudonymizer())
         .await
         .unwrap();
     let app = run(app(layer)).await;

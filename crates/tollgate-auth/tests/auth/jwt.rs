@@ -1,10 +1,14 @@
 //! JWT acceptance and rejection over real HTTP, keys from a local JWKS server.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tollgate_auth::{AuthLayer, AuthOverride};
+use tollgate_auth::{AuthLayer, AuthRoute};
+use tollgate_core::{FakeClock, PseudonymSecret, Pseudonymizer, RouteMap, Timestamp};
 
 use crate::common::*;
 
@@ -212,10 +216,7 @@ async fn hostile_tokens_are_refused_with_the_right_answer() {
 
 #[tokio::test]
 async fn header_abuse_is_refused() {
-    let layer = AuthLayer::from_config(&config(None), pseudonymizer())
-        .await
-        .unwrap();
-    let app = run(app(layer)).await;
+    let app = run(app(layer(config(None)).await)).await;
     let token = sign(Algorithm::HS256, Some("hs256"), &claims("alice"));
     let bearer = format!("Bearer {token}");
 
@@ -277,15 +278,15 @@ async fn header_abuse_is_refused() {
 }
 
 #[tokio::test]
-async fn anonymous_modes_and_per_route_overrides() {
-    let mut cfg = config(None);
-    cfg.anonymous = tollgate_auth::Anonymous::Optional;
-    let optional = AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap();
-    let required = AuthLayer::from_config(&config(None), pseudonymizer())
-        .await
-        .unwrap();
+async fn anonymous_default_and_per_route_requirements() {
     let token = sign(Algorithm::HS256, Some("hs256"), &claims("alice"));
 
+    // An optional default: anonymous passes, credentials are still checked.
+    let optional = AuthLayer::builder(config(None), pseudonymizer())
+        .routes(RouteMap::new([] as [(&str, AuthRoute); 0], AuthRoute::optional()).unwrap())
+        .build()
+        .await
+        .unwrap();
     let router = axum::Router::new()
         .route("/maybe", axum::routing::get(maybe_me))
         .layer(optional);
@@ -297,28 +298,30 @@ async fn anonymous_modes_and_per_route_overrides() {
     // Optional does not mean bad credentials pass.
     assert_eq!(app1.bearer("/maybe", "abc.def.ghi").await.status(), 401);
 
-    // Per route: /health skips auth through the extension override, /open makes it
-    // optional, /me keeps the layer's default (required); /late is added after the
-    // layer (axum's route_layer semantics) and is not authenticated at all.
-    let health = axum::Router::new()
+    // Per route, one layer: /health skips, /open is optional, /strict requires
+    // credentials over an optional default; /me keeps the default. With route_layer,
+    // /late (added after the layer) is not authenticated at all and unknown paths
+    // are 404, not 401.
+    let routes = RouteMap::new(
+        [
+            ("/health", AuthRoute::skip()),
+            ("/open", AuthRoute::optional()),
+            ("/strict", AuthRoute::required()),
+        ],
+        AuthRoute::optional(),
+    )
+    .unwrap();
+    let layer = AuthLayer::builder(config(None), pseudonymizer())
+        .routes(routes)
+        .build()
+        .await
+        .unwrap();
+    let router = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
-        .layer(required.clone())
-        .layer(axum::Extension(AuthOverride::Skip));
-    let open = axum::Router::new()
         .route("/open", axum::routing::get(maybe_me))
-        .layer(required.clone())
-        .layer(axum::Extension(AuthOverride::Optional));
-    let private = axum::Router::new()
-        .route("/me", axum::routing::get(me))
-        .route_layer(required.clone());
-    let strict = axum::Router::new()
         .route("/strict", axum::routing::get(maybe_me))
-        .layer(AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap())
-        .layer(axum::Extension(AuthOverride::Required));
-    let router = health
-        .merge(open)
-        .merge(strict)
-        .merge(private)
+        .route("/me", axum::routing::get(maybe_me))
+        .route_layer(layer)
         .route("/late", axum::routing::get(|| async { "late" }));
     let app2 = run(router).await;
     assert_eq!(
@@ -329,20 +332,76 @@ async fn anonymous_modes_and_per_route_overrides() {
     );
     assert_eq!(app2.get("/open", &[]).await.status(), 200);
     assert_eq!(app2.bearer("/open", "abc.def.ghi").await.status(), 401);
-    assert_eq!(app2.get("/me", &[]).await.status(), 401);
-    assert_eq!(app2.bearer("/me", &token).await.status(), 200);
-    assert_eq!(app2.get("/late", &[]).await.status(), 200);
-    // An optional layer made strict for one route.
     assert_eq!(app2.get("/strict", &[]).await.status(), 401);
     assert_eq!(app2.bearer("/strict", &token).await.status(), 200);
-    // route_layer: unknown paths are 404, not 401.
+    assert_eq!(app2.get("/me", &[]).await.status(), 200);
+    assert_eq!(app2.get("/late", &[]).await.status(), 200);
     assert_eq!(app2.get("/nowhere", &[]).await.status(), 404);
+}
+
+#[tokio::test]
+async fn exp_and_nbf_follow_the_layers_clock() {
+    // Long ago by the system clock: a check against system time would refuse
+    // every token below as expired.
+    let start = 1_000_000_000;
+    let clock = FakeClock::new(Timestamp::from_secs(start));
+    let p = Pseudonymizer::with_clock(
+        PseudonymSecret::from_bytes(&[42; 32]).unwrap(),
+        Duration::from_secs(86_400),
+        Arc::new(clock.clone()),
+    );
+    let layer = AuthLayer::builder(config(None), p)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let app = run(app(layer)).await;
+    let at = |sub: &str, exp: u64, nbf: Option<u64>| {
+        let mut c = claims(sub);
+        c["iat"] = json!(start);
+        c["exp"] = json!(exp);
+        if let Some(nbf) = nbf {
+            c["nbf"] = json!(nbf);
+        }
+        sign(Algorithm::HS256, Some("hs256"), &c)
+    };
+
+    let token = at("alice", start + 600, None);
+    assert_eq!(app.bearer("/me", &token).await.status(), 200);
+    let later = at("bob", start + 1200, Some(start + 100));
+    let (status, code, _) = outcome(app.bearer("/me", &later).await).await;
+    assert_eq!((status, code.as_deref()), (401, Some("invalid_token")), "nbf ahead");
+
+    // Within the 5 s leeway of nbf: accepted.
+    clock.set(Timestamp::from_secs(start + 96));
+    assert_eq!(app.bearer("/me", &later).await.status(), 200);
+
+    // Within the leeway of exp: still accepted (the cache never holds past exp,
+    // so this is a fresh verification).
+    clock.set(Timestamp::from_secs(start + 604));
+    assert_eq!(app.bearer("/me", &token).await.status(), 200);
+    // Past it: expired.
+    clock.set(Timestamp::from_secs(start + 606));
+    let r = app.bearer("/me", &token).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(outcome(r).await.2, "urn:tollgate:problem:invalid-token");
+    assert_eq!(app.bearer("/me", &later).await.status(), 200);
+
+    // An exp or nbf that is not a NumericDate is refused like a missing claim.
+    for (claim, value) in [("exp", json!("tomorrow")), ("nbf", json!("soon")), ("nbf", json!(-5))] {
+        let mut c = claims("carol");
+        c["exp"] = json!(start + 1200);
+        c[claim] = value;
+        let bad = sign(Algorithm::HS256, Some("hs256"), &c);
+        assert_eq!(app.bearer("/me", &bad).await.status(), 401, "{claim}");
+    }
 }
 
 #[tokio::test]
 async fn errors_can_be_answered_by_a_custom_responder() {
     use axum::response::IntoResponse;
     let layer = AuthLayer::builder(config(None), pseudonymizer())
+        .routes(routes())
         .responder(tollgate_core::ProblemResponder::new(|p| {
             (
                 p.status(),

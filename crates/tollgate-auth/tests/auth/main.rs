@@ -7,3 +7,4 @@ mod freeze;
 mod introspection;
 mod jwks;
 mod jwt;
+mod routes;

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -14,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tollgate_core::problem::types;
 use tollgate_core::{
-    ClientConfig, Clock, CredentialKind, FakeClock, MemoryFreezeList, Principal, Problem, PseudonymSecret,
-    Pseudonymizer, SessionInfo, Timestamp,
+    ClientConfig, Clock, CredentialKind, FakeClock, MemoryFreezeList, Principal, Problem, Pseudonymizer,
+    SessionInfo, Timestamp,
 };
-use tollgate_fingerprint::{FingerprintConfig, FingerprintLayer};
+use tollgate_fingerprint::{FingerprintBuilder, FingerprintConfig, FingerprintLayer, MemorySessionStore};
 
 pub const FIREFOX: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
 pub const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.85 Safari/537.36";
@@ -30,12 +29,8 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
-        let clock = FakeClock::new(Timestamp::from_secs(1_700_000_000));
-        let p = Pseudonymizer::with_clock(
-            PseudonymSecret::from_bytes(&[42; 32]).unwrap(),
-            Duration::from_secs(86_400),
-            Arc::new(clock.clone()),
-        );
+        let clock = tollgate_test_support::clock();
+        let p = tollgate_test_support::pseudonymizer_with_clock(&clock);
         let freeze_list = MemoryFreezeList::with_clock(1_000, Arc::new(clock.clone()));
         Env {
             clock,
@@ -54,13 +49,36 @@ impl Env {
         )
     }
 
-    /// A layer from `config` on this environment's clock and freeze list, trusting
+    /// A builder from `config` on this environment's clock and freeze list, trusting
     /// 127.0.0.0/8 as a proxy.
-    pub fn layer(&self, config: &FingerprintConfig) -> FingerprintLayer {
-        FingerprintLayer::from_config(config, self.p.clone(), self.freeze_list.clone())
-            .unwrap()
+    pub fn builder(&self, config: &FingerprintConfig) -> FingerprintBuilder {
+        FingerprintLayer::builder(config.clone(), self.p.clone())
             .clock(Arc::new(self.clock.clone()))
-            .client_config(ClientConfig::default().trust_proxies(["127.0.0.0/8".parse().unwrap()]))
+            .freeze_list(Arc::new(self.freeze_list.clone()))
+            .client(ClientConfig::default().trust_proxies(["127.0.0.0/8".parse().unwrap()]))
+    }
+
+    /// A layer from `config`, as [`Env::builder`] makes it.
+    pub fn layer(&self, config: &FingerprintConfig) -> FingerprintLayer {
+        self.builder(config).build().unwrap()
+    }
+
+    /// The in-process session store the layer would make from `config`, on this
+    /// environment's clock, for tests that read it.
+    pub fn store(&self, config: &FingerprintConfig) -> MemorySessionStore {
+        MemorySessionStore::with_clock(
+            config.max_sessions,
+            config.session_ttl,
+            Arc::new(self.clock.clone()),
+        )
+    }
+
+    /// A layer from `config` over `store`.
+    pub fn layer_on(&self, config: &FingerprintConfig, store: &MemorySessionStore) -> FingerprintLayer {
+        self.builder(config)
+            .store(Arc::new(store.clone()))
+            .build()
+            .unwrap()
     }
 }
 
@@ -126,17 +144,6 @@ pub fn app_with_routes(
 
 pub fn me_route() -> axum::routing::MethodRouter {
     get(me)
-}
-
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
-    });
-    addr
 }
 
 /// One client: an address (sent as X-Forwarded-For) and a user agent.

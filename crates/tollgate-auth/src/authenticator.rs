@@ -1,0 +1,197 @@
+//! What the layer knows (verifiers, keys, cache, freeze list, route policies) and
+//! the authentication it does per request, shared by every service of one layer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::Response;
+use tollgate_core::clock::SharedClock;
+use tollgate_core::{
+    FailurePolicy, Freeze, Principal, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList, StoreError,
+    fields, span::record_current,
+};
+
+use crate::api_key::ApiKeys;
+use crate::cache::{Accepted, Presented, TokenCache};
+use crate::credential::{Credential, CredentialSource, is_b64token};
+use crate::error::{AuthError, Challenges};
+use crate::introspection::Introspector;
+use crate::jwt::{JwtVerifier, Outcome, looks_like_jwt};
+use crate::policy::TierPolicy;
+use crate::route::RoutePolicy;
+use crate::scope::RequiredScopes;
+
+pub(crate) struct Authenticator {
+    pub(crate) pseudonymizer: Pseudonymizer,
+    pub(crate) clock: SharedClock,
+    pub(crate) cache: TokenCache,
+    pub(crate) jwt: Option<JwtVerifier>,
+    pub(crate) jwt_tiers: TierPolicy,
+    pub(crate) api_keys: Option<ApiKeys>,
+    pub(crate) introspection: Option<Introspector>,
+    pub(crate) introspection_tiers: TierPolicy,
+    pub(crate) freeze: SharedFreezeList,
+    pub(crate) freeze_failure: FailurePolicy,
+    pub(crate) max_freeze_ttl: Duration,
+    pub(crate) source: CredentialSource,
+    pub(crate) tiers: TierPolicy,
+    pub(crate) responder: ProblemResponder,
+    pub(crate) challenges: Challenges,
+    pub(crate) realm: Option<String>,
+    pub(crate) routes: RouteMap<RoutePolicy>,
+}
+
+/// Work that must wait: a freeze list that cannot answer at once, a JWKS refetch
+/// for an unknown `kid`, or an introspection call.
+pub(crate) enum Pending {
+    Freeze(Arc<Accepted>),
+    Jwt { token: String, key: u128 },
+    Introspect { token: String, key: u128 },
+}
+
+/// What can be decided without waiting.
+pub(crate) enum Step {
+    Done(Arc<Accepted>),
+    Fail(AuthError),
+    Slow(Pending),
+}
+
+impl Authenticator {
+    /// Everything that can be decided without waiting.
+    pub(crate) fn authenticate_now(&self, credential: Credential<'_>) -> Step {
+        match credential {
+            Credential::ApiKey(key) => match self.api_keys.as_ref().and_then(|k| k.lookup(key)) {
+                Some(entry) => Step::Done(entry.principal(&self.pseudonymizer, &self.tiers, self.clock.now())),
+                None => Step::Fail(AuthError::UnknownApiKey),
+            },
+            Credential::Bearer(raw) => {
+                let key = self.cache.key(Presented::Bearer, raw);
+                if let Some(principal) = self.cache.get(key) {
+                    return Step::Done(principal);
+                }
+                // b64token characters are ASCII, so the UTF-8 check cannot fail after it.
+                let token = match is_b64token(raw).then(|| std::str::from_utf8(raw)) {
+                    Some(Ok(token)) => token,
+                    _ => return Step::Fail(AuthError::MalformedRequest),
+                };
+                let is_jwt = looks_like_jwt(token);
+                if is_jwt && let Some(jwt) = &self.jwt {
+                    let now = self.clock.now();
+                    return match jwt.verify(token, jwt.jwks.is_some(), now, &self.pseudonymizer, &self.jwt_tiers) {
+                        Outcome::Verified(v) => {
+                            let principal = Arc::new(Accepted::new(v.principal));
+                            self.cache.insert(key, principal.clone(), v.expires_at);
+                            Step::Done(principal)
+                        }
+                        Outcome::Rejected(e) => Step::Fail(e),
+                        Outcome::Refetch => Step::Slow(Pending::Jwt {
+                            token: token.to_owned(),
+                            key,
+                        }),
+                    };
+                }
+                if self.introspection.is_some() {
+                    return Step::Slow(Pending::Introspect {
+                        token: token.to_owned(),
+                        key,
+                    });
+                }
+                Step::Fail(if is_jwt || self.jwt.is_none() {
+                    AuthError::UnsupportedToken
+                } else {
+                    AuthError::MalformedToken
+                })
+            }
+        }
+    }
+
+    /// The freeze verdict when the backend answers at once.
+    pub(crate) fn freeze_now(&self, principal: &Principal) -> Option<Result<(), AuthError>> {
+        self.freeze
+            .check_immediate(principal)
+            .map(|r| self.freeze_verdict(r))
+    }
+
+    fn freeze_verdict(&self, result: Result<Option<Freeze>, StoreError>) -> Result<(), AuthError> {
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(AuthError::Frozen),
+            Err(e) => {
+                let policy = match self.freeze_failure {
+                    FailurePolicy::Open => "open",
+                    FailurePolicy::Closed => "closed",
+                };
+                tracing::warn!(error = %e, policy, "freeze list unavailable");
+                match self.freeze_failure {
+                    FailurePolicy::Open => Ok(()),
+                    FailurePolicy::Closed => Err(AuthError::FreezeListUnavailable),
+                }
+            }
+        }
+    }
+
+    /// Finishes what [`Authenticator::authenticate_now`] could not decide.
+    pub(crate) async fn authenticate_later(&self, pending: Pending) -> Result<Arc<Accepted>, AuthError> {
+        let principal = match pending {
+            Pending::Freeze(p) => p,
+            Pending::Jwt { token, key } => {
+                let jwt = self.jwt.as_ref().ok_or(AuthError::UnsupportedToken)?;
+                if let Some(jwks) = &jwt.jwks {
+                    jwks.refetch_for_unknown_kid().await;
+                }
+                let now = self.clock.now();
+                match jwt.verify(&token, false, now, &self.pseudonymizer, &self.jwt_tiers) {
+                    Outcome::Verified(v) => {
+                        let principal = Arc::new(Accepted::new(v.principal));
+                        self.cache.insert(key, principal.clone(), v.expires_at);
+                        principal
+                    }
+                    Outcome::Rejected(e) => return Err(e),
+                    Outcome::Refetch => return Err(AuthError::UnknownKey),
+                }
+            }
+            Pending::Introspect { token, key } => {
+                let introspector = self.introspection.as_ref().ok_or(AuthError::UnsupportedToken)?;
+                let now = self.clock.now();
+                let found = introspector
+                    .introspect(&token, &self.pseudonymizer, &self.introspection_tiers, now)
+                    .await?;
+                let cache_until = now.saturating_add(introspector.cache_ttl);
+                let until = found.expires_at.map_or(cache_until, |exp| exp.min(cache_until));
+                let principal = Arc::new(Accepted::new(found.principal));
+                self.cache.insert(key, principal.clone(), Some(until));
+                principal
+            }
+        };
+        let verdict = match self.freeze.check_immediate(principal.principal()) {
+            Some(r) => r,
+            None => self.freeze.check(principal.principal()).await,
+        };
+        self.freeze_verdict(verdict)?;
+        Ok(principal)
+    }
+
+    /// Records the authenticated principal in the request span, then checks the
+    /// route's scopes: `None` if the request passes on, the 403 otherwise.
+    pub(crate) fn admit(&self, accepted: &Accepted, scopes: Option<&RequiredScopes>) -> Option<Response> {
+        let principal = accepted.principal();
+        record_current([
+            (fields::PRINCIPAL, &accepted.subject_hex()),
+            (fields::CREDENTIAL, &principal.credential().as_str()),
+            (fields::TIER, &principal.tier().as_str()),
+        ]);
+        match scopes {
+            Some(scopes) if !scopes.held_by(principal) => {
+                record_current([(fields::AUTH_ERROR, &AuthError::InsufficientScope.slug())]);
+                Some(self.responder.respond(scopes.problem()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer to a refused request.
+    pub(crate) fn reject(&self, error: AuthError) -> Response {
+        record_current([(fields::AUTH_ERROR, &error.slug())]);
+        self.responder.respond(self.challenges.problem(error))
+    }
+}

@@ -1,0 +1,38 @@
+//! Entry points into the request path for the crate's benchmarks; not a stable API.
+
+use http::HeaderMap;
+use tollgate_core::Principal;
+
+use crate::authenticator::Step;
+use crate::cache::Presented;
+use crate::jwt::Outcome;
+use crate::layer::AuthLayer;
+
+/// Verifies a JWT with no cache involved; true if it verifies.
+pub fn verify_jwt(layer: &AuthLayer, token: &str) -> bool {
+    let a = layer.authenticator();
+    let jwt = a.jwt.as_ref().expect("JWT configured");
+    matches!(
+        jwt.verify(token, false, a.clock.now(), &a.pseudonymizer, &a.jwt_tiers),
+        Outcome::Verified(_)
+    )
+}
+
+/// The synchronous request path: read the credential from `headers`, consult the
+/// cache (or verify), check the freeze list. `None` on any failure.
+pub fn authenticate(layer: &AuthLayer, headers: &HeaderMap) -> Option<Principal> {
+    let a = layer.authenticator();
+    let credential = a.source.read(headers).ok()??;
+    match a.authenticate_now(credential) {
+        Step::Done(p) => match a.freeze_now(p.principal()) {
+            Some(Ok(())) => Some(p.principal().clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The cache key computation alone.
+pub fn cache_key(layer: &AuthLayer, token: &[u8]) -> u128 {
+    layer.authenticator().cache.key(Presented::Bearer, token)
+}

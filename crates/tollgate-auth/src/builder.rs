@@ -1,0 +1,342 @@
+//! [`AuthBuilder`]: configuration plus what configuration cannot hold.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::header::AUTHORIZATION;
+use tollgate_core::clock::{SharedClock, system_clock};
+use tollgate_core::{ConfigError, MemoryFreezeList, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList};
+
+use crate::api_key::ApiKeys;
+use crate::authenticator::Authenticator;
+use crate::cache::TokenCache;
+use crate::config::AuthConfig;
+use crate::credential::CredentialSource;
+use crate::error::Challenges;
+use crate::introspection::Introspector;
+use crate::jwks::{Jwks, JwksSettings};
+use crate::jwt::JwtVerifier;
+use crate::keys::{JwtKey, KeySet, PinnedKey};
+use crate::layer::AuthLayer;
+use crate::policy::TierPolicy;
+use crate::route::{AuthRoute, compile};
+
+/// How many freezes the default in-process freeze list holds.
+const DEFAULT_FREEZE_ENTRIES: usize = 100_000;
+
+impl AuthLayer {
+    /// A builder over `config`. Unless told otherwise it uses the system clock, a new
+    /// in-process freeze list of 100 000 entries, problem+json answers, and requires
+    /// credentials on every route.
+    pub fn builder(config: AuthConfig, pseudonymizer: Pseudonymizer) -> AuthBuilder {
+        AuthBuilder {
+            config,
+            pseudonymizer,
+            clock: None,
+            freeze: None,
+            responder: ProblemResponder::default(),
+            routes: RouteMap::default(),
+            api_keys: None,
+            extra_keys: Vec::new(),
+        }
+    }
+
+    /// The layer for `config` with the builder's defaults. Fetches the JWKS (if
+    /// configured) before returning.
+    pub async fn from_config(config: &AuthConfig, pseudonymizer: Pseudonymizer) -> Result<Self, ConfigError> {
+        Self::builder(config.clone(), pseudonymizer).build().await
+    }
+}
+
+/// Builds an [`AuthLayer`]: its `[auth]` section plus what configuration cannot
+/// hold (the freeze list the stack shares, the clock, an error responder, the
+/// per-route policy, an API key store, keys kept in code).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tollgate_auth::{Algorithm, AuthConfig, AuthLayer, AuthRoute, JwtKey};
+/// use tollgate_core::{MemoryFreezeList, Pseudonymizer, PseudonymSecret, RouteMap};
+///
+/// let config: AuthConfig = toml::from_str(r#"
+///     [jwt]
+///     issuer = "https://issuer.example"
+///     algorithms = ["HS256"]
+/// "#).unwrap();
+/// let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[7; 32]).unwrap(), Duration::from_secs(86_400));
+/// let layer = AuthLayer::builder(config, p)
+///     .jwt_key(Some("k1"), JwtKey::from_secret(Algorithm::HS256, &[9; 32]).unwrap())
+///     .freeze_list(Arc::new(MemoryFreezeList::new(10_000)))
+///     .routes(RouteMap::new([("/health", AuthRoute::skip())], AuthRoute::required()).unwrap())
+///     .build()
+///     .await
+///     .unwrap();
+/// # let _ = layer;
+/// # });
+/// ```
+pub struct AuthBuilder {
+    config: AuthConfig,
+    pseudonymizer: Pseudonymizer,
+    clock: Option<SharedClock>,
+    freeze: Option<SharedFreezeList>,
+    responder: ProblemResponder,
+    routes: RouteMap<AuthRoute>,
+    api_keys: Option<ApiKeys>,
+    extra_keys: Vec<(Option<String>, JwtKey)>,
+}
+
+impl fmt::Debug for AuthBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthBuilder")
+            .field("config", &self.config)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthBuilder {
+    /// Checks this freeze list (shared with the other layers of the stack, or a
+    /// Redis one) instead of a new in-process list.
+    pub fn freeze_list(mut self, freeze: SharedFreezeList) -> Self {
+        self.freeze = Some(freeze);
+        self
+    }
+
+    /// Answers errors with this responder instead of problem+json.
+    pub fn responder(mut self, responder: ProblemResponder) -> Self {
+        self.responder = responder;
+        self
+    }
+
+    /// Uses this clock for `exp` and `nbf`, cache lifetimes, the unknown-`kid`
+    /// refetch interval and the default freeze list. It should be the
+    /// pseudonymizer's clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// What each route requires (default: [`AuthRoute::required`] everywhere).
+    pub fn routes(mut self, routes: RouteMap<AuthRoute>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Uses this API key store (keys from `[[auth.api_keys]]` are added to it), so
+    /// keys can be added and removed at run time.
+    pub fn api_keys(mut self, keys: ApiKeys) -> Self {
+        self.api_keys = Some(keys);
+        self
+    }
+
+    /// Adds a static verification key, for keys not kept in configuration. Tokens
+    /// name it by `kid`; a key without a kid verifies tokens without one. Its
+    /// algorithm must be listed in `auth.jwt.algorithms`.
+    pub fn jwt_key(mut self, kid: Option<&str>, key: JwtKey) -> Self {
+        self.extra_keys.push((kid.map(str::to_string), key));
+        self
+    }
+
+    /// Validates the configuration, fetches the JWKS and starts its background refresh.
+    pub async fn build(self) -> Result<AuthLayer, ConfigError> {
+        let c = &self.config;
+        let clock = self.clock.clone().unwrap_or_else(system_clock);
+        let mut tiers = TierPolicy::default().default_tier(&c.default_tier);
+        if let Some(prefix) = &c.tier_scope_prefix {
+            tiers = tiers.scope_prefix(prefix);
+        }
+        if !c.tiers.is_empty() {
+            if !c.tiers.contains(&c.default_tier) {
+                return Err(ConfigError::new("auth.default_tier", "must be one of auth.tiers"));
+            }
+            tiers = tiers.allowed(&c.tiers);
+        }
+        if c.max_credential_bytes < 64 {
+            return Err(ConfigError::new("auth.max_credential_bytes", "must be at least 64"));
+        }
+        let api_key_header = match c.api_key_header.trim() {
+            "" => None,
+            name => Some(
+                HeaderName::try_from(name.to_ascii_lowercase())
+                    .map_err(|_| ConfigError::new("auth.api_key_header", "not a valid header name"))?,
+            ),
+        };
+        if api_key_header.as_ref() == Some(&AUTHORIZATION) {
+            return Err(ConfigError::new(
+                "auth.api_key_header",
+                "use api_key_scheme for Authorization: ApiKey",
+            ));
+        }
+        let routes = compile(&self.routes, c.realm.as_deref())?;
+
+        let mut jwt_tiers = tiers.clone();
+        let jwt = match &c.jwt {
+            None if self.extra_keys.is_empty() => None,
+            None => {
+                return Err(ConfigError::new(
+                    "auth.jwt",
+                    "keys added with jwt_key need an [auth.jwt] section (issuer, audience, algorithms)",
+                ));
+            }
+            Some(j) => {
+                if let Some(claim) = &j.tier_claim {
+                    jwt_tiers = jwt_tiers.claim(claim);
+                }
+                let rules = j.rules()?;
+                let mut keys: Vec<PinnedKey> = j
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| k.pinned(i, &rules))
+                    .collect::<Result<_, _>>()?;
+                for (kid, key) in &self.extra_keys {
+                    if !rules.algorithms.contains(&key.algorithm()) {
+                        return Err(ConfigError::new(
+                            "auth.jwt.algorithms",
+                            format!("does not list {} (a key added with jwt_key)", key.algorithm()),
+                        ));
+                    }
+                    keys.push(PinnedKey::new(kid.clone(), key.clone(), &rules));
+                }
+                let jwks = match &j.jwks_url {
+                    None => None,
+                    Some(url) => {
+                        let setting = "auth.jwt.jwks_url";
+                        let url = reqwest::Url::parse(url).map_err(|e| ConfigError::new(setting, e))?;
+                        check_scheme(setting, &url)?;
+                        let settings = JwksSettings {
+                            url,
+                            timeout: j.jwks_timeout.max(Duration::from_millis(1)),
+                            default_refresh: j.jwks_refresh,
+                            min_refresh: j.jwks_min_refresh.max(Duration::from_millis(10)),
+                            max_refresh: j.jwks_max_refresh,
+                            unknown_kid_interval: j.jwks_unknown_kid_interval,
+                            max_bytes: j.jwks_max_bytes,
+                        };
+                        let jwks = Arc::new(
+                            Jwks::new(settings, rules.clone(), clock.clone())
+                                .map_err(|e| ConfigError::new(setting, e))?,
+                        );
+                        let first = jwks.fetch().await;
+                        if let Err(e) = &first {
+                            if j.jwks_required_at_start {
+                                return Err(ConfigError::new(setting, format!("first fetch failed: {e}")));
+                            }
+                            tracing::warn!(error = %e, cause = "start", "JWKS fetch failed; retrying in the background");
+                        }
+                        Jwks::spawn_refresh(&jwks, jwks.first_refresh(&first));
+                        Some(jwks)
+                    }
+                };
+                if keys.is_empty() && jwks.is_none() {
+                    return Err(ConfigError::new(
+                        "auth.jwt",
+                        "set jwks_url or at least one [[auth.jwt.keys]]",
+                    ));
+                }
+                Some(JwtVerifier {
+                    rules,
+                    static_keys: KeySet::new(keys),
+                    jwks,
+                })
+            }
+        };
+
+        let api_keys = if c.api_keys.is_empty() && self.api_keys.is_none() {
+            None
+        } else {
+            let store = self.api_keys.clone().unwrap_or_default();
+            for (i, k) in c.api_keys.iter().enumerate() {
+                store.insert(k.record(i)?);
+            }
+            Some(store)
+        };
+
+        let mut introspection_tiers = tiers.clone();
+        let introspection = match &c.introspection {
+            None => None,
+            Some(ic) => {
+                let setting = "auth.introspection.url";
+                let url = reqwest::Url::parse(&ic.url).map_err(|e| ConfigError::new(setting, e))?;
+                check_scheme(setting, &url)?;
+                let secret = match (&ic.client_secret_env, &ic.client_secret) {
+                    (Some(var), _) => Some(std::env::var(var).map_err(|_| {
+                        ConfigError::new(
+                            "auth.introspection.client_secret_env",
+                            format!("{var} is not set"),
+                        )
+                    })?),
+                    (None, secret) => secret.clone(),
+                };
+                if let Some(claim) = &ic.tier_claim {
+                    introspection_tiers = introspection_tiers.claim(claim);
+                }
+                Some(
+                    Introspector::new(
+                        oauth2::IntrospectionUrl::from_url(url),
+                        ic.client_id.clone(),
+                        secret,
+                        ic.timeout.max(Duration::from_millis(1)),
+                        ic.cache_ttl,
+                    )
+                    .map_err(|e| ConfigError::new(setting, e))?,
+                )
+            }
+        };
+
+        if jwt.is_none() && api_keys.is_none() && introspection.is_none() {
+            return Err(ConfigError::new(
+                "auth",
+                "configure at least one of [auth.jwt], [[auth.api_keys]], [auth.introspection]",
+            ));
+        }
+
+        let cache = TokenCache::new(
+            c.cache_max_entries.max(1),
+            c.cache_max_ttl,
+            clock.clone(),
+            &self.pseudonymizer,
+        );
+        let freeze = self
+            .freeze
+            .unwrap_or_else(|| Arc::new(MemoryFreezeList::with_clock(DEFAULT_FREEZE_ENTRIES, clock.clone())));
+        Ok(AuthLayer::new(Authenticator {
+            pseudonymizer: self.pseudonymizer,
+            clock,
+            cache,
+            jwt,
+            jwt_tiers,
+            api_keys,
+            introspection,
+            introspection_tiers,
+            freeze,
+            freeze_failure: c.freeze_failure,
+            max_freeze_ttl: c.max_freeze_ttl,
+            source: CredentialSource {
+                api_key_header,
+                api_key_scheme: c.api_key_scheme,
+                max_bytes: c.max_credential_bytes,
+            },
+            tiers,
+            responder: self.responder,
+            challenges: Challenges::new(c.realm.as_deref()),
+            realm: c.realm.clone(),
+            routes,
+        }))
+    }
+}
+
+fn check_scheme(setting: &str, url: &reqwest::Url) -> Result<(), ConfigError> {
+    match url.scheme() {
+        "http" => Ok(()),
+        "https" if cfg!(feature = "rustls-tls") => Ok(()),
+        "https" => Err(ConfigError::new(
+            setting,
+            "https URLs need the `rustls-tls` feature of tollgate-auth",
+        )),
+        other => Err(ConfigError::new(setting, format!("unsupported scheme {other:?}"))),
+    }
+}
