@@ -76,9 +76,16 @@ impl<V> BoundedMap<V> {
 
     /// Runs `f` on the entry at `key`, creating it with `init` if it is missing or
     /// expired, and refreshes its TTL.
-    pub(crate) fn update<R>(&self, key: u64, now: u64, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
+    pub(crate) fn update<R>(
+        &self,
+        key: u64,
+        now: u64,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> R {
         let deadline = Timestamp::from_nanos(now.saturating_add(self.ttl));
-        self.map.update(&key, Timestamp::from_nanos(now), deadline, init, f)
+        self.map
+            .update(&key, Timestamp::from_nanos(now), deadline, init, f)
     }
 
     /// Reads the entry at `key`, if present and not expired, without refreshing it.

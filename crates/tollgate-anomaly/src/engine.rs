@@ -205,8 +205,12 @@ fn check_freeze(settings: &Settings) -> Result<(), ConfigError> {
             .into_iter()
             .find(|k| route.actions.get(*k) == Some(Action::Freeze))
         {
+            let route = match pattern {
+                "default" => pattern.to_string(),
+                _ => format!("\"{pattern}\""),
+            };
             return Err(ConfigError::new(
-                format!("routes.\"{pattern}\".{SECTION}.actions.{kind}"),
+                format!("routes.{route}.{SECTION}.actions.{kind}"),
                 HINT,
             ));
         }

@@ -15,8 +15,8 @@ use http::StatusCode;
 use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer};
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    CredentialKind, FakeClock, FreezeList, MemoryFreezeList, Principal, PseudonymSecret, Pseudonymizer,
-    SessionHealth, SessionInfo, SessionReasons, Timestamp,
+    Clock, CredentialKind, FakeClock, FreezeList, MemoryFreezeList, Principal, PseudonymSecret,
+    Pseudonymizer, SessionHealth, SessionInfo, SessionReasons, Timestamp,
 };
 use tollgate_ratelimit::MemoryRateLimitStore;
 use tower::ServiceExt;
@@ -156,7 +156,7 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
     let freezes = freeze.list().await.unwrap();
     assert_eq!(freezes.len(), 1);
     let store_keys: Vec<String> = throttle_store
-        .keys()
+        .keys(clock.now())
         .iter()
         .map(|k| k.store_key().to_string())
         .collect();

@@ -79,7 +79,12 @@ pub trait StateStore<V>: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<V>, StoreError>>;
 
     /// Stores `value` at `key` for `ttl`.
-    fn insert<'a>(&'a self, key: &'a StoreKey, value: V, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn insert<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        value: V,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Removes the value at `key`.
     fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>>;
@@ -134,7 +139,9 @@ where
     /// A cache holding at most `max_entries` entries (at least 1), whose TTLs run on `clock`.
     pub fn with_clock(max_entries: u64, clock: SharedClock) -> Self {
         MemoryCache {
-            map: Arc::new(ShardedMap::new(usize::try_from(max_entries).unwrap_or(usize::MAX))),
+            map: Arc::new(ShardedMap::new(
+                usize::try_from(max_entries).unwrap_or(usize::MAX),
+            )),
             clock,
         }
     }
@@ -219,7 +226,12 @@ impl<V: Clone + Send + Sync + 'static> StateStore<V> for MemoryCache<StoreKey, V
         Box::pin(std::future::ready(Ok(MemoryCache::get(self, key))))
     }
 
-    fn insert<'a>(&'a self, key: &'a StoreKey, value: V, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn insert<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        value: V,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         MemoryCache::insert(self, key.clone(), value, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
