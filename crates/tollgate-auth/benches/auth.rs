@@ -30,10 +30,22 @@ fn keys(alg: Algorithm) -> (EncodingKey, JwtKey) {
             EncodingKey::from_secret(SECRET),
             JwtKey::from_secret(ours, SECRET).unwrap(),
         ),
-        Algorithm::ES256 => (EncodingKey::from_ec_pem(&key("p256.key")).unwrap(), pem("p256.pub")),
-        Algorithm::ES384 => (EncodingKey::from_ec_pem(&key("p384.key")).unwrap(), pem("p384.pub")),
-        Algorithm::EdDSA => (EncodingKey::from_ed_pem(&key("ed25519.key")).unwrap(), pem("ed25519.pub")),
-        _ => (EncodingKey::from_rsa_pem(&key("rsa1.key")).unwrap(), pem("rsa1.pub")),
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(&key("p256.key")).unwrap(),
+            pem("p256.pub"),
+        ),
+        Algorithm::ES384 => (
+            EncodingKey::from_ec_pem(&key("p384.key")).unwrap(),
+            pem("p384.pub"),
+        ),
+        Algorithm::EdDSA => (
+            EncodingKey::from_ed_pem(&key("ed25519.key")).unwrap(),
+            pem("ed25519.pub"),
+        ),
+        _ => (
+            EncodingKey::from_rsa_pem(&key("rsa1.key")).unwrap(),
+            pem("rsa1.pub"),
+        ),
     }
 }
 

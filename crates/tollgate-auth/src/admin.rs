@@ -15,8 +15,8 @@ use tollgate_core::clock::{SharedClock, system_clock};
 use tollgate_core::problem::{Problem, ProblemType, types};
 use tollgate_core::span::record_current;
 use tollgate_core::{
-    Freeze, FreezeTarget, KeyedDigest, Principal, ProblemResponder, Pseudonymizer, SharedFreezeList, StoreError,
-    fields,
+    Freeze, FreezeTarget, KeyedDigest, Principal, ProblemResponder, Pseudonymizer, SharedFreezeList,
+    StoreError, fields,
 };
 
 use crate::error::{AuthError, Challenges};
@@ -320,11 +320,7 @@ async fn unfreeze_digest(
     remove(&admin, &target, name).await
 }
 
-async fn remove(
-    admin: &FreezeAdmin,
-    target: &FreezeTarget,
-    kind: &'static str,
-) -> Response {
+async fn remove(admin: &FreezeAdmin, target: &FreezeTarget, kind: &'static str) -> Response {
     match admin.list.unfreeze(target).await {
         Ok(true) => {
             tracing::info!(kind, "freeze lifted");

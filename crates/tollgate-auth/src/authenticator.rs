@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::response::Response;
 use tollgate_core::clock::SharedClock;
 use tollgate_core::{
-    FailurePolicy, Freeze, Principal, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList, StoreError,
-    fields, span::record_current,
+    FailurePolicy, Freeze, Principal, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList,
+    StoreError, fields, span::record_current,
 };
 
 use crate::api_key::ApiKeys;
@@ -61,7 +61,9 @@ impl Authenticator {
     pub(crate) fn authenticate_now(&self, credential: Credential<'_>) -> Step {
         match credential {
             Credential::ApiKey(key) => match self.api_keys.as_ref().and_then(|k| k.lookup(key)) {
-                Some(entry) => Step::Done(entry.principal(&self.pseudonymizer, &self.tiers, self.clock.now())),
+                Some(entry) => {
+                    Step::Done(entry.principal(&self.pseudonymizer, &self.tiers, self.clock.now()))
+                }
                 None => Step::Fail(AuthError::UnknownApiKey),
             },
             Credential::Bearer(raw) => {
@@ -77,7 +79,13 @@ impl Authenticator {
                 let is_jwt = looks_like_jwt(token);
                 if is_jwt && let Some(jwt) = &self.jwt {
                     let now = self.clock.now();
-                    return match jwt.verify(token, jwt.jwks.is_some(), now, &self.pseudonymizer, &self.jwt_tiers) {
+                    return match jwt.verify(
+                        token,
+                        jwt.jwks.is_some(),
+                        now,
+                        &self.pseudonymizer,
+                        &self.jwt_tiers,
+                    ) {
                         Outcome::Verified(v) => {
                             let principal = Arc::new(Accepted::new(v.principal));
                             self.cache.insert(key, principal.clone(), v.expires_at);

@@ -7,7 +7,9 @@ use std::time::Duration;
 use http::HeaderName;
 use http::header::AUTHORIZATION;
 use tollgate_core::clock::{SharedClock, system_clock};
-use tollgate_core::{ConfigError, MemoryFreezeList, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList};
+use tollgate_core::{
+    ConfigError, MemoryFreezeList, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList,
+};
 
 use crate::api_key::ApiKeys;
 use crate::authenticator::Authenticator;
@@ -155,7 +157,10 @@ impl AuthBuilder {
             tiers = tiers.allowed(&c.tiers);
         }
         if c.max_credential_bytes < 64 {
-            return Err(ConfigError::new("auth.max_credential_bytes", "must be at least 64"));
+            return Err(ConfigError::new(
+                "auth.max_credential_bytes",
+                "must be at least 64",
+            ));
         }
         let api_key_header = match c.api_key_header.trim() {
             "" => None,
@@ -300,9 +305,12 @@ impl AuthBuilder {
             clock.clone(),
             &self.pseudonymizer,
         );
-        let freeze = self
-            .freeze
-            .unwrap_or_else(|| Arc::new(MemoryFreezeList::with_clock(DEFAULT_FREEZE_ENTRIES, clock.clone())));
+        let freeze = self.freeze.unwrap_or_else(|| {
+            Arc::new(MemoryFreezeList::with_clock(
+                DEFAULT_FREEZE_ENTRIES,
+                clock.clone(),
+            ))
+        });
         Ok(AuthLayer::new(Authenticator {
             pseudonymizer: self.pseudonymizer,
             clock,

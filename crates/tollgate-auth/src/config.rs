@@ -257,10 +257,16 @@ pub struct IntrospectionConfig {
     #[serde(default)]
     pub client_secret: Option<String>,
     /// Request timeout (default `"2s"`); past it the answer is 503.
-    #[serde(default = "default_introspection_timeout", with = "tollgate_core::config::duration")]
+    #[serde(
+        default = "default_introspection_timeout",
+        with = "tollgate_core::config::duration"
+    )]
     pub timeout: Duration,
     /// The longest an answer is cached (default `"1m"`); never past `exp`.
-    #[serde(default = "default_introspection_ttl", with = "tollgate_core::config::duration")]
+    #[serde(
+        default = "default_introspection_ttl",
+        with = "tollgate_core::config::duration"
+    )]
     pub cache_ttl: Duration,
     /// The response field holding the tier.
     #[serde(default)]
@@ -297,7 +303,10 @@ impl JwtConfig {
             }
         }
         if algorithms.is_empty() {
-            return Err(ConfigError::new("auth.jwt.algorithms", "list at least one algorithm"));
+            return Err(ConfigError::new(
+                "auth.jwt.algorithms",
+                "list at least one algorithm",
+            ));
         }
         Ok(JwtRules {
             issuers: self.issuer.0.clone(),
@@ -342,10 +351,14 @@ impl StaticKeyConfig {
             (None, None) => None,
         };
         let key = if let Some((setting, hex_text)) = secret {
-            let bytes = hex::decode(hex_text.trim()).map_err(|_| ConfigError::new(&setting, "must be hex"))?;
+            let bytes =
+                hex::decode(hex_text.trim()).map_err(|_| ConfigError::new(&setting, "must be hex"))?;
             JwtKey::from_secret(alg, &bytes).map_err(|e| ConfigError::new(setting, e))?
         } else if alg.is_hmac() {
-            return Err(ConfigError::new(at("alg"), "HS* keys take secret_env or secret_hex"));
+            return Err(ConfigError::new(
+                at("alg"),
+                "HS* keys take secret_env or secret_hex",
+            ));
         } else if let Some(jwk) = &self.jwk {
             JwtKey::from_jwk(alg, jwk).map_err(|e| ConfigError::new(at("jwk"), e))?
         } else {

@@ -198,7 +198,9 @@ pub struct JwtKey {
 
 impl fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtKey").field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("JwtKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 

@@ -52,7 +52,9 @@ pub use admin::{
 };
 pub use api_key::{ApiKeyRecord, ApiKeys};
 pub use builder::AuthBuilder;
-pub use config::{ApiKeyConfig, AuthConfig, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany, StaticKeyConfig};
+pub use config::{
+    ApiKeyConfig, AuthConfig, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany, StaticKeyConfig,
+};
 pub use error::AuthError;
 pub use jwt::token_digest_hex;
 pub use keys::{Algorithm, JwtKey, JwtKeyError, UnknownAlgorithm};

@@ -157,7 +157,7 @@ pub(crate) fn compile(
     realm: Option<&str>,
 ) -> Result<RouteMap<RoutePolicy>, ConfigError> {
     for (pattern, route) in routes.iter() {
-        let setting = || format!("routes.\"{pattern}\".auth.scopes");
+        let setting = || format!("routes.\"{pattern}\".scopes");
         if let Some(bad) = route.scopes.iter().find(|s| !is_scope_token(s)) {
             return Err(ConfigError::new(
                 setting(),
@@ -190,15 +190,25 @@ mod tests {
         let err = serde_json::from_str::<AuthRoute>(r#""maybe""#).unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
 
-        let bad = RouteMap::new([("/h", AuthRoute::skip().with_scopes(["x"]))], AuthRoute::default()).unwrap();
+        let bad = RouteMap::new(
+            [("/h", AuthRoute::skip().with_scopes(["x"]))],
+            AuthRoute::default(),
+        )
+        .unwrap();
         let err = compile(&bad, None).unwrap_err();
-        assert_eq!(err.setting, "routes.\"/h\".auth.scopes");
-        let bad = RouteMap::new([("/h", AuthRoute::required().with_scopes(["a b"]))], AuthRoute::default())
-            .unwrap();
+        assert_eq!(err.setting, "routes.\"/h\".scopes");
+        let bad = RouteMap::new(
+            [("/h", AuthRoute::required().with_scopes(["a b"]))],
+            AuthRoute::default(),
+        )
+        .unwrap();
         assert!(compile(&bad, None).is_err());
 
         let ok = RouteMap::new(
-            [("/o", AuthRoute::optional()), ("/s", AuthRoute::optional().with_scopes(["x"]))],
+            [
+                ("/o", AuthRoute::optional()),
+                ("/s", AuthRoute::optional().with_scopes(["x"])),
+            ],
             AuthRoute::default(),
         )
         .unwrap();

@@ -53,10 +53,7 @@ impl RequiredScopes {
 /// True if `s` is an OAuth2 scope token (RFC 6749 §3.3: one or more of `%x21`,
 /// `%x23-5B`, `%x5D-7E`), so it can be named in a challenge as is.
 pub(crate) fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s
-            .bytes()
-            .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+    !s.is_empty() && s.bytes().all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
 }
 
 #[cfg(test)]

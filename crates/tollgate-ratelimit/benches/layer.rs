@@ -14,7 +14,9 @@ use axum::body::Body;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Request};
-use tollgate_core::{ClientConfig, CredentialKind, Principal, PseudonymSecret, Pseudonymizer, RouteMap, Tier};
+use tollgate_core::{
+    ClientConfig, CredentialKind, Principal, PseudonymSecret, Pseudonymizer, RouteMap, Tier,
+};
 use tollgate_ratelimit::{LimitConfig, RateLimitConfig, RateLimitLayer, RateLimitRoute};
 use tower::ServiceExt;
 

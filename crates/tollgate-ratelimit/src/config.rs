@@ -331,7 +331,8 @@ mod tests {
 
     #[test]
     fn windows_are_durations() {
-        let w = |text: &str| toml::from_str::<LimitConfig>(&format!("name = \"a\"\nquota = 1\nwindow = {text}"));
+        let w =
+            |text: &str| toml::from_str::<LimitConfig>(&format!("name = \"a\"\nquota = 1\nwindow = {text}"));
         assert_eq!(w("\"500ms\"").unwrap().window, Duration::from_millis(500));
         assert_eq!(w("\"1s\"").unwrap().window, Duration::from_secs(1));
         assert_eq!(w("\"1m\"").unwrap().window, Duration::from_secs(60));
@@ -372,8 +373,15 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        let err = |limits: &[LimitConfig]| build_limits("ratelimit.tiers.free", limits).unwrap_err().to_string();
-        assert_eq!(err(&[]), "ratelimit.tiers.free.limits: needs 1 to 4 limits, got 0");
+        let err = |limits: &[LimitConfig]| {
+            build_limits("ratelimit.tiers.free", limits)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&[]),
+            "ratelimit.tiers.free.limits: needs 1 to 4 limits, got 0"
+        );
         assert_eq!(
             err(&[LimitConfig::new("a", 0, Duration::from_secs(1))]),
             "ratelimit.tiers.free.limits[0].quota: quota must be at least 1"

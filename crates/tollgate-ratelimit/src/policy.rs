@@ -170,13 +170,23 @@ pub(crate) fn routes(
     tiers: &Tiers,
     routes: &RouteMap<RateLimitRoute>,
 ) -> Result<RouteMap<Arc<Rule>>, ConfigError> {
-    let scopes = route_scopes(routes.iter().filter(|(_, r)| !r.limits.is_empty()).map(|(p, _)| p))?;
+    let scopes = route_scopes(
+        routes
+            .iter()
+            .filter(|(_, r)| !r.limits.is_empty())
+            .map(|(p, _)| p),
+    )?;
     let mut by_tier: HashMap<&str, Arc<Policy>> = HashMap::new();
     let mut rules = Vec::new();
     for (pattern, route) in routes.iter() {
         let at = route_setting(pattern);
-        if route.exempt && (!route.limits.is_empty() || route.tier.is_some() || route.cost != 1 || route.mode.is_some()) {
-            return Err(ConfigError::new(at, "an exempt route takes no limits, tier, cost or mode"));
+        if route.exempt
+            && (!route.limits.is_empty() || route.tier.is_some() || route.cost != 1 || route.mode.is_some())
+        {
+            return Err(ConfigError::new(
+                at,
+                "an exempt route takes no limits, tier, cost or mode",
+            ));
         }
         if !route.limits.is_empty() && route.tier.is_some() {
             return Err(ConfigError::new(
@@ -191,7 +201,14 @@ pub(crate) fn routes(
             let scope = &scopes[pattern];
             let mode = route.mode.unwrap_or(config.mode);
             let tier = format!("route:{scope}");
-            Some(Arc::new(Policy::new(&tier, Some(scope), &route.limits, mode, config.headers, &at)?))
+            Some(Arc::new(Policy::new(
+                &tier,
+                Some(scope),
+                &route.limits,
+                mode,
+                config.headers,
+                &at,
+            )?))
         } else if let Some(name) = &route.tier {
             let Some(tier) = tiers.get(name) else {
                 return Err(ConfigError::new(
@@ -206,7 +223,14 @@ pub(crate) fn routes(
                     // mean nothing for the caller's own tier, whose limits differ.
                     let limits = &config.tiers[name].limits;
                     let scope = format!("tier.{name}");
-                    let p = Arc::new(Policy::new(name, Some(&scope), limits, tier.mode, config.headers, &at)?);
+                    let p = Arc::new(Policy::new(
+                        name,
+                        Some(&scope),
+                        limits,
+                        tier.mode,
+                        config.headers,
+                        &at,
+                    )?);
                     by_tier.insert(name, p.clone());
                     p
                 }
@@ -242,14 +266,18 @@ pub(crate) fn routes(
             mode: route.mode,
         }));
     }
-    Ok(RouteMap::from_table(routes.table(), |id, _| rules[id.index()].clone()))
+    Ok(RouteMap::from_table(routes.table(), |id, _| {
+        rules[id.index()].clone()
+    }))
 }
 
 /// The store scope of each route with limits of its own, derived from its pattern:
 /// `/login` gives `login`. A pattern whose readable form is too long or shared with
 /// another (`/a/b` and `/a-b`) gets a hash of the pattern appended, so every route
 /// keeps its own budget and its scope does not depend on the order of the table.
-fn route_scopes<'a>(patterns: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, String>, ConfigError> {
+fn route_scopes<'a>(
+    patterns: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<&'a str, String>, ConfigError> {
     const READABLE: usize = 30;
     let slugs: Vec<(&str, String)> = patterns.map(|p| (p, slug(p))).collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -268,7 +296,9 @@ fn route_scopes<'a>(patterns: impl Iterator<Item = &'a str>) -> Result<HashMap<&
         if let Some(other) = taken.insert(scope.clone(), pattern) {
             return Err(ConfigError::new(
                 route_setting(pattern),
-                format_args!("its rate-limit scope {scope:?} is also that of route {other:?}; rename one route"),
+                format_args!(
+                    "its rate-limit scope {scope:?} is also that of route {other:?}; rename one route"
+                ),
             ));
         }
         out.insert(*pattern, scope);

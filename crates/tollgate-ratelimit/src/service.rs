@@ -113,7 +113,12 @@ impl Shared {
 
     /// The digest to count the request under: a custom key, the principal's subject,
     /// or the client's coarsened network resolved as every layer resolves it.
-    fn key(&self, headers: &HeaderMap, ext: &Extensions, principal: Option<&Principal>) -> Option<KeyedDigest> {
+    fn key(
+        &self,
+        headers: &HeaderMap,
+        ext: &Extensions,
+        principal: Option<&Principal>,
+    ) -> Option<KeyedDigest> {
         if let Some(f) = &self.key_fn
             && let Some(d) = f(headers, ext)
         {

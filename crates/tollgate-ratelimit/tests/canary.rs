@@ -92,7 +92,11 @@ async fn no_identifier_leaves_the_layer() {
     assert!(logs.contains(r#""ratelimit.outcome":"allowed""#), "{logs}");
     assert!(logs.contains(r#""ratelimit.outcome":"denied""#), "{logs}");
     assert!(logs.contains(r#""ratelimit.remaining":0"#), "{logs}");
-    assert_eq!(store.keys(clock().now()).len(), 2, "one subject key, one network key");
+    assert_eq!(
+        store.keys(clock().now()).len(),
+        2,
+        "one subject key, one network key"
+    );
 
     // Every field the layer put into a span is declared in its inventory.
     let mut emitted = std::collections::BTreeSet::new();

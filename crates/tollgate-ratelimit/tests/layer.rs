@@ -12,7 +12,8 @@ use axum::routing::get;
 use http::{HeaderMap, Request, StatusCode};
 use tollgate_core::store::{BoxFuture, FailurePolicy, StoreError};
 use tollgate_core::{
-    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, Pseudonymizer, RouteMap, Tier, Timestamp,
+    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, Pseudonymizer, RouteMap, Tier,
+    Timestamp,
 };
 use tollgate_ratelimit::{
     Decision, Limit, LimitConfig, MemoryRateLimitStore, Mode, Outcome, RateLimitBuilder, RateLimitConfig,
@@ -39,7 +40,12 @@ fn config() -> RateLimitConfig {
 }
 
 /// A builder on `clock` and on `store`, which the test keeps to look inside.
-fn builder(config: RateLimitConfig, p: &Pseudonymizer, clock: &FakeClock, store: &MemoryRateLimitStore) -> RateLimitBuilder {
+fn builder(
+    config: RateLimitConfig,
+    p: &Pseudonymizer,
+    clock: &FakeClock,
+    store: &MemoryRateLimitStore,
+) -> RateLimitBuilder {
     RateLimitLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
         .store(Arc::new(store.clone()))
@@ -164,7 +170,10 @@ async fn refusal_is_problem_json_with_retry_after_and_not_cacheable() {
         windows.push(r.headers()["ratelimit"].to_str().unwrap().to_string());
     }
     // Allowed: the effective window is the time until the budget is full again.
-    assert_eq!(windows, ["\"burst\";r=2;t=1", "\"burst\";r=1;t=1", "\"burst\";r=0;t=2"]);
+    assert_eq!(
+        windows,
+        ["\"burst\";r=2;t=1", "\"burst\";r=1;t=1", "\"burst\";r=0;t=2"]
+    );
     let r = send(&app, "/items", Some(&user)).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
@@ -410,7 +419,11 @@ async fn awaited_stores_and_store_failures() {
 #[test]
 fn misconfiguration_names_the_setting() {
     let p = pseudonymizer();
-    let err = |c: RateLimitConfig| RateLimitLayer::from_config(&c, p.clone()).unwrap_err().to_string();
+    let err = |c: RateLimitConfig| {
+        RateLimitLayer::from_config(&c, p.clone())
+            .unwrap_err()
+            .to_string()
+    };
     let route_err = |template: &str, route: RateLimitRoute| {
         let routes = RouteMap::new([(template, route)], RateLimitRoute::default()).unwrap();
         RateLimitLayer::builder(config(), p.clone())
@@ -458,7 +471,9 @@ fn misconfiguration_names_the_setting() {
         tier: Some("pro".into()),
         ..RateLimitRoute::limits([LimitConfig::new("x", 1, Duration::from_secs(1))])
     };
-    assert!(route_err("/h", both).starts_with("routes.\"/h\".ratelimit: `limits` and `tier` exclude each other"));
+    assert!(
+        route_err("/h", both).starts_with("routes.\"/h\".ratelimit: `limits` and `tier` exclude each other")
+    );
     assert_eq!(
         route_err("/x", RateLimitRoute::default().cost(4)),
         "routes.\"/x\".ratelimit.cost: cost 4 exceeds the burst 2 of anonymous/burst, so no request could pass"

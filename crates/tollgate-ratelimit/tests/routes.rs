@@ -11,7 +11,8 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{HeaderMap, Request, StatusCode};
 use tollgate_core::{
-    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, Pseudonymizer, RouteMap, RouteTable, Tier,
+    ClientConfig, Clock, CredentialKind, Domain, FakeClock, Principal, Pseudonymizer, RouteMap, RouteTable,
+    Tier,
 };
 use tollgate_ratelimit::{
     LimitConfig, MemoryRateLimitStore, Mode, RateLimitConfig, RateLimitKey, RateLimitLayer, RateLimitRoute,
@@ -59,7 +60,11 @@ fn stack(routes: RouteMap<RateLimitRoute>) -> Stack {
         .routes(routes)
         .build()
         .unwrap();
-    let ok = || get(|status: Option<RateLimitStatus>| async move { status.map(|s| s.tier().to_string()).unwrap_or_default() });
+    let ok = || {
+        get(|status: Option<RateLimitStatus>| async move {
+            status.map(|s| s.tier().to_string()).unwrap_or_default()
+        })
+    };
     let app = Router::new()
         .route("/items", ok())
         .route("/health", ok())
@@ -75,7 +80,8 @@ fn stack(routes: RouteMap<RateLimitRoute>) -> Stack {
 
 impl Stack {
     fn user(&self, subject: &str, tier: &str) -> Principal {
-        Principal::new(&self.p, CredentialKind::ApiKey, subject, subject.as_bytes()).with_tier(Tier::new(tier))
+        Principal::new(&self.p, CredentialKind::ApiKey, subject, subject.as_bytes())
+            .with_tier(Tier::new(tier))
     }
 
     async fn send(&self, path: &str, who: &Principal) -> http::Response<Body> {
@@ -152,7 +158,14 @@ async fn a_route_can_use_another_tier() {
     // Counted apart from the caller's own tier, which still has its burst of 10.
     assert!(s.has_state(RateLimitKey::scoped("tier.search", pro.subject_key()).unwrap()));
     assert!(!s.has_state(RateLimitKey::new(pro.subject_key())));
-    assert_eq!(s.statuses("/items", &pro, 11).await.iter().filter(|c| **c == OK).count(), 10);
+    assert_eq!(
+        s.statuses("/items", &pro, 11)
+            .await
+            .iter()
+            .filter(|c| **c == OK)
+            .count(),
+        10
+    );
 }
 
 #[tokio::test]
@@ -189,7 +202,10 @@ async fn a_wildcard_route_covers_everything_under_its_prefix() {
 #[tokio::test]
 async fn the_most_specific_route_wins() {
     let s = stack(routes(vec![
-        ("/admin/*", RateLimitRoute::limits([LimitConfig::new("admin", 1, Duration::from_secs(60))])),
+        (
+            "/admin/*",
+            RateLimitRoute::limits([LimitConfig::new("admin", 1, Duration::from_secs(60))]),
+        ),
         ("/admin/bulk", RateLimitRoute::exempt()),
         ("default", RateLimitRoute::tier("search")),
     ]));
@@ -208,7 +224,10 @@ async fn the_most_specific_route_wins() {
 
 #[tokio::test]
 async fn a_route_can_report_only() {
-    let s = stack(routes(vec![("/items", RateLimitRoute::default().mode(Mode::ReportOnly))]));
+    let s = stack(routes(vec![(
+        "/items",
+        RateLimitRoute::default().mode(Mode::ReportOnly),
+    )]));
     let user = s.user("shadow-route", "free");
     assert_eq!(s.statuses("/items", &user, 5).await, [OK; 5]);
     let r = s.send("/items", &user).await;
@@ -238,11 +257,13 @@ async fn a_map_over_the_stack_table_follows_the_outer_resolution() {
         .route("/health", get(|| async { "ok" }))
         .route("/items", get(|| async { "ok" }))
         .layer(layer)
-        .layer(tower::util::MapRequestLayer::new(move |mut req: Request<Body>| {
-            table.resolve_and_insert(&mut req);
-            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            req
-        }));
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                table.resolve_and_insert(&mut req);
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                req
+            },
+        ));
     let user = Principal::new(&p, CredentialKind::ApiKey, "outer", b"outer").with_tier(Tier::new("free"));
     let send = |path: &'static str| {
         let mut req = Request::get(path).body(Body::empty()).unwrap();
@@ -298,22 +319,27 @@ async fn behind_a_trusted_proxy_the_forwarded_clients_network_is_the_key() {
         let (bytes, len) = network.to_bytes();
         p.digest(Domain::NETWORK, &bytes[..len])
     };
-    let mut keys: Vec<_> = store.keys(clock().now()).iter().map(RateLimitKey::digest).collect();
+    let mut keys: Vec<_> = store
+        .keys(clock().now())
+        .iter()
+        .map(RateLimitKey::digest)
+        .collect();
     let mut want = vec![expected("198.51.100.7"), expected("203.0.113.5")];
     keys.sort();
     want.sort();
-    assert_eq!(keys, want, "keyed by the forwarded clients' networks, not the proxy's");
+    assert_eq!(
+        keys, want,
+        "keyed by the forwarded clients' networks, not the proxy's"
+    );
 
     // A ClientContext an outer layer resolved the same way counts in the same budget.
-    let app = Router::new()
-        .route("/items", get(|| async { "ok" }))
-        .layer(
-            RateLimitLayer::builder(config(), p.clone())
-                .store(Arc::new(store.clone()))
-                .clock(Arc::new(clock()))
-                .build()
-                .unwrap(),
-        );
+    let app = Router::new().route("/items", get(|| async { "ok" })).layer(
+        RateLimitLayer::builder(config(), p.clone())
+            .store(Arc::new(store.clone()))
+            .clock(Arc::new(clock()))
+            .build()
+            .unwrap(),
+    );
     let mut headers = HeaderMap::new();
     headers.insert("x-forwarded-for", "198.51.100.42".parse().unwrap());
     let mut req = Request::get("/items").body(Body::empty()).unwrap();

@@ -1,45 +1,20 @@
 //! Canary: known identifiers go in; none may come out in any log byte or stored key.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tollgate_auth::AuthLayer;
-use tracing_subscriber::fmt::MakeWriter;
+use tollgate_test_support::{LogCapture, canary};
 use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::common::*;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn no_identifier_reaches_logs_spans_or_store_keys() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
+    let capture = LogCapture::new();
+    let subscriber = capture
+        .json_subscriber()
         .with_span_events(FmtSpan::CLOSE)
         .with_current_span(true)
-        .with_writer(capture.clone())
         .with_env_filter("tollgate_auth=trace,tollgate_core=trace,canary=trace")
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -69,9 +44,9 @@ async fn no_identifier_reaches_logs_spans_or_store_keys() {
         });
     let app = run(app(layer).layer(span_layer)).await;
 
-    let subject = "alice.canary@example.com";
+    let subject = canary::SUBJECT;
     let mut c = claims(subject);
-    c["jti"] = json!("jti-canary-7731");
+    c["jti"] = json!(canary::JTI);
     let token = sign(Algorithm::ES256, Some("es256"), &c);
     let me: Value = app.bearer("/me", &token).await.json().await.unwrap();
     let pseudonym = me["subject"].as_str().unwrap().to_string();
@@ -109,7 +84,7 @@ async fn no_identifier_reaches_logs_spans_or_store_keys() {
         .map(|f| f.target.store_key().to_string())
         .collect();
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     // The capture saw the request spans and their auth fields...
     assert!(logs.contains(&pseudonym), "the principal pseudonym is logged");
     assert!(logs.contains("\"credential\":\"jwt\"") && logs.contains("\"credential\":\"api_key\""));
@@ -120,7 +95,7 @@ async fn no_identifier_reaches_logs_spans_or_store_keys() {
     let secrets = [
         subject,
         "alice.canary",
-        "jti-canary-7731",
+        canary::JTI,
         "tg_test_key_1",
         "tg_canary_wrong_key",
         "ops-team",
@@ -131,9 +106,11 @@ async fn no_identifier_reaches_logs_spans_or_store_keys() {
         token_parts[2],
         &expired,
     ];
-    for haystack in [&logs, &stored, &store_keys.join(" ")] {
-        for secret in secrets {
-            assert!(!haystack.contains(secret), "{secret:?} leaked");
-        }
+    for (what, haystack) in [
+        ("the log output", &logs),
+        ("the freeze list", &stored),
+        ("the store keys", &store_keys.join(" ")),
+    ] {
+        canary::assert_absent(what, haystack, secrets);
     }
 }

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -17,7 +16,8 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tollgate_auth::{AuthConfig, AuthLayer, AuthRoute};
-use tollgate_core::{Principal, PseudonymSecret, Pseudonymizer, RouteMap};
+use tollgate_core::{Principal, RouteMap};
+pub use tollgate_test_support::{free_port, pseudonymizer, serve};
 
 pub const ISS: &str = "https://issuer.test";
 pub const AUD: &str = "tollgate-api";
@@ -27,9 +27,7 @@ pub fn key_file(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
+pub use tollgate_test_support::jwt::unix_now as now;
 
 /// The signing key of an algorithm (RSA keys: `rsa1` unless `rsa2` is asked for).
 pub fn encoding_key(alg: Algorithm, rsa: &str) -> EncodingKey {
@@ -107,22 +105,6 @@ pub fn sign_with(alg: Algorithm, kid: Option<&str>, claims: &Value, rsa: &str) -
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_string);
     jsonwebtoken::encode(&header, claims, &encoding_key(alg, rsa)).unwrap()
-}
-
-pub fn pseudonymizer() -> Pseudonymizer {
-    Pseudonymizer::new(
-        PseudonymSecret::from_bytes(&[42; 32]).unwrap(),
-        Duration::from_secs(86_400),
-    )
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    addr
 }
 
 /// A JWKS endpoint whose document, status and `Cache-Control` tests can change.

@@ -48,9 +48,7 @@ async fn active_inactive_cached_and_unreachable() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_a_503_never_a_pass() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
-    drop(listener);
+    let url = format!("http://127.0.0.1:{}/introspect", free_port());
     let layer = AuthLayer::from_config(&introspection_config(&url), pseudonymizer())
         .await
         .unwrap();

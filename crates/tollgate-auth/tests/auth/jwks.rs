@@ -37,11 +37,14 @@ async fn wait_for_hits(server: &JwksServer, at_least: usize) {
 async fn rotation_is_picked_up_and_forged_kids_cause_one_refetch_per_interval() {
     let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
     let clock = FakeClock::new(Timestamp::from_secs(now()));
-    let layer = AuthLayer::builder(jwks_config(&server.url(), Duration::from_secs(3600)), pseudonymizer())
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap();
+    let layer = AuthLayer::builder(
+        jwks_config(&server.url(), Duration::from_secs(3600)),
+        pseudonymizer(),
+    )
+    .clock(Arc::new(clock.clone()))
+    .build()
+    .await
+    .unwrap();
     let handle = layer.clone();
     let app = run(app(layer)).await;
     assert_eq!(server.hits(), 1);
@@ -122,11 +125,14 @@ async fn background_refresh_honours_max_age() {
     let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
     *server.cache_control.lock().unwrap() = Some("public, max-age=0".into());
     let clock = FakeClock::new(Timestamp::from_secs(now()));
-    let layer = AuthLayer::builder(jwks_config(&server.url(), Duration::from_millis(100)), pseudonymizer())
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap();
+    let layer = AuthLayer::builder(
+        jwks_config(&server.url(), Duration::from_millis(100)),
+        pseudonymizer(),
+    )
+    .clock(Arc::new(clock.clone()))
+    .build()
+    .await
+    .unwrap();
     let app = run(app(layer)).await;
     // Use up the unknown-kid refetch (the fake clock never moves), so only the
     // background refresh can bring in new keys.
@@ -153,9 +159,12 @@ async fn background_refresh_honours_max_age() {
 async fn endpoint_down_keeps_the_last_good_keys() {
     let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
     *server.cache_control.lock().unwrap() = Some("max-age=0".into());
-    let layer = AuthLayer::from_config(&jwks_config(&server.url(), Duration::from_millis(50)), pseudonymizer())
-        .await
-        .unwrap();
+    let layer = AuthLayer::from_config(
+        &jwks_config(&server.url(), Duration::from_millis(50)),
+        pseudonymizer(),
+    )
+    .await
+    .unwrap();
     let app = run(app(layer)).await;
     assert_eq!(
         app.bearer("/me", &sign(Algorithm::RS256, Some("k1"), &claims("alice")))
@@ -183,10 +192,8 @@ async fn endpoint_down_keeps_the_last_good_keys() {
 
 #[tokio::test]
 async fn start_without_jwks() {
-    // Nothing listens on this port: bind one, then free it.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    drop(listener);
+    // Nothing listens on this port.
+    let url = format!("http://127.0.0.1:{}/jwks.json", free_port());
     let err = AuthLayer::from_config(&config(Some(&url)), pseudonymizer())
         .await
         .unwrap_err();

@@ -1,14 +1,13 @@
 //! JWT acceptance and rejection over real HTTP, keys from a local JWKS server.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tollgate_auth::{AuthLayer, AuthRoute};
-use tollgate_core::{FakeClock, PseudonymSecret, Pseudonymizer, RouteMap, Timestamp};
+use tollgate_core::{RouteMap, Timestamp};
 
 use crate::common::*;
 
@@ -341,15 +340,11 @@ async fn anonymous_default_and_per_route_requirements() {
 
 #[tokio::test]
 async fn exp_and_nbf_follow_the_layers_clock() {
-    // Long ago by the system clock: a check against system time would refuse
+    // In the past by the system clock: a check against system time would refuse
     // every token below as expired.
-    let start = 1_000_000_000;
-    let clock = FakeClock::new(Timestamp::from_secs(start));
-    let p = Pseudonymizer::with_clock(
-        PseudonymSecret::from_bytes(&[42; 32]).unwrap(),
-        Duration::from_secs(86_400),
-        Arc::new(clock.clone()),
-    );
+    let clock = tollgate_test_support::clock();
+    let start = tollgate_test_support::START.as_secs();
+    let p = tollgate_test_support::pseudonymizer_with_clock(&clock);
     let layer = AuthLayer::builder(config(None), p)
         .clock(Arc::new(clock.clone()))
         .build()
@@ -370,7 +365,11 @@ async fn exp_and_nbf_follow_the_layers_clock() {
     assert_eq!(app.bearer("/me", &token).await.status(), 200);
     let later = at("bob", start + 1200, Some(start + 100));
     let (status, code, _) = outcome(app.bearer("/me", &later).await).await;
-    assert_eq!((status, code.as_deref()), (401, Some("invalid_token")), "nbf ahead");
+    assert_eq!(
+        (status, code.as_deref()),
+        (401, Some("invalid_token")),
+        "nbf ahead"
+    );
 
     // Within the 5 s leeway of nbf: accepted.
     clock.set(Timestamp::from_secs(start + 96));
@@ -388,7 +387,11 @@ async fn exp_and_nbf_follow_the_layers_clock() {
     assert_eq!(app.bearer("/me", &later).await.status(), 200);
 
     // An exp or nbf that is not a NumericDate is refused like a missing claim.
-    for (claim, value) in [("exp", json!("tomorrow")), ("nbf", json!("soon")), ("nbf", json!(-5))] {
+    for (claim, value) in [
+        ("exp", json!("tomorrow")),
+        ("nbf", json!("soon")),
+        ("nbf", json!(-5)),
+    ] {
         let mut c = claims("carol");
         c["exp"] = json!(start + 1200);
         c[claim] = value;

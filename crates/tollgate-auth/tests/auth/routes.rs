@@ -16,7 +16,10 @@ async fn stack() -> Running {
             ("/health", AuthRoute::skip()),
             ("/items/{id}", AuthRoute::optional()),
             ("/reports", AuthRoute::required().with_scopes(["read:reports"])),
-            ("/reports/summary", AuthRoute::optional().with_scopes(["read:reports"])),
+            (
+                "/reports/summary",
+                AuthRoute::optional().with_scopes(["read:reports"]),
+            ),
             ("/admin/*", AuthRoute::required().with_scopes(["tollgate:admin"])),
             ("/admin/status", AuthRoute::optional()),
         ],
@@ -109,14 +112,18 @@ async fn scoped_route_is_403_without_the_scope_and_200_with_it() {
     assert_eq!(code.as_deref(), Some("insufficient_scope"));
     assert_eq!(problem, "urn:tollgate:problem:insufficient-scope");
 
-    let r = app.bearer("/reports", &token_with_scope("read:items read:reports")).await;
+    let r = app
+        .bearer("/reports", &token_with_scope("read:items read:reports"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "reports");
     // Without credentials: 401, not 403.
     assert_eq!(app.get("/reports", &[]).await.status(), 401);
     // Scopes imply credentials, even on an optional route.
     assert_eq!(app.get("/reports/summary", &[]).await.status(), 401);
-    let r = app.bearer("/reports/summary", &token_with_scope("read:reports")).await;
+    let r = app
+        .bearer("/reports/summary", &token_with_scope("read:reports"))
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -163,5 +170,5 @@ async fn a_skipped_route_with_scopes_is_refused_at_build() {
         .build()
         .await
         .unwrap_err();
-    assert_eq!(err.setting, "routes.\"/health\".auth.scopes");
+    assert_eq!(err.setting, "routes.\"/health\".scopes");
 }
