@@ -108,7 +108,7 @@ pub enum BuildError {
 }
 
 /// The composed stack. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tollgate {
     pseudonymizer: Pseudonymizer,
     routes: RouteMap<RoutePolicy>,
@@ -119,6 +119,20 @@ pub struct Tollgate {
     ratelimit: Option<RateLimitLayer>,
     anomaly: Option<AnomalyLayer>,
     shared: bool,
+}
+
+impl std::fmt::Debug for Tollgate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tollgate")
+            .field("routes", &self.routes)
+            .field("privacy", &self.privacy)
+            .field("auth", &self.auth)
+            .field("fingerprint", &self.fingerprint)
+            .field("ratelimit", &self.ratelimit)
+            .field("anomaly", &self.anomaly)
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds a [`Tollgate`] from a configuration, with what a file cannot hold: route

@@ -55,31 +55,15 @@ fn start(config: &std::path::Path) -> Replica {
 }
 
 fn config_file(url: &str, namespace: &str) -> tempfile_path::TempPath {
-    let secret = hex::encode(JWT_SECRET);
     let text = format!(
         r#"
 [gateway]
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 
-[auth]
-anonymous = "optional"
-default_tier = "free"
-[auth.jwt]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-algorithms = ["HS256"]
-tier_claim = "plan"
-[[auth.jwt.keys]]
-kid = "test"
-alg = "HS256"
-secret_hex = "{secret}"
-[[auth.api_keys]]
-id = "admin-key"
-sha256 = "{admin}"
-tier = "pro"
-scopes = ["tollgate:admin"]
-
+[routes.default]
+auth = "optional"
+{auth}
 [ratelimit]
 default_tier = "free"
 anonymous_tier = "free"
@@ -93,7 +77,7 @@ backend = "redis"
 url = "{url}"
 namespace = "{namespace}"
 "#,
-        admin = sha256_hex(API_KEY),
+        auth = auth_section(),
     );
     tempfile_path::TempPath::with_contents(&text)
 }
@@ -138,7 +122,7 @@ async fn two_replicas_share_one_budget_and_one_freeze_list() {
     for i in 0..40 {
         let (replica, slot) = if i % 2 == 0 { (&a, 0) } else { (&b, 1) };
         let r = client
-            .get(format!("http://{}/v1/items/{i}", replica.addr))
+            .get(format!("http://{}/v1/items/{}", replica.addr, i + 1))
             .bearer_auth(&first)
             .send()
             .await

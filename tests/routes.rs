@@ -5,13 +5,11 @@ mod common;
 
 use axum::Router;
 use axum::routing::{get, post};
-use common::{API_KEY, AUDIENCE, ISSUER, JWT_SECRET, PSEUDONYM_SECRET, sha256_hex, token};
+use common::{API_KEY, PSEUDONYM_SECRET, token};
 use reqwest::StatusCode;
 use tollgate::TollgateConfig;
 
 fn config() -> TollgateConfig {
-    let secret = hex::encode(JWT_SECRET);
-    let api_key_digest = sha256_hex(API_KEY);
     TollgateConfig::from_toml(&format!(
         r#"
 [pseudonym]
@@ -47,23 +45,7 @@ scopes = ["tollgate:admin"]
 [routes."/admin/about"]
 auth = "skip"
 
-[auth]
-default_tier = "free"
-[auth.jwt]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-algorithms = ["HS256"]
-tier_claim = "plan"
-[[auth.jwt.keys]]
-kid = "test"
-alg = "HS256"
-secret_hex = "{secret}"
-[[auth.api_keys]]
-id = "admin-key"
-sha256 = "{api_key_digest}"
-tier = "pro"
-scopes = ["read:items", "tollgate:admin"]
-
+{auth}
 [fingerprint]
 
 [ratelimit]
@@ -77,7 +59,8 @@ limits = [{{ name = "burst", quota = 100, window = "1s" }}]
 limits = [{{ name = "burst", quota = 3, window = "1m", burst = 3 }}]
 
 [anomaly]
-"#
+"#,
+        auth = common::auth_section(),
     ))
     .expect("the test config parses")
 }

@@ -78,22 +78,12 @@ pub fn serve_app(config: TollgateConfig, app: impl FnOnce() -> Router + Send + '
     }
 }
 
-/// The whole stack's config: every layer on, loopback trusted as a proxy so tests
-/// can set client addresses with `X-Forwarded-For`. `extra` is appended.
-pub fn stack_config(extra: &str) -> TollgateConfig {
-    let secret = hex::encode(JWT_SECRET);
-    TollgateConfig::from_toml(&format!(
+/// The `[auth]` section every black-box test uses: the test issuer's HS256 key and
+/// the test API key (pro tier, admin scope, its owner a canary).
+pub fn auth_section() -> String {
+    format!(
         r#"
-[pseudonym]
-secret = "{PSEUDONYM_SECRET}"
-
-[privacy]
-log_headers = ["accept"]
-[privacy.client]
-trusted_proxies = ["127.0.0.0/8"]
-
 [auth]
-anonymous = "optional"
 default_tier = "free"
 [auth.jwt]
 issuer = "{ISSUER}"
@@ -110,7 +100,30 @@ sha256 = "{api_key_digest}"
 tier = "pro"
 scopes = ["read:items", "tollgate:admin"]
 subject = "canary.keyowner@example.com"
+"#,
+        secret = hex::encode(JWT_SECRET),
+        api_key_digest = sha256_hex(API_KEY),
+    )
+}
 
+/// The whole stack's config: every layer on, loopback trusted as a proxy so tests
+/// can set client addresses with `X-Forwarded-For`, anonymous callers welcome.
+/// `extra` is appended to `[anomaly]`.
+pub fn stack_config(extra: &str) -> TollgateConfig {
+    TollgateConfig::from_toml(&format!(
+        r#"
+[pseudonym]
+secret = "{PSEUDONYM_SECRET}"
+
+[client]
+trusted_proxies = ["127.0.0.0/8"]
+
+[routes.default]
+auth = "optional"
+
+[privacy]
+log_headers = ["accept"]
+{auth}
 [fingerprint]
 
 [ratelimit]
@@ -126,7 +139,7 @@ limits = [{{ name = "burst", quota = 20, window = "1s", burst = 20 }}]
 [anomaly]
 {extra}
 "#,
-        api_key_digest = sha256_hex(API_KEY),
+        auth = auth_section(),
     ))
     .expect("the test config parses")
 }

@@ -256,10 +256,7 @@ impl<T: fmt::Debug> fmt::Debug for RouteMap<T> {
 
 impl<T: Default> Default for RouteMap<T> {
     fn default() -> Self {
-        RouteMap {
-            table: RouteTable::default(),
-            values: Arc::from([T::default()]),
-        }
+        RouteMap::uniform(T::default())
     }
 }
 
@@ -299,6 +296,14 @@ impl<T> RouteMap<T> {
             table,
             values: ordered.into(),
         })
+    }
+
+    /// A map with one value for every route.
+    pub fn uniform(value: T) -> Self {
+        RouteMap {
+            table: RouteTable::default(),
+            values: Arc::from([value]),
+        }
     }
 
     /// A map over `table`, with the value `f` gives each pattern.

@@ -127,8 +127,10 @@ fn tollgate_config() -> String {
 [pseudonym]
 secret = "{secret}"
 
+[routes.default]
+auth = "optional"
+
 [auth]
-anonymous = "optional"
 [auth.jwt]
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"

@@ -1,13 +1,13 @@
 //! Where rate-limit state lives: the key, the [`RateLimitStore`] trait and its
 //! bounded in-process implementation.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use tollgate_core::clock::Timestamp;
 use tollgate_core::pseudonym::KeyedDigest;
+use tollgate_core::sharded::{EarliestDeadline, Entry as MapEntry, ShardedMap};
 use tollgate_core::store::{BoxFuture, StoreError};
 
 use crate::gcra::{self, Decision, Limit, MAX_LIMITS};
@@ -227,202 +227,20 @@ pub type SharedRateLimitStore = Arc<dyn RateLimitStore>;
 /// TATs per limit, in limit order.
 type Tats = [u64; MAX_LIMITS];
 
-/// A folded-multiply hasher: the keys are keyed HMAC outputs the caller cannot choose,
-/// so a fast non-cryptographic mix is enough and HashDoS is not a concern.
-#[derive(Default, Clone, Copy)]
-struct MixHasher(u64);
-
-const MIX: u64 = 0x517c_c1b7_2722_0a95;
-
-impl Hasher for MixHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(buf));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // Folded multiply: high and low halves of the 128-bit product, so every input
-        // bit reaches both the shard bits (high) and the table bits (low).
-        let full = u128::from(self.0 ^ n) * u128::from(MIX);
-        self.0 = (full as u64) ^ ((full >> 64) as u64);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Mix = BuildHasherDefault<MixHasher>;
-
-struct Entry {
-    tats: Tats,
-    /// When the state equals no state again (ns since the epoch).
-    expires: u64,
-    /// Where the key sits in `Shard::keys`.
-    pos: u32,
-}
-
-struct Shard {
-    /// The state, inline in the table: a decision on a known key touches one bucket.
-    map: HashMap<RateLimitKey, Entry, Mix>,
-    /// Every key with a copy of its expiry, for sampling on eviction and for the sweep
-    /// without a table lookup per examined key.
-    keys: Vec<(RateLimitKey, u64)>,
-    cap: usize,
-    rng: u64,
-    sweep: usize,
-}
-
-/// How many keys an insertion into a full shard samples to choose a victim.
-const EVICTION_SAMPLES: usize = 8;
-/// How many keys each insertion of a new key examines for expiry.
-const SWEEP_PER_INSERT: usize = 4;
-
-impl Shard {
-    fn next_rand(&mut self) -> u64 {
-        // xorshift64
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-
-    fn decide(&mut self, key: &RateLimitKey, limits: &[Limit], cost: u64, now: u64) -> Decision {
-        let n = limits.len().min(MAX_LIMITS);
-        if let Some(entry) = self.map.get_mut(key) {
-            let tats = if entry.expires <= now {
-                [0; MAX_LIMITS]
-            } else {
-                entry.tats
-            };
-            let d = gcra::decide_all(&tats[..n], now, limits, cost);
-            if d.allowed() {
-                for (s, t) in entry.tats.iter_mut().zip(d.tats()) {
-                    *s = t;
-                }
-                entry.expires = now.saturating_add(d.ttl().as_nanos() as u64);
-                self.keys[entry.pos as usize].1 = entry.expires;
-            }
-            return d;
-        }
-        let d = gcra::decide_all(&[], now, limits, cost);
-        let ttl = d.ttl().as_nanos() as u64;
-        if d.allowed() && ttl > 0 {
-            let mut tats = [0; MAX_LIMITS];
-            for (s, t) in tats.iter_mut().zip(d.tats()) {
-                *s = t;
-            }
-            self.sweep(now);
-            self.insert(*key, tats, now.saturating_add(ttl), now);
-        }
-        d
-    }
-
-    fn expires_at(&self, pos: usize) -> u64 {
-        self.keys[pos].1
-    }
-
-    fn insert(&mut self, key: RateLimitKey, tats: Tats, expires: u64, now: u64) {
-        if self.keys.len() < self.cap {
-            let pos = self.keys.len() as u32;
-            self.keys.push((key, expires));
-            self.map.insert(key, Entry { tats, expires, pos });
-            return;
-        }
-        if self.cap == 0 {
-            return;
-        }
-        // Full: replace the sampled entry closest to a full budget (an expired one
-        // loses nothing; a barely used one loses least).
-        let len = self.keys.len() as u64;
-        let mut victim = (self.next_rand() % len) as usize;
-        let mut victim_expires = self.expires_at(victim);
-        for _ in 1..EVICTION_SAMPLES {
-            if victim_expires <= now {
-                break;
-            }
-            let j = (self.next_rand() % len) as usize;
-            let e = self.expires_at(j);
-            if e < victim_expires {
-                victim = j;
-                victim_expires = e;
-            }
-        }
-        self.map.remove(&self.keys[victim].0);
-        self.keys[victim] = (key, expires);
-        self.map.insert(
-            key,
-            Entry {
-                tats,
-                expires,
-                pos: victim as u32,
-            },
-        );
-    }
-
-    /// Removes expired entries among the next few keys, so state does not outlive its
-    /// TTL by more than the time the sweep takes to come round.
-    fn sweep(&mut self, now: u64) {
-        for _ in 0..SWEEP_PER_INSERT {
-            if self.keys.is_empty() {
-                return;
-            }
-            if self.sweep >= self.keys.len() {
-                self.sweep = 0;
-            }
-            let i = self.sweep;
-            if self.expires_at(i) <= now {
-                self.remove_at(i);
-            } else {
-                self.sweep += 1;
-            }
-        }
-    }
-
-    fn remove_at(&mut self, i: usize) {
-        let (gone, _) = self.keys.swap_remove(i);
-        self.map.remove(&gone);
-        if let Some((moved, _)) = self.keys.get(i)
-            && let Some(e) = self.map.get_mut(moved)
-        {
-            e.pos = i as u32;
-        }
-    }
-
-    fn purge(&mut self, now: u64) {
-        let mut i = 0;
-        while i < self.keys.len() {
-            if self.expires_at(i) <= now {
-                self.remove_at(i);
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
 /// The default store: in-process, bounded by entry count, each entry expiring when
 /// its budget would be full again.
 ///
-/// A sharded hash map under short mutexes (no lock is held across an `await`; an
-/// uncontended decision takes a few tens of nanoseconds). Bounded: at most
-/// `max_entries` keys. When a shard is full, a new key replaces the sampled entry
-/// closest to a full budget: an expired entry (which loses nothing), or else the
-/// entry with the least spent. A flood of distinct one-request keys therefore
+/// A [`ShardedMap`] of TATs (short per-shard mutexes, never held across an `await`;
+/// an uncontended decision takes a few tens of nanoseconds), each entry's deadline the
+/// time its budget is full again. Bounded: at most `max_entries` keys. When a shard is
+/// full, a new key replaces the sampled entry closest to its deadline, that is closest
+/// to a full budget ([`EarliestDeadline`]): an expired entry (which loses nothing), or
+/// else the entry with the least spent. A flood of distinct one-request keys therefore
 /// replaces its own entries, not those of keys that have spent much of their quota,
-/// and an attacker who wants to push out a key's state must spend more on each
-/// flood key than that key has spent. An expired entry counts as absent at once; it
-/// is removed by the sweep that examines a few keys on every insertion of a new key,
-/// by eviction, or by [`MemoryRateLimitStore::purge_expired`].
+/// and an attacker who wants to push out a key's state must spend more on each flood
+/// key than that key has spent. An expired entry counts as absent at once; it is
+/// removed by the sweep that examines a few keys on every insertion of a new key, by
+/// eviction, or by [`MemoryRateLimitStore::purge_expired`].
 ///
 /// Clones share the same state.
 ///
@@ -442,23 +260,14 @@ impl Shard {
 /// ```
 #[derive(Clone)]
 pub struct MemoryRateLimitStore {
-    inner: Arc<Inner>,
+    map: Arc<ShardedMap<RateLimitKey, Tats, EarliestDeadline>>,
 }
-
-struct Inner {
-    shards: Box<[Padded]>,
-    mask: u64,
-    max_entries: u64,
-}
-
-#[repr(align(128))]
-struct Padded(Mutex<Shard>);
 
 impl fmt::Debug for MemoryRateLimitStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryRateLimitStore")
-            .field("max_entries", &self.inner.max_entries)
-            .field("shards", &self.inner.shards.len())
+            .field("max_entries", &self.map.capacity())
+            .field("shards", &self.map.shard_count())
             .finish()
     }
 }
@@ -473,90 +282,76 @@ impl Default for MemoryRateLimitStore {
 }
 
 impl MemoryRateLimitStore {
-    /// A store holding at most `max_entries` keys.
+    /// A store holding at most `max_entries` keys (at least one).
     pub fn new(max_entries: u64) -> Self {
-        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-        // Enough shards that threads rarely meet, few enough that each holds many keys.
-        let wanted = (threads * 16).next_power_of_two().min(1024) as u64;
-        let count = wanted.min(max_entries.max(1)).next_power_of_two();
-        let count = if count > max_entries.max(1) {
-            count / 2
-        } else {
-            count
-        }
-        .max(1);
-        let cap = (max_entries / count) as usize;
-        let shards = (0..count)
-            .map(|i| {
-                Padded(Mutex::new(Shard {
-                    map: HashMap::default(),
-                    keys: Vec::new(),
-                    cap,
-                    rng: 0x9e37_79b9_7f4a_7c15 ^ (i + 1).wrapping_mul(MIX),
-                    sweep: 0,
-                }))
-            })
-            .collect();
+        let max_entries = usize::try_from(max_entries).unwrap_or(usize::MAX);
         MemoryRateLimitStore {
-            inner: Arc::new(Inner {
-                shards,
-                mask: count - 1,
-                max_entries,
-            }),
+            map: Arc::new(ShardedMap::new(max_entries)),
         }
-    }
-
-    fn shard(&self, key: &RateLimitKey) -> MutexGuard<'_, Shard> {
-        let h = Mix::default().hash_one(key);
-        let shard = &self.inner.shards[((h >> 40) & self.inner.mask) as usize];
-        // A panic inside `decide` cannot leave a slot half-written in a way that
-        // matters (the worst is one stale TAT), so a poisoned lock is still used.
-        shard.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The decision for `key`, computed and applied under the key's shard lock.
     pub fn decide(&self, key: &RateLimitKey, limits: &[Limit], cost: u64, now: Timestamp) -> Decision {
-        self.shard(key).decide(key, limits, cost, now.as_nanos())
+        let at = now.as_nanos();
+        let n = limits.len().min(MAX_LIMITS);
+        // The lock returns the TATs it read (32 bytes), not the 184-byte decision, which
+        // gcra, being pure, makes again from them: EXPERIMENT.
+        let read = self.map.entry(key, now, |entry| match entry {
+            // A live entry: its budget is not full yet.
+            MapEntry::Occupied(mut stored) => {
+                let tats = stored.get_mut();
+                let read = *tats;
+                let d = gcra::decide_all(&read[..n], at, limits, cost);
+                if d.allowed() {
+                    for (s, t) in tats.iter_mut().zip(d.tats()) {
+                        *s = t;
+                    }
+                    stored.set_deadline(now.saturating_add(d.ttl()));
+                }
+                read
+            }
+            // No state, or expired state: a full budget. A refusal stores nothing.
+            MapEntry::Vacant(vacant) => {
+                let d = gcra::decide_all(&[], at, limits, cost);
+                if d.allowed() && !d.ttl().is_zero() {
+                    let mut tats = [0; MAX_LIMITS];
+                    for (s, t) in tats.iter_mut().zip(d.tats()) {
+                        *s = t;
+                    }
+                    vacant.insert(tats, now.saturating_add(d.ttl()));
+                }
+                [0; MAX_LIMITS]
+            }
+        });
+        gcra::decide_all(&read[..n], at, limits, cost)
     }
 
     /// The TATs stored for `key`, if present and not expired at `now`.
     pub fn tats(&self, key: &RateLimitKey, now: Timestamp) -> Option<[u64; MAX_LIMITS]> {
-        let shard = self.shard(key);
-        let entry = shard.map.get(key)?;
-        (entry.expires > now.as_nanos()).then_some(entry.tats)
+        self.map.get(key, now)
     }
 
     /// The number of keys held (expired ones not yet swept included).
     pub fn entry_count(&self) -> u64 {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).keys.len() as u64)
-            .sum()
+        self.map.len() as u64
     }
 
     /// The most keys this store holds.
     pub fn max_entries(&self) -> u64 {
-        self.inner.max_entries
+        self.map.capacity() as u64
     }
 
     /// Removes every entry expired at `now` (the request path sweeps incrementally;
     /// call this from a timer to bound retention when traffic stops).
     pub fn purge_expired(&self, now: Timestamp) {
-        for s in self.inner.shards.iter() {
-            s.0.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .purge(now.as_nanos());
-        }
+        self.map.purge_expired(now);
     }
 
-    /// Every key held (for admin listings and tests; not for the request path).
-    pub fn keys(&self) -> Vec<RateLimitKey> {
+    /// Every key with live state at `now` (for admin listings and tests; not for the
+    /// request path).
+    pub fn keys(&self, now: Timestamp) -> Vec<RateLimitKey> {
         let mut out = Vec::new();
-        for s in self.inner.shards.iter() {
-            let shard = s.0.lock().unwrap_or_else(|e| e.into_inner());
-            out.extend(shard.keys.iter().map(|(k, _)| *k));
-        }
+        self.map.for_each(now, |key, _, _| out.push(*key));
         out
     }
 }
@@ -586,6 +381,7 @@ impl RateLimitStore for MemoryRateLimitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::sync::OnceLock;
     use std::time::Duration;
     use tollgate_core::{Domain, PseudonymSecret, Pseudonymizer};
@@ -648,7 +444,11 @@ mod tests {
                 .allowed()
         );
         // The tier-wide key of the same digest is another budget.
-        assert!(store.decide(&RateLimitKey::new(digest(2)), &limits, 3, now).allowed());
+        assert!(
+            store
+                .decide(&RateLimitKey::new(digest(2)), &limits, 3, now)
+                .allowed()
+        );
     }
 
     #[test]
@@ -681,7 +481,12 @@ mod tests {
                     Timestamp::from_secs(10),
                 );
             }
-            assert!(store.entry_count() <= cap, "cap {cap}: {}", store.entry_count());
+            // A store holds at least one key.
+            assert!(
+                store.entry_count() <= cap.max(1),
+                "cap {cap}: {}",
+                store.entry_count()
+            );
         }
     }
 

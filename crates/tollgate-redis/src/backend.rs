@@ -158,7 +158,12 @@ impl RedisBackend {
     /// The Redis key of a [`StoreKey`]: the key itself, with the namespace (if any)
     /// inserted after `tollgate:`.
     pub fn key(&self, key: &StoreKey) -> String {
-        let rest = key.as_str().strip_prefix("tollgate:").unwrap_or(key.as_str());
+        self.key_of(key.as_str())
+    }
+
+    /// The Redis key of a key text `tollgate:…`, with the namespace inserted.
+    pub(crate) fn key_of(&self, key: &str) -> String {
+        let rest = key.strip_prefix("tollgate:").unwrap_or(key);
         let mut out = String::with_capacity(self.0.prefix.len() + rest.len());
         out.push_str(&self.0.prefix);
         out.push_str(rest);

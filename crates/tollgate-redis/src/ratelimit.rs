@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use redis::Script;
-use tollgate_core::{FailurePolicy, StoreError, StoreKey, Timestamp};
+use tollgate_core::{BoxFuture, FailurePolicy, StoreError, Timestamp};
 use tollgate_ratelimit::gcra::{self, Decision, Limit, MAX_LIMITS};
 use tollgate_ratelimit::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
 
@@ -165,7 +165,7 @@ impl RedisRateLimitStore {
 
     async fn decide_in_redis(
         &self,
-        key: &StoreKey,
+        key: &RateLimitKey,
         limits: &[Limit],
         cost: u64,
         now: Timestamp,
@@ -188,7 +188,7 @@ impl RedisRateLimitStore {
             args[at + 3] = l.capacity() % NANOS;
         }
         let used = 3 + 4 * limits.len();
-        let redis_key = self.backend.key(key);
+        let redis_key = self.backend.key_of(&key.store_key());
         let mode = match self.clock {
             RateLimitClock::Redis => "r",
             RateLimitClock::Caller => "c",
@@ -228,7 +228,7 @@ impl RedisRateLimitStore {
         Ok(decision)
     }
 
-    fn fall_back(&self, key: &StoreKey, limits: &[Limit], cost: u64, now: Timestamp) -> Decision {
+    fn fall_back(&self, key: &RateLimitKey, limits: &[Limit], cost: u64, now: Timestamp) -> Decision {
         let n = now.as_nanos();
         match self.fallback {
             RateLimitFallback::Open => {
@@ -258,19 +258,19 @@ impl RedisRateLimitStore {
                         "redis unavailable: rate limits decided by the in-process fallback"
                     );
                 }
-                match (&self.local, RateLimitKey::from_store_key(key)) {
-                    (Some(local), Some(key)) => local.decide(&key, limits, cost, now),
-                    _ => gcra::decide_all(&[0; MAX_LIMITS][..limits.len()], n, limits, 0),
+                match &self.local {
+                    Some(local) => local.decide(key, limits, cost, now),
+                    None => gcra::decide_all(&[0; MAX_LIMITS][..limits.len()], n, limits, 0),
                 }
             }
         }
     }
 }
 
-impl RateLimitStore for RedisRateLimitStore {
-    async fn check_and_spend(
+impl RedisRateLimitStore {
+    async fn check_and_spend_async(
         &self,
-        key: &StoreKey,
+        key: &RateLimitKey,
         limits: &[Limit],
         cost: u64,
         now: Timestamp,
@@ -301,5 +301,17 @@ impl RateLimitStore for RedisRateLimitStore {
                 Ok(self.fall_back(key, limits, cost, now))
             }
         }
+    }
+}
+
+impl RateLimitStore for RedisRateLimitStore {
+    fn check_and_spend<'a>(
+        &'a self,
+        key: &'a RateLimitKey,
+        limits: &'a [Limit],
+        cost: u64,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(self.check_and_spend_async(key, limits, cost, now))
     }
 }

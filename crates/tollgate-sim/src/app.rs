@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -10,26 +9,39 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
 use serde::Deserialize;
+use tollgate::TollgateConfig;
+use tollgate::Tollgate;
 use tollgate_anomaly::{AnomalyConfig, AnomalyLayer};
-use tollgate_auth::{ApiKeyRecord, ApiKeys, AuthConfig, AuthLayer};
+use tollgate_auth::{ApiKeyConfig, ApiKeyRecord};
 use tollgate_core::pseudonym::Domain;
-use tollgate_core::{
-    FakeClock, KeyedDigest, MemoryFreezeList, Principal, PseudonymSecret, Pseudonymizer, SharedClock,
-};
-use tollgate_fingerprint::{FingerprintConfig, FingerprintLayer};
-use tollgate_privacy::PrivacyTraceLayer;
-use tollgate_ratelimit::{RateLimitConfig, RateLimitLayer};
+use tollgate_core::{FakeClock, KeyedDigest, Principal};
 
 use crate::traffic::{Account, Credential};
 
-/// The rate-limit tiers of the simulated API.
-pub const RATELIMIT_TOML: &str = r#"
+/// The simulated API's stack, less the anomaly section and the API keys, which
+/// [`stack`] adds: anonymous callers pass (the handlers that need a principal
+/// extract one), three tiers of limits.
+const STACK_TOML: &str = r#"
+[pseudonym]
+secret = "2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a"
+epoch = "24h"
+
+[routes.default]
+auth = "optional"
+
+[auth]
 default_tier = "free"
-[tiers.free]
+tiers = ["free", "pro"]
+
+[fingerprint]
+
+[ratelimit]
+default_tier = "free"
+[ratelimit.tiers.free]
 limits = [{ name = "burst", quota = 20, window = "1s", burst = 40 }]
-[tiers.pro]
+[ratelimit.tiers.pro]
 limits = [{ name = "burst", quota = 100, window = "1s", burst = 200 }]
-[tiers.anonymous]
+[ratelimit.tiers.anonymous]
 limits = [{ name = "burst", quota = 5, window = "1s", burst = 20 }]
 "#;
 
@@ -91,10 +103,8 @@ pub struct Stack {
     pub clock: FakeClock,
 }
 
-/// Builds the API and the full tollgate stack on a fake clock.
-///
-/// Layers, outermost first: privacy trace, failure watch, auth, fingerprint, rate
-/// limit, anomaly. (With axum, the last `.layer()` is the outermost.)
+/// Builds the API and the full tollgate stack on a fake clock, through
+/// [`Tollgate::builder`] as an application would.
 pub async fn stack(
     accounts: &[Account],
     credentials: &[Credential],
@@ -103,46 +113,28 @@ pub async fn stack(
     anomaly: AnomalyConfig,
 ) -> Stack {
     let clock = FakeClock::new(tollgate_core::Timestamp::from_secs(start_secs));
-    let shared: SharedClock = Arc::new(clock.clone());
-    let p = Pseudonymizer::with_clock(
-        PseudonymSecret::from_bytes(&[42; 32]).expect("32 bytes"),
-        Duration::from_secs(86_400),
-        shared.clone(),
-    );
-    let freeze = MemoryFreezeList::with_clock(100_000, shared.clone());
-
-    let keys = ApiKeys::new();
-    for c in credentials {
-        let a = &accounts[c.account as usize];
-        keys.insert(
-            ApiKeyRecord::new(c.id.clone(), ApiKeyRecord::digest_of(c.key.as_bytes()))
-                .tier(a.tier)
-                .subject(&*a.name),
-        );
-    }
-    let auth_config: AuthConfig =
-        toml::from_str("anonymous = \"optional\"\ndefault_tier = \"free\"\ntiers = [\"free\", \"pro\"]")
-            .expect("valid auth config");
-    let auth = AuthLayer::builder(auth_config, p.clone())
-        .api_keys(keys)
-        .clock(shared.clone())
-        .freeze_list(freeze.clone())
+    let mut config = TollgateConfig::from_toml(STACK_TOML).expect("valid stack config");
+    config.anomaly = Some(anomaly);
+    let auth = config.auth.as_mut().expect("the [auth] section");
+    auth.api_keys = credentials
+        .iter()
+        .map(|c| {
+            let a = &accounts[c.account as usize];
+            ApiKeyConfig {
+                id: c.id.to_string(),
+                sha256: hex::encode(ApiKeyRecord::digest_of(c.key.as_bytes())),
+                tier: Some(a.tier.to_string()),
+                scopes: Vec::new(),
+                subject: Some(a.name.to_string()),
+            }
+        })
+        .collect();
+    let tollgate = Tollgate::builder(config)
+        .clock(Arc::new(clock.clone()))
         .build()
         .await
-        .expect("auth layer");
-    let fingerprint = FingerprintLayer::from_config(&FingerprintConfig::default(), p.clone(), freeze.clone())
-        .expect("fingerprint layer")
-        .clock(shared.clone());
-    let rl_config: RateLimitConfig = toml::from_str(RATELIMIT_TOML).expect("valid rate-limit config");
-    let ratelimit = RateLimitLayer::new(&rl_config, p.clone())
-        .expect("rate-limit layer")
-        .clock(shared.clone());
-    let anomaly = AnomalyLayer::builder(anomaly, p.clone())
-        .clock(shared.clone())
-        .freeze_list(freeze.clone())
-        .build()
-        .expect("anomaly layer");
-    let privacy = PrivacyTraceLayer::new(p.clone());
+        .expect("the stack builds");
+    let p = tollgate.pseudonymizer();
 
     let shop = Arc::new(Shop {
         passwords: accounts
@@ -155,7 +147,7 @@ pub async fn stack(
             .collect(),
         catalogue,
     });
-    let router = Router::new()
+    let api = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/login", post(login))
         .route("/v1/search", get(ok))
@@ -167,16 +159,10 @@ pub async fn stack(
         .route("/v1/account/export", get(ok))
         .route("/v1/orders", get(ok))
         .route("/v1/orders/{id}", get(order))
-        .with_state(shop)
-        .layer(anomaly.clone())
-        .layer(ratelimit)
-        .layer(fingerprint)
-        .layer(auth)
-        .layer(anomaly.failure_watch())
-        .layer(privacy);
+        .with_state(shop);
     Stack {
-        router,
-        anomaly,
+        router: tollgate.apply(api),
+        anomaly: tollgate.anomaly().expect("the [anomaly] section").clone(),
         clock,
     }
 }

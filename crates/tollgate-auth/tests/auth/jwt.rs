@@ -282,7 +282,7 @@ async fn anonymous_default_and_per_route_requirements() {
 
     // An optional default: anonymous passes, credentials are still checked.
     let optional = AuthLayer::builder(config(None), pseudonymizer())
-        .routes(RouteMap::new([] as [(&str, AuthRoute); 0], AuthRoute::optional()).unwrap())
+        .routes(RouteMap::uniform(AuthRoute::optional()))
         .build()
         .await
         .unwrap();
