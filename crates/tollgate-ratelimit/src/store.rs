@@ -293,22 +293,18 @@ impl MemoryRateLimitStore {
     /// The decision for `key`, computed and applied under the key's shard lock.
     pub fn decide(&self, key: &RateLimitKey, limits: &[Limit], cost: u64, now: Timestamp) -> Decision {
         let at = now.as_nanos();
-        let n = limits.len().min(MAX_LIMITS);
-        // The lock returns the TATs it read (32 bytes), not the 184-byte decision, which
-        // gcra, being pure, makes again from them: EXPERIMENT.
-        let read = self.map.entry(key, now, |entry| match entry {
+        self.map.entry(key, now, |entry| match entry {
             // A live entry: its budget is not full yet.
             MapEntry::Occupied(mut stored) => {
                 let tats = stored.get_mut();
-                let read = *tats;
-                let d = gcra::decide_all(&read[..n], at, limits, cost);
+                let d = gcra::decide_all(&tats[..limits.len().min(MAX_LIMITS)], at, limits, cost);
                 if d.allowed() {
                     for (s, t) in tats.iter_mut().zip(d.tats()) {
                         *s = t;
                     }
                     stored.set_deadline(now.saturating_add(d.ttl()));
                 }
-                read
+                d
             }
             // No state, or expired state: a full budget. A refusal stores nothing.
             MapEntry::Vacant(vacant) => {
@@ -320,10 +316,9 @@ impl MemoryRateLimitStore {
                     }
                     vacant.insert(tats, now.saturating_add(d.ttl()));
                 }
-                [0; MAX_LIMITS]
+                d
             }
-        });
-        gcra::decide_all(&read[..n], at, limits, cost)
+        })
     }
 
     /// The TATs stored for `key`, if present and not expired at `now`.

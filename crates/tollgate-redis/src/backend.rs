@@ -162,7 +162,7 @@ impl RedisBackend {
     }
 
     /// The Redis key of a key text `tollgate:…`, with the namespace inserted.
-    pub(crate) fn key_of(&self, key: &str) -> String {
+    pub fn key_of(&self, key: &str) -> String {
         let rest = key.strip_prefix("tollgate:").unwrap_or(key);
         let mut out = String::with_capacity(self.0.prefix.len() + rest.len());
         out.push_str(&self.0.prefix);

@@ -50,7 +50,7 @@ fn unreachable_redis_follows_each_policy() {
     rt.block_on(async {
         let backend = RedisBackend::new(&fast_config(format!("redis://127.0.0.1:{}", free_port()))).unwrap();
         let p = pseudonymizer();
-        let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"alice@example.com")).store_key();
+        let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"alice@example.com"));
         let principal = Principal::new(&p, CredentialKind::ApiKey, "alice@example.com", b"key-secret-123");
 
         let open = RedisRateLimitStore::new(&backend);
@@ -222,7 +222,7 @@ async fn redis_killed_and_restarted_mid_test() {
     let principal = Principal::new(&p, CredentialKind::ApiKey, "owner", b"key-1");
     let skey = StoreKey::new("session", &p.digest(Domain::SESSION, b"s"));
 
-    let spend = |store: &RedisRateLimitStore, key: &StoreKey| {
+    let spend = |store: &RedisRateLimitStore, key: &RateLimitKey| {
         let (store, key) = (store.clone(), key.clone());
         async move {
             let mut allowed = 0;
@@ -238,7 +238,7 @@ async fn redis_killed_and_restarted_mid_test() {
             allowed
         }
     };
-    let key = |name: &str| RateLimitKey::new(p.digest(Domain::SUBJECT, name.as_bytes())).store_key();
+    let key = |name: &str| RateLimitKey::new(p.digest(Domain::SUBJECT, name.as_bytes()));
 
     // Shared limiting works: 5 of 8 pass, and the budget is spent in Redis.
     assert_eq!(spend(&rl, &key("before")).await, 5, "{:?}", backend.stats());
@@ -336,7 +336,7 @@ async fn slow_redis_times_out_then_recovers() {
     assert!(freeze.wait_synced(Duration::from_secs(5)).await);
     let p = pseudonymizer();
     let principal = Principal::new(&p, CredentialKind::ApiKey, "owner", b"key-1");
-    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"k")).store_key();
+    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"k"));
     assert!(
         rl.check_and_spend(&key, &limits(), 1, SystemClock.now())
             .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestRedis;
 use proptest::prelude::*;
-use tollgate_core::{Domain, StoreKey, SystemClock, Timestamp, clock::Clock};
+use tollgate_core::{Domain, SystemClock, Timestamp, clock::Clock};
 use tollgate_ratelimit::gcra::{self, Cell, Decision, Limit};
 use tollgate_ratelimit::{RateLimitKey, RateLimitStore};
 use tollgate_redis::{RateLimitClock, RedisRateLimitStore};
@@ -46,11 +46,11 @@ impl Model {
     }
 }
 
-fn key(t: &TestRedis, case: u64) -> StoreKey {
+fn key(t: &TestRedis, case: u64) -> RateLimitKey {
     let p = tollgate_test_support::pseudonymizer();
     let mut id = t.namespace.clone().into_bytes();
     id.extend_from_slice(&case.to_be_bytes());
-    RateLimitKey::new(p.digest(Domain::SUBJECT, &id)).store_key()
+    RateLimitKey::new(p.digest(Domain::SUBJECT, &id))
 }
 
 fn limit_strategy() -> impl Strategy<Value = Limit> {
@@ -100,7 +100,7 @@ fn redis_script_matches_in_process_gcra() {
         // The key lives exactly until every budget is full again (to the millisecond).
         let last = last.unwrap();
         let far = model.tats.iter().copied().max().unwrap_or(0);
-        let pttl: i64 = redis::cmd("PTTL").arg(store.backend().key(&key)).query(&mut *raw.borrow_mut()).unwrap();
+        let pttl: i64 = redis::cmd("PTTL").arg(store.backend().key_of(&key.store_key())).query(&mut *raw.borrow_mut()).unwrap();
         if far <= last.now() {
             prop_assert!(pttl == -2 || !last.allowed(), "pttl {}", pttl);
         } else if last.allowed() {

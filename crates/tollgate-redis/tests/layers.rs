@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -21,7 +22,10 @@ use tower::ServiceExt;
 fn replica(t: &TestRedis, config: &RateLimitConfig) -> Router {
     let backend = t.backend();
     let store = RedisRateLimitStore::new(&backend);
-    let layer = RateLimitLayer::with_store(config, pseudonymizer(), store).unwrap();
+    let layer = RateLimitLayer::builder(config.clone(), pseudonymizer())
+        .store(Arc::new(store))
+        .build()
+        .unwrap();
     Router::new().route("/", get(|| async { "ok" })).layer(layer)
 }
 
@@ -54,13 +58,11 @@ async fn fingerprint_layer_keeps_session_records_in_redis() {
     let p = pseudonymizer();
     let app = |t: &TestRedis| {
         let backend = t.backend();
-        let layer = FingerprintLayer::from_config(
-            &FingerprintConfig::default(),
-            p.clone(),
-            RedisFreezeList::new(&backend),
-        )
-        .unwrap()
-        .store(RedisStore::<SessionRecord>::new(&backend));
+        let layer = FingerprintLayer::builder(FingerprintConfig::default(), p.clone())
+            .freeze_list(Arc::new(RedisFreezeList::new(&backend)))
+            .store(Arc::new(RedisStore::<SessionRecord>::new(&backend)))
+            .build()
+            .unwrap();
         Router::new()
             .route(
                 "/",
@@ -109,7 +111,12 @@ async fn rate_limit_layer_without_redis_fails_open_never_500() {
         let store = RedisRateLimitStore::new(&backend).with_fallback(fallback);
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
-            .layer(RateLimitLayer::with_store(&config, p.clone(), store).unwrap());
+            .layer(
+                RateLimitLayer::builder(config.clone(), p.clone())
+                    .store(Arc::new(store))
+                    .build()
+                    .unwrap(),
+            );
         let mut ok = 0;
         for _ in 0..10 {
             let mut req = Request::get("/").body(Body::empty()).unwrap();

@@ -204,7 +204,7 @@ async fn two_replicas_share_one_budget() {
     let a = RedisRateLimitStore::new(&t.backend());
     let b = RedisRateLimitStore::new(&t.backend());
     let p = pseudonymizer();
-    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"alice")).store_key();
+    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"alice"));
     // 50 per hour, stacked with 1000 per day.
     let limits = [
         Limit::new(50, Duration::from_secs(3_600), 50).unwrap(),
@@ -243,7 +243,7 @@ async fn two_replicas_share_one_budget() {
     // The key expires when the state would be full again: about the daily window's
     // share of 50 units (50 * 86.4 s), not later.
     let pttl: i64 = redis::cmd("PTTL")
-        .arg(a.backend().key(&key))
+        .arg(a.backend().key_of(&key.store_key()))
         .query(&mut t.connection())
         .unwrap();
     let full_again: i64 = 50 * 86_400_000 / 1_000;
@@ -256,7 +256,7 @@ async fn two_replicas_share_one_budget() {
 async fn redis_time_overrides_a_skewed_caller_clock() {
     let Some(t) = TestRedis::new() else { return };
     let store = RedisRateLimitStore::new(&t.backend());
-    let key = RateLimitKey::new(pseudonymizer().digest(Domain::SUBJECT, b"bob")).store_key();
+    let key = RateLimitKey::new(pseudonymizer().digest(Domain::SUBJECT, b"bob"));
     let limits = [Limit::new(2, Duration::from_secs(60), 2).unwrap()];
     let real = SystemClock.now();
     let skewed_back = Timestamp::from_nanos(real.as_nanos() - 86_400_000_000_000);
@@ -315,13 +315,12 @@ async fn keys_are_namespaced_digests_and_hold_no_raw_identifier() {
             .insert(&session, record, Duration::from_secs(60))
             .await
             .unwrap();
-        let key = RateLimitKey::new(p.digest(Domain::SUBJECT, id.as_bytes())).store_key();
+        let key = RateLimitKey::new(p.digest(Domain::SUBJECT, id.as_bytes()));
         rl.check_and_spend(&key, &limits, 1, SystemClock.now())
             .await
             .unwrap();
         let scoped = RateLimitKey::scoped("login", p.digest(Domain::NETWORK, id.as_bytes()))
-            .unwrap()
-            .store_key();
+            .unwrap();
         rl.check_and_spend(&scoped, &limits, 1, SystemClock.now())
             .await
             .unwrap();
@@ -382,7 +381,7 @@ async fn keys_are_namespaced_digests_and_hold_no_raw_identifier() {
 async fn script_is_reloaded_after_noscript() {
     let Some(t) = TestRedis::new() else { return };
     let store = RedisRateLimitStore::new(&t.backend());
-    let key = RateLimitKey::new(pseudonymizer().digest(Domain::SUBJECT, b"carol")).store_key();
+    let key = RateLimitKey::new(pseudonymizer().digest(Domain::SUBJECT, b"carol"));
     let limits = [Limit::new(3, Duration::from_secs(60), 3).unwrap()];
     assert!(
         store
