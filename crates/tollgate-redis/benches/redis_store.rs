@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
         Limit::new(1_000_000, Duration::from_secs(1), 1_000_000).unwrap(),
         Limit::new(1_000_000_000, Duration::from_secs(86_400), 1_000_000_000).unwrap(),
     ];
-    let keys: Vec<StoreKey> = (0u32..1_024)
+    let keys: Vec<RateLimitKey> = (0u32..1_024)
         .map(|i| RateLimitKey::new(p.digest(Domain::SUBJECT, &i.to_be_bytes())))
         .collect();
     rt.block_on(backend.ping()).unwrap();
