@@ -104,9 +104,11 @@ impl TollgateConfig {
     /// The configuration in an already parsed TOML table, for a file that also holds
     /// an application's own sections (remove them first).
     pub fn from_table(table: toml::Table) -> Result<Self, crate::BuildError> {
-        toml::Value::Table(table).try_into().map_err(|e| crate::BuildError::Parse {
-            path: "<config>".into(),
-            cause: e.to_string(),
-        })
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| crate::BuildError::Parse {
+                path: "<config>".into(),
+                cause: e.to_string(),
+            })
     }
 }

@@ -276,9 +276,9 @@ impl Stores {
         Ok(Stores {
             shared: true,
             freeze_list: Arc::new(tollgate_redis::RedisFreezeList::new(&backend)),
-            sessions: Some(Arc::new(tollgate_redis::RedisStore::<tollgate_fingerprint::SessionRecord>::new(
-                &backend,
-            ))),
+            sessions: Some(Arc::new(tollgate_redis::RedisStore::<
+                tollgate_fingerprint::SessionRecord,
+            >::new(&backend))),
             rate_limits: Some(Arc::new(tollgate_redis::RedisRateLimitStore::new(&backend))),
         })
     }
@@ -411,10 +411,18 @@ impl Tollgate {
 
 /// The pseudonymizer from the environment variable, else the config, else (only
 /// without a shared store) a random secret, with a warning.
-fn pseudonymizer(config: &PseudonymConfig, clock: SharedClock, shared_store: bool) -> Result<Pseudonymizer, BuildError> {
+fn pseudonymizer(
+    config: &PseudonymConfig,
+    clock: SharedClock,
+    shared_store: bool,
+) -> Result<Pseudonymizer, BuildError> {
     let configured = match PseudonymSecret::from_env()? {
         Some(secret) => Some(secret),
-        None => config.secret.as_deref().map(PseudonymSecret::from_hex).transpose()?,
+        None => config
+            .secret
+            .as_deref()
+            .map(PseudonymSecret::from_hex)
+            .transpose()?,
     };
     let epoch = config.epoch.max(Duration::from_secs(1));
     match configured {

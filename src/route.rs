@@ -216,7 +216,9 @@ mod tests {
 
     #[test]
     fn keys_fall_back_to_default() {
-        let default = RoutePolicy::new().auth(AuthRequirement::Optional).log(LogProfile::Minimal);
+        let default = RoutePolicy::new()
+            .auth(AuthRequirement::Optional)
+            .log(LogProfile::Minimal);
         let me = RoutePolicy::new().auth(AuthRequirement::Required);
         let map = resolve([("default", &default), ("/v1/me", &me)], &ALL).unwrap();
         let at = |t: &str| map.get_for_path(Some(t), t).clone();
@@ -228,10 +230,7 @@ mod tests {
     #[test]
     fn keys_without_their_layer_are_refused() {
         let policy = RoutePolicy::new().scopes(["admin"]);
-        let none = Present {
-            auth: false,
-            ..ALL
-        };
+        let none = Present { auth: false, ..ALL };
         let err = resolve([("/admin/*", &policy)], &none).unwrap_err();
         assert_eq!(err.setting, "routes.\"/admin/*\".scopes");
         let skip_with_scopes = RoutePolicy::new().auth(AuthRequirement::Skip).scopes(["a"]);

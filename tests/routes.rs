@@ -112,7 +112,10 @@ async fn each_kind_of_route_behaves_as_configured() {
     for _ in 0..10 {
         let r = c.get("/health", "198.51.100.1", Some("Bearer garbage")).await;
         assert_eq!(r.status(), StatusCode::OK);
-        assert!(r.headers().get("ratelimit").is_none(), "an exempt route sends no RateLimit header");
+        assert!(
+            r.headers().get("ratelimit").is_none(),
+            "an exempt route sends no RateLimit header"
+        );
     }
 
     // optional: anonymous callers pass, invalid credentials do not.
@@ -126,7 +129,12 @@ async fn each_kind_of_route_behaves_as_configured() {
     let r = c.get("/v1/me", "198.51.100.3", None).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(is_problem(&r));
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
     let r = c.get("/v1/me", "198.51.100.3", Some(&bearer)).await;
     assert_eq!(r.status(), StatusCode::OK);
 
@@ -164,9 +172,15 @@ async fn each_kind_of_route_behaves_as_configured() {
 
     // The anonymous tier (3 a minute) applies where no route sets limits.
     for _ in 0..2 {
-        assert_eq!(c.get("/v1/items/2", "192.0.2.9", None).await.status(), StatusCode::OK);
+        assert_eq!(
+            c.get("/v1/items/2", "192.0.2.9", None).await.status(),
+            StatusCode::OK
+        );
     }
-    assert_eq!(c.get("/v1/items/2", "192.0.2.9", None).await.status(), StatusCode::OK);
+    assert_eq!(
+        c.get("/v1/items/2", "192.0.2.9", None).await.status(),
+        StatusCode::OK
+    );
     assert_eq!(
         c.get("/v1/items/2", "192.0.2.9", None).await.status(),
         StatusCode::TOO_MANY_REQUESTS
@@ -183,7 +197,10 @@ async fn each_kind_of_route_behaves_as_configured() {
         .find(|l| l["span"]["http.route"] == "/v1/status")
         .expect("the /v1/status line")["span"];
     assert!(status_line.get("principal").is_none(), "minimal: {status_line}");
-    assert!(status_line.get("client.network").is_none(), "minimal: {status_line}");
+    assert!(
+        status_line.get("client.network").is_none(),
+        "minimal: {status_line}"
+    );
     assert!(
         requests.iter().all(|l| l["span"]["http.route"] != "/health"),
         "a route with log = \"off\" wrote a line"

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use http::{Extensions, HeaderMap};
 use http::request::Parts;
+use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +168,12 @@ impl ClientConfig {
     /// let client = config.resolve(&ext, &headers, &p).unwrap();
     /// assert_eq!(client.network().to_string(), "198.51.100.0/24");
     /// ```
-    pub fn resolve(&self, extensions: &Extensions, headers: &HeaderMap, p: &Pseudonymizer) -> Option<ClientContext> {
+    pub fn resolve(
+        &self,
+        extensions: &Extensions,
+        headers: &HeaderMap,
+        p: &Pseudonymizer,
+    ) -> Option<ClientContext> {
         if let Some(client) = extensions.get::<ClientContext>() {
             return Some(*client);
         }

@@ -213,7 +213,9 @@ impl FreezeList for MemoryFreezeList {
     }
 
     fn unfreeze<'a>(&'a self, target: &'a FreezeTarget) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(std::future::ready(Ok(self.modify(|map| map.remove(target).is_some()))))
+        Box::pin(std::future::ready(Ok(
+            self.modify(|map| map.remove(target).is_some())
+        )))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<Freeze>, StoreError>> {

@@ -38,13 +38,13 @@ pub mod store;
 
 pub use client::{ClientConfig, ClientContext};
 pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp, system_clock};
-pub use config::ConfigError;
 pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
+pub use config::ConfigError;
 pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList, SharedFreezeList};
 pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};
 pub use principal::{CredentialKind, Principal, Scopes, Tier};
 pub use problem::{Problem, ProblemResponder, ProblemType};
-pub use route::{Route, RouteId, RouteMap, RouteTable};
 pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymizer};
+pub use route::{Route, RouteId, RouteMap, RouteTable};
 pub use session::{SessionHealth, SessionInfo, SessionReason, SessionReasons};
 pub use store::{BoxFuture, FailurePolicy, MemoryCache, MemoryStore, StateStore, StoreError, StoreKey};

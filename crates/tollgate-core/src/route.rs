@@ -215,10 +215,7 @@ impl RouteTable {
     pub fn resolve_and_insert<B>(&self, req: &mut Request<B>) -> RouteId {
         let id = self.resolve(req.extensions(), req.uri().path());
         if !self.is_empty() {
-            req.extensions_mut().insert(Route {
-                table: self.id(),
-                id,
-            });
+            req.extensions_mut().insert(Route { table: self.id(), id });
         }
         id
     }
@@ -373,7 +370,10 @@ mod tests {
         assert_eq!(at(Some("/v1/items/{id}"), "/v1/items/3"), "/v1/items/{id}");
         assert_eq!(at(None, "/admin/unrouted"), "/admin/*");
         let no_catch_all = RouteTable::new(["/admin/*"]).unwrap();
-        assert_eq!(no_catch_all.resolve_path(Some("/administrator"), "/administrator"), RouteId::DEFAULT);
+        assert_eq!(
+            no_catch_all.resolve_path(Some("/administrator"), "/administrator"),
+            RouteId::DEFAULT
+        );
         assert_eq!(no_catch_all.resolve_path(None, "/v1"), RouteId::DEFAULT);
     }
 

@@ -72,4 +72,3 @@ fn record_completion(span: &Span, status: Option<u16>, latency_us: u64) {
     ];
     span.record_all(&names.value_set(&values));
 }
-

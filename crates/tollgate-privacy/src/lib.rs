@@ -21,7 +21,7 @@ mod writer;
 pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
 pub use future::ResponseFuture;
 pub use layer::{PrivacyTraceBuilder, PrivacyTraceLayer};
-pub use service::{PrivacyTraceService, TARGET, UNMATCHED_ROUTE};
 pub use log::{ADDRESS_LOGGING_TARGETS, JsonLogLayer, json_layer};
+pub use service::{PrivacyTraceService, TARGET, UNMATCHED_ROUTE};
 pub use trace_id::{TraceId, TraceIdHex};
 pub use writer::{BatchLine, BatchWriter, FlushGuard};

@@ -52,7 +52,9 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let config = &*self.config;
-        let profile = *config.routes.get(config.routes.table().resolve_and_insert(&mut req));
+        let profile = *config
+            .routes
+            .get(config.routes.table().resolve_and_insert(&mut req));
         let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
         let trace_id = TraceId::from_headers_or_new(req.headers());
         let span = open_span(
@@ -153,4 +155,3 @@ fn allowlisted_headers(allow: &[HeaderName], headers: &http::HeaderMap) -> Strin
     }
     out
 }
-

@@ -179,9 +179,7 @@ fn identifying_headers_cannot_be_allowlisted() {
         let err = PrivacyTraceLayer::from_config(&headers(&[name]), pseudonymizer()).unwrap_err();
         assert!(err.to_string().contains("privacy.log_headers"), "{err}");
     }
-    assert!(
-        PrivacyTraceLayer::from_config(&headers(&["not a header"]), pseudonymizer()).is_err()
-    );
+    assert!(PrivacyTraceLayer::from_config(&headers(&["not a header"]), pseudonymizer()).is_err());
 }
 
 #[test]

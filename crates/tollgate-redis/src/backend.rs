@@ -124,7 +124,8 @@ impl RedisBackend {
         config.backend = crate::StoreBackend::Redis;
         config.validate()?;
         let url = config.resolved_url()?;
-        let client = redis::Client::open(url.as_str()).map_err(|_| ConfigError::new("store.url", "not a valid Redis URL"))?;
+        let client = redis::Client::open(url.as_str())
+            .map_err(|_| ConfigError::new("store.url", "not a valid Redis URL"))?;
         let prefix = match &config.namespace {
             Some(ns) => format!("tollgate:{ns}:"),
             None => "tollgate:".to_string(),

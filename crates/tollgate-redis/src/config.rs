@@ -244,7 +244,12 @@ impl StoreConfig {
         within("store.timeout", self.timeout, ms(1), ms(60_000))?;
         within("store.connect_timeout", self.connect_timeout, ms(1), ms(60_000))?;
         within("store.retry_interval", self.retry_interval, ms(10), ms(600_000))?;
-        within("store.freeze.heartbeat", self.freeze.heartbeat, ms(10), ms(600_000))?;
+        within(
+            "store.freeze.heartbeat",
+            self.freeze.heartbeat,
+            ms(10),
+            ms(600_000),
+        )?;
         within(
             "store.freeze.resync_interval",
             self.freeze.resync_interval,

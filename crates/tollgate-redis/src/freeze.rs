@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use redis::Script;
 use tokio::sync::watch;
 use tollgate_core::clock::{SharedClock, system_clock};
-use tollgate_core::{BoxFuture, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError};
+use tollgate_core::{
+    BoxFuture, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError,
+};
 
 use crate::backend::RedisBackend;
 use crate::config::FreezeConfig;
@@ -476,9 +478,6 @@ impl RedisFreezeList {
         }
     }
 
-    /// Answers at once from the local copy while it is current; `None` otherwise (the
-    /// caller then awaits [`check`](FreezeList::check), which reads Redis).
-
     async fn freeze_async(&self, freeze: Freeze) -> Result<(), StoreError> {
         let s = &self.0.shared;
         let value = serde_json::to_string(&freeze)
@@ -575,6 +574,8 @@ impl FreezeList for RedisFreezeList {
         Box::pin(self.check_async(principal))
     }
 
+    /// Answers at once from the local copy while it is current; `None` otherwise (the
+    /// caller then awaits [`check`](FreezeList::check), which reads Redis).
     fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
         let s = &self.0.shared;
         s.synced

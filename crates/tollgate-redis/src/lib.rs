@@ -77,8 +77,8 @@ mod store;
 
 pub use backend::{RedisBackend, RedisStats};
 pub use config::{
-    FreezeConfig, RateLimitClock, RateLimitFallback, RateLimitStoreConfig, SessionStoreConfig,
-    StoreBackend, StoreConfig,
+    FreezeConfig, RateLimitClock, RateLimitFallback, RateLimitStoreConfig, SessionStoreConfig, StoreBackend,
+    StoreConfig,
 };
 pub use freeze::RedisFreezeList;
 pub use ratelimit::RedisRateLimitStore;

@@ -177,7 +177,12 @@ where
         Box::pin(self.get_async(key))
     }
 
-    fn insert<'a>(&'a self, key: &'a StoreKey, value: V, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn insert<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        value: V,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.insert_async(key, value, ttl))
     }
 

@@ -223,7 +223,7 @@ async fn redis_killed_and_restarted_mid_test() {
     let skey = StoreKey::new("session", &p.digest(Domain::SESSION, b"s"));
 
     let spend = |store: &RedisRateLimitStore, key: &RateLimitKey| {
-        let (store, key) = (store.clone(), key.clone());
+        let (store, key) = (store.clone(), *key);
         async move {
             let mut allowed = 0;
             for _ in 0..8 {

@@ -109,14 +109,12 @@ async fn rate_limit_layer_without_redis_fails_open_never_500() {
         })
         .unwrap();
         let store = RedisRateLimitStore::new(&backend).with_fallback(fallback);
-        let app = Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(
-                RateLimitLayer::builder(config.clone(), p.clone())
-                    .store(Arc::new(store))
-                    .build()
-                    .unwrap(),
-            );
+        let app = Router::new().route("/", get(|| async { "ok" })).layer(
+            RateLimitLayer::builder(config.clone(), p.clone())
+                .store(Arc::new(store))
+                .build()
+                .unwrap(),
+        );
         let mut ok = 0;
         for _ in 0..10 {
             let mut req = Request::get("/").body(Body::empty()).unwrap();

@@ -214,7 +214,7 @@ async fn two_replicas_share_one_budget() {
     let mut tasks = Vec::new();
     for i in 0..160 {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let (key, limits) = (key.clone(), limits.clone());
+        let (key, limits) = (key, limits.clone());
         tasks.push(tokio::spawn(async move {
             store
                 .check_and_spend(&key, &limits[..], 1, SystemClock.now())
@@ -319,8 +319,7 @@ async fn keys_are_namespaced_digests_and_hold_no_raw_identifier() {
         rl.check_and_spend(&key, &limits, 1, SystemClock.now())
             .await
             .unwrap();
-        let scoped = RateLimitKey::scoped("login", p.digest(Domain::NETWORK, id.as_bytes()))
-            .unwrap();
+        let scoped = RateLimitKey::scoped("login", p.digest(Domain::NETWORK, id.as_bytes())).unwrap();
         rl.check_and_spend(&scoped, &limits, 1, SystemClock.now())
             .await
             .unwrap();
