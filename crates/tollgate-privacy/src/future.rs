@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::fields;
 use tracing::Span;
 
-use crate::service::TARGET;
+use crate::TARGET;
 
 pin_project! {
     /// The response future of [`PrivacyTraceService`](crate::PrivacyTraceService): records status and latency and emits

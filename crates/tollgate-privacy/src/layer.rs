@@ -2,22 +2,12 @@
 
 use std::sync::Arc;
 
-use http::HeaderName;
 use tollgate_core::inventory::FieldSpec;
 use tollgate_core::{ClientConfig, ConfigError, Pseudonymizer, RouteMap};
 use tower::Layer;
 
 use crate::config::{LogProfile, PrivacyConfig, allowed_header};
-use crate::service::PrivacyTraceService;
-
-/// What the service reads per request.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) pseudonymizer: Pseudonymizer,
-    pub(crate) client: ClientConfig,
-    pub(crate) log_headers: Vec<HeaderName>,
-    pub(crate) routes: RouteMap<LogProfile>,
-}
+use crate::service::{Config, PrivacyTraceService};
 
 /// Opens one span per request, with every field of [`tollgate_core::fields::ALL`]
 /// declared so the layers inside can record into it, and emits one completion event

@@ -22,6 +22,11 @@ pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
 pub use future::ResponseFuture;
 pub use layer::{PrivacyTraceBuilder, PrivacyTraceLayer};
 pub use log::{ADDRESS_LOGGING_TARGETS, JsonLogLayer, json_layer};
-pub use service::{PrivacyTraceService, TARGET, UNMATCHED_ROUTE};
+pub use service::PrivacyTraceService;
+
+/// The `target` of request spans and their completion events.
+pub const TARGET: &str = "tollgate::request";
+/// The route recorded when no route matched: the raw path is never logged.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 pub use trace_id::{TraceId, TraceIdHex};
 pub use writer::{BatchLine, BatchWriter, FlushGuard};

@@ -22,7 +22,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use tollgate_core::{Clock, SystemClock};
 
-use crate::service::TARGET;
+use crate::TARGET;
 
 /// A tracing-subscriber layer that writes every event as one JSON line, with the
 /// fields of its enclosing tollgate request span under `span` and the time to the

@@ -7,22 +7,27 @@ use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use http::{HeaderName, Request, Response};
-use tollgate_core::fields;
+use tollgate_core::{ClientConfig, Pseudonymizer, RouteMap, fields};
 use tower::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::config::LogProfile;
 use crate::future::ResponseFuture;
-use crate::layer::Config;
 use crate::trace_id::TraceId;
+use crate::{TARGET, UNMATCHED_ROUTE};
 
-/// The `target` of request spans and their completion events.
-pub const TARGET: &str = "tollgate::request";
-/// The route recorded when no route matched: the raw path is never logged.
-pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 /// Longest header value logged; longer values are cut.
 const MAX_HEADER_VALUE: usize = 64;
+
+/// What the service reads per request.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) pseudonymizer: Pseudonymizer,
+    pub(crate) client: ClientConfig,
+    pub(crate) log_headers: Vec<HeaderName>,
+    pub(crate) routes: RouteMap<LogProfile>,
+}
 
 /// The service made by [`PrivacyTraceLayer`](crate::PrivacyTraceLayer).
 #[derive(Clone, Debug)]
