@@ -905,6 +905,7 @@ impl<K: Hash + Eq + Clone, V, E: Evict<V>> ShardedMap<K, V, E> {
     /// assert_eq!(add(5), 0);
     /// assert_eq!(map.get(&1, now), None);
     /// ```
+    #[inline]
     pub fn entry<R>(&self, key: &K, now: Timestamp, f: impl FnOnce(Entry<'_, K, V, E>) -> R) -> R {
         let n = now.as_nanos();
         let mut guard = self.lock(key);
