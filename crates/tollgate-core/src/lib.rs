@@ -18,6 +18,7 @@
 //! - [`config`]: the configuration error and duration format every section shares.
 //! - [`future`]: the response future of layers that may answer early.
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 pub mod client;
 pub mod clock;

@@ -68,6 +68,7 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 mod backend;
 pub mod config;

@@ -16,6 +16,7 @@
 //! # });
 //! ```
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 pub mod app;
 pub mod eval;
