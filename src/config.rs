@@ -37,11 +37,14 @@ impl Default for PseudonymConfig {
 /// the privacy trace layer always runs.
 ///
 /// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let config = tollgate::TollgateConfig::from_toml(r#"
 ///     [pseudonym]
+///     secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 ///     epoch = "1h"
 ///
 ///     [ratelimit]
+///     default_tier = "free"
 ///     anonymous_tier = "free"
 ///     [ratelimit.tiers.free]
 ///     limits = [{ name = "burst", quota = 10, window = "1s" }]
@@ -52,7 +55,11 @@ impl Default for PseudonymConfig {
 /// "#).unwrap();
 /// assert_eq!(config.pseudonym.epoch, std::time::Duration::from_secs(3600));
 /// assert!(config.auth.is_none());
-/// assert!(config.routes.contains_key("/health"));
+///
+/// let stack = tollgate::Tollgate::from_config(&config).await.unwrap();
+/// let health = stack.routes().get_for_path(Some("/health"), "/health");
+/// assert_eq!(health.log, Some(tollgate::privacy::LogProfile::Minimal));
+/// # });
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
