@@ -5,7 +5,15 @@
 //!
 //! ```text
 //! cargo run --release -p tollgate-loadtest -- run --duration 10
+//! cargo run --release -p tollgate-loadtest -- callgrind     # instructions per request
 //! ```
+//!
+//! `callgrind` counts the server's instructions per request, a figure that repeats
+//! to a fraction of a percent where wall-clock throughput on a shared machine moves
+//! by tens of percent: each variant runs under `valgrind --tool=callgrind`, takes
+//! warm-up requests, then N and then M more GETs over one keep-alive connection
+//! (the counters dumped after each batch), and the difference between the two
+//! batches' counts divided by M - N is the cost of one request, start-up excluded.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -55,6 +63,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Count instructions per request of every variant under callgrind.
+    Callgrind {
+        /// Requests in the first batch.
+        #[arg(long, default_value_t = 500)]
+        first: u32,
+        /// Requests in the second batch (larger than the first).
+        #[arg(long, default_value_t = 2_500)]
+        second: u32,
+    },
     /// Print a valid ES256 token for the test API.
     Token,
 }
@@ -90,6 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             threads,
             rounds,
         } => run(duration, connections, threads, rounds),
+        Cmd::Callgrind { first, second } => callgrind(first, second),
         Cmd::Token => {
             println!("{}", token());
             Ok(())
@@ -305,4 +323,174 @@ fn run(duration: u64, connections: u32, threads: u32, rounds: u32) -> Result<(),
         println!("| {} | {:.0} | {:.2} |", variant.name(), rps, rps / medians[0]);
     }
     Ok(())
+}
+
+/// Instructions per request of every variant, measured as the module doc says.
+fn callgrind(first: u32, second: u32) -> Result<(), Box<dyn std::error::Error>> {
+    if second <= first {
+        return Err("--second must be larger than --first".into());
+    }
+    let token = token();
+    let dir = std::env::temp_dir().join(format!("tollgate-callgrind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut rows = Vec::new();
+    for (i, variant) in Variant::ALL.into_iter().enumerate() {
+        let addr: SocketAddr = format!("127.0.0.1:{}", 18_180 + i as u16).parse()?;
+        let out = dir.join(format!("{variant:?}"));
+        let child = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}.%p", out.display()))
+            .arg(std::env::current_exe()?)
+            .args(["serve", &format!("{variant:?}").to_lowercase(), "--addr", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run valgrind (apt-get install valgrind): {e}"))?;
+        let pid = child.id();
+        let server = Server(child);
+        let mut conn = connect_within(addr, Duration::from_secs(120))?;
+        let mut request = Request::new(&token, addr);
+        request.send_many(&mut conn, 100)?;
+        let base = dump(pid, &out)?;
+        request.send_many(&mut conn, first)?;
+        let after_first = dump(pid, &out)?;
+        request.send_many(&mut conn, second)?;
+        let after_second = dump(pid, &out)?;
+        drop(server);
+        let per_request = ((after_second - after_first) - (after_first - base)) as f64 / f64::from(second - first);
+        eprintln!("{:<58} {per_request:>10.0} instructions/request", variant.name());
+        rows.push((variant, per_request));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "valgrind --tool=callgrind, GET /v1/items/42 with an ES256 bearer token over one keep-alive connection, \
+         (count after {second} - count after {first}) / {}\n",
+        second - first
+    );
+    println!("| variant | instructions per request | ratio to bare axum |");
+    println!("|---|---:|---:|");
+    for (variant, n) in &rows {
+        println!("| {} | {:.0} | {:.2} |", variant.name(), n, n / rows[0].1);
+    }
+    Ok(())
+}
+
+fn connect_within(addr: SocketAddr, limit: Duration) -> Result<std::net::TcpStream, Box<dyn std::error::Error>> {
+    let start = std::time::Instant::now();
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(conn) => return Ok(conn),
+            Err(_) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("the server under valgrind did not start on {addr}: {e}").into()),
+        }
+    }
+}
+
+/// One GET, sent again and again over a keep-alive connection.
+struct Request {
+    bytes: Vec<u8>,
+    buffer: Vec<u8>,
+}
+
+impl Request {
+    fn new(token: &str, addr: SocketAddr) -> Self {
+        let bytes = format!(
+            "GET /v1/items/42 HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+             user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n\
+             accept: */*\r\n\r\n"
+        )
+        .into_bytes();
+        Request {
+            bytes,
+            buffer: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Sends the request `n` times, reading each response whole (the answers are
+    /// small, with a content-length).
+    fn send_many(&mut self, conn: &mut std::net::TcpStream, n: u32) -> Result<(), Box<dyn std::error::Error>> {
+        use std::io::{Read, Write};
+        for _ in 0..n {
+            conn.write_all(&self.bytes)?;
+            let mut filled = 0;
+            loop {
+                let read = conn.read(&mut self.buffer[filled..])?;
+                if read == 0 {
+                    return Err("the server closed the connection".into());
+                }
+                filled += read;
+                if let Some(total) = response_length(&self.buffer[..filled]) {
+                    if !self.buffer.starts_with(b"HTTP/1.1 200") {
+                        let head = String::from_utf8_lossy(&self.buffer[..filled.min(200)]).into_owned();
+                        return Err(format!("unexpected answer: {head}").into());
+                    }
+                    if filled >= total {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The length of a response (head and body) once its head is complete.
+fn response_length(bytes: &[u8]) -> Option<usize> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
+    let body = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    Some(head_end + body)
+}
+
+/// Dumps the server's counters and returns the instructions counted since it started.
+fn dump(pid: u32, out: &std::path::Path) -> Result<u64, Box<dyn std::error::Error>> {
+    let before = dumps(pid, out)?.len();
+    let status = Command::new("callgrind_control")
+        .args(["--dump", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err("callgrind_control --dump failed".into());
+    }
+    // The dump is written by the server in its own time: wait until it is complete.
+    for _ in 0..600 {
+        let files = dumps(pid, out)?;
+        let totals: Option<Vec<u64>> = files.iter().map(|f| totals(f)).collect();
+        if files.len() > before
+            && let Some(totals) = totals
+        {
+            // Each dump holds the counts since the one before: the total is their sum.
+            return Ok(totals.iter().sum());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("callgrind wrote no dump within 30 s".into())
+}
+
+/// The dump files of `pid` so far.
+fn dumps(pid: u32, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>, Box<dyn std::error::Error>> {
+    let prefix = format!("{}.{pid}.", out.file_name().and_then(|n| n.to_str()).unwrap_or_default());
+    let dir = out.parent().ok_or("no output directory")?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// The instruction total of a complete dump file (`None` while it is being written).
+fn totals(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
