@@ -523,21 +523,21 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().setting, "anomaly.enumeration.window");
         c.enumeration.window = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().setting, "anomaly.enumeration.window");
-        // The old keys with a unit suffix are refused, and durations are strings.
+        // Keys with a unit suffix are refused, and durations are strings.
         let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow_secs = 60");
         assert!(bad.unwrap_err().to_string().contains("unknown field"));
         let bad: Result<AnomalyConfig, _> = toml::from_str("[volume]\nwindow = 60");
         assert!(bad.is_err());
         let bad: Result<AnomalyConfig, _> = toml::from_str("[actions]\nvolume = \"explode\"");
         assert!(bad.is_err());
-        // Per-route policies are no longer part of this section.
+        // Per-route policies belong to `[routes]`, not to this section.
         let bad: Result<AnomalyConfig, _> = toml::from_str("[routes.\"/health\"]\nskip = true");
         assert!(bad.unwrap_err().to_string().contains("unknown field"));
     }
 
-    /// The snippet given to the demo gateway's `[anomaly]` section.
+    /// A full `[anomaly]` section, as mounted in a stack's file.
     #[test]
-    fn gateway_snippet_parses_and_validates() {
+    fn full_section_parses_and_validates() {
         let outer: toml::Table = toml::from_str(
             r#"
             [anomaly]

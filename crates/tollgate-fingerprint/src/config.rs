@@ -233,7 +233,7 @@ mod tests {
         assert!(toml::from_str::<FingerprintConfig>("polcy = \"tag\"").is_err());
         assert!(toml::from_str::<FingerprintConfig>("[dimensions]\nuser_agnet = true").is_err());
         assert!(toml::from_str::<FingerprintConfig>("policy = \"block\"").is_err());
-        // Durations are strings with units; the old second counts are refused.
+        // Durations are strings with units: suffixed keys and bare numbers are refused.
         assert!(toml::from_str::<FingerprintConfig>("session_ttl_secs = 60").is_err());
         assert!(toml::from_str::<FingerprintConfig>("session_ttl = 60").is_err());
     }

@@ -85,7 +85,7 @@ const NANOS: u64 = 1_000_000_000;
 /// answers `NOSCRIPT`, e.g. after a restart) that reads the key's TATs, decides every
 /// stacked limit at once and stores the advanced TATs only if all admit, so two
 /// replicas can never both spend the last unit. The script reads Redis `TIME` (see
-/// [`RateLimitClock`]). The key (`tollgate:{namespace}:{store}:{digest}`) expires when
+/// [`RateLimitClock`]). The key (`tollgate:[ns:]rl:[scope:]{digest}`) expires when
 /// every budget would be full again. The [`Decision`] returned is computed by
 /// [`gcra::decide_all`] from the TATs and time the script used: the same function as
 /// the in-process store, so both decide alike (checked by a property test).

@@ -13,7 +13,8 @@ use tollgate_core::{BoxFuture, FailurePolicy, StateStore, StoreError, StoreKey};
 
 use crate::backend::RedisBackend;
 
-/// A [`StateStore`] on Redis: values as JSON under `tollgate:{namespace}:{ns}:{digest}`,
+/// A [`StateStore`] on Redis: values as JSON under their [`StoreKey`], with the
+/// `[store] namespace` inserted (`tollgate:[ns:]session:{digest}` for session records),
 /// each with its TTL set in Redis (`SET … PX`), so Redis drops them by itself.
 ///
 /// On failure (Redis unreachable, slow, or down per the backend's breaker):

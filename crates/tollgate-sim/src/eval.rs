@@ -167,7 +167,7 @@ pub fn score(
 }
 
 impl Report {
-    /// Checks the bounds: recall of at least `min_recall` per attack type of
+    /// Checks the detection bounds: recall of at least `min_recall` per attack type of
     /// the default mix and a false-positive rate of at most `max_fpr`. (Idle-owner
     /// replays, outside the default mix, are reported but not bounded.)
     pub fn check(&self, min_recall: f64, max_fpr: f64) -> Result<(), String> {
