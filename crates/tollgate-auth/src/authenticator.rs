@@ -31,7 +31,7 @@ pub(crate) struct Authenticator {
     pub(crate) introspection: Option<Introspector>,
     pub(crate) introspection_tiers: TierPolicy,
     pub(crate) freeze: SharedFreezeList,
-    pub(crate) freeze_failure: FailurePolicy,
+    pub(crate) on_store_failure: FailurePolicy,
     pub(crate) max_freeze_ttl: Duration,
     pub(crate) source: CredentialSource,
     pub(crate) tiers: TierPolicy,
@@ -125,12 +125,12 @@ impl Authenticator {
             Ok(None) => Ok(()),
             Ok(Some(_)) => Err(AuthError::Frozen),
             Err(e) => {
-                let policy = match self.freeze_failure {
+                let policy = match self.on_store_failure {
                     FailurePolicy::Open => "open",
                     FailurePolicy::Closed => "closed",
                 };
                 tracing::warn!(error = %e, policy, "freeze list unavailable");
-                match self.freeze_failure {
+                match self.on_store_failure {
                     FailurePolicy::Open => Ok(()),
                     FailurePolicy::Closed => Err(AuthError::FreezeListUnavailable),
                 }

@@ -321,7 +321,7 @@ impl AuthBuilder {
             introspection,
             introspection_tiers,
             freeze,
-            freeze_failure: c.freeze_failure,
+            on_store_failure: c.on_store_failure,
             max_freeze_ttl: c.max_freeze_ttl,
             source: CredentialSource {
                 api_key_header,

@@ -49,8 +49,9 @@ pub struct AuthConfig {
     /// The longest a verified token is cached (default `"5m"`); never past its `exp`.
     #[serde(with = "tollgate_core::config::duration")]
     pub cache_max_ttl: Duration,
-    /// What happens when the freeze list cannot answer: `closed` (default, 503) or `open`.
-    pub freeze_failure: FailurePolicy,
+    /// What happens when this layer's store, the freeze list, cannot answer: `closed`
+    /// (default, 503) or `open`.
+    pub on_store_failure: FailurePolicy,
     /// The longest freeze the admin handlers create (default `"30d"`).
     #[serde(with = "tollgate_core::config::duration")]
     pub max_freeze_ttl: Duration,
@@ -74,7 +75,7 @@ impl Default for AuthConfig {
             tiers: Vec::new(),
             cache_max_entries: 100_000,
             cache_max_ttl: Duration::from_secs(300),
-            freeze_failure: FailurePolicy::Closed,
+            on_store_failure: FailurePolicy::Closed,
             max_freeze_ttl: Duration::from_secs(30 * 86_400),
             jwt: None,
             api_keys: Vec::new(),

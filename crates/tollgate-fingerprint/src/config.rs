@@ -146,7 +146,7 @@ pub struct FingerprintConfig {
     pub freeze_for: Duration,
     /// What happens when the session store cannot answer: `open` lets the request
     /// through without a verdict, `closed` answers 503. Default `open`.
-    pub store_failure: FailurePolicy,
+    pub on_store_failure: FailurePolicy,
     /// Parsed user-agent families kept in process, keyed by a per-process keyed hash
     /// of the header. Default 10 000; 0 parses every request.
     pub user_agent_cache: u64,
@@ -168,7 +168,7 @@ impl Default for FingerprintConfig {
             act_on: ActOn::Unhealthy,
             report_only: false,
             freeze_for: Duration::from_secs(86_400),
-            store_failure: FailurePolicy::Open,
+            on_store_failure: FailurePolicy::Open,
             user_agent_cache: 10_000,
         }
     }

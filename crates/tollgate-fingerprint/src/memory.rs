@@ -26,7 +26,7 @@ use crate::store::{SessionCell, SessionStore, session_key};
 /// The cells sit in a [`ShardedMap`], each with a deadline one TTL after its
 /// session's last request. A session idle for the TTL counts as absent at once, and
 /// is removed by a small sweep on every insertion of a new session, by eviction, or
-/// by [`MemorySessionStore::run_pending_tasks`]. When a shard is full, a new session
+/// by [`MemorySessionStore::purge_expired`]. When a shard is full, a new session
 /// replaces the sampled session idle the longest (an expired one if the sample holds
 /// one). The TTL given to [`SessionStore::observe`] is ignored: the store's own applies.
 ///
@@ -114,13 +114,13 @@ impl MemorySessionStore {
     }
 
     /// The number of sessions (expired ones included until
-    /// [`MemorySessionStore::run_pending_tasks`] or the sweep removes them).
+    /// [`MemorySessionStore::purge_expired`] or the sweep removes them).
     pub fn entry_count(&self) -> u64 {
         self.inner.cells.len() as u64
     }
 
     /// Removes expired sessions now; tests use it to read an exact count.
-    pub fn run_pending_tasks(&self) {
+    pub fn purge_expired(&self) {
         self.inner.cells.purge_expired(self.now());
     }
 
@@ -237,7 +237,7 @@ mod tests {
             assert!(store.entry_count() <= 4);
         }
         clock.set(Timestamp::from_secs(10_000));
-        store.run_pending_tasks();
+        store.purge_expired();
         assert_eq!(store.entry_count(), 0);
     }
 

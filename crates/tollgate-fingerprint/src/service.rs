@@ -149,7 +149,7 @@ where
                 Ok(record) => record,
                 Err(error) => {
                     tracing::warn!(target: "tollgate::fingerprint", %error, "session store unavailable");
-                    return match judge.config.store_failure {
+                    return match judge.config.on_store_failure {
                         FailurePolicy::Open => inner.call(req).await,
                         FailurePolicy::Closed => Ok(judge.responder.respond(
                             Problem::new(types::UNAVAILABLE).with_detail("the session store is unavailable"),

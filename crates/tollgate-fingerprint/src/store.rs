@@ -47,7 +47,7 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// `f` may run more than once if the store retries a conflicting write, so it
     /// must do nothing but compute its result. An error means the record could not
-    /// be read: the layer then applies its `store_failure` policy. A record computed
+    /// be read: the layer then applies its `on_store_failure` policy. A record computed
     /// but not saved is logged and returned, so the request still gets its verdict.
     fn observe<'a>(
         &'a self,

@@ -73,7 +73,7 @@ async fn the_store_stays_bounded_under_many_sessions() {
         let r = send(&svc, request(&env, &principal, "198.51.100.7")).await;
         assert_eq!(health(&r), "healthy");
     }
-    store.run_pending_tasks();
+    store.purge_expired();
     assert!(store.entry_count() <= 500, "{} records", store.entry_count());
     assert!(store.entry_count() > 0);
 }
@@ -106,7 +106,7 @@ async fn records_expire_with_their_ttl() {
     env.clock.advance(Duration::from_millis(1));
     assert!(store.record(&credential).is_none());
     assert!(store.entries().is_empty());
-    store.run_pending_tasks();
+    store.purge_expired();
     assert_eq!(store.entry_count(), 0);
     // The inventory states that retention.
     let declared = layer.inventory();
@@ -244,7 +244,7 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() {
 
     let closed = env
         .builder(&FingerprintConfig {
-            store_failure: FailurePolicy::Closed,
+            on_store_failure: FailurePolicy::Closed,
             ..FingerprintConfig::default()
         })
         .store(Arc::new(remote.clone()))

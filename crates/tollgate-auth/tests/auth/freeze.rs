@@ -207,7 +207,7 @@ async fn an_unreachable_freeze_list_follows_its_failure_policy() {
         .await
         .unwrap();
     let mut cfg = config(None);
-    cfg.freeze_failure = tollgate_core::FailurePolicy::Open;
+    cfg.on_store_failure = tollgate_core::FailurePolicy::Open;
     let open = AuthLayer::builder(cfg, pseudonymizer())
         .freeze_list(Arc::new(list.clone()))
         .build()
