@@ -1,10 +1,8 @@
 //! Privacy canary: known identifiers go through the layer with every detector
 //! firing; none of them may appear in any log byte, span field, header or store key.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -15,49 +13,27 @@ use http::StatusCode;
 use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer};
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    Clock, CredentialKind, FakeClock, FreezeList, MemoryFreezeList, Principal, PseudonymSecret,
-    Pseudonymizer, SessionHealth, SessionInfo, SessionReasons, Timestamp,
+    Clock, CredentialKind, FreezeList, MemoryFreezeList, Principal, SessionHealth, SessionInfo,
+    SessionReasons,
 };
 use tollgate_ratelimit::MemoryRateLimitStore;
+use tollgate_test_support::canary::{self, EMAIL, IP, SUBJECT, USER_AGENT};
+use tollgate_test_support::{LogCapture, clock, pseudonymizer_with_clock};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-const SUBJECT: &str = "alice.canary@example.com";
+/// The second subject, sending from the same network (credential stuffing).
+const OTHER_SUBJECT: &str = "bob.canary@example.com";
 const KEY_ID: &str = "key-CANARY-5f3a9";
-const IP: &str = "203.0.113.77";
-const USER_AGENT: &str = "CanaryAgent/9.9 (X11; Linux)";
 const OBJECT_ID: &str = "CANARYID777";
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn no_identifier_reaches_logs_headers_or_store_keys() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::new();
+    let _guard = capture.set_default();
 
-    let clock = FakeClock::new(Timestamp::from_secs(1_700_000_000));
-    let p = Pseudonymizer::with_clock(
-        PseudonymSecret::from_bytes(&[77; 32]).unwrap(),
-        Duration::from_secs(86_400),
-        Arc::new(clock.clone()),
-    );
+    let clock = clock();
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::with_clock(100, Arc::new(clock.clone()));
     let throttle_store = MemoryRateLimitStore::new(1_000);
     let mut config = AnomalyConfig::default();
@@ -114,16 +90,9 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
     let mut headers_seen = String::new();
     for i in 0..12 {
         let mut req = http::Request::builder()
-            .uri(format!("/v1/items/{OBJECT_ID}{i}?q={SUBJECT}"))
+            .uri(format!("/v1/items/{OBJECT_ID}{i}?q={EMAIL}"))
             .header("user-agent", USER_AGENT)
-            .header(
-                "x-subject",
-                if i % 2 == 0 {
-                    SUBJECT
-                } else {
-                    "bob.canary@example.com"
-                },
-            );
+            .header("x-subject", if i % 2 == 0 { SUBJECT } else { OTHER_SUBJECT });
         if i == 11 {
             req = req.header("x-shared", "1");
         }
@@ -138,7 +107,8 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
         headers_seen.push_str(&String::from_utf8_lossy(&body));
     }
 
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
+    assert!(logs.contains("request completed"), "the log output was captured");
     // The test is not vacuous: every detector that can fire here did, and acted.
     for needle in [
         "volume:",
@@ -167,17 +137,15 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
         serde_json::to_string(&freezes).unwrap()
     );
 
-    for canary in [
-        SUBJECT,
-        "bob.canary",
-        KEY_ID,
-        IP,
-        "203.0.113",
-        "CanaryAgent",
-        OBJECT_ID,
+    // Every canary sent, its distinctive pieces, and this test's own identifiers.
+    let needles = canary::FRAGMENTS
+        .iter()
+        .chain(&["bob.canary", KEY_ID, "203.0.113", OBJECT_ID]);
+    for (what, haystack) in [
+        ("the logs", &logs),
+        ("the responses", &headers_seen),
+        ("the stores", &stored),
     ] {
-        assert!(!logs.contains(canary), "{canary} leaked into logs: {logs}");
-        assert!(!headers_seen.contains(canary), "{canary} leaked into responses");
-        assert!(!stored.contains(canary), "{canary} leaked into stores");
+        canary::assert_absent(what, haystack, needles.clone());
     }
 }

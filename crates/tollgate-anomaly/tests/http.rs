@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer, AnomalyRoute, HealthLevel};
 use tollgate_core::{FreezeList, MemoryFreezeList, RouteMap};
+use tollgate_test_support::{clock, pseudonymizer_with_clock, serve};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -23,7 +24,7 @@ async fn problem_type(r: reqwest::Response) -> String {
 #[tokio::test]
 async fn block_stops_an_enumeration_and_the_caller_stays_blocked() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.enumeration.max_distinct_ids = 20;
@@ -33,7 +34,7 @@ async fn block_stops_an_enumeration_and_the_caller_stays_blocked() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly.clone()).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
 
     let mut blocked_at = None;
@@ -83,7 +84,7 @@ async fn block_stops_an_enumeration_and_the_caller_stays_blocked() {
 #[tokio::test]
 async fn throttle_holds_a_volume_spike_to_the_stricter_tier() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 10;
@@ -95,7 +96,7 @@ async fn throttle_holds_a_volume_spike_to_the_stricter_tier() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
 
     let mut statuses = Vec::new();
@@ -132,7 +133,7 @@ async fn throttle_holds_a_volume_spike_to_the_stricter_tier() {
 #[tokio::test]
 async fn freeze_puts_a_shared_token_on_the_freeze_list() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::with_clock(100, Arc::new(clock.clone()));
     let mut config = AnomalyConfig::default();
     config.token_sharing.min_health = HealthLevel::Unhealthy;
@@ -143,7 +144,7 @@ async fn freeze_puts_a_shared_token_on_the_freeze_list() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly.clone()).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
 
     let ok = c
@@ -210,7 +211,7 @@ async fn freeze_puts_a_shared_token_on_the_freeze_list() {
 #[tokio::test]
 async fn failure_watch_sees_auth_401s_and_blocks_the_network_before_auth() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.stuffing.max_failures = 10;
@@ -224,7 +225,7 @@ async fn failure_watch_sees_auth_401s_and_blocks_the_network_before_auth() {
         .layer(anomaly.clone())
         .layer(auth_layer(&p, &freeze))
         .layer(anomaly.failure_watch());
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
 
     let mut statuses = Vec::new();
@@ -258,7 +259,7 @@ async fn failure_watch_sees_auth_401s_and_blocks_the_network_before_auth() {
 #[tokio::test]
 async fn app_login_failures_count_without_the_watch_and_tag_a_lucky_success() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.stuffing.max_failures = 10;
@@ -268,7 +269,7 @@ async fn app_login_failures_count_without_the_watch_and_tag_a_lucky_success() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
     for _ in 0..12 {
         let r = c.post(format!("{base}/v1/login")).send().await.unwrap();
@@ -289,7 +290,7 @@ async fn app_login_failures_count_without_the_watch_and_tag_a_lucky_success() {
 #[tokio::test]
 async fn report_only_decides_but_does_not_enforce() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.enumeration.max_distinct_ids = 10;
@@ -301,7 +302,7 @@ async fn report_only_decides_but_does_not_enforce() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
     let mut last_header = None;
     for id in 0..40 {
@@ -330,7 +331,7 @@ async fn report_only_decides_but_does_not_enforce() {
 #[tokio::test]
 async fn route_policies_override_actions_and_skip_routes() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 5;
@@ -353,7 +354,7 @@ async fn route_policies_override_actions_and_skip_routes() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     let c = client();
     // Health checks are never counted or tagged.
     for _ in 0..20 {
@@ -394,7 +395,7 @@ async fn route_policies_override_actions_and_skip_routes() {
 #[tokio::test]
 async fn no_debug_header_by_default() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 1;
@@ -403,7 +404,7 @@ async fn no_debug_header_by_default() {
         .build()
         .unwrap();
     let app = routes().layer(anomaly).layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     for _ in 0..3 {
         let r = client()
             .get(format!("{base}/v1/items/3"))
@@ -419,7 +420,7 @@ async fn no_debug_header_by_default() {
 #[tokio::test]
 async fn a_route_policy_relaxes_one_route_of_an_app_wide_layer() {
     let clock = clock();
-    let p = pseudonymizer(&clock);
+    let p = pseudonymizer_with_clock(&clock);
     let freeze = MemoryFreezeList::new(100);
     let mut config = AnomalyConfig::default();
     config.volume.default_norm = 2;
@@ -442,7 +443,7 @@ async fn a_route_policy_relaxes_one_route_of_an_app_wide_layer() {
         .route("/v1/bulk", axum::routing::get(|| async { "bulk" }))
         .layer(anomaly)
         .layer(auth_layer(&p, &freeze));
-    let base = serve(app).await;
+    let base = format!("http://{}", serve(app).await);
     for _ in 0..10 {
         let r = client()
             .get(format!("{base}/v1/bulk"))

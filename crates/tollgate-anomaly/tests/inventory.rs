@@ -4,14 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer};
-use tollgate_core::{MemoryFreezeList, Protection, PseudonymSecret, Pseudonymizer, Retention, Sink, fields};
-
-fn p() -> Pseudonymizer {
-    Pseudonymizer::new(
-        PseudonymSecret::from_bytes(&[4; 32]).unwrap(),
-        Duration::from_secs(86_400),
-    )
-}
+use tollgate_core::{MemoryFreezeList, Protection, Retention, Sink, fields};
+use tollgate_test_support::pseudonymizer;
 
 #[test]
 fn every_piece_of_state_is_declared_with_its_retention() {
@@ -19,7 +13,7 @@ fn every_piece_of_state_is_declared_with_its_retention() {
     config.volume.ttl = Duration::from_secs(7_200);
     config.penalties.freeze = Duration::from_secs(3_600);
     config.actions = config.actions.set(AnomalyKind::TokenSharing, Action::Freeze);
-    let layer = AnomalyLayer::builder(config, p())
+    let layer = AnomalyLayer::builder(config, pseudonymizer())
         .freeze_list(Arc::new(MemoryFreezeList::new(10)))
         .build()
         .unwrap();
@@ -58,7 +52,7 @@ fn every_piece_of_state_is_declared_with_its_retention() {
     assert!(get("rl:anomaly-throttle").sinks.contains(&Sink::Store));
     // The debug header is declared only when it is on.
     assert!(!inventory.iter().any(|f| f.name == "x-tollgate-anomaly"));
-    let with_header = AnomalyLayer::builder(AnomalyConfig::default(), p())
+    let with_header = AnomalyLayer::builder(AnomalyConfig::default(), pseudonymizer())
         .debug_header(true)
         .build()
         .unwrap()

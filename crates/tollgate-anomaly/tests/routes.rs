@@ -3,7 +3,6 @@
 //! outer layer already resolved.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,18 +13,11 @@ use http::Response;
 use tollgate_anomaly::{AnomalyConfig, AnomalyKind, AnomalyLayer, AnomalyRoute, AnomalyTags};
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    CredentialKind, FakeClock, Principal, PseudonymSecret, Pseudonymizer, RouteMap, RouteTable,
-    SessionHealth, SessionInfo, SessionReasons, Timestamp,
+    CredentialKind, FakeClock, Principal, Pseudonymizer, RouteMap, RouteTable, SessionHealth, SessionInfo,
+    SessionReasons,
 };
+use tollgate_test_support::{clock, pseudonymizer_with_clock};
 use tower::ServiceExt;
-
-fn pseudonymizer(clock: &FakeClock) -> Pseudonymizer {
-    Pseudonymizer::with_clock(
-        PseudonymSecret::from_bytes(&[21; 32]).unwrap(),
-        Duration::from_secs(86_400),
-        Arc::new(clock.clone()),
-    )
-}
 
 fn app() -> Router {
     let ok = || async { "ok" };
@@ -107,8 +99,8 @@ fn layer(p: &Pseudonymizer, clock: &FakeClock, routes: RouteMap<AnomalyRoute>) -
 
 #[tokio::test]
 async fn a_skipped_route_gets_no_tags() {
-    let clock = FakeClock::new(Timestamp::from_secs(1_700_000_000));
-    let p = pseudonymizer(&clock);
+    let clock = clock();
+    let p = pseudonymizer_with_clock(&clock);
     let routes = RouteMap::new(
         [("/health", AnomalyRoute::default().skip())],
         AnomalyRoute::default(),
@@ -136,8 +128,8 @@ async fn a_skipped_route_gets_no_tags() {
 
 #[tokio::test]
 async fn a_disabled_kind_is_not_tagged_on_its_route() {
-    let clock = FakeClock::new(Timestamp::from_secs(1_700_000_000));
-    let p = pseudonymizer(&clock);
+    let clock = clock();
+    let p = pseudonymizer_with_clock(&clock);
     let routes = RouteMap::new(
         [(
             "/v1/export/{id}",
@@ -168,8 +160,8 @@ async fn a_disabled_kind_is_not_tagged_on_its_route() {
 
 #[tokio::test]
 async fn a_wildcard_route_covers_its_subtree_and_the_most_specific_pattern_wins() {
-    let clock = FakeClock::new(Timestamp::from_secs(1_700_000_000));
-    let p = pseudonymizer(&clock);
+    let clock = clock();
+    let p = pseudonymizer_with_clock(&clock);
     let routes = RouteMap::new(
         [
             (
@@ -213,8 +205,8 @@ async fn a_wildcard_route_covers_its_subtree_and_the_most_specific_pattern_wins(
 
 #[tokio::test]
 async fn a_map_over_a_shared_table_reads_the_route_an_outer_layer_resolved() {
-    let clock = FakeClock::new(Timestamp::from_secs(1_700_000_000));
-    let p = pseudonymizer(&clock);
+    let clock = clock();
+    let p = pseudonymizer_with_clock(&clock);
     // As a stack's facade does: one table, each layer's values over it, and the
     // outermost layer resolving the route once.
     let table = RouteTable::new(["/health", "/admin/*"]).unwrap();

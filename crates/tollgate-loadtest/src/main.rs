@@ -341,7 +341,12 @@ fn callgrind(first: u32, second: u32) -> Result<(), Box<dyn std::error::Error>> 
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}.%p", out.display()))
             .arg(std::env::current_exe()?)
-            .args(["serve", &format!("{variant:?}").to_lowercase(), "--addr", &addr.to_string()])
+            .args([
+                "serve",
+                &format!("{variant:?}").to_lowercase(),
+                "--addr",
+                &addr.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -357,7 +362,8 @@ fn callgrind(first: u32, second: u32) -> Result<(), Box<dyn std::error::Error>> 
         request.send_many(&mut conn, second)?;
         let after_second = dump(pid, &out)?;
         drop(server);
-        let per_request = ((after_second - after_first) - (after_first - base)) as f64 / f64::from(second - first);
+        let per_request =
+            ((after_second - after_first) - (after_first - base)) as f64 / f64::from(second - first);
         eprintln!("{:<58} {per_request:>10.0} instructions/request", variant.name());
         rows.push((variant, per_request));
     }
@@ -375,7 +381,10 @@ fn callgrind(first: u32, second: u32) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
-fn connect_within(addr: SocketAddr, limit: Duration) -> Result<std::net::TcpStream, Box<dyn std::error::Error>> {
+fn connect_within(
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<std::net::TcpStream, Box<dyn std::error::Error>> {
     let start = std::time::Instant::now();
     loop {
         match std::net::TcpStream::connect(addr) {
@@ -408,7 +417,11 @@ impl Request {
 
     /// Sends the request `n` times, reading each response whole (the answers are
     /// small, with a content-length).
-    fn send_many(&mut self, conn: &mut std::net::TcpStream, n: u32) -> Result<(), Box<dyn std::error::Error>> {
+    fn send_many(
+        &mut self,
+        conn: &mut std::net::TcpStream,
+        n: u32,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         use std::io::{Read, Write};
         for _ in 0..n {
             conn.write_all(&self.bytes)?;
@@ -442,7 +455,8 @@ fn response_length(bytes: &[u8]) -> Option<usize> {
         .lines()
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     Some(head_end + body)
@@ -475,12 +489,19 @@ fn dump(pid: u32, out: &std::path::Path) -> Result<u64, Box<dyn std::error::Erro
 
 /// The dump files of `pid` so far.
 fn dumps(pid: u32, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>, Box<dyn std::error::Error>> {
-    let prefix = format!("{}.{pid}.", out.file_name().and_then(|n| n.to_str()).unwrap_or_default());
+    let prefix = format!(
+        "{}.{pid}.",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    );
     let dir = out.parent().ok_or("no output directory")?;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
             files.push(path);
         }
     }

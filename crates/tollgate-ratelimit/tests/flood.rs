@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::{KeyedDigest, Timestamp};
 use tollgate_ratelimit::gcra;
 use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
+use tollgate_test_support::START;
 
 fn key(i: u64, salt: u64) -> RateLimitKey {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -24,7 +25,7 @@ fn a_million_distinct_keys_stay_under_the_cap_and_legitimate_keys_keep_their_sta
     const FLOOD: u64 = 1_000_000;
     let store = MemoryRateLimitStore::new(CAP);
     let limits = [Limit::new(10, Duration::from_secs(1), 20).unwrap()];
-    let t0 = Timestamp::from_secs(1_700_000_000);
+    let t0 = START;
 
     // Legitimate keys spend 10 of their 20 each.
     for i in 0..LEGIT {

@@ -7,15 +7,16 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
 use tollgate_core::{
-    CredentialKind, Domain, FreezeList, Principal, PseudonymSecret, Pseudonymizer, StateStore, StoreKey,
-    SystemClock, clock::Clock,
+    CredentialKind, Domain, FreezeList, Principal, StateStore, StoreKey, SystemClock, clock::Clock,
 };
 use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey, RateLimitStore};
 use tollgate_redis::{RedisBackend, RedisFreezeList, RedisRateLimitStore, RedisStore, StoreConfig};
+use tollgate_test_support::pseudonymizer;
+use tollgate_test_support::redis::RedisNamespace;
 
 fn bench(c: &mut Criterion) {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        println!("skipped: REDIS_URL not set");
+    // This run's keys, deleted at the end (and on drop if the bench panics).
+    let Some(redis) = RedisNamespace::new() else {
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -23,15 +24,9 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut ns = [0u8; 4];
-    getrandom::fill(&mut ns).unwrap();
-    let ns = format!("bench{:08x}", u32::from_be_bytes(ns));
-    let config = StoreConfig::redis(url.clone()).with_namespace(ns.clone());
+    let config = StoreConfig::redis(redis.url.clone()).with_namespace(redis.namespace.clone());
     let backend = RedisBackend::new(&config).unwrap();
-    let p = Pseudonymizer::new(
-        PseudonymSecret::from_bytes(&[5; 32]).unwrap(),
-        Duration::from_secs(86_400),
-    );
+    let p = pseudonymizer();
     let rl = RedisRateLimitStore::new(&backend);
     // A large budget, stacked per second and per day: every decision runs the full script.
     let limits = [
@@ -116,16 +111,9 @@ fn bench(c: &mut Criterion) {
     let stats = backend.stats();
     println!("backend stats after the bench: {stats:?}");
 
-    // Clean up this run's keys.
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("tollgate:{ns}:*"))
-        .query(&mut conn)
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
-    }
+    // Clean up this run's keys (by SCAN, not KEYS: the Redis may be shared).
+    redis.clear();
+    assert!(redis.keys().is_empty(), "the bench's keys are deleted");
 }
 
 criterion_group!(benches, bench);

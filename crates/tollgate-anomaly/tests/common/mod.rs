@@ -1,10 +1,6 @@
-//! Test scaffolding: tiny stand-ins for the auth and fingerprinting layers, and a
-//! real HTTP server on 127.0.0.1.
+//! Test scaffolding: tiny stand-ins for the auth and fingerprinting layers, and the
+//! demo API's routes. The pseudonymizer, clock and server are `tollgate_test_support`'s.
 #![allow(dead_code)]
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request};
@@ -16,21 +12,9 @@ use tollgate_anomaly::AnomalyTags;
 use tollgate_core::problem::types;
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    CredentialKind, FakeClock, FreezeList, MemoryFreezeList, Principal, Problem, PseudonymSecret,
-    Pseudonymizer, SessionHealth, SessionInfo, SessionReasons, Tier, Timestamp,
+    CredentialKind, FreezeList, MemoryFreezeList, Principal, Problem, Pseudonymizer, SessionHealth,
+    SessionInfo, SessionReasons, Tier,
 };
-
-pub fn pseudonymizer(clock: &FakeClock) -> Pseudonymizer {
-    Pseudonymizer::with_clock(
-        PseudonymSecret::from_bytes(&[11; 32]).unwrap(),
-        Duration::from_secs(86_400),
-        Arc::new(clock.clone()),
-    )
-}
-
-pub fn clock() -> FakeClock {
-    FakeClock::new(Timestamp::from_secs(1_700_000_000))
-}
 
 /// A stand-in auth layer: `x-test-user: name[:tier]` authenticates (the credential id
 /// is `key-{name}`), `x-test-user: bad` answers 401, no header passes anonymously.
@@ -103,18 +87,6 @@ pub fn routes() -> Router {
                 }
             }),
         )
-}
-
-/// Serves `app` on 127.0.0.1 with connect info; returns the base URL.
-pub async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
-    });
-    format!("http://{addr}")
 }
 
 pub fn auth_layer(
