@@ -92,7 +92,11 @@ impl MemorySessionStore {
     /// expired), under the lock of its shard, and restarts its idle time: keep `f`
     /// short (no keyed hash in it).
     pub(crate) fn with_cell<R>(&self, credential: KeyedDigest, f: impl FnOnce(&mut SessionCell) -> R) -> R {
-        let now = self.now();
+        self.with_cell_at(credential, self.now(), f)
+    }
+
+    /// [`Self::with_cell`] at a time the caller already read.
+    fn with_cell_at<R>(&self, credential: KeyedDigest, now: Timestamp, f: impl FnOnce(&mut SessionCell) -> R) -> R {
         let deadline = now.saturating_add(self.inner.ttl);
         self.inner
             .cells
@@ -151,8 +155,13 @@ impl SessionStore for MemorySessionStore {
         Box::pin(std::future::ready(Ok(next)))
     }
 
-    fn observe_immediate(&self, credential: KeyedDigest, f: &mut dyn FnMut(&mut SessionCell)) -> Option<()> {
-        self.with_cell(credential, f);
+    fn observe_immediate(
+        &self,
+        credential: KeyedDigest,
+        now: Timestamp,
+        f: &mut dyn FnMut(&mut SessionCell),
+    ) -> Option<()> {
+        self.with_cell_at(credential, now, f);
         Some(())
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use tollgate_core::inventory::FieldSpec;
-use tollgate_core::{BoxFuture, KeyedDigest, Pseudonym, StateStore, StoreError, StoreKey};
+use tollgate_core::{BoxFuture, KeyedDigest, Pseudonym, StateStore, StoreError, StoreKey, Timestamp};
 
 use crate::record::SessionRecord;
 
@@ -64,8 +64,15 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// `f` is short (no keyed hash in it): the layer computes what the cell lacks
     /// between two calls.
-    fn observe_immediate(&self, credential: KeyedDigest, f: &mut dyn FnMut(&mut SessionCell)) -> Option<()> {
-        let _ = (credential, f);
+    ///
+    /// `now` is the request's time on the layer's clock, read once per request.
+    fn observe_immediate(
+        &self,
+        credential: KeyedDigest,
+        now: Timestamp,
+        f: &mut dyn FnMut(&mut SessionCell),
+    ) -> Option<()> {
+        let _ = (credential, now, f);
         None
     }
 

@@ -183,7 +183,7 @@ impl Judge {
         };
         // A steady session: every keyed hash is cached, one short update.
         let mut cached = None;
-        store.observe_immediate(credential, &mut |cell| {
+        store.observe_immediate(credential, now, &mut |cell| {
             let session = cell.session.filter(|s| s.epoch() == epoch);
             // The same input as last time: the same fingerprint and the same network.
             let seen = cell.fingerprint.filter(|f| f.key == input_key);
@@ -235,7 +235,7 @@ impl Judge {
             }
         };
         let mut info = None;
-        store.observe_immediate(credential, &mut |cell| {
+        store.observe_immediate(credential, now, &mut |cell| {
             if new_network.is_some() {
                 cell.network = new_network;
             }
