@@ -96,7 +96,12 @@ impl MemorySessionStore {
     }
 
     /// [`Self::with_cell`] at a time the caller already read.
-    fn with_cell_at<R>(&self, credential: KeyedDigest, now: Timestamp, f: impl FnOnce(&mut SessionCell) -> R) -> R {
+    fn with_cell_at<R>(
+        &self,
+        credential: KeyedDigest,
+        now: Timestamp,
+        f: impl FnOnce(&mut SessionCell) -> R,
+    ) -> R {
         let deadline = now.saturating_add(self.inner.ttl);
         self.inner
             .cells

@@ -71,6 +71,10 @@ enum Cmd {
         /// Requests in the second batch (larger than the first).
         #[arg(long, default_value_t = 2_500)]
         second: u32,
+        /// Serve with this loadtest binary instead of this one (another revision's
+        /// build), so two revisions are measured with the same client.
+        #[arg(long)]
+        server: Option<std::path::PathBuf>,
     },
     /// Print a valid ES256 token for the test API.
     Token,
@@ -107,7 +111,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             threads,
             rounds,
         } => run(duration, connections, threads, rounds),
-        Cmd::Callgrind { first, second } => callgrind(first, second),
+        Cmd::Callgrind {
+            first,
+            second,
+            server,
+        } => callgrind(first, second, server),
         Cmd::Token => {
             println!("{}", token());
             Ok(())
@@ -326,11 +334,19 @@ fn run(duration: u64, connections: u32, threads: u32, rounds: u32) -> Result<(),
 }
 
 /// Instructions per request of every variant, measured as the module doc says.
-fn callgrind(first: u32, second: u32) -> Result<(), Box<dyn std::error::Error>> {
+fn callgrind(
+    first: u32,
+    second: u32,
+    server: Option<std::path::PathBuf>,
+) -> Result<(), Box<dyn std::error::Error>> {
     if second <= first {
         return Err("--second must be larger than --first".into());
     }
     let token = token();
+    let exe = match server {
+        Some(path) => path,
+        None => std::env::current_exe()?,
+    };
     let dir = std::env::temp_dir().join(format!("tollgate-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut rows = Vec::new();
@@ -340,7 +356,7 @@ fn callgrind(first: u32, second: u32) -> Result<(), Box<dyn std::error::Error>> 
         let child = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}.%p", out.display()))
-            .arg(std::env::current_exe()?)
+            .arg(&exe)
             .args([
                 "serve",
                 &format!("{variant:?}").to_lowercase(),
