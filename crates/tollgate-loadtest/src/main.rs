@@ -96,7 +96,7 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Bare => "bare axum",
-            Variant::Tollgate => "tollgate (all five layers, JSON log per request)",
+            Variant::Tollgate => "tollgate (all six layers, JSON log per request)",
             Variant::Peers => "jwt-authorizer ES256 + tower_governor + TraceLayer JSON",
         }
     }
