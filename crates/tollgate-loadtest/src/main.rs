@@ -5,8 +5,14 @@
 //!
 //! ```text
 //! cargo run --release -p tollgate-loadtest -- run --duration 10
+//! cargo run --release -p tollgate-loadtest -- run --callers 2000 --redis
 //! cargo run --release -p tollgate-loadtest -- callgrind     # instructions per request
 //! ```
+//!
+//! `run` reports, per variant, requests/s and its ratio to bare axum, the spread
+//! over rounds, wrk's p50 and p99 latency and the server's peak resident memory.
+//! `--callers N` spreads the load over N callers (own token, own network);
+//! `--redis` adds the stack with its state in Redis.
 //!
 //! `callgrind` counts the server's instructions per request, a figure that repeats
 //! to a fraction of a percent where wall-clock throughput on a shared machine moves
@@ -62,6 +68,8 @@ enum Cmd {
         /// Rounds over all variants (the median is reported).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        #[command(flatten)]
+        load: Load,
     },
     /// Count instructions per request of every variant under callgrind.
     Callgrind {
@@ -75,9 +83,47 @@ enum Cmd {
         /// build), so two revisions are measured with the same client.
         #[arg(long)]
         server: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        load: Load,
     },
     /// Print a valid ES256 token for the test API.
     Token,
+}
+
+/// What the clients look like, for `run` and `callgrind`.
+#[derive(clap::Args, Clone, Copy)]
+struct Load {
+    /// Distinct callers: each has its own ES256 token (its own subject) and, through
+    /// `X-Forwarded-For` (the tollgate variants trust loopback), its own IPv6 /48.
+    /// Requests go round-robin over them. 1: one token, no forwarding header.
+    #[arg(long, default_value_t = 1)]
+    callers: u32,
+    /// Also measure the tollgate stack with its state in Redis (`REDIS_URL`, else
+    /// redis://127.0.0.1:6379), under a namespace of its own.
+    #[arg(long)]
+    redis: bool,
+}
+
+impl Load {
+    fn variants(self) -> Vec<Variant> {
+        let mut variants = vec![Variant::Bare, Variant::Tollgate];
+        if self.redis {
+            variants.push(Variant::TollgateRedis);
+        }
+        variants.push(Variant::Peers);
+        variants
+    }
+
+    /// One `(token, forwarded-for)` per caller.
+    fn callers(self) -> Vec<(String, Option<String>)> {
+        let n = self.callers.max(1);
+        (0..n)
+            .map(|i| {
+                let network = (n > 1).then(|| format!("2001:db8:{i:x}::7"));
+                (token(i), network)
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,17 +132,28 @@ enum Variant {
     Bare,
     /// The whole tollgate stack, logging every request.
     Tollgate,
+    /// The same stack with its shared state (rate limits, freezes, sessions) in Redis.
+    TollgateRedis,
     /// jwt-authorizer ES256 + tower_governor + tower-http TraceLayer (JSON).
     Peers,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Bare, Variant::Tollgate, Variant::Peers];
+    /// The variant as `serve` takes it.
+    fn arg(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare",
+            Variant::Tollgate => "tollgate",
+            Variant::TollgateRedis => "tollgate-redis",
+            Variant::Peers => "peers",
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
             Variant::Bare => "bare axum",
             Variant::Tollgate => "tollgate (all six layers, JSON log per request)",
+            Variant::TollgateRedis => "tollgate, state in Redis",
             Variant::Peers => "jwt-authorizer ES256 + tower_governor + TraceLayer JSON",
         }
     }
@@ -110,28 +167,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             connections,
             threads,
             rounds,
-        } => run(duration, connections, threads, rounds),
+            load,
+        } => run(duration, connections, threads, rounds, load),
         Cmd::Callgrind {
             first,
             second,
             server,
-        } => callgrind(first, second, server),
+            load,
+        } => callgrind(first, second, server, load),
         Cmd::Token => {
-            println!("{}", token());
+            println!("{}", token(0));
             Ok(())
         }
     }
 }
 
-fn token() -> String {
+/// The ES256 token of caller `i`.
+fn token(i: u32) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let claims = serde_json::json!({
-        "sub": "loadtest-user",
+        "sub": format!("loadtest-user-{i}"),
         "iss": ISSUER,
         "aud": AUDIENCE,
         "iat": now,
         "exp": now + 3600,
-        "jti": "loadtest-token-1",
+        "jti": format!("loadtest-token-{i}"),
         "tier": "pro",
     });
     let key = EncodingKey::from_ec_pem(PRIVATE_KEY.as_bytes()).expect("test key parses");
@@ -146,12 +206,16 @@ fn api() -> Router {
 }
 
 /// The tollgate stack's configuration: every layer on, limits far above the load
-/// so the figure is the cost of deciding, not of refusing.
-fn tollgate_config() -> String {
+/// so the figure is the cost of deciding, not of refusing; loopback trusted as a
+/// proxy so callers can come from many networks. `store` is appended.
+fn tollgate_config(store: &str) -> String {
     format!(
         r#"
 [pseudonym]
 secret = "{secret}"
+
+[client]
+trusted_proxies = ["127.0.0.0/8"]
 
 [routes.default]
 auth = "optional"
@@ -176,9 +240,16 @@ limits = [{{ name = "burst", quota = 100000000, window = "1s" }}]
 limits = [{{ name = "burst", quota = 100000000, window = "1s" }}]
 
 [anomaly]
+{store}
 "#,
         secret = "ab".repeat(32)
     )
+}
+
+/// The `[store]` section of the Redis variant.
+fn redis_store() -> String {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\nnamespace = \"loadtest\"\n")
 }
 
 fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
@@ -188,12 +259,16 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
     rt.block_on(async move {
         let app: Router = match variant {
             Variant::Bare => api(),
-            Variant::Tollgate => {
+            Variant::Tollgate | Variant::TollgateRedis => {
                 tracing_subscriber::registry()
                     .with(tollgate::privacy::json_layer(writer))
                     .with(tracing_subscriber::filter::LevelFilter::INFO)
                     .init();
-                let config = tollgate::TollgateConfig::from_toml(&tollgate_config())?;
+                let store = match variant {
+                    Variant::TollgateRedis => redis_store(),
+                    _ => String::new(),
+                };
+                let config = tollgate::TollgateConfig::from_toml(&tollgate_config(&store))?;
                 let tollgate = tollgate::Tollgate::from_config(&config).await?;
                 tollgate.apply(api())
             }
@@ -261,9 +336,8 @@ impl Drop for Server {
 
 fn start(variant: Variant, addr: SocketAddr) -> Result<Server, Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
-    let name = format!("{variant:?}").to_lowercase();
     let child = Command::new(exe)
-        .args(["serve", &name, "--addr", &addr.to_string()])
+        .args(["serve", variant.arg(), "--addr", &addr.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -277,18 +351,34 @@ fn start(variant: Variant, addr: SocketAddr) -> Result<Server, Box<dyn std::erro
     Err(format!("{} did not start on {addr}", variant.name()).into())
 }
 
-/// Requests per second from one wrk run, after checking every answer was a 200.
-fn wrk(addr: SocketAddr, token: &str, duration: u64, connections: u32, threads: u32) -> Result<f64, String> {
+/// What one wrk run measured.
+#[derive(Clone, Copy)]
+struct Measured {
+    requests_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// One wrk run with the `callers` round-robin (a Lua script in `script`), after
+/// checking every answer was a 200.
+fn wrk(
+    addr: SocketAddr,
+    script: &std::path::Path,
+    duration: u64,
+    connections: u32,
+    threads: u32,
+) -> Result<Measured, String> {
     let out = Command::new("wrk")
         .args([
+            "--latency",
             "-t",
             &threads.to_string(),
             "-c",
             &connections.to_string(),
             "-d",
             &format!("{duration}s"),
-            "-H",
-            &format!("Authorization: Bearer {token}"),
+            "-s",
+            &script.display().to_string(),
             &format!("http://{addr}/v1/items/42"),
         ])
         .output()
@@ -297,38 +387,142 @@ fn wrk(addr: SocketAddr, token: &str, duration: u64, connections: u32, threads: 
     if text.contains("Non-2xx or 3xx responses") {
         return Err(format!("non-2xx answers under load:\n{text}"));
     }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("unexpected wrk output:\n{text}"))
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let parsed = (|| {
+        Some(Measured {
+            requests_per_s: field("Requests/sec:")?.parse().ok()?,
+            p50_us: micros(field("50%")?)?,
+            p99_us: micros(field("99%")?)?,
+        })
+    })();
+    parsed.ok_or_else(|| format!("unexpected wrk output:\n{text}"))
 }
 
-fn run(duration: u64, connections: u32, threads: u32, rounds: u32) -> Result<(), Box<dyn std::error::Error>> {
-    let token = token();
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); Variant::ALL.len()];
+/// A wrk latency (`812.00us`, `1.23ms`, `2.01s`) in microseconds.
+fn micros(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    match unit {
+        "us" => Some(value),
+        "ms" => Some(value * 1e3),
+        "s" => Some(value * 1e6),
+        _ => None,
+    }
+}
+
+/// The wrk script sending each caller's request in turn.
+fn wrk_script(
+    callers: &[(String, Option<String>)],
+    dir: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    let mut lua = String::from("local callers = {\n");
+    for (token, network) in callers {
+        let forwarded = network
+            .as_ref()
+            .map(|n| format!(", [\"X-Forwarded-For\"] = \"{n}\""))
+            .unwrap_or_default();
+        lua.push_str(&format!(
+            "  {{ [\"Authorization\"] = \"Bearer {token}\"{forwarded} }},\n"
+        ));
+    }
+    lua.push_str(
+        "}\nlocal requests = {}\nlocal i = 0\n\
+         function init(args)\n  for k, headers in ipairs(callers) do\n    \
+         requests[k] = wrk.format(\"GET\", nil, headers)\n  end\nend\n\
+         function request()\n  i = i % #requests + 1\n  return requests[i]\nend\n",
+    );
+    let path = dir.join("callers.lua");
+    std::fs::write(&path, lua)?;
+    Ok(path)
+}
+
+/// The peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn run(
+    duration: u64,
+    connections: u32,
+    threads: u32,
+    rounds: u32,
+    load: Load,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let variants = load.variants();
+    let callers = load.callers();
+    let dir = std::env::temp_dir().join(format!("tollgate-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = wrk_script(&callers, &dir)?;
+    let mut results: Vec<Vec<(Measured, f64)>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
-        for (i, variant) in Variant::ALL.into_iter().enumerate() {
+        for (i, variant) in variants.iter().copied().enumerate() {
             let addr: SocketAddr = format!("127.0.0.1:{}", 18_080 + i as u16).parse()?;
-            let _server = start(variant, addr)?;
+            let server = start(variant, addr)?;
             // Warm caches and connections before measuring.
-            wrk(addr, &token, 1, connections, threads)?;
-            let rps = wrk(addr, &token, duration, connections, threads)?;
-            eprintln!("round {}: {:<58} {:>10.0} req/s", round + 1, variant.name(), rps);
-            results[i].push(rps);
+            wrk(addr, &script, 1, connections, threads)?;
+            let m = wrk(addr, &script, duration, connections, threads)?;
+            let rss = peak_rss_mib(server.0.id()).unwrap_or(f64::NAN);
+            eprintln!(
+                "round {}: {:<58} {:>10.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  {:>6.1} MiB",
+                round + 1,
+                variant.name(),
+                m.requests_per_s,
+                m.p50_us,
+                m.p99_us,
+                rss
+            );
+            results[i].push((m, rss));
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let medians: Vec<f64> = results.iter_mut().map(median).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    // The round with the median throughput stands for each variant.
+    let medians: Vec<(Measured, f64)> = results
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(|a, b| a.0.requests_per_s.total_cmp(&b.0.requests_per_s));
+            v[v.len() / 2]
+        })
+        .collect();
+    let spread: Vec<f64> = results
+        .iter()
+        .map(|v| {
+            let lo = v.first().map_or(0.0, |r| r.0.requests_per_s);
+            let hi = v.last().map_or(0.0, |r| r.0.requests_per_s);
+            if lo > 0.0 { (hi - lo) / lo * 100.0 } else { 0.0 }
+        })
+        .collect();
     println!(
-        "wrk -t{threads} -c{connections} -d{duration}s, median of {rounds} rounds, GET /v1/items/42 with an ES256 bearer token\n"
+        "wrk --latency -t{threads} -c{connections} -d{duration}s, median of {rounds} rounds, GET /v1/items/42, \
+         {} caller(s) with ES256 bearer tokens\n",
+        callers.len()
     );
-    println!("| variant | requests/s | ratio to bare axum |");
-    println!("|---|---:|---:|");
-    for (variant, rps) in Variant::ALL.into_iter().zip(&medians) {
-        println!("| {} | {:.0} | {:.2} |", variant.name(), rps, rps / medians[0]);
+    println!("| variant | requests/s | ratio to bare axum | spread over rounds | p50 | p99 | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let bare = medians[0].0.requests_per_s;
+    for ((variant, (m, rss)), spread) in variants.iter().zip(&medians).zip(&spread) {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.0} % | {:.0} µs | {:.0} µs | {:.1} MiB |",
+            variant.name(),
+            m.requests_per_s,
+            m.requests_per_s / bare,
+            spread,
+            m.p50_us,
+            m.p99_us,
+            rss
+        );
     }
     Ok(())
 }
@@ -338,11 +532,12 @@ fn callgrind(
     first: u32,
     second: u32,
     server: Option<std::path::PathBuf>,
+    load: Load,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if second <= first {
         return Err("--second must be larger than --first".into());
     }
-    let token = token();
+    let callers = load.callers();
     let exe = match server {
         Some(path) => path,
         None => std::env::current_exe()?,
@@ -350,19 +545,14 @@ fn callgrind(
     let dir = std::env::temp_dir().join(format!("tollgate-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut rows = Vec::new();
-    for (i, variant) in Variant::ALL.into_iter().enumerate() {
+    for (i, variant) in load.variants().into_iter().enumerate() {
         let addr: SocketAddr = format!("127.0.0.1:{}", 18_180 + i as u16).parse()?;
         let out = dir.join(format!("{variant:?}"));
         let child = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}.%p", out.display()))
             .arg(&exe)
-            .args([
-                "serve",
-                &format!("{variant:?}").to_lowercase(),
-                "--addr",
-                &addr.to_string(),
-            ])
+            .args(["serve", variant.arg(), "--addr", &addr.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -370,7 +560,7 @@ fn callgrind(
         let pid = child.id();
         let server = Server(child);
         let mut conn = connect_within(addr, Duration::from_secs(120))?;
-        let mut request = Request::new(&token, addr);
+        let mut request = Requests::new(&callers, addr);
         request.send_many(&mut conn, 100)?;
         let base = dump(pid, &out)?;
         request.send_many(&mut conn, first)?;
@@ -385,8 +575,9 @@ fn callgrind(
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "valgrind --tool=callgrind, GET /v1/items/42 with an ES256 bearer token over one keep-alive connection, \
-         (count after {second} - count after {first}) / {}\n",
+        "valgrind --tool=callgrind, GET /v1/items/42 from {} caller(s) with ES256 bearer tokens over one \
+         keep-alive connection, (count after {second} - count after {first}) / {}\n",
+        callers.len(),
         second - first
     );
     println!("| variant | instructions per request | ratio to bare axum |");
@@ -411,28 +602,39 @@ fn connect_within(
     }
 }
 
-/// One GET, sent again and again over a keep-alive connection.
-struct Request {
-    bytes: Vec<u8>,
+/// Each caller's GET, sent in turn over a keep-alive connection.
+struct Requests {
+    each: Vec<Vec<u8>>,
+    next: usize,
     buffer: Vec<u8>,
 }
 
-impl Request {
-    fn new(token: &str, addr: SocketAddr) -> Self {
-        let bytes = format!(
-            "GET /v1/items/42 HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
-             user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n\
-             accept: */*\r\n\r\n"
-        )
-        .into_bytes();
-        Request {
-            bytes,
+impl Requests {
+    fn new(callers: &[(String, Option<String>)], addr: SocketAddr) -> Self {
+        let each = callers
+            .iter()
+            .map(|(token, network)| {
+                let forwarded = network
+                    .as_ref()
+                    .map(|n| format!("x-forwarded-for: {n}\r\n"))
+                    .unwrap_or_default();
+                format!(
+                    "GET /v1/items/42 HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n{forwarded}\
+                     user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n\
+                     accept: */*\r\n\r\n"
+                )
+                .into_bytes()
+            })
+            .collect();
+        Requests {
+            each,
+            next: 0,
             buffer: vec![0; 64 * 1024],
         }
     }
 
-    /// Sends the request `n` times, reading each response whole (the answers are
-    /// small, with a content-length).
+    /// Sends `n` requests, the callers in turn, reading each response whole (the
+    /// answers are small, with a content-length).
     fn send_many(
         &mut self,
         conn: &mut std::net::TcpStream,
@@ -440,7 +642,8 @@ impl Request {
     ) -> Result<(), Box<dyn std::error::Error>> {
         use std::io::{Read, Write};
         for _ in 0..n {
-            conn.write_all(&self.bytes)?;
+            conn.write_all(&self.each[self.next])?;
+            self.next = (self.next + 1) % self.each.len();
             let mut filled = 0;
             loop {
                 let read = conn.read(&mut self.buffer[filled..])?;
