@@ -96,12 +96,6 @@ impl<V> BoundedMap<V> {
         self.map.get_with(&key, Timestamp::from_nanos(now), f)
     }
 
-    /// Removes the entry at `key`; returns whether there was one.
-    pub(crate) fn remove(&self, key: u64) -> bool {
-        // At time zero every held entry is live (deadlines are `now + ttl`, ttl >= 1).
-        self.map.remove(&key, Timestamp::ZERO).is_some()
-    }
-
     /// Drops every expired entry now (the request path does this a shard at a time).
     pub(crate) fn purge_expired(&self, now: u64) {
         self.map.purge_expired(Timestamp::from_nanos(now));
@@ -130,7 +124,6 @@ mod tests {
         assert_eq!(m.len(), 2);
         m.purge_expired(30 * SEC);
         assert_eq!(m.len(), 0);
-        assert!(!m.remove(7));
     }
 
     #[test]
@@ -161,18 +154,5 @@ mod tests {
             m.update(x, i, || 0, |_| ());
         }
         assert_eq!(m.get(hot, 10_000, |v| *v), Some(10_000));
-    }
-
-    #[test]
-    fn remove_keeps_index_consistent() {
-        let m: BoundedMap<u64> = BoundedMap::new(16, Duration::from_secs(60));
-        for k in 0..10u64 {
-            m.update(k, 0, || k, |_| ());
-        }
-        assert!(m.remove(3));
-        for k in 0..10u64 {
-            assert_eq!(m.get(k, 0, |v| *v), (k != 3).then_some(k));
-        }
-        assert_eq!(m.len(), 9);
     }
 }

@@ -36,8 +36,6 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
-// The map keeps a general API (`ttl`, `remove`) that the engine does not all use.
-#[allow(dead_code)]
 mod bounded;
 mod builder;
 mod config;
