@@ -17,7 +17,7 @@
 //! `callgrind` counts the server's instructions per request, a figure that repeats
 //! to a fraction of a percent where wall-clock throughput on a shared machine moves
 //! by tens of percent: each variant runs under `valgrind --tool=callgrind`, takes
-//! warm-up requests, then N and then M more GETs over one keep-alive connection
+//! one warm-up request per caller (at least 100), then N and then M more GETs over one keep-alive connection
 //! (the counters dumped after each batch), and the difference between the two
 //! batches' counts divided by M - N is the cost of one request, start-up excluded.
 
@@ -561,7 +561,10 @@ fn callgrind(
         let server = Server(child);
         let mut conn = connect_within(addr, Duration::from_secs(120))?;
         let mut request = Requests::new(&callers, addr);
-        request.send_many(&mut conn, 100)?;
+        // Warm-up: every caller once (its token verified and cached, its session
+        // made), so both batches measure the steady state.
+        let warm_up = u32::try_from(callers.len()).unwrap_or(u32::MAX).max(100);
+        request.send_many(&mut conn, warm_up)?;
         let base = dump(pid, &out)?;
         request.send_many(&mut conn, first)?;
         let after_first = dump(pid, &out)?;
