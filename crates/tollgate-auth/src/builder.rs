@@ -16,6 +16,7 @@ use crate::authenticator::Authenticator;
 use crate::cache::TokenCache;
 use crate::config::AuthConfig;
 use crate::credential::CredentialSource;
+use crate::dpop::{DpopVerifier, MemoryReplayCache, SharedReplayCache, parse_origin};
 use crate::error::Challenges;
 use crate::introspection::Introspector;
 use crate::jwks::{Jwks, JwksSettings};
@@ -42,6 +43,7 @@ impl AuthLayer {
             routes: RouteMap::default(),
             api_keys: None,
             extra_keys: Vec::new(),
+            replay: None,
         }
     }
 
@@ -88,6 +90,7 @@ pub struct AuthBuilder {
     routes: RouteMap<AuthRoute>,
     api_keys: Option<ApiKeys>,
     extra_keys: Vec<(Option<String>, JwtKey)>,
+    replay: Option<SharedReplayCache>,
 }
 
 impl fmt::Debug for AuthBuilder {
@@ -142,6 +145,13 @@ impl AuthBuilder {
         self
     }
 
+    /// Records DPoP proof `jti`s in this replay cache (a Redis one, shared by
+    /// replicas) instead of a new in-process cache of `auth.dpop.replay_max_entries`.
+    pub fn replay_cache(mut self, cache: SharedReplayCache) -> Self {
+        self.replay = Some(cache);
+        self
+    }
+
     /// Validates the configuration, fetches the JWKS and starts its background refresh.
     pub async fn build(self) -> Result<AuthLayer, ConfigError> {
         let c = &self.config;
@@ -175,7 +185,40 @@ impl AuthBuilder {
                 "use api_key_scheme for Authorization: ApiKey",
             ));
         }
-        let routes = compile(&self.routes, c.realm.as_deref())?;
+        let dpop = match &c.dpop {
+            None => None,
+            Some(d) => {
+                let algorithms = d.algorithms()?;
+                let origin = d
+                    .external_origin
+                    .as_deref()
+                    .map(|o| parse_origin("auth.dpop.external_origin", o))
+                    .transpose()?;
+                if d.max_age.is_zero() {
+                    return Err(ConfigError::new("auth.dpop.max_age", "must be positive"));
+                }
+                if d.nonce && d.nonce_lifetime.as_secs() == 0 {
+                    return Err(ConfigError::new(
+                        "auth.dpop.nonce_lifetime",
+                        "must be at least 1s",
+                    ));
+                }
+                let replay = self.replay.clone().unwrap_or_else(|| {
+                    Arc::new(MemoryReplayCache::with_clock(d.replay_max_entries, clock.clone()))
+                });
+                Some(DpopVerifier {
+                    algorithms,
+                    origin,
+                    max_age: d.max_age,
+                    leeway: d.leeway,
+                    replay,
+                    replay_failure: d.replay_failure,
+                    nonce_slot: d.nonce.then_some(d.nonce_lifetime),
+                    max_bytes: c.max_credential_bytes,
+                })
+            }
+        };
+        let routes = compile(&self.routes, c.realm.as_deref(), dpop.is_some())?;
 
         let mut jwt_tiers = tiers.clone();
         let jwt = match &c.jwt {
@@ -330,7 +373,8 @@ impl AuthBuilder {
             },
             tiers,
             responder: self.responder,
-            challenges: Challenges::new(c.realm.as_deref()),
+            challenges: Challenges::with_dpop(c.realm.as_deref(), dpop.as_ref().map(|d| d.algs()).as_deref()),
+            dpop,
             realm: c.realm.clone(),
             routes,
         }))

@@ -60,6 +60,94 @@ pub struct AuthConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// OAuth2 token introspection (`[auth.introspection]`).
     pub introspection: Option<IntrospectionConfig>,
+    /// DPoP proofs (`[auth.dpop]`, RFC 9449). Without it, the `DPoP` scheme is
+    /// refused, routes cannot require DPoP, and DPoP-bound tokens (`cnf.jkt`) are
+    /// refused as bearer tokens.
+    pub dpop: Option<DpopConfig>,
+}
+
+/// The `[auth.dpop]` section: how DPoP proofs (RFC 9449 §4.3) are checked.
+///
+/// ```
+/// let dpop: tollgate_auth::DpopConfig = toml::from_str(r#"
+///     external_origin = "https://api.example"
+///     max_age = "30s"
+///     nonce = true
+/// "#).unwrap();
+/// assert_eq!(dpop.max_age, std::time::Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpopConfig {
+    /// Proof algorithms accepted (default `["ES256", "ES384", "EdDSA", "RS256",
+    /// "PS256"]`); asymmetric ones only.
+    pub algorithms: Vec<String>,
+    /// The scheme, host (and base path) clients address, e.g. `"https://api.example"`:
+    /// the `htu` of a proof must be this followed by the request path. Set it
+    /// behind proxies and TLS terminators. Without it, `http://` and the request's
+    /// `Host` are expected.
+    pub external_origin: Option<String>,
+    /// How old a proof's `iat` may be (default `"60s"`); also how long its `jti`
+    /// is remembered.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub max_age: Duration,
+    /// Clock skew allowed on `iat`, either way (default `"5s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub leeway: Duration,
+    /// The most proof digests the in-process replay cache holds (default 100 000).
+    pub replay_max_entries: usize,
+    /// What happens when the replay cache cannot answer: `closed` (default, 503) or `open`.
+    pub replay_failure: FailurePolicy,
+    /// Require server nonces (`DPoP-Nonce`, RFC 9449 §9; default false).
+    pub nonce: bool,
+    /// How long a nonce is issued for (default `"5m"`); one stays valid for up to
+    /// twice this.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub nonce_lifetime: Duration,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: crate::dpop::DEFAULT_ALGORITHMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            external_origin: None,
+            max_age: Duration::from_secs(60),
+            leeway: Duration::from_secs(5),
+            replay_max_entries: 100_000,
+            replay_failure: FailurePolicy::Closed,
+            nonce: false,
+            nonce_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+impl DpopConfig {
+    /// The proof algorithms, checked.
+    pub(crate) fn algorithms(&self) -> Result<Vec<Algorithm>, ConfigError> {
+        let setting = "auth.dpop.algorithms";
+        let mut algorithms = Vec::new();
+        for name in &self.algorithms {
+            let alg = name
+                .parse::<Algorithm>()
+                .map_err(|_| ConfigError::new(setting, format!("unsupported algorithm {name:?}")))?;
+            if alg.is_hmac() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{name} is symmetric; proofs need an asymmetric algorithm"),
+                ));
+            }
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(ConfigError::new(setting, "list at least one algorithm"));
+        }
+        Ok(algorithms)
+    }
 }
 
 impl Default for AuthConfig {
@@ -79,6 +167,7 @@ impl Default for AuthConfig {
             jwt: None,
             api_keys: Vec::new(),
             introspection: None,
+            dpop: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tollgate_core::clock::Timestamp;
-use tollgate_core::{CredentialKind, Principal, Pseudonymizer, Scopes};
+use tollgate_core::{BoundKey, CredentialKind, Principal, Pseudonymizer, Scopes};
 
 use crate::error::AuthError;
 use crate::jwks::Jwks;
@@ -204,6 +204,9 @@ impl JwtVerifier {
             ),
         };
         let mut principal = principal.with_tier(tier).with_scopes(scopes);
+        if let Some(key) = bound_key(claims.get("cnf"), p)? {
+            principal = principal.with_bound_key(key);
+        }
         if let Some(iat) = claims.get("iat").and_then(numeric_date) {
             principal = principal.with_issued_at(iat);
         }
@@ -211,6 +214,19 @@ impl JwtVerifier {
             principal,
             expires_at: claims.get("exp").and_then(numeric_date),
         })
+    }
+}
+
+/// The DPoP key a token is bound to (`cnf.jkt`, RFC 9449 §6.1). A `cnf` with
+/// `jkt` of the wrong shape is refused rather than ignored, so that a bound token
+/// can never pass as a bearer token.
+pub(crate) fn bound_key(cnf: Option<&Value>, p: &Pseudonymizer) -> Result<Option<BoundKey>, AuthError> {
+    let Some(jkt) = cnf.and_then(|c| c.get("jkt")) else {
+        return Ok(None);
+    };
+    match jkt.as_str() {
+        Some(t) if !t.is_empty() && t.len() <= 128 => Ok(Some(BoundKey::new(p, t))),
+        _ => Err(AuthError::MissingClaim),
     }
 }
 

@@ -130,7 +130,11 @@ impl AuthLayer {
 
     /// Every field this layer logs or stores.
     pub fn inventory(&self) -> Vec<FieldSpec> {
-        crate::inventory::fields(self.auth.cache.max_ttl(), self.auth.max_freeze_ttl)
+        crate::inventory::fields(
+            self.auth.cache.max_ttl(),
+            self.auth.max_freeze_ttl,
+            self.auth.dpop.as_ref().map(|d| d.max_age + d.leeway),
+        )
     }
 }
 

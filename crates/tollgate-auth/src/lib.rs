@@ -19,6 +19,14 @@
 //! - API keys: stored only as SHA-256 digests, compared in constant time.
 //! - Introspection (RFC 7662) with the `oauth2` crate; an unreachable endpoint is a
 //!   503, never a pass.
+//! - DPoP (RFC 9449, `[auth.dpop]`): `Authorization: DPoP` with a proof checked per
+//!   §4.3 (`typ`, asymmetric `alg` from an allowlist, public `jwk`, signature,
+//!   `htm`, `htu`, `iat`, `ath`, optional server nonces), the token's `cnf.jkt`
+//!   compared with the proof key's RFC 7638 thumbprint, and each proof's `jti`
+//!   recorded once in a [`ReplayCache`] (keyed digests only). A token carrying
+//!   `cnf.jkt` is refused as a bearer token. Per route, DPoP is
+//!   [required, optional or off](DpopMode); the proven key reaches the stack as the
+//!   principal's [`BoundKey`](tollgate_core::BoundKey) pseudonym.
 //! - Errors: RFC 9457 problem+json, `WWW-Authenticate: Bearer` with RFC 6750 codes,
 //!   customizable through a [`ProblemResponder`](tollgate_core::ProblemResponder).
 //!
@@ -34,6 +42,7 @@ mod builder;
 mod cache;
 mod config;
 mod credential;
+mod dpop;
 mod error;
 mod introspection;
 mod inventory;
@@ -53,7 +62,11 @@ pub use admin::{
 pub use api_key::{ApiKeyRecord, ApiKeys};
 pub use builder::AuthBuilder;
 pub use config::{
-    ApiKeyConfig, AuthConfig, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany, StaticKeyConfig,
+    ApiKeyConfig, AuthConfig, DpopConfig, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany,
+    StaticKeyConfig,
+};
+pub use dpop::{
+    DPOP, DPOP_NONCE, DpopMode, MemoryReplayCache, ReplayCache, SharedReplayCache, jwk_thumbprint,
 };
 pub use error::AuthError;
 pub use jwt::token_digest_hex;

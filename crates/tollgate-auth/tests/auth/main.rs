@@ -3,6 +3,7 @@
 mod api_keys;
 mod canary;
 mod common;
+mod dpop;
 mod freeze;
 mod introspection;
 mod jwks;
