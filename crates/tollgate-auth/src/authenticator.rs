@@ -17,7 +17,7 @@ use crate::credential::{Credential, CredentialSource, is_b64token};
 use crate::dpop::{DPOP_NONCE, DpopMode, DpopVerifier, Proof};
 use crate::error::{AuthError, Challenges};
 use crate::introspection::Introspector;
-use crate::jwt::{JwtVerifier, Outcome, looks_like_jwt};
+use crate::jwt::{JwtIssuer, Outcome, looks_like_jwt, select_issuer};
 use crate::policy::TierPolicy;
 use crate::route::RoutePolicy;
 use crate::scope::RequiredScopes;
@@ -26,8 +26,8 @@ pub(crate) struct Authenticator {
     pub(crate) pseudonymizer: Pseudonymizer,
     pub(crate) clock: SharedClock,
     pub(crate) cache: TokenCache,
-    pub(crate) jwt: Option<JwtVerifier>,
-    pub(crate) jwt_tiers: TierPolicy,
+    /// The trusted issuers: `[auth.jwt]` first, then `[[auth.issuers]]`.
+    pub(crate) jwt: Vec<JwtIssuer>,
     pub(crate) api_keys: Option<ApiKeys>,
     pub(crate) introspection: Option<Introspector>,
     pub(crate) introspection_tiers: TierPolicy,
@@ -47,7 +47,7 @@ pub(crate) struct Authenticator {
 /// for an unknown `kid`, or an introspection call.
 pub(crate) enum Pending {
     Freeze(Arc<Accepted>),
-    Jwt { token: String, key: u128 },
+    Jwt { token: String, key: u128, issuer: usize },
     Introspect { token: String, key: u128 },
 }
 
@@ -79,14 +79,20 @@ impl Authenticator {
                     _ => return Step::Fail(AuthError::MalformedRequest),
                 };
                 let is_jwt = looks_like_jwt(token);
-                if is_jwt && let Some(jwt) = &self.jwt {
+                if is_jwt && !self.jwt.is_empty() {
+                    let index = match select_issuer(&self.jwt, token) {
+                        Ok(i) => i,
+                        Err(e) => return Step::Fail(e),
+                    };
+                    let issuer = &self.jwt[index];
+                    let jwt = &issuer.verifier;
                     let now = self.clock.now();
                     return match jwt.verify(
                         token,
                         jwt.jwks.is_some(),
                         now,
                         &self.pseudonymizer,
-                        &self.jwt_tiers,
+                        &issuer.tiers,
                     ) {
                         Outcome::Verified(v) => {
                             let principal = Arc::new(Accepted::new(v.principal));
@@ -97,6 +103,7 @@ impl Authenticator {
                         Outcome::Refetch => Step::Slow(Pending::Jwt {
                             token: token.to_owned(),
                             key,
+                            issuer: index,
                         }),
                     };
                 }
@@ -106,7 +113,7 @@ impl Authenticator {
                         key,
                     });
                 }
-                Step::Fail(if is_jwt || self.jwt.is_none() {
+                Step::Fail(if is_jwt || self.jwt.is_empty() {
                     AuthError::UnsupportedToken
                 } else {
                     AuthError::MalformedToken
@@ -226,13 +233,14 @@ impl Authenticator {
     pub(crate) async fn authenticate_later(&self, pending: Pending) -> Result<Arc<Accepted>, AuthError> {
         let principal = match pending {
             Pending::Freeze(p) => p,
-            Pending::Jwt { token, key } => {
-                let jwt = self.jwt.as_ref().ok_or(AuthError::UnsupportedToken)?;
+            Pending::Jwt { token, key, issuer } => {
+                let issuer = self.jwt.get(issuer).ok_or(AuthError::UnsupportedToken)?;
+                let jwt = &issuer.verifier;
                 if let Some(jwks) = &jwt.jwks {
                     jwks.refetch_for_unknown_kid().await;
                 }
                 let now = self.clock.now();
-                match jwt.verify(&token, false, now, &self.pseudonymizer, &self.jwt_tiers) {
+                match jwt.verify(&token, false, now, &self.pseudonymizer, &issuer.tiers) {
                     Outcome::Verified(v) => {
                         let principal = Arc::new(Accepted::new(v.principal));
                         self.cache.insert(key, principal.clone(), v.expires_at);

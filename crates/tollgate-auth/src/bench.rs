@@ -11,9 +11,11 @@ use crate::layer::AuthLayer;
 /// Verifies a JWT with no cache involved; true if it verifies.
 pub fn verify_jwt(layer: &AuthLayer, token: &str) -> bool {
     let a = layer.authenticator();
-    let jwt = a.jwt.as_ref().expect("JWT configured");
+    let issuer = a.jwt.first().expect("JWT configured");
     matches!(
-        jwt.verify(token, false, a.clock.now(), &a.pseudonymizer, &a.jwt_tiers),
+        issuer
+            .verifier
+            .verify(token, false, a.clock.now(), &a.pseudonymizer, &issuer.tiers),
         Outcome::Verified(_)
     )
 }

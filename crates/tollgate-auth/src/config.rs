@@ -56,6 +56,11 @@ pub struct AuthConfig {
     pub max_freeze_ttl: Duration,
     /// JWT verification (`[auth.jwt]`).
     pub jwt: Option<JwtConfig>,
+    /// More trusted issuers (`[[auth.issuers]]`), each a [`JwtConfig`] with its own
+    /// keys or JWKS, audiences, algorithms, tier claim and required claims. Each must
+    /// name its `issuer`; a token is verified by the issuer its `iss` names, and one
+    /// naming none of them (nor matching `[auth.jwt]`) gets 401 `invalid_token`.
+    pub issuers: Vec<JwtConfig>,
     /// API keys (`[[auth.api_keys]]`).
     pub api_keys: Vec<ApiKeyConfig>,
     /// OAuth2 token introspection (`[auth.introspection]`).
@@ -165,6 +170,7 @@ impl Default for AuthConfig {
             freeze_failure: FailurePolicy::Closed,
             max_freeze_ttl: Duration::from_secs(30 * 86_400),
             jwt: None,
+            issuers: Vec::new(),
             api_keys: Vec::new(),
             introspection: None,
             dpop: None,
@@ -381,11 +387,15 @@ fn default_introspection_ttl() -> Duration {
 }
 
 impl JwtConfig {
-    pub(crate) fn rules(&self) -> Result<JwtRules, ConfigError> {
+    /// The rules of this section, named `section` in errors (`auth.jwt`, `auth.issuers[1]`).
+    pub(crate) fn rules(&self, section: &str) -> Result<JwtRules, ConfigError> {
         let mut algorithms = Vec::new();
         for name in &self.algorithms {
             let alg = name.parse::<Algorithm>().map_err(|_| {
-                ConfigError::new("auth.jwt.algorithms", format!("unsupported algorithm {name:?}"))
+                ConfigError::new(
+                    format!("{section}.algorithms"),
+                    format!("unsupported algorithm {name:?}"),
+                )
             })?;
             if !algorithms.contains(&alg) {
                 algorithms.push(alg);
@@ -393,7 +403,7 @@ impl JwtConfig {
         }
         if algorithms.is_empty() {
             return Err(ConfigError::new(
-                "auth.jwt.algorithms",
+                format!("{section}.algorithms"),
                 "list at least one algorithm",
             ));
         }
@@ -409,14 +419,19 @@ impl JwtConfig {
 }
 
 impl StaticKeyConfig {
-    pub(crate) fn pinned(&self, index: usize, rules: &JwtRules) -> Result<PinnedKey, ConfigError> {
-        let at = |field: &str| format!("auth.jwt.keys[{index}].{field}");
+    pub(crate) fn pinned(
+        &self,
+        section: &str,
+        index: usize,
+        rules: &JwtRules,
+    ) -> Result<PinnedKey, ConfigError> {
+        let at = |field: &str| format!("{section}.keys[{index}].{field}");
         let alg = self
             .alg
             .parse::<Algorithm>()
             .ok()
             .filter(|a| rules.algorithms.contains(a))
-            .ok_or_else(|| ConfigError::new(at("alg"), "must be one of auth.jwt.algorithms"))?;
+            .ok_or_else(|| ConfigError::new(at("alg"), format!("must be one of {section}.algorithms")))?;
         let sources = [
             self.pem.is_some(),
             self.pem_file.is_some(),

@@ -64,6 +64,40 @@ impl fmt::Debug for JwtVerifier {
     }
 }
 
+/// One trusted issuer: its verifier and where its tokens' tiers come from.
+#[derive(Debug)]
+pub(crate) struct JwtIssuer {
+    pub(crate) verifier: JwtVerifier,
+    pub(crate) tiers: TierPolicy,
+}
+
+#[derive(Deserialize)]
+struct RawIss<'a> {
+    #[serde(default, borrow)]
+    iss: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The issuer that verifies `token`: the only one, else the one naming the token's
+/// `iss` (read before verification, only to choose), else one accepting any issuer.
+pub(crate) fn select_issuer(issuers: &[JwtIssuer], token: &str) -> Result<usize, AuthError> {
+    if issuers.len() == 1 {
+        return Ok(0);
+    }
+    let payload = token.split('.').nth(1).unwrap_or("");
+    let json = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::MalformedToken)?;
+    let raw: RawIss<'_> = serde_json::from_slice(&json).map_err(|_| AuthError::MalformedToken)?;
+    let named = raw.iss.as_deref().and_then(|iss| {
+        issuers
+            .iter()
+            .position(|i| i.verifier.rules.issuers.iter().any(|x| x == iss))
+    });
+    named
+        .or_else(|| issuers.iter().position(|i| i.verifier.rules.issuers.is_empty()))
+        .ok_or(AuthError::WrongIssuer)
+}
+
 /// True if `token` has the shape of a JWS compact serialization (three parts).
 pub(crate) fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2

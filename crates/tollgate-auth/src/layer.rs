@@ -100,9 +100,10 @@ impl AuthLayer {
     pub fn jwks_fetch_count(&self) -> u64 {
         self.auth
             .jwt
-            .as_ref()
-            .and_then(|j| j.jwks.as_ref())
-            .map_or(0, |j| j.fetch_count())
+            .iter()
+            .filter_map(|i| i.verifier.jwks.as_ref())
+            .map(|j| j.fetch_count())
+            .sum()
     }
 
     /// Empties the verified-token cache (the freeze list makes this unnecessary for

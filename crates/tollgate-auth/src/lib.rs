@@ -16,6 +16,9 @@
 //!   followed. `exp` and `nbf` are checked on the layer's clock. Verified tokens are
 //!   cached (keyed by a keyed 128-bit hash of the token, never past `exp`), so a
 //!   repeated token skips signature verification.
+//! - Several issuers: `[[auth.issuers]]`, each with its own keys or JWKS, audiences,
+//!   algorithms, tier claim and required claims; a token is verified by the issuer
+//!   its `iss` names (an unknown one gets 401), next to the single `[auth.jwt]`.
 //! - API keys: stored only as SHA-256 digests, compared in constant time.
 //! - Introspection (RFC 7662) with the `oauth2` crate; an unreachable endpoint is a
 //!   503, never a pass.

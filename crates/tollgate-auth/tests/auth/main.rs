@@ -6,6 +6,7 @@ mod common;
 mod dpop;
 mod freeze;
 mod introspection;
+mod issuers;
 mod jwks;
 mod jwt;
 mod routes;
