@@ -41,6 +41,7 @@ pub(crate) struct Authenticator {
     pub(crate) realm: Option<String>,
     pub(crate) routes: RouteMap<RoutePolicy>,
     pub(crate) dpop: Option<DpopVerifier>,
+    pub(crate) metadata: Option<crate::metadata::ResourceMetadata>,
 }
 
 /// Work that must wait: a freeze list that cannot answer at once, a JWKS refetch

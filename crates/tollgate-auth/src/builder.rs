@@ -23,6 +23,7 @@ use crate::jwks::{Jwks, JwksSettings};
 use crate::jwt::{JwtIssuer, JwtVerifier};
 use crate::keys::{JwtKey, KeySet, PinnedKey};
 use crate::layer::AuthLayer;
+use crate::metadata::ResourceMetadata;
 use crate::policy::TierPolicy;
 use crate::route::{AuthRoute, compile};
 
@@ -256,6 +257,20 @@ impl AuthBuilder {
             jwt.push(build_issuer(&section, j, &[], &tiers, &clock).await?);
         }
 
+        let metadata = match &c.resource_metadata {
+            None => None,
+            Some(m) => {
+                let issuers = jwt
+                    .iter()
+                    .flat_map(|i| i.verifier.rules.issuers.iter().cloned())
+                    .collect();
+                let algs = dpop
+                    .as_ref()
+                    .map(|d| d.algorithms.iter().map(|a| a.name()).collect());
+                Some(ResourceMetadata::new(m, issuers, algs)?)
+            }
+        };
+
         let api_keys = if c.api_keys.is_empty() && self.api_keys.is_none() {
             None
         } else {
@@ -335,7 +350,12 @@ impl AuthBuilder {
             },
             tiers,
             responder: self.responder,
-            challenges: Challenges::with_dpop(c.realm.as_deref(), dpop.as_ref().map(|d| d.algs()).as_deref()),
+            challenges: Challenges::with_dpop(
+                c.realm.as_deref(),
+                dpop.as_ref().map(|d| d.algs()).as_deref(),
+                metadata.as_ref().map(|m| m.url.as_str()),
+            ),
+            metadata,
             dpop,
             realm: c.realm.clone(),
             routes,

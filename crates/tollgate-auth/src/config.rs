@@ -69,6 +69,35 @@ pub struct AuthConfig {
     /// refused, routes cannot require DPoP, and DPoP-bound tokens (`cnf.jkt`) are
     /// refused as bearer tokens.
     pub dpop: Option<DpopConfig>,
+    /// RFC 9728 protected resource metadata (`[auth.resource_metadata]`): served
+    /// by the layer at `/.well-known/oauth-protected-resource` and named in every
+    /// `WWW-Authenticate` challenge (`resource_metadata`).
+    pub resource_metadata: Option<ResourceMetadataConfig>,
+}
+
+/// The `[auth.resource_metadata]` section (RFC 9728).
+///
+/// ```
+/// let m: tollgate_auth::ResourceMetadataConfig = toml::from_str(r#"
+///     resource = "https://api.example"
+///     scopes_supported = ["read:items"]
+/// "#).unwrap();
+/// assert!(m.authorization_servers.is_empty(), "default: every configured issuer");
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceMetadataConfig {
+    /// The resource identifier: this API's URL as clients know it (required).
+    pub resource: String,
+    /// Authorization servers' issuer identifiers (default: the issuers of
+    /// `[auth.jwt]` and `[[auth.issuers]]`).
+    pub authorization_servers: Vec<String>,
+    /// Scopes clients may ask for.
+    pub scopes_supported: Vec<String>,
+    /// A human-readable name of the resource.
+    pub resource_name: Option<String>,
+    /// A page of developer documentation.
+    pub resource_documentation: Option<String>,
 }
 
 /// The `[auth.dpop]` section: how DPoP proofs (RFC 9449 §4.3) are checked.
@@ -174,6 +203,7 @@ impl Default for AuthConfig {
             api_keys: Vec::new(),
             introspection: None,
             dpop: None,
+            resource_metadata: None,
         }
     }
 }

@@ -285,11 +285,18 @@ struct DpopChallenges {
 
 impl Challenges {
     pub(crate) fn new(realm: Option<&str>) -> Self {
-        Self::with_dpop(realm, None)
+        Self::with_dpop(realm, None, None)
     }
 
-    /// Challenges naming `realm`; with `dpop_algs`, `DPoP` challenges too.
-    pub(crate) fn with_dpop(realm: Option<&str>, dpop_algs: Option<&str>) -> Self {
+    /// Challenges naming `realm`; with `dpop_algs`, `DPoP` challenges too; with
+    /// `resource_metadata`, its URL (RFC 9728 §5.1) in every challenge.
+    pub(crate) fn with_dpop(
+        realm: Option<&str>,
+        dpop_algs: Option<&str>,
+        resource_metadata: Option<&str>,
+    ) -> Self {
+        let metadata =
+            resource_metadata.map(|u| format!("resource_metadata=\"{}\"", u.replace(['"', '\\'], "")));
         let realm = realm
             .filter(|r| !r.is_empty())
             .map(|r| format!("realm=\"{}\"", r.replace(['"', '\\'], "")));
@@ -301,6 +308,7 @@ impl Challenges {
                     params.push(format!("error=\"{c}\""));
                 }
                 params.push(format!("algs=\"{algs}\""));
+                params.extend(metadata.clone());
                 HeaderValue::from_str(&format!("DPoP {}", params.join(", ")))
                     .unwrap_or_else(|_| HeaderValue::from_static("DPoP"))
             };
@@ -313,11 +321,16 @@ impl Challenges {
             }
         });
         let value = |code: Option<&str>| {
-            let text = match (&realm, code) {
-                (Some(r), Some(c)) => format!("Bearer {r}, error=\"{c}\""),
-                (Some(r), None) => format!("Bearer {r}"),
-                (None, Some(c)) => format!("Bearer error=\"{c}\""),
-                (None, None) => "Bearer".to_string(),
+            let mut params: Vec<String> = Vec::new();
+            params.extend(realm.clone());
+            if let Some(c) = code {
+                params.push(format!("error=\"{c}\""));
+            }
+            params.extend(metadata.clone());
+            let text = if params.is_empty() {
+                "Bearer".to_string()
+            } else {
+                format!("Bearer {}", params.join(", "))
             };
             HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
         };

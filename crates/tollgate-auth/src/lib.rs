@@ -30,6 +30,9 @@
 //!   `cnf.jkt` is refused as a bearer token. Per route, DPoP is
 //!   [required, optional or off](DpopMode); the proven key reaches the stack as the
 //!   principal's [`BoundKey`](tollgate_core::BoundKey) pseudonym.
+//! - RFC 9728 protected resource metadata (`[auth.resource_metadata]`): the layer
+//!   answers `GET /.well-known/oauth-protected-resource` itself (authorization
+//!   servers, bearer methods, DPoP algorithms) and names it in every challenge.
 //! - Errors: RFC 9457 problem+json, `WWW-Authenticate: Bearer` with RFC 6750 codes,
 //!   customizable through a [`ProblemResponder`](tollgate_core::ProblemResponder).
 //!
@@ -53,6 +56,7 @@ mod jwks;
 mod jwt;
 mod keys;
 mod layer;
+mod metadata;
 mod policy;
 mod route;
 mod scope;
@@ -66,7 +70,7 @@ pub use api_key::{ApiKeyRecord, ApiKeys};
 pub use builder::AuthBuilder;
 pub use config::{
     ApiKeyConfig, AuthConfig, DpopConfig, IntrospectionConfig, JwtConfig, JwtProfile, OneOrMany,
-    StaticKeyConfig,
+    ResourceMetadataConfig, StaticKeyConfig,
 };
 pub use dpop::{
     DPOP, DPOP_NONCE, DpopMode, MemoryReplayCache, ReplayCache, SharedReplayCache, jwk_thumbprint,
@@ -75,6 +79,7 @@ pub use error::AuthError;
 pub use jwt::token_digest_hex;
 pub use keys::{Algorithm, JwtKey, JwtKeyError, UnknownAlgorithm};
 pub use layer::AuthLayer;
+pub use metadata::WELL_KNOWN as RESOURCE_METADATA_PATH;
 pub use route::{AuthRequirement, AuthRoute};
 pub use service::AuthService;
 pub use tollgate_core::Principal;

@@ -67,6 +67,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let auth = &*self.auth;
+        if let Some(metadata) = &auth.metadata
+            && let Some(document) = metadata.answer(&req)
+        {
+            return ResponseFuture::ready(document);
+        }
         let route = auth.routes.get_for(&req);
         if route.requirement == AuthRequirement::Skip {
             return ResponseFuture::inner(self.inner.call(req), ());

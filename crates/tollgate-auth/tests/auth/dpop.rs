@@ -528,3 +528,37 @@ async fn bad_dpop_settings_fail_at_build() {
         assert_eq!(err.setting, setting, "{extra}");
     }
 }
+
+#[tokio::test]
+async fn protected_resource_metadata_is_served_and_named_in_challenges() {
+    let (app, _) = dpop_app(dpop_config(
+        "[resource_metadata]\nresource = \"https://api.example/v1\"\nscopes_supported = [\"read:items\"]",
+    ))
+    .await;
+    // Served without credentials, although every route requires them.
+    let r = app.get("/.well-known/oauth-protected-resource/v1", &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["resource"], "https://api.example/v1");
+    assert_eq!(doc["authorization_servers"], json!([ISS]));
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    assert_eq!(doc["scopes_supported"], json!(["read:items"]));
+    assert_eq!(
+        doc["dpop_signing_alg_values_supported"],
+        json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+    );
+    // Every challenge names it.
+    let url = "resource_metadata=\"https://api.example/.well-known/oauth-protected-resource/v1\"";
+    for (path, scheme) in [("/me", "Bearer "), ("/bound", "DPoP ")] {
+        let r = app.get(path, &[]).await;
+        assert_eq!(r.status(), 401);
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+        assert!(challenge.starts_with(scheme) && challenge.contains(url), "{challenge}");
+    }
+    let r = app.bearer("/me", "garbage").await;
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    assert!(challenge.contains("error=\"invalid_token\"") && challenge.contains(url), "{challenge}");
+    // Other paths under .well-known are not answered by the layer.
+    assert_eq!(app.get("/.well-known/oauth-protected-resource", &[]).await.status(), 401);
+}
