@@ -210,6 +210,22 @@ impl DpopVerifier {
         now: Timestamp,
         p: &Pseudonymizer,
     ) -> Result<Proof, AuthError> {
+        self.verify_with_thumbprint(headers, method, uri, Some(token), now, p)
+            .map(|(proof, _)| proof)
+    }
+
+    /// Checks the request's proof; with `token`, its `ath` too (a token request
+    /// carries no access token and its proof no `ath`). Also returns the key's
+    /// thumbprint, for a token endpoint to bind the token it issues to.
+    pub(crate) fn verify_with_thumbprint(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        uri: &Uri,
+        token: Option<&[u8]>,
+        now: Timestamp,
+        p: &Pseudonymizer,
+    ) -> Result<(Proof, String), AuthError> {
         let mut values = headers.get_all(&DPOP).iter();
         let value = values.next().ok_or(AuthError::DpopMissing)?;
         if values.next().is_some() {
@@ -297,10 +313,12 @@ impl DpopVerifier {
         if iat > now.saturating_add(self.leeway) || now > until {
             return Err(AuthError::DpopTime);
         }
-        let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token));
-        match &claims.ath {
-            Some(a) if bool::from(a.as_bytes().ct_eq(ath.as_bytes())) => {}
-            _ => return Err(AuthError::DpopTokenHash),
+        if let Some(token) = token {
+            let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token));
+            match &claims.ath {
+                Some(a) if bool::from(a.as_bytes().ct_eq(ath.as_bytes())) => {}
+                _ => return Err(AuthError::DpopTokenHash),
+            }
         }
         if let Some(slot) = self.nonce_slot
             && !claims
@@ -314,11 +332,12 @@ impl DpopVerifier {
         jti_input.extend_from_slice(thumbprint.as_bytes());
         jti_input.push(0);
         jti_input.extend_from_slice(claims.jti.as_bytes());
-        Ok(Proof {
+        let proof = Proof {
             key: p.digest(Domain::DPOP_KEY, thumbprint.as_bytes()),
             replay_key: p.digest(JTI, &jti_input),
             ttl: until.saturating_since(now).max(Duration::from_secs(1)),
-        })
+        };
+        Ok((proof, thumbprint))
     }
 
     /// The `htu` this request must carry, normalised.

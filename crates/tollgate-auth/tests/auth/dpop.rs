@@ -554,11 +554,51 @@ async fn protected_resource_metadata_is_served_and_named_in_challenges() {
         let r = app.get(path, &[]).await;
         assert_eq!(r.status(), 401);
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-        assert!(challenge.starts_with(scheme) && challenge.contains(url), "{challenge}");
+        assert!(
+            challenge.starts_with(scheme) && challenge.contains(url),
+            "{challenge}"
+        );
     }
     let r = app.bearer("/me", "garbage").await;
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-    assert!(challenge.contains("error=\"invalid_token\"") && challenge.contains(url), "{challenge}");
+    assert!(
+        challenge.contains("error=\"invalid_token\"") && challenge.contains(url),
+        "{challenge}"
+    );
     // Other paths under .well-known are not answered by the layer.
-    assert_eq!(app.get("/.well-known/oauth-protected-resource", &[]).await.status(), 401);
+    assert_eq!(
+        app.get("/.well-known/oauth-protected-resource", &[])
+            .await
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn token_request_proofs_give_the_thumbprint_to_bind_to() {
+    let layer = AuthLayer::builder(dpop_config(""), pseudonymizer())
+        .build()
+        .await
+        .unwrap();
+    let client = ClientKey::new(Algorithm::ES256, "rsa1");
+    let claims = json!({"jti": jti(), "htm": "POST", "htu": "http://gw.test/login", "iat": now()});
+    let proof = client.sign(&client.header(), &claims);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", "gw.test".parse().unwrap());
+    headers.insert("dpop", proof.parse().unwrap());
+    let uri: http::Uri = "/login".parse().unwrap();
+    let jkt = layer
+        .verify_token_request_proof(&http::Method::POST, &uri, &headers)
+        .await
+        .unwrap();
+    assert_eq!(jkt, client.thumbprint());
+    let again = layer
+        .verify_token_request_proof(&http::Method::POST, &uri, &headers)
+        .await;
+    assert_eq!(again, Err(tollgate_auth::AuthError::DpopReplay));
+    headers.remove("dpop");
+    let missing = layer
+        .verify_token_request_proof(&http::Method::POST, &uri, &headers)
+        .await;
+    assert_eq!(missing, Err(tollgate_auth::AuthError::DpopMissing));
 }
