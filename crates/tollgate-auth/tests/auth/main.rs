@@ -5,6 +5,7 @@ mod canary;
 mod common;
 mod dpop;
 mod freeze;
+mod interop;
 mod introspection;
 mod issuers;
 mod jwks;
