@@ -34,6 +34,22 @@ pub fn authenticate(layer: &AuthLayer, headers: &HeaderMap) -> Option<Principal>
     }
 }
 
+/// Checks the DPoP proof in `headers` for `token` as the layer would, all but the
+/// replay cache; true if it passes.
+pub fn verify_dpop(
+    layer: &AuthLayer,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    token: &[u8],
+) -> bool {
+    let a = layer.authenticator();
+    let verifier = a.dpop.as_ref().expect("DPoP configured");
+    verifier
+        .verify(headers, method, uri, token, a.clock.now(), &a.pseudonymizer)
+        .is_ok()
+}
+
 /// The cache key computation alone.
 pub fn cache_key(layer: &AuthLayer, token: &[u8]) -> u128 {
     layer.authenticator().cache.key(Presented::Bearer, token)

@@ -84,7 +84,7 @@ where
             Ok(None) if route.admits_anonymous() => return ResponseFuture::inner(self.inner.call(req), ()),
             Ok(None) => Step::Fail(AuthError::MissingCredentials),
             Ok(Some(credential)) => {
-                dpop |= matches!(credential, Credential::Dpop(_));
+                dpop |= matches!(credential, Credential::Dpop(_)) && route.dpop != DpopMode::Off;
                 match auth.dpop_proof(&req, route, &credential) {
                     Ok(p) => {
                         proof = p;

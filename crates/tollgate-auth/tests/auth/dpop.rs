@@ -111,7 +111,10 @@ async fn bound_me(principal: Principal) -> axum::Json<Value> {
 /// `/me` (DPoP optional) and `/bound` (DPoP required) behind a layer for `cfg`.
 async fn dpop_app(cfg: AuthConfig) -> (Running, String) {
     let routes = RouteMap::new(
-        [("/bound", AuthRoute::required().with_dpop(DpopMode::Required))],
+        [
+            ("/bound", AuthRoute::required().with_dpop(DpopMode::Required)),
+            ("/plain", AuthRoute::required().with_dpop(DpopMode::Off)),
+        ],
         AuthRoute::required(),
     )
     .unwrap();
@@ -123,6 +126,7 @@ async fn dpop_app(cfg: AuthConfig) -> (Running, String) {
     let router = Router::new()
         .route("/me", get(bound_me).post(bound_me))
         .route("/bound", get(bound_me))
+        .route("/plain", get(bound_me))
         .route("/other", post(bound_me))
         .layer(layer);
     let app = run(router).await;
@@ -413,6 +417,13 @@ async fn bound_tokens_and_dpop_routes_need_proofs() {
         refusal(r).await,
         (401, Some("invalid_token".into()), BAD_TOKEN.into(), "DPoP".into())
     );
+    // Where DPoP is off, the scheme is refused with a Bearer challenge; bearer
+    // tokens pass, bound ones do not.
+    let proof = client.proof("GET", &format!("{base}/plain"), &bound);
+    let r = app.dpop("/plain", &bound, Some(&proof)).await;
+    assert_eq!(refusal(r).await.3, "Bearer");
+    assert_eq!(app.bearer("/plain", &unbound).await.status(), 200);
+    assert_eq!(app.bearer("/plain", &bound).await.status(), 401);
     // Two DPoP headers.
     let p1 = client.proof("GET", &format!("{base}/me"), &bound);
     let p2 = client.proof("GET", &format!("{base}/me"), &bound);
