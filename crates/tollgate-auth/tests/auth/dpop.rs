@@ -613,3 +613,96 @@ async fn token_request_proofs_give_the_thumbprint_to_bind_to() {
         .await;
     assert_eq!(missing, Err(tollgate_auth::AuthError::DpopMissing));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_jti_thumbprint_key_or_token_reaches_logs() {
+    use tollgate_test_support::{LogCapture, canary};
+    use tracing_subscriber::fmt::format::FmtSpan;
+
+    let capture = LogCapture::new();
+    let subscriber = capture
+        .json_subscriber()
+        .with_span_events(FmtSpan::CLOSE)
+        .with_current_span(true)
+        .with_env_filter("tollgate_auth=trace,tollgate_core=trace,canary=trace")
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let span_layer =
+        tower_http::trace::TraceLayer::new_for_http().make_span_with(|_: &axum::http::Request<_>| {
+            tracing::info_span!(
+                target: "canary",
+                "request",
+                principal = tracing::field::Empty,
+                credential = tracing::field::Empty,
+                tier = tracing::field::Empty,
+                "auth.error" = tracing::field::Empty,
+            )
+        });
+    let routes = RouteMap::new(
+        [("/bound", AuthRoute::required().with_dpop(DpopMode::Required))],
+        AuthRoute::required(),
+    )
+    .unwrap();
+    let layer = AuthLayer::builder(dpop_config("nonce = false"), pseudonymizer())
+        .routes(routes)
+        .build()
+        .await
+        .unwrap();
+    let app = run(Router::new()
+        .route("/bound", get(bound_me))
+        .layer(layer)
+        .layer(span_layer))
+    .await;
+    let url = format!("{}/bound", app.base);
+    let client = ClientKey::new(Algorithm::ES256, "rsa1");
+    let mut c = claims(canary::SUBJECT);
+    c["cnf"] = json!({"jkt": client.thumbprint()});
+    let token = sign(Algorithm::HS256, Some("hs256"), &c);
+    let mut pc = proof_claims("GET", &url, &token);
+    pc["jti"] = json!(canary::JTI);
+    let proof = client.sign(&client.header(), &pc);
+    assert_eq!(app.dpop("/bound", &token, Some(&proof)).await.status(), 200);
+    assert_eq!(
+        app.dpop("/bound", &token, Some(&proof)).await.status(),
+        401,
+        "replay"
+    );
+    app.bearer("/bound", &token).await;
+    let other = ClientKey::new(Algorithm::EdDSA, "rsa1");
+    app.dpop("/bound", &token, Some(&other.proof("GET", &url, &token)))
+        .await;
+    let mut h = client.header();
+    h["jwk"]["d"] = json!("canary-private-scalar");
+    app.dpop(
+        "/bound",
+        &token,
+        Some(&client.sign(&h, &proof_claims("GET", &url, &token))),
+    )
+    .await;
+
+    let logs = capture.text();
+    assert!(
+        logs.contains("\"auth.error\":\"dpop_replay\""),
+        "the capture saw the refusals"
+    );
+    assert!(logs.contains("\"auth.error\":\"dpop_key_mismatch\""));
+    let proof_parts: Vec<&str> = proof.split('.').collect();
+    let token_parts: Vec<&str> = token.split('.').collect();
+    let thumbprint = client.thumbprint();
+    let x = client.jwk["x"].as_str().unwrap().to_string();
+    let other_thumbprint = other.thumbprint();
+    let secrets = [
+        canary::SUBJECT,
+        canary::JTI,
+        thumbprint.as_str(),
+        other_thumbprint.as_str(),
+        x.as_str(),
+        "canary-private-scalar",
+        proof_parts[0],
+        proof_parts[1],
+        proof_parts[2],
+        token_parts[1],
+        token_parts[2],
+    ];
+    canary::assert_absent("the log output", &logs, secrets);
+}
