@@ -16,7 +16,7 @@ use crate::authenticator::Authenticator;
 use crate::cache::TokenCache;
 use crate::config::{AuthConfig, JwtConfig};
 use crate::credential::CredentialSource;
-use crate::dpop::{DpopVerifier, MemoryReplayCache, SharedReplayCache, parse_origin};
+use crate::dpop::{DpopMode, DpopVerifier, MemoryReplayCache, SharedReplayCache, parse_origin};
 use crate::error::Challenges;
 use crate::introspection::Introspector;
 use crate::jwks::{Jwks, JwksSettings};
@@ -25,7 +25,7 @@ use crate::keys::{JwtKey, KeySet, PinnedKey};
 use crate::layer::AuthLayer;
 use crate::metadata::ResourceMetadata;
 use crate::policy::TierPolicy;
-use crate::route::{AuthRoute, compile};
+use crate::route::{AuthRequirement, AuthRoute, compile};
 
 /// How many freezes the default in-process freeze list holds.
 const DEFAULT_FREEZE_ENTRIES: usize = 100_000;
@@ -267,7 +267,12 @@ impl AuthBuilder {
                 let algs = dpop
                     .as_ref()
                     .map(|d| d.algorithms.iter().map(|a| a.name()).collect());
-                Some(ResourceMetadata::new(m, issuers, algs)?)
+                // Every route that reads credentials requires DPoP (RFC 9728 §2).
+                let always = dpop.is_some()
+                    && routes
+                        .iter()
+                        .all(|(_, r)| r.dpop == DpopMode::Required || r.requirement == AuthRequirement::Skip);
+                Some(ResourceMetadata::new(m, issuers, algs, always)?)
             }
         };
 

@@ -29,6 +29,7 @@ impl ResourceMetadata {
         c: &ResourceMetadataConfig,
         issuers: Vec<String>,
         dpop_algs: Option<Vec<&'static str>>,
+        dpop_always: bool,
     ) -> Result<Self, ConfigError> {
         let setting = "auth.resource_metadata.resource";
         let normalized = normalize_htu(&c.resource)
@@ -70,6 +71,9 @@ impl ResourceMetadata {
         }
         if let Some(algs) = dpop_algs {
             doc.insert("dpop_signing_alg_values_supported".into(), json!(algs));
+        }
+        if dpop_always {
+            doc.insert("dpop_bound_access_tokens_required".into(), json!(true));
         }
         Ok(ResourceMetadata {
             path,

@@ -559,6 +559,10 @@ async fn protected_resource_metadata_is_served_and_named_in_challenges() {
         doc["dpop_signing_alg_values_supported"],
         json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
     );
+    assert!(
+        doc.get("dpop_bound_access_tokens_required").is_none(),
+        "/me takes bearer tokens"
+    );
     // Every challenge names it.
     let url = "resource_metadata=\"https://api.example/.well-known/oauth-protected-resource/v1\"";
     for (path, scheme) in [("/me", "Bearer "), ("/bound", "DPoP ")] {
