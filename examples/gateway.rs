@@ -14,7 +14,12 @@
 //! | `GET /health` | no authentication, fingerprinting, limits or anomaly tagging; minimal log line |
 //! | `GET /v1/items/{id}` | anonymous callers welcome; items exist for ids 1 to `[gateway] items` (404 above) |
 //! | `GET /v1/me` | credentials required |
-//! | `POST /login` | demo users from `[gateway]`, answers an HS256 token; its own limit of 5 a minute |
+//! | `GET /v1/bound` | a DPoP-bound token and a fresh DPoP proof required (RFC 9449) |
+//! | `POST /login` | demo users from `[gateway]`, answers an HS256 token (bound to the key of a `DPoP` proof header when one is sent, `token_type: "DPoP"`); its own limit of 5 a minute |
+//! | `GET /.well-known/oauth-protected-resource` | RFC 9728 metadata, answered by the auth layer |
+//!
+//! `cargo run --example dpop_client` logs in with a fresh key and calls the API
+//! with DPoP proofs.
 //! | `/admin/*` | the freeze admin API; the `tollgate:admin` scope required |
 
 use std::net::SocketAddr;
@@ -23,7 +28,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
@@ -94,6 +100,8 @@ struct Login {
     key: Option<EncodingKey>,
     issuer: String,
     audience: String,
+    /// The auth layer, to check the DPoP proofs of token requests.
+    auth: Option<tollgate::auth::AuthLayer>,
 }
 
 #[tokio::main]
@@ -138,6 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         users: gateway.users,
         issuer: gateway.issuer,
         audience: gateway.audience,
+        auth: tollgate.auth().cloned(),
     });
     let mut api = api(login, gateway.items);
     if let Some(admin) = tollgate.freeze_admin() {
@@ -165,6 +174,7 @@ fn api(login: Arc<Login>, items: u64) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/items/{id}", get(item).with_state(items))
         .route("/v1/me", get(me))
+        .route("/v1/bound", get(me))
         .route("/login", post(log_in).with_state(login))
 }
 
@@ -189,6 +199,7 @@ async fn me(p: Principal, session: Option<SessionInfo>) -> Json<Value> {
         "credential": p.credential().as_str(),
         "tier": p.tier().as_str(),
         "scopes": p.scopes().iter().collect::<Vec<_>>(),
+        "dpop_key": p.bound_key().map(|k| k.pseudonym().to_string()),
         "session": session.map(|s| json!({
             "session": s.session.to_string(),
             "health": s.health.as_str(),
@@ -203,12 +214,19 @@ struct Credentials {
     password: String,
 }
 
-async fn log_in(State(login): State<Arc<Login>>, Json(c): Json<Credentials>) -> (StatusCode, Json<Value>) {
+/// The demo token endpoint: a password grant, sender-constrained when the request
+/// carries a DPoP proof (RFC 9449 §5): the token's `cnf.jkt` is the proof key's
+/// thumbprint and its `token_type` is `DPoP`.
+async fn log_in(
+    State(login): State<Arc<Login>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Json(c): Json<Credentials>,
+) -> Response {
+    let error = |status: StatusCode, error: &str| (status, Json(json!({ "error": error }))).into_response();
     let Some(key) = &login.key else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "login is not configured" })),
-        );
+        return error(StatusCode::NOT_FOUND, "login is not configured");
     };
     // Constant-time comparisons joined with `&`, so the password is compared even when the
     // username differs (demo only: real systems compare password hashes).
@@ -217,16 +235,35 @@ async fn log_in(State(login): State<Arc<Login>>, Json(c): Json<Credentials>) -> 
             & bool::from(u.password.as_bytes().ct_eq(c.password.as_bytes()))
     });
     let Some(user) = user else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "invalid credentials" })),
-        );
+        return error(StatusCode::UNAUTHORIZED, "invalid credentials");
+    };
+    // A proof makes the token DPoP-bound; a bad proof is refused (RFC 9449 §5).
+    let jkt = match (&login.auth, headers.contains_key("dpop")) {
+        (Some(auth), true) => match auth.verify_token_request_proof(&method, &uri, &headers).await {
+            Ok(jkt) => Some(jkt),
+            Err(e) => {
+                let nonce = e == tollgate::auth::AuthError::DpopNonce;
+                let mut response = error(
+                    StatusCode::BAD_REQUEST,
+                    if nonce {
+                        "use_dpop_nonce"
+                    } else {
+                        "invalid_dpop_proof"
+                    },
+                );
+                if let Some(n) = auth.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
+                    response.headers_mut().insert("dpop-nonce", n);
+                }
+                return response;
+            }
+        },
+        _ => None,
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let claims = json!({
+    let mut claims = json!({
         "sub": user.username,
         "iss": login.issuer,
         "aud": login.audience,
@@ -236,17 +273,19 @@ async fn log_in(State(login): State<Arc<Login>>, Json(c): Json<Credentials>) -> 
         "plan": user.plan,
         "scope": user.scopes.join(" "),
     });
+    let token_type = match jkt {
+        Some(jkt) => {
+            claims["cnf"] = json!({ "jkt": jkt });
+            "DPoP"
+        }
+        None => "Bearer",
+    };
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("demo-hs256".into());
     match jsonwebtoken::encode(&header, &claims, key) {
-        Ok(token) => (
-            StatusCode::OK,
-            Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 })),
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": "cannot sign" })),
-        ),
+        Ok(token) => Json(json!({ "access_token": token, "token_type": token_type, "expires_in": 3600 }))
+            .into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot sign"),
     }
 }
 

@@ -192,15 +192,17 @@ impl TollgateBuilder {
             .routes(routes.map(|r| r.log.unwrap_or_default()))
             .build()?;
         let auth = match &config.auth {
-            Some(section) => Some(
-                AuthLayer::builder(section.clone(), p.clone())
+            Some(section) => {
+                let mut builder = AuthLayer::builder(section.clone(), p.clone())
                     .freeze_list(stores.freeze_list.clone())
                     .clock(clock.clone())
                     .responder(self.responder.clone())
-                    .routes(routes.map(route::auth_route))
-                    .build()
-                    .await?,
-            ),
+                    .routes(routes.map(route::auth_route));
+                if let Some(replay) = stores.replay.clone() {
+                    builder = builder.replay_cache(replay);
+                }
+                Some(builder.build().await?)
+            }
             None => None,
         };
         let fingerprint = match &config.fingerprint {
@@ -264,6 +266,7 @@ struct Stores {
     freeze_list: SharedFreezeList,
     sessions: Option<Arc<dyn tollgate_fingerprint::SessionStore>>,
     rate_limits: Option<Arc<dyn tollgate_ratelimit::RateLimitStore>>,
+    replay: Option<tollgate_auth::SharedReplayCache>,
 }
 
 impl Stores {
@@ -280,6 +283,7 @@ impl Stores {
                 tollgate_fingerprint::SessionRecord,
             >::new(&backend))),
             rate_limits: Some(Arc::new(tollgate_redis::RedisRateLimitStore::new(&backend))),
+            replay: Some(Arc::new(tollgate_redis::RedisReplayCache::new(&backend))),
         })
     }
 
@@ -296,6 +300,7 @@ impl Stores {
             freeze_list: Arc::new(MemoryFreezeList::with_clock(FREEZE_LIST_CAPACITY, clock.clone())),
             sessions: None,
             rate_limits: None,
+            replay: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use tollgate_anomaly::AnomalyRoute;
-use tollgate_auth::{AuthRequirement, AuthRoute};
+use tollgate_auth::{AuthRequirement, AuthRoute, DpopMode};
 use tollgate_core::{ConfigError, RouteMap, RouteTable};
 use tollgate_privacy::LogProfile;
 use tollgate_ratelimit::RateLimitRoute;
@@ -61,6 +61,9 @@ pub struct RoutePolicy {
     pub auth: Option<AuthRequirement>,
     /// Scopes the caller must hold, all of them (403 otherwise).
     pub scopes: Option<Vec<String>>,
+    /// DPoP (RFC 9449): `required` (only DPoP-bound tokens with a proof), `optional`
+    /// (the default) or `off`. `required` needs `[auth.dpop]`.
+    pub dpop: Option<DpopMode>,
     /// Session fingerprinting on this route.
     pub fingerprint: Option<bool>,
     /// Rate limiting: `exempt`, own `limits`, a `tier` override, `cost`, `mode`.
@@ -86,6 +89,12 @@ impl RoutePolicy {
     /// Requires every one of these scopes.
     pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
         self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets the DPoP mode.
+    pub fn dpop(mut self, mode: DpopMode) -> Self {
+        self.dpop = Some(mode);
         self
     }
 
@@ -126,6 +135,7 @@ impl RoutePolicy {
         RoutePolicy {
             auth: self.auth.or(base.auth),
             scopes: self.scopes.clone().or_else(|| base.scopes.clone()),
+            dpop: self.dpop.or(base.dpop),
             fingerprint: self.fingerprint.or(base.fingerprint),
             ratelimit: self.ratelimit.clone().or_else(|| base.ratelimit.clone()),
             anomaly: self.anomaly.clone().or_else(|| base.anomaly.clone()),
@@ -173,8 +183,14 @@ fn check(pattern: &str, policy: &RoutePolicy, present: &Present) -> Result<(), C
             format!("no [{section}] section is configured, so nothing would enforce it"),
         )
     };
-    if (policy.auth.is_some() || policy.scopes.is_some()) && !present.auth {
-        let key = if policy.auth.is_some() { "auth" } else { "scopes" };
+    if (policy.auth.is_some() || policy.scopes.is_some() || policy.dpop.is_some()) && !present.auth {
+        let key = if policy.auth.is_some() {
+            "auth"
+        } else if policy.scopes.is_some() {
+            "scopes"
+        } else {
+            "dpop"
+        };
         return Err(missing(key, "auth"));
     }
     if policy.auth == Some(AuthRequirement::Skip) && policy.scopes.as_ref().is_some_and(|s| !s.is_empty()) {
@@ -200,6 +216,7 @@ pub(crate) fn auth_route(policy: &RoutePolicy) -> AuthRoute {
     AuthRoute {
         requirement: policy.auth.unwrap_or(AuthRequirement::Required),
         scopes: policy.scopes.clone().unwrap_or_default(),
+        dpop: policy.dpop.unwrap_or_default(),
     }
 }
 
@@ -235,5 +252,21 @@ mod tests {
         assert_eq!(err.setting, "routes.\"/admin/*\".scopes");
         let skip_with_scopes = RoutePolicy::new().auth(AuthRequirement::Skip).scopes(["a"]);
         assert!(resolve([("/x", &skip_with_scopes)], &ALL).is_err());
+    }
+
+    #[test]
+    fn dpop_maps_into_the_auth_route() {
+        let policy: RoutePolicy = toml::from_str("dpop = \"required\"").unwrap();
+        assert_eq!(policy.dpop, Some(DpopMode::Required));
+        assert_eq!(auth_route(&policy).dpop, DpopMode::Required);
+        assert_eq!(auth_route(&RoutePolicy::new()).dpop, DpopMode::Optional);
+        let off = RoutePolicy::new().dpop(DpopMode::Off);
+        assert_eq!(off.over(&policy).dpop, Some(DpopMode::Off));
+        assert_eq!(RoutePolicy::new().over(&policy).dpop, Some(DpopMode::Required));
+        let none = Present { auth: false, ..ALL };
+        assert_eq!(
+            check("/x", &policy, &none).unwrap_err().setting,
+            "routes.\"/x\".dpop"
+        );
     }
 }

@@ -115,12 +115,92 @@ fn bearer(token: &str) -> HeaderMap {
     h
 }
 
+/// A layer checking DPoP proofs (window of an hour, so a proof made once stays
+/// valid for the whole run).
+fn dpop_layer(rt: &tokio::runtime::Runtime) -> AuthLayer {
+    let config: AuthConfig = toml::from_str(
+        r#"
+[dpop]
+max_age = "1h"
+[[api_keys]]
+id = "key-1"
+sha256 = "6f7aa9b3b51bdd2c3c1b0d0f0f2f6a5ecb1d5c1d1c7b8b4d2b0f8c1b1c3c2b1a"
+"#,
+    )
+    .unwrap();
+    let p = Pseudonymizer::new(
+        PseudonymSecret::from_bytes(&[5; 32]).unwrap(),
+        Duration::from_secs(86_400),
+    );
+    rt.block_on(AuthLayer::builder(config, p).build()).unwrap()
+}
+
+/// A request's headers with a DPoP proof by `alg`'s test key for `GET
+/// http://api.test/v1/me` and `token`.
+fn dpop_headers(alg: Algorithm, token: &str) -> HeaderMap {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let key = keys(alg).0;
+    let mut jwk =
+        serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap()).unwrap();
+    jwk.as_object_mut()
+        .unwrap()
+        .retain(|k, _| ["kty", "crv", "x", "y", "n", "e"].contains(&k.as_str()));
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": format!("{alg:?}"), "jwk": jwk});
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let ath = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(token.as_bytes()));
+    let claims = serde_json::json!({
+        "jti": "bench-jti", "htm": "GET", "htu": "http://api.test/v1/me", "iat": now, "ath": ath,
+    });
+    let message = format!("{}.{}", b64(&header), b64(&claims));
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("api.test"));
+    h.insert(
+        "dpop",
+        HeaderValue::from_str(&format!("{message}.{sig}")).unwrap(),
+    );
+    h
+}
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let auth = layer(&rt);
+
+    let dpop = dpop_layer(&rt);
+    let access_token = token(Algorithm::ES256, "erin");
+    let uri: http::Uri = "/v1/me".parse().unwrap();
+    let mut proofs = c.benchmark_group("dpop_proof");
+    for alg in [
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::RS256,
+        Algorithm::PS256,
+    ] {
+        let headers = dpop_headers(alg, &access_token);
+        assert!(
+            bench::verify_dpop(&dpop, &http::Method::GET, &uri, &headers, access_token.as_bytes()),
+            "{alg:?} proof verifies"
+        );
+        proofs.bench_function(format!("{alg:?}"), |b| {
+            b.iter(|| {
+                bench::verify_dpop(
+                    &dpop,
+                    &http::Method::GET,
+                    black_box(&uri),
+                    black_box(&headers),
+                    access_token.as_bytes(),
+                )
+            })
+        });
+    }
+    proofs.finish();
 
     let mut verify = c.benchmark_group("verify");
     for alg in ALGS {

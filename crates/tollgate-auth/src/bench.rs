@@ -11,9 +11,11 @@ use crate::layer::AuthLayer;
 /// Verifies a JWT with no cache involved; true if it verifies.
 pub fn verify_jwt(layer: &AuthLayer, token: &str) -> bool {
     let a = layer.authenticator();
-    let jwt = a.jwt.as_ref().expect("JWT configured");
+    let issuer = a.jwt.first().expect("JWT configured");
     matches!(
-        jwt.verify(token, false, a.clock.now(), &a.pseudonymizer, &a.jwt_tiers),
+        issuer
+            .verifier
+            .verify(token, false, a.clock.now(), &a.pseudonymizer, &issuer.tiers),
         Outcome::Verified(_)
     )
 }
@@ -30,6 +32,22 @@ pub fn authenticate(layer: &AuthLayer, headers: &HeaderMap) -> Option<Principal>
         },
         _ => None,
     }
+}
+
+/// Checks the DPoP proof in `headers` for `token` as the layer would, all but the
+/// replay cache; true if it passes.
+pub fn verify_dpop(
+    layer: &AuthLayer,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    token: &[u8],
+) -> bool {
+    let a = layer.authenticator();
+    let verifier = a.dpop.as_ref().expect("DPoP configured");
+    verifier
+        .verify(headers, method, uri, token, a.clock.now(), &a.pseudonymizer)
+        .is_ok()
 }
 
 /// The cache key computation alone.

@@ -14,16 +14,18 @@ use tollgate_core::{
 use crate::api_key::ApiKeys;
 use crate::authenticator::Authenticator;
 use crate::cache::TokenCache;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, JwtConfig};
 use crate::credential::CredentialSource;
+use crate::dpop::{DpopMode, DpopVerifier, MemoryReplayCache, SharedReplayCache, parse_origin};
 use crate::error::Challenges;
 use crate::introspection::Introspector;
 use crate::jwks::{Jwks, JwksSettings};
-use crate::jwt::JwtVerifier;
+use crate::jwt::{JwtIssuer, JwtVerifier};
 use crate::keys::{JwtKey, KeySet, PinnedKey};
 use crate::layer::AuthLayer;
+use crate::metadata::ResourceMetadata;
 use crate::policy::TierPolicy;
-use crate::route::{AuthRoute, compile};
+use crate::route::{AuthRequirement, AuthRoute, compile};
 
 /// How many freezes the default in-process freeze list holds.
 const DEFAULT_FREEZE_ENTRIES: usize = 100_000;
@@ -42,6 +44,7 @@ impl AuthLayer {
             routes: RouteMap::default(),
             api_keys: None,
             extra_keys: Vec::new(),
+            replay: None,
         }
     }
 
@@ -88,6 +91,7 @@ pub struct AuthBuilder {
     routes: RouteMap<AuthRoute>,
     api_keys: Option<ApiKeys>,
     extra_keys: Vec<(Option<String>, JwtKey)>,
+    replay: Option<SharedReplayCache>,
 }
 
 impl fmt::Debug for AuthBuilder {
@@ -142,6 +146,13 @@ impl AuthBuilder {
         self
     }
 
+    /// Records DPoP proof `jti`s in this replay cache (a Redis one, shared by
+    /// replicas) instead of a new in-process cache of `auth.dpop.replay_max_entries`.
+    pub fn replay_cache(mut self, cache: SharedReplayCache) -> Self {
+        self.replay = Some(cache);
+        self
+    }
+
     /// Validates the configuration, fetches the JWKS and starts its background refresh.
     pub async fn build(self) -> Result<AuthLayer, ConfigError> {
         let c = &self.config;
@@ -175,78 +186,93 @@ impl AuthBuilder {
                 "use api_key_scheme for Authorization: ApiKey",
             ));
         }
-        let routes = compile(&self.routes, c.realm.as_deref())?;
+        let dpop = match &c.dpop {
+            None => None,
+            Some(d) => {
+                let algorithms = d.algorithms()?;
+                let origin = d
+                    .external_origin
+                    .as_deref()
+                    .map(|o| parse_origin("auth.dpop.external_origin", o))
+                    .transpose()?;
+                if d.max_age.is_zero() {
+                    return Err(ConfigError::new("auth.dpop.max_age", "must be positive"));
+                }
+                if d.nonce && d.nonce_lifetime.as_secs() == 0 {
+                    return Err(ConfigError::new(
+                        "auth.dpop.nonce_lifetime",
+                        "must be at least 1s",
+                    ));
+                }
+                let replay = self.replay.clone().unwrap_or_else(|| {
+                    Arc::new(MemoryReplayCache::with_clock(d.replay_max_entries, clock.clone()))
+                });
+                Some(DpopVerifier {
+                    algorithms,
+                    origin,
+                    max_age: d.max_age,
+                    leeway: d.leeway,
+                    replay,
+                    replay_failure: d.replay_failure,
+                    nonce_slot: d.nonce.then_some(d.nonce_lifetime),
+                    max_bytes: c.max_credential_bytes,
+                })
+            }
+        };
+        let routes = compile(&self.routes, c.realm.as_deref(), dpop.is_some())?;
 
-        let mut jwt_tiers = tiers.clone();
-        let jwt = match &c.jwt {
-            None if self.extra_keys.is_empty() => None,
+        let mut jwt = Vec::new();
+        match &c.jwt {
+            None if self.extra_keys.is_empty() => {}
             None => {
                 return Err(ConfigError::new(
                     "auth.jwt",
                     "keys added with jwt_key need an [auth.jwt] section (issuer, audience, algorithms)",
                 ));
             }
-            Some(j) => {
-                if let Some(claim) = &j.tier_claim {
-                    jwt_tiers = jwt_tiers.claim(claim);
-                }
-                let rules = j.rules()?;
-                let mut keys: Vec<PinnedKey> = j
-                    .keys
+            Some(j) => jwt.push(build_issuer("auth.jwt", j, &self.extra_keys, &tiers, &clock).await?),
+        }
+        for (i, j) in c.issuers.iter().enumerate() {
+            let section = format!("auth.issuers[{i}]");
+            if j.issuer.0.is_empty() || j.issuer.0.iter().any(String::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{section}.issuer"),
+                    "each trusted issuer must name its iss",
+                ));
+            }
+            let taken = jwt.iter().any(|other: &JwtIssuer| {
+                other
+                    .verifier
+                    .rules
+                    .issuers
                     .iter()
-                    .enumerate()
-                    .map(|(i, k)| k.pinned(i, &rules))
-                    .collect::<Result<_, _>>()?;
-                for (kid, key) in &self.extra_keys {
-                    if !rules.algorithms.contains(&key.algorithm()) {
-                        return Err(ConfigError::new(
-                            "auth.jwt.algorithms",
-                            format!("does not list {} (a key added with jwt_key)", key.algorithm()),
-                        ));
-                    }
-                    keys.push(PinnedKey::new(kid.clone(), key.clone(), &rules));
-                }
-                let jwks = match &j.jwks_url {
-                    None => None,
-                    Some(url) => {
-                        let setting = "auth.jwt.jwks_url";
-                        let url = reqwest::Url::parse(url).map_err(|e| ConfigError::new(setting, e))?;
-                        check_scheme(setting, &url)?;
-                        let settings = JwksSettings {
-                            url,
-                            timeout: j.jwks_timeout.max(Duration::from_millis(1)),
-                            default_refresh: j.jwks_refresh,
-                            min_refresh: j.jwks_min_refresh.max(Duration::from_millis(10)),
-                            max_refresh: j.jwks_max_refresh,
-                            unknown_kid_interval: j.jwks_unknown_kid_interval,
-                            max_bytes: j.jwks_max_bytes,
-                        };
-                        let jwks = Arc::new(
-                            Jwks::new(settings, rules.clone(), clock.clone())
-                                .map_err(|e| ConfigError::new(setting, e))?,
-                        );
-                        let first = jwks.fetch().await;
-                        if let Err(e) = &first {
-                            if j.jwks_required_at_start {
-                                return Err(ConfigError::new(setting, format!("first fetch failed: {e}")));
-                            }
-                            tracing::warn!(error = %e, cause = "start", "JWKS fetch failed; retrying in the background");
-                        }
-                        Jwks::spawn_refresh(&jwks, jwks.first_refresh(&first));
-                        Some(jwks)
-                    }
-                };
-                if keys.is_empty() && jwks.is_none() {
-                    return Err(ConfigError::new(
-                        "auth.jwt",
-                        "set jwks_url or at least one [[auth.jwt.keys]]",
-                    ));
-                }
-                Some(JwtVerifier {
-                    rules,
-                    static_keys: KeySet::new(keys),
-                    jwks,
-                })
+                    .any(|iss| j.issuer.0.contains(iss))
+            });
+            if taken {
+                return Err(ConfigError::new(
+                    format!("{section}.issuer"),
+                    "an issuer is listed twice (in [auth.jwt] or another [[auth.issuers]])",
+                ));
+            }
+            jwt.push(build_issuer(&section, j, &[], &tiers, &clock).await?);
+        }
+
+        let metadata = match &c.resource_metadata {
+            None => None,
+            Some(m) => {
+                let issuers = jwt
+                    .iter()
+                    .flat_map(|i| i.verifier.rules.issuers.iter().cloned())
+                    .collect();
+                let algs = dpop
+                    .as_ref()
+                    .map(|d| d.algorithms.iter().map(|a| a.name()).collect());
+                // Every route that reads credentials requires DPoP (RFC 9728 §2).
+                let always = dpop.is_some()
+                    && routes
+                        .iter()
+                        .all(|(_, r)| r.dpop == DpopMode::Required || r.requirement == AuthRequirement::Skip);
+                Some(ResourceMetadata::new(m, issuers, algs, always)?)
             }
         };
 
@@ -292,10 +318,10 @@ impl AuthBuilder {
             }
         };
 
-        if jwt.is_none() && api_keys.is_none() && introspection.is_none() {
+        if jwt.is_empty() && api_keys.is_none() && introspection.is_none() {
             return Err(ConfigError::new(
                 "auth",
-                "configure at least one of [auth.jwt], [[auth.api_keys]], [auth.introspection]",
+                "configure at least one of [auth.jwt], [[auth.issuers]], [[auth.api_keys]], [auth.introspection]",
             ));
         }
 
@@ -316,7 +342,6 @@ impl AuthBuilder {
             clock,
             cache,
             jwt,
-            jwt_tiers,
             api_keys,
             introspection,
             introspection_tiers,
@@ -330,11 +355,93 @@ impl AuthBuilder {
             },
             tiers,
             responder: self.responder,
-            challenges: Challenges::new(c.realm.as_deref()),
+            challenges: Challenges::with_dpop(
+                c.realm.as_deref(),
+                dpop.as_ref().map(|d| d.algs()).as_deref(),
+                metadata.as_ref().map(|m| m.url.as_str()),
+            ),
+            metadata,
+            dpop,
             realm: c.realm.clone(),
             routes,
         }))
     }
+}
+
+/// One trusted issuer's verifier: its keys (static, added in code, or a JWKS
+/// fetched now and refreshed in the background) and its tier policy.
+async fn build_issuer(
+    section: &str,
+    j: &JwtConfig,
+    extra_keys: &[(Option<String>, JwtKey)],
+    tiers: &TierPolicy,
+    clock: &SharedClock,
+) -> Result<JwtIssuer, ConfigError> {
+    let mut jwt_tiers = tiers.clone();
+    if let Some(claim) = &j.tier_claim {
+        jwt_tiers = jwt_tiers.claim(claim);
+    }
+    let rules = j.rules(section)?;
+    let mut keys: Vec<PinnedKey> = j
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| k.pinned(section, i, &rules))
+        .collect::<Result<_, _>>()?;
+    for (kid, key) in extra_keys {
+        if !rules.algorithms.contains(&key.algorithm()) {
+            return Err(ConfigError::new(
+                format!("{section}.algorithms"),
+                format!("does not list {} (a key added with jwt_key)", key.algorithm()),
+            ));
+        }
+        keys.push(PinnedKey::new(kid.clone(), key.clone(), &rules));
+    }
+    let jwks = match &j.jwks_url {
+        None => None,
+        Some(url) => {
+            let setting = format!("{section}.jwks_url");
+            let setting = setting.as_str();
+            let url = reqwest::Url::parse(url).map_err(|e| ConfigError::new(setting, e))?;
+            check_scheme(setting, &url)?;
+            let settings = JwksSettings {
+                url,
+                timeout: j.jwks_timeout.max(Duration::from_millis(1)),
+                default_refresh: j.jwks_refresh,
+                min_refresh: j.jwks_min_refresh.max(Duration::from_millis(10)),
+                max_refresh: j.jwks_max_refresh,
+                unknown_kid_interval: j.jwks_unknown_kid_interval,
+                max_bytes: j.jwks_max_bytes,
+            };
+            let jwks = Arc::new(
+                Jwks::new(settings, rules.clone(), clock.clone())
+                    .map_err(|e| ConfigError::new(setting, e))?,
+            );
+            let first = jwks.fetch().await;
+            if let Err(e) = &first {
+                if j.jwks_required_at_start {
+                    return Err(ConfigError::new(setting, format!("first fetch failed: {e}")));
+                }
+                tracing::warn!(error = %e, cause = "start", "JWKS fetch failed; retrying in the background");
+            }
+            Jwks::spawn_refresh(&jwks, jwks.first_refresh(&first));
+            Some(jwks)
+        }
+    };
+    if keys.is_empty() && jwks.is_none() {
+        return Err(ConfigError::new(
+            section,
+            format!("set jwks_url or at least one [[{section}.keys]]"),
+        ));
+    }
+    Ok(JwtIssuer {
+        verifier: JwtVerifier {
+            rules,
+            static_keys: KeySet::new(keys),
+            jwks,
+        },
+        tiers: jwt_tiers,
+    })
 }
 
 fn check_scheme(setting: &str, url: &reqwest::Url) -> Result<(), ConfigError> {

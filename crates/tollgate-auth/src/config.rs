@@ -57,10 +57,132 @@ pub struct AuthConfig {
     pub max_freeze_ttl: Duration,
     /// JWT verification (`[auth.jwt]`).
     pub jwt: Option<JwtConfig>,
+    /// More trusted issuers (`[[auth.issuers]]`), each a [`JwtConfig`] with its own
+    /// keys or JWKS, audiences, algorithms, tier claim and required claims. Each must
+    /// name its `issuer`; a token is verified by the issuer its `iss` names, and one
+    /// naming none of them (nor matching `[auth.jwt]`) gets 401 `invalid_token`.
+    pub issuers: Vec<JwtConfig>,
     /// API keys (`[[auth.api_keys]]`).
     pub api_keys: Vec<ApiKeyConfig>,
     /// OAuth2 token introspection (`[auth.introspection]`).
     pub introspection: Option<IntrospectionConfig>,
+    /// DPoP proofs (`[auth.dpop]`, RFC 9449). Without it, the `DPoP` scheme is
+    /// refused, routes cannot require DPoP, and DPoP-bound tokens (`cnf.jkt`) are
+    /// refused as bearer tokens.
+    pub dpop: Option<DpopConfig>,
+    /// RFC 9728 protected resource metadata (`[auth.resource_metadata]`): served
+    /// by the layer at `/.well-known/oauth-protected-resource` and named in every
+    /// `WWW-Authenticate` challenge (`resource_metadata`).
+    pub resource_metadata: Option<ResourceMetadataConfig>,
+}
+
+/// The `[auth.resource_metadata]` section (RFC 9728).
+///
+/// ```
+/// let m: tollgate_auth::ResourceMetadataConfig = toml::from_str(r#"
+///     resource = "https://api.example"
+///     scopes_supported = ["read:items"]
+/// "#).unwrap();
+/// assert!(m.authorization_servers.is_empty(), "default: every configured issuer");
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceMetadataConfig {
+    /// The resource identifier: this API's URL as clients know it (required).
+    pub resource: String,
+    /// Authorization servers' issuer identifiers (default: the issuers of
+    /// `[auth.jwt]` and `[[auth.issuers]]`).
+    pub authorization_servers: Vec<String>,
+    /// Scopes clients may ask for.
+    pub scopes_supported: Vec<String>,
+    /// A human-readable name of the resource.
+    pub resource_name: Option<String>,
+    /// A page of developer documentation.
+    pub resource_documentation: Option<String>,
+}
+
+/// The `[auth.dpop]` section: how DPoP proofs (RFC 9449 §4.3) are checked.
+///
+/// ```
+/// let dpop: tollgate_auth::DpopConfig = toml::from_str(r#"
+///     external_origin = "https://api.example"
+///     max_age = "30s"
+///     nonce = true
+/// "#).unwrap();
+/// assert_eq!(dpop.max_age, std::time::Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpopConfig {
+    /// Proof algorithms accepted (default `["ES256", "ES384", "EdDSA", "RS256",
+    /// "PS256"]`); asymmetric ones only.
+    pub algorithms: Vec<String>,
+    /// The scheme, host (and base path) clients address, e.g. `"https://api.example"`:
+    /// the `htu` of a proof must be this followed by the request path. Set it
+    /// behind proxies and TLS terminators. Without it, `http://` and the request's
+    /// `Host` are expected.
+    pub external_origin: Option<String>,
+    /// How old a proof's `iat` may be (default `"60s"`); also how long its `jti`
+    /// is remembered.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub max_age: Duration,
+    /// Clock skew allowed on `iat`, either way (default `"5s"`).
+    #[serde(with = "tollgate_core::config::duration")]
+    pub leeway: Duration,
+    /// The most proof digests the in-process replay cache holds (default 100 000).
+    pub replay_max_entries: usize,
+    /// What happens when the replay cache cannot answer: `closed` (default, 503) or `open`.
+    pub replay_failure: FailurePolicy,
+    /// Require server nonces (`DPoP-Nonce`, RFC 9449 §9; default false).
+    pub nonce: bool,
+    /// How long a nonce is issued for (default `"5m"`); one stays valid for up to
+    /// twice this.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub nonce_lifetime: Duration,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: crate::dpop::DEFAULT_ALGORITHMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            external_origin: None,
+            max_age: Duration::from_secs(60),
+            leeway: Duration::from_secs(5),
+            replay_max_entries: 100_000,
+            replay_failure: FailurePolicy::Closed,
+            nonce: false,
+            nonce_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+impl DpopConfig {
+    /// The proof algorithms, checked.
+    pub(crate) fn algorithms(&self) -> Result<Vec<Algorithm>, ConfigError> {
+        let setting = "auth.dpop.algorithms";
+        let mut algorithms = Vec::new();
+        for name in &self.algorithms {
+            let alg = name
+                .parse::<Algorithm>()
+                .map_err(|_| ConfigError::new(setting, format!("unsupported algorithm {name:?}")))?;
+            if alg.is_hmac() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{name} is symmetric; proofs need an asymmetric algorithm"),
+                ));
+            }
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(ConfigError::new(setting, "list at least one algorithm"));
+        }
+        Ok(algorithms)
+    }
 }
 
 impl Default for AuthConfig {
@@ -78,8 +200,11 @@ impl Default for AuthConfig {
             on_store_failure: FailurePolicy::Closed,
             max_freeze_ttl: Duration::from_secs(30 * 86_400),
             jwt: None,
+            issuers: Vec::new(),
             api_keys: Vec::new(),
             introspection: None,
+            dpop: None,
+            resource_metadata: None,
         }
     }
 }
@@ -293,11 +418,15 @@ fn default_introspection_ttl() -> Duration {
 }
 
 impl JwtConfig {
-    pub(crate) fn rules(&self) -> Result<JwtRules, ConfigError> {
+    /// The rules of this section, named `section` in errors (`auth.jwt`, `auth.issuers[1]`).
+    pub(crate) fn rules(&self, section: &str) -> Result<JwtRules, ConfigError> {
         let mut algorithms = Vec::new();
         for name in &self.algorithms {
             let alg = name.parse::<Algorithm>().map_err(|_| {
-                ConfigError::new("auth.jwt.algorithms", format!("unsupported algorithm {name:?}"))
+                ConfigError::new(
+                    format!("{section}.algorithms"),
+                    format!("unsupported algorithm {name:?}"),
+                )
             })?;
             if !algorithms.contains(&alg) {
                 algorithms.push(alg);
@@ -305,7 +434,7 @@ impl JwtConfig {
         }
         if algorithms.is_empty() {
             return Err(ConfigError::new(
-                "auth.jwt.algorithms",
+                format!("{section}.algorithms"),
                 "list at least one algorithm",
             ));
         }
@@ -321,14 +450,19 @@ impl JwtConfig {
 }
 
 impl StaticKeyConfig {
-    pub(crate) fn pinned(&self, index: usize, rules: &JwtRules) -> Result<PinnedKey, ConfigError> {
-        let at = |field: &str| format!("auth.jwt.keys[{index}].{field}");
+    pub(crate) fn pinned(
+        &self,
+        section: &str,
+        index: usize,
+        rules: &JwtRules,
+    ) -> Result<PinnedKey, ConfigError> {
+        let at = |field: &str| format!("{section}.keys[{index}].{field}");
         let alg = self
             .alg
             .parse::<Algorithm>()
             .ok()
             .filter(|a| rules.algorithms.contains(a))
-            .ok_or_else(|| ConfigError::new(at("alg"), "must be one of auth.jwt.algorithms"))?;
+            .ok_or_else(|| ConfigError::new(at("alg"), format!("must be one of {section}.algorithms")))?;
         let sources = [
             self.pem.is_some(),
             self.pem_file.is_some(),

@@ -11,6 +11,9 @@ pub(crate) enum Credential<'a> {
     /// The raw bearer token: validated only on a cache miss (a hit means these exact
     /// bytes were validated before).
     Bearer(&'a [u8]),
+    /// An access token presented with `Authorization: DPoP` (RFC 9449 §7.1): valid
+    /// only with a proof in the `DPoP` header and bound to its key.
+    Dpop(&'a [u8]),
     ApiKey(&'a [u8]),
 }
 
@@ -57,6 +60,11 @@ impl CredentialSource {
                 return Err(AuthError::MalformedRequest);
             }
             Ok(Credential::Bearer(rest))
+        } else if scheme.eq_ignore_ascii_case(b"dpop") {
+            if rest.is_empty() {
+                return Err(AuthError::MalformedRequest);
+            }
+            Ok(Credential::Dpop(rest))
         } else if self.api_key_scheme && scheme.eq_ignore_ascii_case(b"apikey") {
             Ok(Credential::ApiKey(api_key_bytes(rest)?))
         } else {

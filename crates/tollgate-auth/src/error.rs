@@ -56,6 +56,39 @@ pub enum AuthError {
     FreezeListUnavailable,
     /// The credential lacks a scope the route requires.
     InsufficientScope,
+    /// `Authorization: DPoP` without a `DPoP` proof header.
+    DpopMissing,
+    /// The DPoP proof is malformed: shape, base64, JSON, `typ`, `crit`, a missing
+    /// claim, or the header sent twice.
+    DpopInvalid,
+    /// The DPoP proof's `alg` is `none`, symmetric or not allowed.
+    DpopAlgorithm,
+    /// The DPoP proof's `jwk` is missing, holds private parts or does not fit `alg`.
+    DpopKey,
+    /// The DPoP proof's signature does not verify with its `jwk`.
+    DpopSignature,
+    /// The DPoP proof's `htm` is not the request method.
+    DpopMethod,
+    /// The DPoP proof's `htu` is not the request URI.
+    DpopUri,
+    /// The DPoP proof's `iat` is too old or in the future.
+    DpopTime,
+    /// The DPoP proof's `ath` is missing or not the hash of the access token.
+    DpopTokenHash,
+    /// The DPoP proof's `jti` was already used.
+    DpopReplay,
+    /// The DPoP proof lacks a current server nonce (`use_dpop_nonce`).
+    DpopNonce,
+    /// The token is bound (`cnf.jkt`) to another key than the proof's.
+    DpopKeyMismatch,
+    /// A DPoP-bound token was presented as a bearer token.
+    DpopBoundBearer,
+    /// A token without `cnf.jkt` was presented with the DPoP scheme.
+    DpopUnboundToken,
+    /// The route requires a DPoP-bound token with a proof.
+    DpopRequired,
+    /// The DPoP replay cache could not be read and its failure policy is closed.
+    ReplayCacheUnavailable,
 }
 
 impl AuthError {
@@ -84,13 +117,34 @@ impl AuthError {
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
             AuthError::FreezeListUnavailable => "freeze_list_unavailable",
             AuthError::InsufficientScope => "insufficient_scope",
+            AuthError::DpopMissing => "dpop_missing",
+            AuthError::DpopInvalid => "dpop_invalid",
+            AuthError::DpopAlgorithm => "dpop_alg",
+            AuthError::DpopKey => "dpop_jwk",
+            AuthError::DpopSignature => "dpop_signature",
+            AuthError::DpopMethod => "dpop_htm",
+            AuthError::DpopUri => "dpop_htu",
+            AuthError::DpopTime => "dpop_iat",
+            AuthError::DpopTokenHash => "dpop_ath",
+            AuthError::DpopReplay => "dpop_replay",
+            AuthError::DpopNonce => "dpop_nonce",
+            AuthError::DpopKeyMismatch => "dpop_key_mismatch",
+            AuthError::DpopBoundBearer => "dpop_bound_bearer",
+            AuthError::DpopUnboundToken => "dpop_unbound_token",
+            AuthError::DpopRequired => "dpop_required",
+            AuthError::ReplayCacheUnavailable => "replay_cache_unavailable",
         }
     }
 
-    /// The RFC 6750 error code, if the answer carries one. A request without any
-    /// credentials gets none (RFC 6750 §3.1).
+    /// The RFC 6750 (or RFC 9449 §7.1) error code, if the answer carries one. A
+    /// request without any credentials gets none (RFC 6750 §3.1).
     pub const fn rfc6750_code(self) -> Option<&'static str> {
+        if self.is_dpop_proof() {
+            return Some("invalid_dpop_proof");
+        }
         match self {
+            AuthError::DpopNonce => Some("use_dpop_nonce"),
+            AuthError::ReplayCacheUnavailable => None,
             AuthError::MissingCredentials | AuthError::UnsupportedScheme => None,
             AuthError::MalformedRequest | AuthError::RepeatedHeader | AuthError::OversizedCredentials => {
                 Some("invalid_request")
@@ -109,7 +163,11 @@ impl AuthError {
             AuthError::RepeatedHeader | AuthError::OversizedCredentials => types::HEADER_REJECTED,
             AuthError::Frozen => types::CREDENTIAL_FROZEN,
             AuthError::InsufficientScope => types::INSUFFICIENT_SCOPE,
-            AuthError::IntrospectionUnavailable | AuthError::FreezeListUnavailable => types::UNAVAILABLE,
+            AuthError::IntrospectionUnavailable
+            | AuthError::FreezeListUnavailable
+            | AuthError::ReplayCacheUnavailable => types::UNAVAILABLE,
+            AuthError::DpopNonce => types::USE_DPOP_NONCE,
+            e if e.is_dpop_proof() => types::INVALID_DPOP_PROOF,
             _ => types::INVALID_TOKEN,
         }
     }
@@ -139,7 +197,62 @@ impl AuthError {
             AuthError::IntrospectionUnavailable => "the token could not be checked; try again later",
             AuthError::FreezeListUnavailable => "the credentials could not be checked; try again later",
             AuthError::InsufficientScope => "the credentials lack a scope this resource requires",
+            AuthError::DpopMissing => "the DPoP scheme needs a DPoP proof header",
+            AuthError::DpopInvalid => "the DPoP proof is malformed",
+            AuthError::DpopAlgorithm => "the DPoP proof's algorithm is not accepted",
+            AuthError::DpopKey => "the DPoP proof's key is not an acceptable public key",
+            AuthError::DpopSignature => "the DPoP proof's signature does not verify",
+            AuthError::DpopMethod => "the DPoP proof is for another method",
+            AuthError::DpopUri => "the DPoP proof is for another URI",
+            AuthError::DpopTime => "the DPoP proof is too old or from the future",
+            AuthError::DpopTokenHash => "the DPoP proof is for another access token",
+            AuthError::DpopReplay => "the DPoP proof was already used",
+            AuthError::DpopNonce => "the DPoP proof must carry the nonce in DPoP-Nonce",
+            AuthError::DpopKeyMismatch => "the token is bound to another key than the DPoP proof's",
+            AuthError::DpopBoundBearer => "a DPoP-bound token must be presented with the DPoP scheme",
+            AuthError::DpopUnboundToken => "the DPoP scheme needs a DPoP-bound token",
+            AuthError::DpopRequired => "this resource requires a DPoP-bound token and a DPoP proof",
+            AuthError::ReplayCacheUnavailable => "the DPoP proof could not be checked; try again later",
         }
+    }
+
+    /// True for the errors about the proof itself (`invalid_dpop_proof`).
+    pub const fn is_dpop_proof(self) -> bool {
+        matches!(
+            self,
+            AuthError::DpopMissing
+                | AuthError::DpopInvalid
+                | AuthError::DpopAlgorithm
+                | AuthError::DpopKey
+                | AuthError::DpopSignature
+                | AuthError::DpopMethod
+                | AuthError::DpopUri
+                | AuthError::DpopTime
+                | AuthError::DpopTokenHash
+                | AuthError::DpopReplay
+        )
+    }
+
+    /// True for the errors answered with a `DPoP` challenge whatever the request.
+    pub const fn is_dpop(self) -> bool {
+        matches!(
+            self,
+            AuthError::DpopMissing
+                | AuthError::DpopInvalid
+                | AuthError::DpopAlgorithm
+                | AuthError::DpopKey
+                | AuthError::DpopSignature
+                | AuthError::DpopMethod
+                | AuthError::DpopUri
+                | AuthError::DpopTime
+                | AuthError::DpopTokenHash
+                | AuthError::DpopReplay
+                | AuthError::DpopNonce
+                | AuthError::DpopKeyMismatch
+                | AuthError::DpopBoundBearer
+                | AuthError::DpopUnboundToken
+                | AuthError::DpopRequired
+        )
     }
 }
 
@@ -157,19 +270,67 @@ pub(crate) struct Challenges {
     plain: HeaderValue,
     invalid_request: HeaderValue,
     invalid_token: HeaderValue,
+    dpop: Option<DpopChallenges>,
+}
+
+/// The `DPoP` challenges (RFC 9449 §7.1), with the accepted algorithms.
+#[derive(Clone, Debug)]
+struct DpopChallenges {
+    plain: HeaderValue,
+    invalid_request: HeaderValue,
+    invalid_token: HeaderValue,
+    invalid_dpop_proof: HeaderValue,
+    use_dpop_nonce: HeaderValue,
 }
 
 impl Challenges {
     pub(crate) fn new(realm: Option<&str>) -> Self {
+        Self::with_dpop(realm, None, None)
+    }
+
+    /// Challenges naming `realm`; with `dpop_algs`, `DPoP` challenges too; with
+    /// `resource_metadata`, its URL (RFC 9728 §5.1) in every challenge.
+    pub(crate) fn with_dpop(
+        realm: Option<&str>,
+        dpop_algs: Option<&str>,
+        resource_metadata: Option<&str>,
+    ) -> Self {
+        let metadata =
+            resource_metadata.map(|u| format!("resource_metadata=\"{}\"", u.replace(['"', '\\'], "")));
         let realm = realm
             .filter(|r| !r.is_empty())
             .map(|r| format!("realm=\"{}\"", r.replace(['"', '\\'], "")));
+        let dpop = dpop_algs.map(|algs| {
+            let value = |code: Option<&str>| {
+                let mut params: Vec<String> = Vec::new();
+                params.extend(realm.clone());
+                if let Some(c) = code {
+                    params.push(format!("error=\"{c}\""));
+                }
+                params.push(format!("algs=\"{algs}\""));
+                params.extend(metadata.clone());
+                HeaderValue::from_str(&format!("DPoP {}", params.join(", ")))
+                    .unwrap_or_else(|_| HeaderValue::from_static("DPoP"))
+            };
+            DpopChallenges {
+                plain: value(None),
+                invalid_request: value(Some("invalid_request")),
+                invalid_token: value(Some("invalid_token")),
+                invalid_dpop_proof: value(Some("invalid_dpop_proof")),
+                use_dpop_nonce: value(Some("use_dpop_nonce")),
+            }
+        });
         let value = |code: Option<&str>| {
-            let text = match (&realm, code) {
-                (Some(r), Some(c)) => format!("Bearer {r}, error=\"{c}\""),
-                (Some(r), None) => format!("Bearer {r}"),
-                (None, Some(c)) => format!("Bearer error=\"{c}\""),
-                (None, None) => "Bearer".to_string(),
+            let mut params: Vec<String> = Vec::new();
+            params.extend(realm.clone());
+            if let Some(c) = code {
+                params.push(format!("error=\"{c}\""));
+            }
+            params.extend(metadata.clone());
+            let text = if params.is_empty() {
+                "Bearer".to_string()
+            } else {
+                format!("Bearer {}", params.join(", "))
             };
             HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
         };
@@ -177,11 +338,32 @@ impl Challenges {
             plain: value(None),
             invalid_request: value(Some("invalid_request")),
             invalid_token: value(Some("invalid_token")),
+            dpop,
         }
     }
 
     /// The problem for `error`, with its challenge on 401s.
     pub(crate) fn problem(&self, error: AuthError) -> Problem {
+        self.problem_for(error, false)
+    }
+
+    /// The problem for `error`, with a `DPoP` challenge when `dpop` is true or the
+    /// error is about DPoP (and DPoP is configured), a `Bearer` one otherwise.
+    pub(crate) fn problem_for(&self, error: AuthError, dpop: bool) -> Problem {
+        if let Some(d) = &self.dpop
+            && (dpop || error.is_dpop())
+        {
+            let problem = Problem::new(error.problem_type()).with_detail(error.detail());
+            let challenge = match (error.problem_type().status.as_u16(), error.rfc6750_code()) {
+                (401, None) => &d.plain,
+                (_, Some("invalid_request")) => &d.invalid_request,
+                (401, Some("invalid_dpop_proof")) => &d.invalid_dpop_proof,
+                (401, Some("use_dpop_nonce")) => &d.use_dpop_nonce,
+                (401, Some(_)) => &d.invalid_token,
+                _ => return problem,
+            };
+            return problem.with_header(WWW_AUTHENTICATE, challenge.clone());
+        }
         let problem = Problem::new(error.problem_type()).with_detail(error.detail());
         // 401s carry a challenge (RFC 6750 §3); so do 400/431 `invalid_request`
         // answers, to name the error code. 503s and 403s (see `scope.rs`) do not.

@@ -162,6 +162,10 @@ impl Introspector {
             ),
         };
         let mut principal = principal.with_tier(tier).with_scopes(scopes);
+        // RFC 9449 §6.2: a bound token's introspection answer carries `cnf.jkt`.
+        if let Some(key) = crate::jwt::bound_key(response.extra_fields().0.get("cnf"), p)? {
+            principal = principal.with_bound_key(key);
+        }
         if let Some(iat) = response.iat().and_then(|t| u64::try_from(t.timestamp()).ok()) {
             principal = principal.with_issued_at(Timestamp::from_secs(iat));
         }

@@ -8,8 +8,12 @@ use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
 const LAYER: &str = "auth";
 
 /// The fields, with the token cache's and the freeze list's retention.
-pub(crate) fn fields(cache_max_ttl: Duration, max_freeze_ttl: Duration) -> Vec<FieldSpec> {
-    vec![
+pub(crate) fn fields(
+    cache_max_ttl: Duration,
+    max_freeze_ttl: Duration,
+    dpop_replay_ttl: Option<Duration>,
+) -> Vec<FieldSpec> {
+    let mut fields = vec![
         FieldSpec {
             name: fields::PRINCIPAL,
             layer: LAYER,
@@ -73,5 +77,26 @@ pub(crate) fn fields(cache_max_ttl: Duration, max_freeze_ttl: Duration) -> Vec<F
             retention: Retention::ttl(max_freeze_ttl),
             sinks: &[Sink::Store],
         },
-    ]
+        FieldSpec {
+            name: "dpop.key",
+            layer: LAYER,
+            derived_from: "the RFC 7638 thumbprint of the DPoP key a token is bound to (`cnf.jkt`), proven by the request's proof",
+            protection: Protection::Pseudonym,
+            purpose: "key continuity of a sender-constrained session (the principal's bound key)",
+            retention: Retention::Request,
+            sinks: &[Sink::Extension],
+        },
+    ];
+    if let Some(ttl) = dpop_replay_ttl {
+        fields.push(FieldSpec {
+            name: "auth.dpop_replay",
+            layer: LAYER,
+            derived_from: "the DPoP proof key's thumbprint and the proof's `jti`, as a keyed digest",
+            protection: Protection::KeyedDigest,
+            purpose: "refuse a DPoP proof used twice",
+            retention: Retention::ttl(ttl),
+            sinks: &[Sink::Store],
+        });
+    }
+    fields
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tollgate_core::clock::Timestamp;
-use tollgate_core::{CredentialKind, Principal, Pseudonymizer, Scopes};
+use tollgate_core::{BoundKey, CredentialKind, Principal, Pseudonymizer, Scopes};
 
 use crate::error::AuthError;
 use crate::jwks::Jwks;
@@ -62,6 +62,40 @@ impl fmt::Debug for JwtVerifier {
             .field("jwks", &self.jwks.is_some())
             .finish()
     }
+}
+
+/// One trusted issuer: its verifier and where its tokens' tiers come from.
+#[derive(Debug)]
+pub(crate) struct JwtIssuer {
+    pub(crate) verifier: JwtVerifier,
+    pub(crate) tiers: TierPolicy,
+}
+
+#[derive(Deserialize)]
+struct RawIss<'a> {
+    #[serde(default, borrow)]
+    iss: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The issuer that verifies `token`: the only one, else the one naming the token's
+/// `iss` (read before verification, only to choose), else one accepting any issuer.
+pub(crate) fn select_issuer(issuers: &[JwtIssuer], token: &str) -> Result<usize, AuthError> {
+    if issuers.len() == 1 {
+        return Ok(0);
+    }
+    let payload = token.split('.').nth(1).unwrap_or("");
+    let json = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::MalformedToken)?;
+    let raw: RawIss<'_> = serde_json::from_slice(&json).map_err(|_| AuthError::MalformedToken)?;
+    let named = raw.iss.as_deref().and_then(|iss| {
+        issuers
+            .iter()
+            .position(|i| i.verifier.rules.issuers.iter().any(|x| x == iss))
+    });
+    named
+        .or_else(|| issuers.iter().position(|i| i.verifier.rules.issuers.is_empty()))
+        .ok_or(AuthError::WrongIssuer)
 }
 
 /// True if `token` has the shape of a JWS compact serialization (three parts).
@@ -204,6 +238,9 @@ impl JwtVerifier {
             ),
         };
         let mut principal = principal.with_tier(tier).with_scopes(scopes);
+        if let Some(key) = bound_key(claims.get("cnf"), p)? {
+            principal = principal.with_bound_key(key);
+        }
         if let Some(iat) = claims.get("iat").and_then(numeric_date) {
             principal = principal.with_issued_at(iat);
         }
@@ -211,6 +248,19 @@ impl JwtVerifier {
             principal,
             expires_at: claims.get("exp").and_then(numeric_date),
         })
+    }
+}
+
+/// The DPoP key a token is bound to (`cnf.jkt`, RFC 9449 §6.1). A `cnf` with
+/// `jkt` of the wrong shape is refused rather than ignored, so that a bound token
+/// can never pass as a bearer token.
+pub(crate) fn bound_key(cnf: Option<&Value>, p: &Pseudonymizer) -> Result<Option<BoundKey>, AuthError> {
+    let Some(jkt) = cnf.and_then(|c| c.get("jkt")) else {
+        return Ok(None);
+    };
+    match jkt.as_str() {
+        Some(t) if !t.is_empty() && t.len() <= 128 => Ok(Some(BoundKey::new(p, t))),
+        _ => Err(AuthError::MissingClaim),
     }
 }
 

@@ -113,7 +113,7 @@ impl Algorithm {
         }
     }
 
-    fn jwt(self) -> jsonwebtoken::Algorithm {
+    pub(crate) fn jwt(self) -> jsonwebtoken::Algorithm {
         use jsonwebtoken::Algorithm as J;
         match self {
             Algorithm::HS256 => J::HS256,
@@ -251,6 +251,10 @@ impl JwtKey {
     /// The algorithm the key verifies.
     pub fn algorithm(&self) -> Algorithm {
         self.alg
+    }
+
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.key
     }
 }
 

@@ -11,6 +11,7 @@ use tower::Layer;
 use crate::admin::FreezeAdmin;
 use crate::api_key::ApiKeys;
 use crate::authenticator::Authenticator;
+use crate::error::AuthError;
 use crate::service::AuthService;
 
 /// Authenticates requests by JWT, API key or token introspection, checks the freeze
@@ -100,9 +101,10 @@ impl AuthLayer {
     pub fn jwks_fetch_count(&self) -> u64 {
         self.auth
             .jwt
-            .as_ref()
-            .and_then(|j| j.jwks.as_ref())
-            .map_or(0, |j| j.fetch_count())
+            .iter()
+            .filter_map(|i| i.verifier.jwks.as_ref())
+            .map(|j| j.fetch_count())
+            .sum()
     }
 
     /// Empties the verified-token cache (the freeze list makes this unnecessary for
@@ -128,9 +130,39 @@ impl AuthLayer {
         self.auth.max_freeze_ttl
     }
 
+    /// Checks the DPoP proof of a token request (RFC 9449 §5) as this layer checks
+    /// proofs (algorithms, `htm`, `htu`, `iat`, nonce) and records its `jti`, for
+    /// a token endpoint served behind the layer. Returns the proof key's RFC 7638
+    /// thumbprint, the `cnf.jkt` to bind the issued token to: the caller must not
+    /// log or store it. Fails with [`AuthError::UnsupportedScheme`] without
+    /// `[auth.dpop]`, with [`AuthError::DpopMissing`] without a proof.
+    pub async fn verify_token_request_proof(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<String, AuthError> {
+        let a = &self.auth;
+        let verifier = a.dpop.as_ref().ok_or(AuthError::UnsupportedScheme)?;
+        let (proof, thumbprint) =
+            verifier.verify_with_thumbprint(headers, method, uri, None, a.clock.now(), &a.pseudonymizer)?;
+        a.replay_later(&proof).await?;
+        Ok(thumbprint)
+    }
+
+    /// A fresh server nonce for `DPoP-Nonce`, when `auth.dpop.nonce` is on.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        let a = &self.auth;
+        a.dpop.as_ref()?.nonce(&a.pseudonymizer, a.clock.now())
+    }
+
     /// Every field this layer logs or stores.
     pub fn inventory(&self) -> Vec<FieldSpec> {
-        crate::inventory::fields(self.auth.cache.max_ttl(), self.auth.max_freeze_ttl)
+        crate::inventory::fields(
+            self.auth.cache.max_ttl(),
+            self.auth.max_freeze_ttl,
+            self.auth.dpop.as_ref().map(|d| d.max_age + d.leeway),
+        )
     }
 }
 

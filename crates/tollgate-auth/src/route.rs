@@ -7,6 +7,7 @@ use serde::de::{self, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use tollgate_core::{ConfigError, RouteMap};
 
+use crate::dpop::DpopMode;
 use crate::scope::{RequiredScopes, is_scope_token};
 
 /// How a route treats credentials.
@@ -59,6 +60,8 @@ pub struct AuthRoute {
     pub requirement: AuthRequirement,
     /// Scopes the principal must all hold (OAuth2 scope tokens: no spaces or quotes).
     pub scopes: Vec<String>,
+    /// Whether the route requires DPoP-bound tokens (default: optional).
+    pub dpop: DpopMode,
 }
 
 impl AuthRoute {
@@ -86,6 +89,12 @@ impl AuthRoute {
         self.scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
+
+    /// The same route, with this DPoP mode.
+    pub fn with_dpop(mut self, dpop: DpopMode) -> Self {
+        self.dpop = dpop;
+        self
+    }
 }
 
 impl From<AuthRequirement> for AuthRoute {
@@ -93,6 +102,7 @@ impl From<AuthRequirement> for AuthRoute {
         AuthRoute {
             requirement,
             scopes: Vec::new(),
+            dpop: DpopMode::default(),
         }
     }
 }
@@ -103,6 +113,7 @@ impl From<AuthRequirement> for AuthRoute {
 struct AuthRouteTable {
     requirement: AuthRequirement,
     scopes: Vec<String>,
+    dpop: DpopMode,
 }
 
 impl<'de> Deserialize<'de> for AuthRoute {
@@ -113,7 +124,7 @@ impl<'de> Deserialize<'de> for AuthRoute {
             type Value = AuthRoute;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""required", "optional", "skip" or a table { requirement, scopes }"#)
+                f.write_str(r#""required", "optional", "skip" or a table { requirement, scopes, dpop }"#)
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<AuthRoute, E> {
@@ -125,6 +136,7 @@ impl<'de> Deserialize<'de> for AuthRoute {
                 Ok(AuthRoute {
                     requirement: t.requirement,
                     scopes: t.scopes,
+                    dpop: t.dpop,
                 })
             }
         }
@@ -139,6 +151,8 @@ pub(crate) struct RoutePolicy {
     pub(crate) requirement: AuthRequirement,
     /// Shared so the slow path can carry it into its future.
     pub(crate) scopes: Option<Arc<RequiredScopes>>,
+    /// The DPoP mode, `Off` wherever DPoP is not configured.
+    pub(crate) dpop: DpopMode,
 }
 
 impl RoutePolicy {
@@ -155,8 +169,24 @@ impl RoutePolicy {
 pub(crate) fn compile(
     routes: &RouteMap<AuthRoute>,
     realm: Option<&str>,
+    dpop_configured: bool,
 ) -> Result<RouteMap<RoutePolicy>, ConfigError> {
     for (pattern, route) in routes.iter() {
+        if route.dpop == DpopMode::Required {
+            let setting = format!("routes.\"{pattern}\".dpop");
+            if !dpop_configured {
+                return Err(ConfigError::new(
+                    setting,
+                    "requiring DPoP needs an [auth.dpop] section",
+                ));
+            }
+            if route.requirement == AuthRequirement::Skip {
+                return Err(ConfigError::new(
+                    setting,
+                    "a route that skips authentication cannot require DPoP",
+                ));
+            }
+        }
         let setting = || format!("routes.\"{pattern}\".scopes");
         if let Some(bad) = route.scopes.iter().find(|s| !is_scope_token(s)) {
             return Err(ConfigError::new(
@@ -174,6 +204,11 @@ pub(crate) fn compile(
     Ok(routes.map(|route| RoutePolicy {
         requirement: route.requirement,
         scopes: RequiredScopes::new(&route.scopes, realm).map(Arc::new),
+        dpop: if dpop_configured {
+            route.dpop
+        } else {
+            DpopMode::Off
+        },
     }))
 }
 
@@ -195,14 +230,14 @@ mod tests {
             AuthRoute::default(),
         )
         .unwrap();
-        let err = compile(&bad, None).unwrap_err();
+        let err = compile(&bad, None, false).unwrap_err();
         assert_eq!(err.setting, "routes.\"/h\".scopes");
         let bad = RouteMap::new(
             [("/h", AuthRoute::required().with_scopes(["a b"]))],
             AuthRoute::default(),
         )
         .unwrap();
-        assert!(compile(&bad, None).is_err());
+        assert!(compile(&bad, None, false).is_err());
 
         let ok = RouteMap::new(
             [
@@ -212,7 +247,7 @@ mod tests {
             AuthRoute::default(),
         )
         .unwrap();
-        let compiled = compile(&ok, None).unwrap();
+        let compiled = compile(&ok, None, false).unwrap();
         assert!(compiled.get_for_path(Some("/o"), "/o").admits_anonymous());
         assert!(!compiled.get_for_path(Some("/s"), "/s").admits_anonymous());
         assert!(!compiled.default_value().admits_anonymous());

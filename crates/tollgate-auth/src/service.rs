@@ -10,6 +10,8 @@ use tollgate_core::future::ResponseFuture;
 use tower::Service;
 
 use crate::authenticator::{Authenticator, Pending, Step};
+use crate::credential::Credential;
+use crate::dpop::DpopMode;
 use crate::error::AuthError;
 use crate::route::AuthRequirement;
 
@@ -65,29 +67,60 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let auth = &*self.auth;
+        if let Some(metadata) = &auth.metadata
+            && let Some(document) = metadata.answer(&req)
+        {
+            return ResponseFuture::ready(document);
+        }
         let route = auth.routes.get_for(&req);
         if route.requirement == AuthRequirement::Skip {
             return ResponseFuture::inner(self.inner.call(req), ());
         }
+        // A `DPoP` challenge when the route requires DPoP or the request uses it.
+        let mut dpop = route.dpop == DpopMode::Required;
+        let mut proof = None;
         let step = match auth.source.read(req.headers()) {
             Err(e) => Step::Fail(e),
             Ok(None) if route.admits_anonymous() => return ResponseFuture::inner(self.inner.call(req), ()),
             Ok(None) => Step::Fail(AuthError::MissingCredentials),
-            Ok(Some(credential)) => auth.authenticate_now(credential),
-        };
-        let pending = match step {
-            Step::Fail(e) => return ResponseFuture::ready(auth.reject(e)),
-            Step::Done(accepted) => match auth.freeze_now(accepted.principal()) {
-                Some(Ok(())) => {
-                    if let Some(refusal) = auth.admit(&accepted, route.scopes.as_deref()) {
-                        return ResponseFuture::ready(refusal);
+            Ok(Some(credential)) => {
+                dpop |= matches!(credential, Credential::Dpop(_)) && route.dpop != DpopMode::Off;
+                match auth.dpop_proof(&req, route, &credential) {
+                    Ok(p) => {
+                        proof = p;
+                        auth.authenticate_now(credential)
                     }
-                    req.extensions_mut().insert(accepted.principal().clone());
-                    return ResponseFuture::inner(self.inner.call(req), ());
+                    Err(e) => Step::Fail(e),
                 }
-                Some(Err(e)) => return ResponseFuture::ready(auth.reject(e)),
-                None => Pending::Freeze(accepted),
-            },
+            }
+        };
+        // The proof whose `jti` is still to be recorded.
+        let mut unrecorded = proof;
+        let pending = match step {
+            Step::Fail(e) => return ResponseFuture::ready(auth.reject_with(e, dpop)),
+            Step::Done(accepted) => {
+                if let Err(e) = auth.bind(&accepted, proof.as_ref()) {
+                    return ResponseFuture::ready(auth.reject_with(e, dpop));
+                }
+                if let Some(p) = &proof {
+                    match auth.replay_now(p) {
+                        Some(Ok(())) => unrecorded = None,
+                        Some(Err(e)) => return ResponseFuture::ready(auth.reject_with(e, dpop)),
+                        None => {}
+                    }
+                }
+                match (unrecorded.is_none(), auth.freeze_now(accepted.principal())) {
+                    (true, Some(Ok(()))) => {
+                        if let Some(refusal) = auth.admit(&accepted, route.scopes.as_deref()) {
+                            return ResponseFuture::ready(refusal);
+                        }
+                        req.extensions_mut().insert(accepted.principal().clone());
+                        return ResponseFuture::inner(self.inner.call(req), ());
+                    }
+                    (_, Some(Err(e))) => return ResponseFuture::ready(auth.reject_with(e, dpop)),
+                    _ => Pending::Freeze(accepted),
+                }
+            }
             Step::Slow(pending) => pending,
         };
         let scopes = route.scopes.clone();
@@ -96,7 +129,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::boxed(Box::pin(async move {
-            match auth.authenticate_later(pending).await {
+            let accepted = async {
+                let accepted = auth.authenticate_later(pending).await?;
+                auth.bind(&accepted, proof.as_ref())?;
+                if let Some(p) = &unrecorded {
+                    auth.replay_later(p).await?;
+                }
+                Ok::<_, AuthError>(accepted)
+            };
+            match accepted.await {
                 Ok(accepted) => {
                     if let Some(refusal) = auth.admit(&accepted, scopes.as_deref()) {
                         return Ok(refusal);
@@ -104,7 +145,7 @@ where
                     req.extensions_mut().insert(accepted.principal().clone());
                     inner.call(req).await
                 }
-                Err(e) => Ok(auth.reject(e)),
+                Err(e) => Ok(auth.reject_with(e, dpop)),
             }
         }))
     }

@@ -43,7 +43,7 @@ pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
 pub use config::ConfigError;
 pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList, SharedFreezeList};
 pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};
-pub use principal::{CredentialKind, Principal, Scopes, Tier};
+pub use principal::{BoundKey, CredentialKind, Principal, Scopes, Tier};
 pub use problem::{Problem, ProblemResponder, ProblemType};
 pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymizer};
 pub use route::{Route, RouteId, RouteMap, RouteTable};

@@ -121,6 +121,37 @@ pub struct Principal {
     tier: Tier,
     scopes: Scopes,
     issued_at: Option<Timestamp>,
+    bound_key: Option<BoundKey>,
+}
+
+/// The proof-of-possession key a credential is bound to (DPoP, RFC 9449 `cnf.jkt`),
+/// as a pseudonym and a keyed digest of its RFC 7638 thumbprint: never the
+/// thumbprint or the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundKey {
+    pseudonym: Pseudonym,
+    digest: KeyedDigest,
+}
+
+impl BoundKey {
+    /// The key bound to by `thumbprint` (the base64url RFC 7638 thumbprint).
+    pub fn new(p: &Pseudonymizer, thumbprint: &str) -> Self {
+        BoundKey {
+            pseudonym: p.pseudonym(Domain::DPOP_KEY, thumbprint.as_bytes()),
+            digest: p.digest(Domain::DPOP_KEY, thumbprint.as_bytes()),
+        }
+    }
+
+    /// The thumbprint's pseudonym in the current epoch: the same for every request
+    /// signed with the same key (key continuity), for logs and session signals.
+    pub fn pseudonym(&self) -> Pseudonym {
+        self.pseudonym
+    }
+
+    /// The thumbprint's stable digest: for comparisons and store keys. Never log it.
+    pub fn digest(&self) -> KeyedDigest {
+        self.digest
+    }
 }
 
 /// The tier of a principal for whom no tier was found.
@@ -138,6 +169,7 @@ impl Principal {
             tier: Tier::new(DEFAULT_TIER),
             scopes: Scopes::default(),
             issued_at: None,
+            bound_key: None,
         }
     }
 
@@ -157,6 +189,19 @@ impl Principal {
     pub fn with_issued_at(mut self, issued_at: Timestamp) -> Self {
         self.issued_at = Some(issued_at.to_minute());
         self
+    }
+
+    /// Sets the proof-of-possession key the credential is bound to (DPoP `cnf.jkt`).
+    pub fn with_bound_key(mut self, key: BoundKey) -> Self {
+        self.bound_key = Some(key);
+        self
+    }
+
+    /// The key the credential is bound to, if it is sender-constrained (DPoP). A
+    /// principal that passed the authentication layer with a bound key proved
+    /// possession of that key on this request.
+    pub fn bound_key(&self) -> Option<&BoundKey> {
+        self.bound_key.as_ref()
     }
 
     /// The subject's pseudonym in the current epoch: for logs and spans.

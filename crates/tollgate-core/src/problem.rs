@@ -54,6 +54,14 @@ pub mod types {
         /// The token or key is invalid, expired or unknown (401, `invalid_token`).
         INVALID_TOKEN, "invalid-token", "Invalid credentials", UNAUTHORIZED);
     problem_type!(
+        /// The DPoP proof (RFC 9449) is missing, malformed, replayed or does not match
+        /// the request or the token (401, `invalid_dpop_proof`).
+        INVALID_DPOP_PROOF, "invalid-dpop-proof", "Invalid DPoP proof", UNAUTHORIZED);
+    problem_type!(
+        /// The DPoP proof must carry the server nonce given in `DPoP-Nonce` (401,
+        /// `use_dpop_nonce`): retry with it.
+        USE_DPOP_NONCE, "use-dpop-nonce", "DPoP nonce required", UNAUTHORIZED);
+    problem_type!(
         /// The credential is on the freeze list (401, `invalid_token`).
         CREDENTIAL_FROZEN, "credential-frozen", "Credentials frozen", UNAUTHORIZED);
     problem_type!(

@@ -58,6 +58,8 @@ impl Domain {
     pub const SESSION: Domain = Domain("session");
     /// A session fingerprint over coarsened request traits.
     pub const FINGERPRINT: Domain = Domain("fingerprint");
+    /// The RFC 7638 thumbprint of a DPoP key (RFC 9449) a token is bound to.
+    pub const DPOP_KEY: Domain = Domain("dpop-key");
 }
 
 /// A keyed, truncated, epoch-bound pseudonym. Displays, debugs and serializes as

@@ -8,6 +8,8 @@
 //!   copy kept current over pub/sub.
 //! - [`RedisRateLimitStore`]: `tollgate_ratelimit::RateLimitStore` on Redis, GCRA as one
 //!   atomic Lua script per decision.
+//! - [`RedisReplayCache`]: `tollgate_auth::ReplayCache` on Redis (DPoP proof `jti`s,
+//!   `SET NX PX`), so a proof used on one replica is a replay on every other.
 //! - [`StoreConfig`]: the `[store]` configuration section.
 //!
 //! # Client
@@ -29,6 +31,7 @@
 //! | `tollgate:[ns:]rl:{digest}`, `tollgate:[ns:]rl:{scope}:{digest}` | string | a rate-limit key's TATs, `"s1 n1 s2 n2 …"` (seconds and nanoseconds since the epoch, per stacked limit) | until every budget would be full again |
 //! | `tollgate:[ns:]session:{digest}` | string | a session record as JSON (any [`tollgate_core::StoreKey`] of a [`RedisStore`]) | the TTL given to `insert` |
 //! | `tollgate:[ns:]freeze` | hash | field `credential:{digest}` / `subject:{digest}`, value the `Freeze` as JSON | none: a freeze holds until lifted; expired ones are dropped when seen |
+//! | `tollgate:[ns:]dpop-jti:{digest}` | string | `1`: a DPoP proof seen (digest of its key thumbprint and `jti`) | the end of the proof's acceptance window (`auth.dpop.max_age` + `leeway`) |
 //! | `tollgate:[ns:]freeze-events` | pub/sub channel | `set {field} {json}` / `del {field}` | - |
 //!
 //! `{digest}` is always a [`tollgate_core::KeyedDigest`] (32 hex digits, an HMAC under
@@ -74,6 +77,7 @@ mod backend;
 pub mod config;
 mod freeze;
 mod ratelimit;
+mod replay;
 mod store;
 
 pub use backend::{RedisBackend, RedisStats};
@@ -83,4 +87,5 @@ pub use config::{
 };
 pub use freeze::RedisFreezeList;
 pub use ratelimit::RedisRateLimitStore;
+pub use replay::RedisReplayCache;
 pub use store::RedisStore;

@@ -401,3 +401,35 @@ async fn script_is_reloaded_after_noscript() {
     let stats = store.backend().stats();
     assert_eq!((stats.fail_open, stats.errors), (0, 0), "{stats:?}");
 }
+
+#[tokio::test]
+async fn dpop_replay_cache_is_shared_by_two_backends() {
+    use tollgate_auth::ReplayCache;
+    use tollgate_redis::RedisReplayCache;
+
+    let Some(t) = TestRedis::new() else { return };
+    let a = RedisReplayCache::new(&t.backend());
+    let b = RedisReplayCache::new(&t.backend());
+    let p = pseudonymizer();
+    let key = p.digest(Domain::new("dpop-jti"), b"thumbprint\0jti-1");
+    assert_eq!(a.record(key, Duration::from_millis(300)).await, Ok(true));
+    assert_eq!(
+        b.record(key, Duration::from_millis(300)).await,
+        Ok(false),
+        "a replay on the other replica"
+    );
+    assert_eq!(a.record(key, Duration::from_millis(300)).await, Ok(false));
+    let keys = t.keys();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys[0].starts_with(&format!("tollgate:{}:dpop-jti:", t.namespace)),
+        "{keys:?}"
+    );
+    assert!(!keys[0].contains("jti-1"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        b.record(key, Duration::from_millis(300)).await,
+        Ok(true),
+        "expired in Redis"
+    );
+}

@@ -3,8 +3,11 @@
 mod api_keys;
 mod canary;
 mod common;
+mod dpop;
 mod freeze;
+mod interop;
 mod introspection;
+mod issuers;
 mod jwks;
 mod jwt;
 mod routes;
