@@ -13,7 +13,11 @@
 //!    of sessions and expiring with the session TTL;
 //! 3. reads the **signals**: a new fingerprint on an established session, use from two
 //!    network prefixes within the concurrency window, rapid alternation between
-//!    fingerprints, a token first seen long after it was issued;
+//!    fingerprints, a token first seen long after it was issued. A request that
+//!    proved possession of the key its token is bound to (DPoP,
+//!    [`Principal::bound_key`](tollgate_core::Principal::bound_key)) is the same
+//!    client wherever it comes from: network changes and alternation raise no signal
+//!    for it, since a copied token is useless without the key;
 //! 4. gives a **verdict** ([`SessionHealth`]: one or two signals make a session
 //!    suspicious; alternation, or three signals at once, unhealthy) as a
 //!    [`SessionInfo`] in request extensions and as the span fields `session`,

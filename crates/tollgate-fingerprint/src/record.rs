@@ -66,6 +66,9 @@ pub(crate) struct Observation {
     pub network: Option<u64>,
     /// When the credential was issued, when known.
     pub issued_at: Option<Timestamp>,
+    /// The request proved possession of the key its token is bound to (DPoP): the
+    /// same client, wherever its network, so network changes are no sign of sharing.
+    pub key_bound: bool,
 }
 
 /// The signal thresholds.
@@ -133,6 +136,7 @@ impl SessionRecord {
             }
             if rec.switches >= th.alternation_switches
                 && obs.now.saturating_since(rec.switch_window_start) < th.alternation_window
+                && !obs.key_bound
             {
                 reasons.insert(SessionReason::FingerprintAlternation);
             }
@@ -145,7 +149,7 @@ impl SessionRecord {
                 .networks
                 .iter()
                 .any(|n| n.hash != 0 && n.hash != net && now_secs.saturating_sub(n.last_seen_secs) <= window);
-            if concurrent {
+            if concurrent && !obs.key_bound {
                 reasons.insert(SessionReason::ConcurrentNetworks);
             }
             move_to_front(
@@ -216,6 +220,7 @@ mod tests {
             fingerprint: fp,
             network: Some(net),
             issued_at: None,
+            key_bound: false,
         }
     }
 
@@ -324,6 +329,39 @@ mod tests {
             SessionRecord::observe(None, &o, &late_start).health,
             SessionHealth::Healthy
         );
+    }
+
+    #[test]
+    fn a_key_bound_session_moving_between_networks_stays_healthy() {
+        // The token-sharing walk that makes an unbound session unhealthy.
+        let steps = [
+            (0, A, NET_A),
+            (10, A, NET_A),
+            (20, A, NET_A),
+            (30, B, NET_B),
+            (35, A, NET_A),
+            (40, B, NET_B),
+            (45, A, NET_A),
+        ];
+        let th = th();
+        let mut prev: Option<SessionRecord> = None;
+        for (secs, fp, net) in steps {
+            let o = Observation {
+                key_bound: true,
+                ..obs(secs, fp, net)
+            };
+            let rec = SessionRecord::observe(prev.as_ref(), &o, &th);
+            assert!(
+                !rec.reasons.contains(SessionReason::ConcurrentNetworks)
+                    && !rec.reasons.contains(SessionReason::FingerprintAlternation),
+                "at {secs}s: {}",
+                rec.reasons
+            );
+            assert_ne!(rec.health, SessionHealth::Unhealthy);
+            prev = Some(rec);
+        }
+        let unbound = run(&steps);
+        assert_eq!(unbound.last().unwrap().health, SessionHealth::Unhealthy);
     }
 
     #[test]

@@ -108,20 +108,22 @@ where
         let credential = req
             .extensions()
             .get::<Principal>()
-            .map(|p| (p.credential_key(), p.issued_at()));
+            .map(|p| (p.credential_key(), p.issued_at(), p.bound_key().is_some()));
 
         // An outer FingerprintLayer already judged this request: apply this layer's policy.
         if let Some(info) = req.extensions().get::<SessionInfo>().copied() {
             let decision = judge.decide(&info, credential.map(|c| c.0), None);
             return self.finish(req, decision);
         }
-        let Some((credential, issued_at)) = credential else {
+        let Some((credential, issued_at, key_bound)) = credential else {
             return ResponseFuture::inner(self.inner.call(req), ());
         };
 
         let traits = judge.traits(&mut req);
         let store = &*shared.store;
-        if let Some(info) = judge.observe_immediate(store, credential, &traits, req.headers(), issued_at) {
+        if let Some(info) =
+            judge.observe_immediate(store, credential, &traits, req.headers(), issued_at, key_bound)
+        {
             record_verdict_here(&info);
             req.extensions_mut().insert(info);
             let decision = judge.decide(&info, Some(credential), None);
@@ -129,7 +131,7 @@ where
         }
 
         // A store that must be waited on: every keyed hash afresh, then its observe.
-        let (observation, fingerprint) = judge.observation(&traits, req.headers(), issued_at);
+        let (observation, fingerprint) = judge.observation(&traits, req.headers(), issued_at, key_bound);
         let session = judge.session_pseudonym(&credential, traits.now);
         let shared = self.shared.clone();
         let clone = self.inner.clone();

@@ -134,6 +134,7 @@ impl Judge {
         traits: &Traits,
         headers: &HeaderMap,
         issued_at: Option<Timestamp>,
+        key_bound: bool,
     ) -> (Observation, Pseudonym) {
         let input = self.input(traits, headers);
         let (fingerprint, fingerprint_pseudonym) = self.fingerprint_hash(input.as_bytes(), traits.now);
@@ -142,6 +143,7 @@ impl Judge {
             fingerprint,
             network: traits.network.map(|n| self.network_hash(n)),
             issued_at,
+            key_bound,
         };
         (observation, fingerprint_pseudonym)
     }
@@ -159,6 +161,7 @@ impl Judge {
         traits: &Traits,
         headers: &HeaderMap,
         issued_at: Option<Timestamp>,
+        key_bound: bool,
     ) -> Option<SessionInfo> {
         let now = traits.now;
         let epoch = self.epoch(now);
@@ -171,6 +174,7 @@ impl Judge {
                 fingerprint: seen.hash,
                 network: seen.network,
                 issued_at,
+                key_bound,
             };
             let record = SessionRecord::observe(cell.record.as_ref(), &observation, &self.thresholds);
             cell.record = Some(record);
