@@ -82,7 +82,7 @@ pub struct TollgateConfig {
     pub ratelimit: Option<tollgate_ratelimit::RateLimitConfig>,
     /// The anomaly layer: detectors and actions.
     pub anomaly: Option<tollgate_anomaly::AnomalyConfig>,
-    /// Where shared state lives: `backend = "memory"` (default) or `"redis"`.
+    /// Where shared state lives: `backend = "memory"` (default), `"redis"` or `"redis-cluster"`.
     #[cfg(feature = "redis")]
     pub store: tollgate_redis::StoreConfig,
 }

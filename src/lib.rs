@@ -16,7 +16,7 @@
 //! A layer runs when its configuration section is present. One `[routes]` table
 //! says what each layer does per route ([`RoutePolicy`]); the privacy layer resolves
 //! a request's route once and the others read that resolution. State lives in
-//! process (bounded sharded maps) unless `[store] backend = "redis"`.
+//! process (bounded sharded maps) unless `[store] backend = "redis"` or `"redis-cluster"`.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -99,7 +99,7 @@ pub enum BuildError {
     Secret(#[from] SecretError),
     /// A shared store needs a configured secret, so every replica makes the same pseudonyms.
     #[error(
-        "store.backend = \"redis\" needs a pseudonym secret shared by every replica: set {SECRET_ENV} (or pseudonym.secret)"
+        "store.backend = \"redis\" or \"redis-cluster\" needs a pseudonym secret shared by every replica: set {SECRET_ENV} (or pseudonym.secret)"
     )]
     SecretRequired,
     /// A setting cannot work; the error names it (`auth.jwt.issuer`, `routes."/x".scopes`).
@@ -272,7 +272,7 @@ struct Stores {
 impl Stores {
     #[cfg(feature = "redis")]
     fn new(config: &TollgateConfig, clock: &SharedClock) -> Result<Self, BuildError> {
-        if config.store.backend != tollgate_redis::StoreBackend::Redis {
+        if !config.store.backend.is_redis() {
             return Ok(Self::memory(clock));
         }
         let backend = tollgate_redis::RedisBackend::new(&config.store)?;

@@ -1,6 +1,7 @@
 //! Privacy canaries through the whole stack over real HTTP: known identifiers go in,
-//! every byte the server logs (and, with Redis, every key and value it stores) is
-//! captured, and none of the identifiers comes out.
+//! every byte the server logs (and, with Redis or a Redis Cluster, every key and value
+//! it stores on every shard, and every pub/sub message) is captured, and none of the
+//! identifiers comes out.
 
 mod common;
 
@@ -8,6 +9,7 @@ use common::*;
 use std::time::Duration;
 use tollgate_test_support::canary::{self, EMAIL, IP, JTI, OTHER_IP, SUBJECT, USER_AGENT, assert_absent};
 use tollgate_test_support::redis::RedisNamespace;
+use tollgate_test_support::redis_cluster::RedisCluster;
 
 const PATH_ID: &str = "987654321";
 
@@ -134,8 +136,74 @@ async fn no_identifier_reaches_the_logs_or_redis() {
     assert!(freeze.status().is_success(), "{}", freeze.status());
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let mut conn = redis.connection();
     let keys = redis.keys();
+    assert_holds_every_store(&keys);
+    let stored = stored_text(&mut redis.connection(), &keys);
+
+    // The operator's freeze reason is the one free text stored; it is not a canary.
+    canaries.retain(|c| c != "canary test");
+    assert_lines_carry_pseudonyms(&server.capture);
+    assert_absent("the log output", &server.capture.text(), &canaries);
+    assert_absent("the Redis keys and values", &stored, &canaries);
+}
+
+/// The same traffic with the state on a Redis Cluster: nothing on any shard, and no
+/// freeze event the cluster broadcasts, carries an identifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_reaches_the_logs_or_any_shard_of_a_redis_cluster() {
+    use futures_util::StreamExt;
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let namespace = tollgate_test_support::random_namespace();
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let server = serve(stack_config(&format!(
+        "[store]\nbackend = \"redis-cluster\"\nurls = [{}]\nnamespace = \"{namespace}\"\n",
+        urls.join(", ")
+    )));
+    let mut events = redis::Client::open(cluster.urls()[0].as_str())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    events
+        .subscribe(format!("tollgate:{namespace}:freeze-events"))
+        .await
+        .unwrap();
+    let canaries = traffic(server.addr).await;
+    let freeze = reqwest::Client::new()
+        .post(format!("http://{}/admin/freezes", server.addr))
+        .header("x-api-key", API_KEY)
+        .json(&serde_json::json!({ "kind": "token", "id": JTI, "reason": "a cluster canary run" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(freeze.status().is_success(), "{}", freeze.status());
+    let mut messages = String::new();
+    let mut stream = events.on_message();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+        messages.push_str(&msg.get_payload::<String>().unwrap());
+        messages.push('\n');
+    }
+    assert!(
+        messages.starts_with("set credential:"),
+        "the freeze event arrived: {messages}"
+    );
+
+    let by_shard = cluster.keys_by_primary(&format!("tollgate:{namespace}:*"));
+    let keys: Vec<String> = by_shard.values().flatten().cloned().collect();
+    assert_holds_every_store(&keys);
+    let mut stored = String::new();
+    for (port, keys) in &by_shard {
+        stored.push_str(&stored_text(&mut cluster.connection(*port), keys));
+    }
+    assert_lines_carry_pseudonyms(&server.capture);
+    assert_absent("the log output", &server.capture.text(), &canaries);
+    assert_absent("the keys and values on every shard", &stored, &canaries);
+    assert_absent("the freeze events", &messages, &canaries);
+}
+
+fn assert_holds_every_store(keys: &[String]) {
     assert!(
         keys.iter().any(|k| k.contains(":rl")),
         "rate-limit cells are in Redis: {keys:?}"
@@ -148,12 +216,16 @@ async fn no_identifier_reaches_the_logs_or_redis() {
         keys.iter().any(|k| k.ends_with(":freeze")),
         "the freeze list is in Redis: {keys:?}"
     );
+}
+
+/// Every key and its value (strings and hashes), as text.
+fn stored_text(conn: &mut redis::Connection, keys: &[String]) -> String {
     let mut stored = String::new();
-    for key in &keys {
-        let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).unwrap();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(key).query(conn).unwrap();
         let value: Vec<String> = match kind.as_str() {
-            "string" => vec![redis::cmd("GET").arg(key).query(&mut conn).unwrap()],
-            "hash" => redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap(),
+            "string" => vec![redis::cmd("GET").arg(key).query(conn).unwrap()],
+            "hash" => redis::cmd("HGETALL").arg(key).query(conn).unwrap(),
             other => panic!("unexpected Redis type {other} at {key}"),
         };
         stored.push_str(key);
@@ -161,10 +233,5 @@ async fn no_identifier_reaches_the_logs_or_redis() {
         stored.push_str(&value.join("\n"));
         stored.push('\n');
     }
-
-    // The operator's freeze reason is the one free text stored; it is not a canary.
-    canaries.retain(|c| c != "canary test");
-    assert_lines_carry_pseudonyms(&server.capture);
-    assert_absent("the log output", &server.capture.text(), &canaries);
-    assert_absent("the Redis keys and values", &stored, &canaries);
+    stored
 }

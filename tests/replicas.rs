@@ -1,5 +1,6 @@
-//! Two demo gateway processes on different ports sharing one Redis: one budget and
-//! one freeze list between them.
+//! Two demo gateway processes on different ports sharing one Redis, or one Redis
+//! Cluster: one budget and one freeze list between them, and on the cluster a primary
+//! killed under load.
 
 mod common;
 
@@ -8,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tollgate_test_support::canary;
 use tollgate_test_support::redis::RedisNamespace;
+use tollgate_test_support::redis_cluster::RedisCluster;
 use tollgate_test_support::{free_port, random_namespace};
 
 /// The demo gateway binary, built by `cargo test --all-targets` next to this test.
@@ -27,25 +30,36 @@ fn gateway_binary() -> PathBuf {
 struct Replica {
     child: Child,
     addr: SocketAddr,
+    /// Where the gateway's standard output (its log lines) goes.
+    log: PathBuf,
+}
+
+impl Replica {
+    /// Everything the gateway logged so far.
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
 fn start(config: &std::path::Path) -> Replica {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = std::env::temp_dir().join(format!("tollgate-replica-{}.log", random_namespace()));
     let child = Command::new(gateway_binary())
         .args(["--config", config.to_str().unwrap(), "--addr", &addr.to_string()])
         .env("TOLLGATE_PSEUDONYM_SECRET", PSEUDONYM_SECRET)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let replica = Replica { child, addr };
+    let replica = Replica { child, addr, log };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "the gateway did not start on {addr}");
@@ -54,7 +68,7 @@ fn start(config: &std::path::Path) -> Replica {
     replica
 }
 
-fn config_file(url: &str, namespace: &str) -> tempfile_path::TempPath {
+fn config_file(store: &str) -> tempfile_path::TempPath {
     let text = format!(
         r#"
 [gateway]
@@ -72,10 +86,7 @@ limits = [{{ name = "minute", quota = 10, window = "1m", burst = 10 }}]
 [ratelimit.tiers.pro]
 limits = [{{ name = "burst", quota = 1000, window = "1s" }}]
 
-[store]
-backend = "redis"
-url = "{url}"
-namespace = "{namespace}"
+{store}
 "#,
         auth = auth_section(),
     );
@@ -111,9 +122,139 @@ async fn two_replicas_share_one_budget_and_one_freeze_list() {
     let Some(redis) = RedisNamespace::new() else {
         return;
     };
-    let config = config_file(&redis.url, &redis.namespace);
+    let config = config_file(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
+        redis.url, redis.namespace
+    ));
     let a = start(&config);
     let b = start(&config);
+    share_one_budget_and_one_freeze_list(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_a_redis_cluster_share_one_budget_and_survive_a_failover() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let config = config_file(&format!(
+        "[store]\nbackend = \"redis-cluster\"\nurls = [{}]\nnamespace = \"{}\"\nretry_interval = \"100ms\"\n",
+        urls.join(", "),
+        random_namespace()
+    ));
+    let a = start(&config);
+    let b = start(&config);
+    share_one_budget_and_one_freeze_list(&a, &b).await;
+
+    // Many callers on both replicas while one primary dies: every answer is 200,
+    // 429 or the freeze list's fail-closed 503, never another 5xx; once a replica
+    // has taken over, every answer is 200 again.
+    let client = reqwest::Client::new();
+    let keys: Vec<String> = (0..24).map(|i| format!("failover-key-{i}")).collect();
+    let started = Instant::now();
+    let load = |until: Duration| {
+        let (client, keys, a, b) = (client.clone(), keys.clone(), a.addr, b.addr);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut i = 0usize;
+            while started.elapsed() < until {
+                i += 1;
+                let addr = if i.is_multiple_of(2) { a } else { b };
+                let r = client
+                    .get(format!("http://{addr}/v1/me"))
+                    .bearer_auth(token(&keys[i % keys.len()], &keys[i % keys.len()], "pro"))
+                    .send()
+                    .await
+                    .unwrap();
+                seen.push((started.elapsed(), r.status().as_u16()));
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            seen
+        })
+    };
+    let until = Duration::from_secs(12);
+    let loads: Vec<_> = (0..4).map(|_| load(until)).collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = cluster.primaries()[1];
+    let killed_at = started.elapsed();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill(victim);
+        cluster.wait_healthy(Duration::from_secs(20));
+        cluster
+    })
+    .await
+    .unwrap();
+    let healthy_at = started.elapsed();
+    assert!(
+        healthy_at + Duration::from_secs(3) < until,
+        "the failover took {:?}",
+        healthy_at - killed_at
+    );
+    let mut seen = Vec::new();
+    for l in loads {
+        seen.extend(l.await.unwrap());
+    }
+    seen.sort();
+    let statuses: std::collections::BTreeMap<u16, usize> =
+        seen.iter().fold(Default::default(), |mut m, (_, s)| {
+            *m.entry(*s).or_default() += 1;
+            m
+        });
+    assert!(
+        statuses.keys().all(|s| [200, 429, 503].contains(s)),
+        "statuses during the failover: {statuses:?}"
+    );
+    let last_not_ok = seen
+        .iter()
+        .filter(|(_, s)| *s != 200)
+        .map(|(t, _)| *t)
+        .next_back();
+    let resumed = last_not_ok.map_or(Duration::ZERO, |t| t.saturating_sub(killed_at));
+    let after: Vec<_> = seen
+        .iter()
+        .filter(|(t, _)| *t > healthy_at + Duration::from_secs(1))
+        .collect();
+    assert!(
+        after.len() > 50 && after.iter().all(|(_, s)| *s == 200),
+        "answers after the failover"
+    );
+    println!(
+        "gateway on a cluster, primary killed: answers {statuses:?}; cluster healthy {:?} after the kill; last non-200 {resumed:?} after the kill",
+        healthy_at - killed_at
+    );
+
+    // The outage was logged (once per switch, not per request) and decisions are made
+    // in the cluster again: a fresh client gets its budget exactly once over both.
+    for replica in [&a, &b] {
+        let log = replica.log_text();
+        let down = log.matches("redis unreachable").count();
+        let back = log.matches("redis answers again").count();
+        assert!(down >= 1 && back >= 1, "outage and recovery logged:\n{log}");
+        assert!(
+            down < 40,
+            "an outage is logged per switch, not per request ({down} lines)"
+        );
+        canary::assert_absent("the gateway log", &log, canary::FRAGMENTS);
+    }
+    let fresh = token("after-failover", "after-failover-jti", "free");
+    let mut allowed = 0;
+    for i in 0..30 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        let r = client
+            .get(format!("http://{addr}/v1/items/{}", i + 1))
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap();
+        allowed += u32::from(r.status() == 200);
+    }
+    assert_eq!(allowed, 10, "one budget over both replicas after the failover");
+    drop(cluster);
+}
+
+/// One client spread over both replicas gets its budget once; a freeze on A is
+/// refused on B within 100 ms.
+async fn share_one_budget_and_one_freeze_list(a: &Replica, b: &Replica) {
     let client = reqwest::Client::new();
     let first = token("replica-user", "replica-jti", "free");
 

@@ -2,17 +2,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::PubSub;
 use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
-use tollgate_core::{FailurePolicy, StoreError, StoreKey};
+use tollgate_core::{ConfigError, FailurePolicy, StoreError, StoreKey};
 
-use tollgate_core::ConfigError;
-
-use crate::config::StoreConfig;
+use crate::config::{StoreBackend, StoreConfig};
+use crate::connection::{Connection, Target};
 
 /// The counters of one [`RedisBackend`] and the stores built on it.
 #[derive(Default)]
@@ -30,6 +30,7 @@ pub(crate) struct Counters {
     pub(crate) freeze_sync_losses: AtomicU64,
     pub(crate) freeze_events: AtomicU64,
     pub(crate) freeze_read_through: AtomicU64,
+    pub(crate) freeze_unreplicated: AtomicU64,
 }
 
 /// A snapshot of a backend's counters (see [`RedisBackend::stats`]).
@@ -64,34 +65,81 @@ pub struct RedisStats {
     pub freeze_events: u64,
     /// Freeze checks answered by reading Redis because the local copy was not current.
     pub freeze_read_through: u64,
+    /// Freezes that fewer replicas than `[store.freeze] wait_replicas` confirmed in time.
+    pub freeze_unreplicated: u64,
+}
+
+/// Redis Cluster's hash slots.
+const SLOTS: u16 = 16_384;
+
+/// Breakers of a cluster backend: each covers 256 consecutive slots. A shard serves
+/// contiguous slot ranges, so a failed shard opens about a third of them in a
+/// 3-shard cluster, and keys on the other shards keep being decided in Redis.
+const SLOT_GROUPS: usize = 64;
+
+/// Redis Cluster's hash slot of a key: CRC16 (XMODEM) of the key, or of its hash tag
+/// (the text between the first `{` and the next `}`, if not empty), modulo 16384.
+fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS
+}
+
+/// A circuit breaker: closed (`up`) or open until `next_probe` (nanoseconds since
+/// the backend's `base`).
+struct Breaker {
+    up: AtomicBool,
+    next_probe: AtomicU64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            up: AtomicBool::new(true),
+            next_probe: AtomicU64::new(0),
+        }
+    }
 }
 
 struct Inner {
-    client: redis::Client,
-    manager: OnceLock<ConnectionManager>,
-    manager_lock: std::sync::Mutex<()>,
+    target: Target,
     prefix: String,
     timeout: Duration,
     connect_timeout: Duration,
     retry_interval: u64,
     base: Instant,
-    up: AtomicBool,
-    next_probe: AtomicU64,
+    /// One breaker on a single server; on a cluster one per slot group, so a failed
+    /// shard trips only the groups it serves.
+    breakers: Box<[Breaker]>,
+    /// How many breakers are open: the backend is up while none is.
+    down: AtomicUsize,
     counters: Counters,
     config: StoreConfig,
 }
 
 /// One Redis connection shared by every Redis store of a process.
 ///
-/// Built on `redis`'s [`ConnectionManager`]: one multiplexed connection (concurrent
-/// calls are pipelined on it) that reconnects by itself. Around it:
+/// On a single server (`backend = "redis"`), `redis`'s `ConnectionManager`: one
+/// multiplexed connection (concurrent calls are pipelined on it) that reconnects by
+/// itself. On a Redis Cluster (`backend = "redis-cluster"`), `redis`'s async
+/// `ClusterConnection`: one multiplexed connection per node, each command routed to
+/// the primary of its key's slot, the slot map refreshed after a failover. Every store
+/// command touches one key, so each decision stays one atomic call on one shard.
+/// Around it:
 ///
 /// - every call is bounded by `timeout`;
 /// - a circuit breaker: after a failure the backend is *down*; while down, one call
 ///   per `retry_interval` is let through to probe Redis and every other call fails
-///   at once (no waiting on a dead server), each store applying its failure policy;
-/// - every switch between up and down is logged once (`warn` when going down,
-///   `info` when back) and counted in [`RedisBackend::stats`].
+///   at once (no waiting on a dead server), each store applying its failure policy.
+///   On a cluster the breaker is per slot group (1/64 of the slots), so only the keys
+///   of a failed shard follow the policies while the other shards keep deciding;
+/// - every switch between up (every breaker closed) and down is logged once (`warn`
+///   when going down, `info` when back) and counted in [`RedisBackend::stats`].
 ///
 /// Cheap to clone (one `Arc`). Building it does no I/O and needs no runtime; the
 /// first call connects, and the connection's tasks then live on that call's Tokio
@@ -111,36 +159,46 @@ impl fmt::Debug for RedisBackend {
         // Not the URL: it may hold a password.
         f.debug_struct("RedisBackend")
             .field("prefix", &self.0.prefix)
-            .field("up", &self.0.up.load(Ordering::Relaxed))
+            .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBackend {
-    /// A backend from the `[store]` section (its `backend` setting is not read).
-    /// Fails on a bad setting, naming it.
+    /// A backend from the `[store]` section: a Redis Cluster when `backend =
+    /// "redis-cluster"`, else one server (`url`). Fails on a bad setting, naming it.
     pub fn new(config: &StoreConfig) -> Result<Self, ConfigError> {
         let mut config = config.clone();
-        config.backend = crate::StoreBackend::Redis;
+        if config.backend != StoreBackend::RedisCluster {
+            config.backend = StoreBackend::Redis;
+        }
         config.validate()?;
-        let url = config.resolved_url()?;
-        let client = redis::Client::open(url.as_str())
-            .map_err(|_| ConfigError::new("store.url", "not a valid Redis URL"))?;
+        let breaker_count = if config.backend == StoreBackend::RedisCluster {
+            SLOT_GROUPS
+        } else {
+            1
+        };
+        let target = match config.backend {
+            StoreBackend::RedisCluster => {
+                Target::cluster(&config.resolved_urls()?, config.connect_timeout, config.timeout)
+                    .map_err(|_| ConfigError::new("store.urls", "not a list of valid Redis URLs"))?
+            }
+            _ => Target::single(&config.resolved_url()?)
+                .map_err(|_| ConfigError::new("store.url", "not a valid Redis URL"))?,
+        };
         let prefix = match &config.namespace {
             Some(ns) => format!("tollgate:{ns}:"),
             None => "tollgate:".to_string(),
         };
         Ok(RedisBackend(Arc::new(Inner {
-            client,
-            manager: OnceLock::new(),
-            manager_lock: std::sync::Mutex::new(()),
+            target,
             prefix,
             timeout: config.timeout,
             connect_timeout: config.connect_timeout,
             retry_interval: u64::try_from(config.retry_interval.as_nanos()).unwrap_or(u64::MAX),
             base: Instant::now(),
-            up: AtomicBool::new(true),
-            next_probe: AtomicU64::new(0),
+            breakers: (0..breaker_count).map(|_| Breaker::default()).collect(),
+            down: AtomicUsize::new(0),
             counters: Counters::default(),
             config,
         })))
@@ -176,9 +234,9 @@ impl RedisBackend {
         format!("{}{name}", self.0.prefix)
     }
 
-    /// True while Redis is considered reachable.
+    /// True while Redis is considered reachable (on a cluster: every shard).
     pub fn is_up(&self) -> bool {
-        self.0.up.load(Ordering::Acquire)
+        self.0.down.load(Ordering::Acquire) == 0
     }
 
     /// The counters.
@@ -200,6 +258,7 @@ impl RedisBackend {
             freeze_sync_losses: l(&c.freeze_sync_losses),
             freeze_events: l(&c.freeze_events),
             freeze_read_through: l(&c.freeze_read_through),
+            freeze_unreplicated: l(&c.freeze_unreplicated),
         }
     }
 
@@ -207,8 +266,14 @@ impl RedisBackend {
         &self.0.counters
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.0.client
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.0.target.is_cluster()
+    }
+
+    /// A pub/sub connection (on a cluster, to the `attempt`-th seed node).
+    pub(crate) async fn pubsub(&self, attempt: usize) -> RedisResult<PubSub> {
+        self.0.target.pubsub(attempt).await
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -218,52 +283,47 @@ impl RedisBackend {
     /// Sends `PING`, waiting up to the connect timeout (for readiness checks at start;
     /// the breaker is bypassed but updated).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let conn = self.manager()?;
-        self.finish(self.0.connect_timeout, async move {
-            let mut conn = conn;
+        // On a cluster PING goes to every node, so its answer speaks for every breaker.
+        self.finish(self.0.connect_timeout, 0..self.0.breakers.len(), async move {
+            let mut conn = self.connection().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await
         })
         .await
         .map(|_| ())
     }
 
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(m) = self.0.manager.get() {
-            return Ok(m.clone());
-        }
-        let _guard = self.0.manager_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = self.0.manager.get() {
-            return Ok(m.clone());
-        }
-        // One attempt per reconnection: the breaker paces the retries.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100))
-            .set_connection_timeout(Some(self.0.connect_timeout))
-            .set_response_timeout(Some(self.0.timeout));
-        let manager = ConnectionManager::new_lazy_with_config(self.0.client.clone(), config)
-            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
-        let _ = self.0.manager.set(manager);
-        Ok(self.0.manager.get().expect("just set").clone())
+    async fn connection(&self) -> RedisResult<Connection> {
+        self.0
+            .target
+            .connection(self.0.connect_timeout, self.0.timeout)
+            .await
     }
 
     fn elapsed(&self) -> u64 {
         u64::try_from(self.0.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a call may go to Redis now: always while up; while down, one probe per
-    /// retry interval.
-    fn admit(&self) -> bool {
-        if self.0.up.load(Ordering::Acquire) {
+    /// The breaker of `key`'s part of the key space: the only one on a single server;
+    /// on a cluster, the slot group of the key's hash slot.
+    fn breaker_of(&self, key: &str) -> usize {
+        if self.0.breakers.len() == 1 {
+            0
+        } else {
+            usize::from(hash_slot(key.as_bytes())) * self.0.breakers.len() / usize::from(SLOTS)
+        }
+    }
+
+    /// Whether a call may go to Redis now: always while its breaker is closed; while
+    /// open, one probe per retry interval.
+    fn admit(&self, breaker: usize) -> bool {
+        let b = &self.0.breakers[breaker];
+        if b.up.load(Ordering::Acquire) {
             return true;
         }
         let now = self.elapsed();
-        let next = self.0.next_probe.load(Ordering::Acquire);
+        let next = b.next_probe.load(Ordering::Acquire);
         now >= next
-            && self
-                .0
-                .next_probe
+            && b.next_probe
                 .compare_exchange(
                     next,
                     now.saturating_add(self.0.retry_interval),
@@ -273,74 +333,87 @@ impl RedisBackend {
                 .is_ok()
     }
 
-    fn mark_down(&self, cause: &str) {
-        let now = self.elapsed();
-        self.0
-            .next_probe
-            .store(now.saturating_add(self.0.retry_interval), Ordering::Release);
-        if self.0.up.swap(false, Ordering::AcqRel) {
-            self.0.counters.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                store = "redis",
-                state = "down",
-                cause,
-                retry_interval_ms = self.0.config.retry_interval.as_millis() as u64,
-                "redis unreachable: stores follow their failure policies until it answers again"
-            );
+    fn mark_down(&self, breakers: Range<usize>, cause: &str) {
+        let next = self.elapsed().saturating_add(self.0.retry_interval);
+        for b in &self.0.breakers[breakers] {
+            b.next_probe.store(next, Ordering::Release);
+            if b.up.swap(false, Ordering::AcqRel) && self.0.down.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.0.counters.outages.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    store = "redis",
+                    state = "down",
+                    cause,
+                    retry_interval_ms = self.0.config.retry_interval.as_millis() as u64,
+                    "redis unreachable: stores follow their failure policies until it answers again"
+                );
+            }
         }
     }
 
-    fn mark_up(&self) {
-        if !self.0.up.load(Ordering::Acquire) && !self.0.up.swap(true, Ordering::AcqRel) {
-            self.0.counters.recoveries.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                store = "redis",
-                state = "up",
-                "redis answers again: shared state resumes"
-            );
+    fn mark_up(&self, breakers: Range<usize>) {
+        for b in &self.0.breakers[breakers] {
+            if !b.up.load(Ordering::Acquire)
+                && !b.up.swap(true, Ordering::AcqRel)
+                && self.0.down.fetch_sub(1, Ordering::AcqRel) == 1
+            {
+                self.0.counters.recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    store = "redis",
+                    state = "up",
+                    "redis answers again: shared state resumes"
+                );
+            }
         }
     }
 
-    /// Runs one Redis call under the timeout and the breaker.
-    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs one Redis call on `key` under the timeout and `key`'s breaker.
+    pub(crate) async fn run<T, F, Fut>(&self, key: &str, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if !self.admit() {
+        let breaker = self.breaker_of(key);
+        if !self.admit(breaker) {
             self.0.counters.short_circuited.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unavailable("redis is down".into()));
         }
-        let conn = self.manager()?;
-        self.finish(self.0.timeout, op(conn)).await
+        self.finish(self.0.timeout, breaker..breaker + 1, async move {
+            op(self.connection().await?).await
+        })
+        .await
     }
 
-    /// Runs one Redis call under the timeout, without asking the breaker (for the
-    /// freeze list's loads right after its subscription connected).
-    pub(crate) async fn run_now<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs one Redis call on `key` under the timeout, without asking the breaker (for
+    /// the freeze list's loads right after its subscription connected).
+    pub(crate) async fn run_now<T, F, Fut>(&self, key: &str, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = self.manager()?;
-        self.finish(self.0.timeout, op(conn)).await
+        let breaker = self.breaker_of(key);
+        self.finish(self.0.timeout, breaker..breaker + 1, async move {
+            op(self.connection().await?).await
+        })
+        .await
     }
 
+    /// Awaits `fut` under `timeout`, counting it and updating `breakers` by its outcome.
     async fn finish<T>(
         &self,
         timeout: Duration,
+        breakers: Range<usize>,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
         self.0.counters.calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => {
-                self.mark_up();
+                self.mark_up(breakers);
                 Ok(v)
             }
             Ok(Err(e)) => {
                 self.0.counters.errors.fetch_add(1, Ordering::Relaxed);
                 if is_outage(&e) {
-                    self.mark_down(e.category());
+                    self.mark_down(breakers, e.category());
                     if e.is_timeout() {
                         self.0.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                         return Err(StoreError::Timeout(timeout));
@@ -348,14 +421,14 @@ impl RedisBackend {
                     Err(StoreError::Unavailable(describe(&e)))
                 } else {
                     // Redis answered: it is up, the call itself was wrong.
-                    self.mark_up();
+                    self.mark_up(breakers);
                     Err(StoreError::Corrupt(describe(&e)))
                 }
             }
             Err(_) => {
                 self.0.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.0.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.mark_down("timeout");
+                self.mark_down(breakers, "timeout");
                 Err(StoreError::Timeout(timeout))
             }
         }
@@ -413,5 +486,37 @@ fn describe(e: &RedisError) -> String {
     match e.code() {
         Some(code) => format!("redis {}: {code}", e.category()),
         None => format!("redis {}", e.category()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT` and the CRC16/XMODEM check value.
+        assert_eq!(hash_slot(b"123456789"), 0x31c3);
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"{foo}.bar"), 12182);
+        assert_eq!(hash_slot(b"user:{foo}"), 12182);
+        // An empty tag does not count: the whole key is hashed.
+        assert_ne!(hash_slot(b"{}foo"), hash_slot(b"foo"));
+        assert_ne!(hash_slot(b"foo{}{bar}"), hash_slot(b"bar"));
+        // Only the first tag counts.
+        assert_eq!(hash_slot(b"foo{bar}{zap}"), hash_slot(b"bar"));
+    }
+
+    #[test]
+    fn one_breaker_per_slot_group_on_a_cluster() {
+        let single = RedisBackend::new(&StoreConfig::redis("redis://127.0.0.1:6379")).unwrap();
+        assert_eq!(single.breaker_of("tollgate:rl:00"), 0);
+        let cluster = RedisBackend::new(&StoreConfig::redis_cluster(["redis://127.0.0.1:7000"])).unwrap();
+        let groups: std::collections::HashSet<usize> = (0..1000)
+            .map(|i| cluster.breaker_of(&format!("tollgate:rl:{i:032x}")))
+            .collect();
+        assert!(groups.iter().all(|&g| g < SLOT_GROUPS));
+        assert!(groups.len() > SLOT_GROUPS / 2, "keys spread over the groups");
+        assert_eq!(cluster.breaker_of("{foo}"), 12182 * SLOT_GROUPS / 16384);
     }
 }

@@ -8,6 +8,10 @@ use tollgate_core::{ConfigError, FailurePolicy};
 /// The environment variable read when `[store] url` is not set.
 pub const URL_ENV: &str = "REDIS_URL";
 
+/// The environment variable read when `[store] urls` is not set (`redis-cluster`):
+/// seed node URLs separated by commas.
+pub const CLUSTER_URLS_ENV: &str = "REDIS_CLUSTER_URLS";
+
 /// Which store backs the stack's shared state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -17,6 +21,17 @@ pub enum StoreBackend {
     Memory,
     /// Redis: every replica shares one budget, one freeze list and the session records.
     Redis,
+    /// Redis Cluster (`"redis-cluster"`): as `redis`, with keys spread over the
+    /// cluster's shards and its replicas taking over when a primary fails.
+    #[serde(rename = "redis-cluster", alias = "redis_cluster")]
+    RedisCluster,
+}
+
+impl StoreBackend {
+    /// True for the backends that keep state in Redis (`redis`, `redis-cluster`).
+    pub fn is_redis(self) -> bool {
+        matches!(self, StoreBackend::Redis | StoreBackend::RedisCluster)
+    }
 }
 
 /// What the rate limiter does for a decision Redis cannot make.
@@ -63,6 +78,11 @@ pub struct FreezeConfig {
     /// How often the local copy is reloaded in full as a safety net (default `"60s"`).
     #[serde(with = "tollgate_core::config::duration")]
     pub resync_interval: Duration,
+    /// How many Redis replicas `freeze` waits for (`WAIT`, bounded by `timeout`), so
+    /// that a failover cannot lose a freeze; fewer in time is logged and counted.
+    /// Unset: 1 on `redis-cluster`, 0 (the primary alone) on `redis`. Set 0 for a
+    /// cluster without replicas.
+    pub wait_replicas: Option<u32>,
 }
 
 impl Default for FreezeConfig {
@@ -72,6 +92,7 @@ impl Default for FreezeConfig {
             max_entries: 10_000,
             heartbeat: Duration::from_secs(1),
             resync_interval: Duration::from_secs(60),
+            wait_replicas: None,
         }
     }
 }
@@ -137,11 +158,15 @@ impl Default for SessionStoreConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `memory` (default) or `redis`.
+    /// `memory` (default), `redis` or `redis-cluster`.
     pub backend: StoreBackend,
-    /// The Redis URL (`redis://[:password@]host:port[/db]`); when unset, `REDIS_URL`
-    /// is read.
+    /// The Redis URL (`redis://[:password@]host:port[/db]`, backend `redis`); when
+    /// unset, `REDIS_URL` is read.
     pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (backend `redis-cluster`; any reachable one
+    /// suffices, the client learns the rest); when unset, `REDIS_CLUSTER_URLS`
+    /// (comma-separated) is read.
+    pub urls: Vec<String>,
     /// A name inserted into every key (`tollgate:{namespace}:…`) so several deployments
     /// can share one Redis: 1 to 32 characters of `[A-Za-z0-9_-]`.
     pub namespace: Option<String>,
@@ -168,6 +193,7 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: StoreBackend::Memory,
             url: None,
+            urls: Vec::new(),
             namespace: None,
             timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
@@ -189,6 +215,28 @@ impl StoreConfig {
         }
     }
 
+    /// A Redis Cluster configuration for the seed nodes `urls`, every other setting
+    /// at its default.
+    ///
+    /// ```
+    /// use tollgate_redis::{StoreBackend, StoreConfig};
+    ///
+    /// let config = StoreConfig::redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]);
+    /// assert_eq!(config.backend, StoreBackend::RedisCluster);
+    /// config.validate().unwrap();
+    /// ```
+    pub fn redis_cluster<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        StoreConfig {
+            backend: StoreBackend::RedisCluster,
+            urls: urls.into_iter().map(Into::into).collect(),
+            ..StoreConfig::default()
+        }
+    }
+
     /// Sets the key namespace.
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
@@ -205,17 +253,65 @@ impl StoreConfig {
         }
     }
 
+    /// The seed nodes of a cluster: `urls`, else `REDIS_CLUSTER_URLS`.
+    pub fn resolved_urls(&self) -> Result<Vec<String>, ConfigError> {
+        if !self.urls.is_empty() {
+            return Ok(self.urls.clone());
+        }
+        let from_env: Vec<String> = std::env::var(CLUSTER_URLS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        if from_env.is_empty() {
+            return Err(ConfigError::new(
+                "store.urls",
+                format!("not set, and {CLUSTER_URLS_ENV} is not set either"),
+            ));
+        }
+        Ok(from_env)
+    }
+
+    /// How many replicas `freeze` waits for (`[store.freeze] wait_replicas`, else the backend's default).
+    pub fn freeze_wait_replicas(&self) -> u32 {
+        self.freeze
+            .wait_replicas
+            .unwrap_or(u32::from(self.backend == StoreBackend::RedisCluster))
+    }
+
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.backend == StoreBackend::Redis {
-            let url = self.resolved_url()?;
-            // The URL may hold a password: never echo it.
-            redis::Client::open(url.as_str()).map_err(|_| {
-                ConfigError::new(
-                    "store.url",
-                    "not a valid Redis URL (redis://[:password@]host:port[/db])",
-                )
-            })?;
+        // A URL may hold a password: never echo it.
+        match self.backend {
+            StoreBackend::Memory => {}
+            StoreBackend::Redis => {
+                let url = self.resolved_url()?;
+                redis::Client::open(url.as_str()).map_err(|_| {
+                    ConfigError::new(
+                        "store.url",
+                        "not a valid Redis URL (redis://[:password@]host:port[/db])",
+                    )
+                })?;
+            }
+            StoreBackend::RedisCluster => {
+                for url in self.resolved_urls()? {
+                    let info =
+                        redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|_| {
+                            ConfigError::new(
+                                "store.urls",
+                                "not a list of valid Redis URLs (redis://host:port)",
+                            )
+                        })?;
+                    if info.redis_settings().db() != 0 {
+                        return Err(ConfigError::new(
+                            "store.urls",
+                            "a Redis Cluster has only database 0: drop the /db part",
+                        ));
+                    }
+                }
+            }
         }
         if let Some(ns) = &self.namespace {
             let ok = !ns.is_empty()
@@ -302,5 +398,29 @@ mod tests {
             .with_namespace("prod-eu_1")
             .validate()
             .unwrap();
+
+        let db = StoreConfig::redis_cluster(["redis://127.0.0.1:7000/2"]);
+        assert_eq!(db.validate().unwrap_err().setting, "store.urls");
+        let junk = StoreConfig::redis_cluster(["http://:secret@example"]);
+        let err = junk.validate().unwrap_err();
+        assert_eq!(err.setting, "store.urls");
+        assert!(!err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn cluster_section() {
+        let c: StoreConfig = toml::from_str(
+            r#"
+            backend = "redis-cluster"
+            urls = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.backend, StoreBackend::RedisCluster);
+        assert!(c.backend.is_redis());
+        assert_eq!(c.urls.len(), 2);
+        assert_eq!(c.freeze_wait_replicas(), 1);
+        assert_eq!(StoreConfig::redis("redis://x").freeze_wait_replicas(), 0);
+        c.validate().unwrap();
     }
 }

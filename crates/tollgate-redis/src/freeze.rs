@@ -92,6 +92,7 @@ struct Shared {
     clock: SharedClock,
     policy: FailurePolicy,
     max_entries: usize,
+    wait_replicas: u32,
     engaged: AtomicBool,
 }
 
@@ -108,7 +109,8 @@ impl Drop for Inner {
 
 /// The freeze list in Redis, shared by every replica.
 ///
-/// **Storage.** One hash, `tollgate:{namespace}:freeze`, whose fields are
+/// **Storage.** One hash, `tollgate:{namespace}:freeze` (on a cluster: one slot, so
+/// one shard and its replicas), whose fields are
 /// `credential:{digest}` / `subject:{digest}` ([`KeyedDigest`]s, never a raw id) and
 /// whose values are the [`Freeze`] as JSON. Every change is made by a Lua script that
 /// also publishes it on the channel `tollgate:{namespace}:freeze-events`.
@@ -117,7 +119,11 @@ impl Drop for Inner {
 /// subscribing to the channel and updated by every event, so
 /// [`check`](FreezeList::check) is a lock-free map lookup (no Redis round trip), and a
 /// freeze made on one replica holds on every other within the pub/sub delivery time
-/// (well under 100 ms on a LAN; the crate's tests measure it). The copy is reloaded in
+/// (well under 100 ms on a LAN; the crate's tests measure it). On a Redis Cluster the
+/// channel is classic pub/sub, not sharded: a `PUBLISH` reaches every node, so the
+/// subscriber can listen on any seed node and move to the next when its node fails;
+/// sharded pub/sub would tie it to the freeze hash's shard and follow that shard
+/// through failovers, for no gain at one event per freeze. The copy is reloaded in
 /// full every `resync_interval` as a safety net, and expired freezes are dropped
 /// from Redis when seen.
 ///
@@ -134,6 +140,13 @@ impl Drop for Inner {
 ///
 /// Every such use is counted (`fail_closed` / `fail_open`) and the first of a run is
 /// logged. The subscription reconnects and reloads by itself when Redis returns.
+///
+/// **Durability.** Redis replicates asynchronously: a write acknowledged by a primary
+/// that fails before its replica copied it is lost in the failover. So `freeze`
+/// returns once `[store.freeze] wait_replicas` replicas hold it (`WAIT`; 1 by
+/// default on a cluster). When they do not confirm within the timeout the freeze is
+/// still in force (and in every replica's local copy), but a failover could lose it:
+/// that is logged and counted (`freeze_unreplicated`).
 ///
 /// `freeze` and `unfreeze` write to Redis and return its error if it cannot be
 /// reached (nothing is applied locally then, so no replica holds a freeze that the
@@ -221,6 +234,9 @@ impl RedisFreezeList {
             clock,
             policy: config.on_failure,
             max_entries: config.max_entries.max(1),
+            wait_replicas: config
+                .wait_replicas
+                .unwrap_or_else(|| backend.config().freeze_wait_replicas()),
             engaged: AtomicBool::new(false),
         });
         let task = tokio::spawn(subscriber(
@@ -292,7 +308,7 @@ impl Shared {
         let key = self.hash_key.clone();
         let all: Vec<(String, Vec<u8>)> = self
             .backend
-            .run_now(|mut c| async move {
+            .run_now(&self.hash_key, |mut c| async move {
                 redis::cmd("HGETALL")
                     .arg(key)
                     .query_async::<Vec<(String, Vec<u8>)>>(&mut c)
@@ -311,7 +327,7 @@ impl Shared {
                     // Best effort: another replica may have pruned it already.
                     let _ = self
                         .backend
-                        .run_now(|mut c| async move {
+                        .run_now(&self.hash_key, |mut c| async move {
                             PRUNE
                                 .key(key)
                                 .arg(f)
@@ -378,9 +394,14 @@ impl Shared {
     }
 }
 
-async fn follow(shared: &Shared, heartbeat: Duration, resync: Duration) -> Result<(), String> {
+async fn follow(
+    shared: &Shared,
+    attempt: usize,
+    heartbeat: Duration,
+    resync: Duration,
+) -> Result<(), String> {
     let ct = shared.backend.connect_timeout();
-    let pubsub = tokio::time::timeout(ct, shared.backend.client().get_async_pubsub())
+    let pubsub = tokio::time::timeout(ct, shared.backend.pubsub(attempt))
         .await
         .map_err(|_| "connect timeout".to_string())?
         .map_err(|e| e.category().to_string())?;
@@ -419,8 +440,12 @@ async fn follow(shared: &Shared, heartbeat: Duration, resync: Duration) -> Resul
 
 async fn subscriber(shared: Arc<Shared>, heartbeat: Duration, resync: Duration) {
     let retry = shared.backend.config().retry_interval;
-    loop {
-        let cause = follow(&shared, heartbeat, resync).await.err().unwrap_or_default();
+    // On a cluster each attempt subscribes through the next seed node.
+    for attempt in 0.. {
+        let cause = follow(&shared, attempt, heartbeat, resync)
+            .await
+            .err()
+            .unwrap_or_default();
         shared.set_synced(false, &cause);
         tokio::time::sleep(retry).await;
     }
@@ -446,7 +471,7 @@ impl RedisFreezeList {
         let fields = [field(&c), field(&u)];
         let read = s
             .backend
-            .run(|mut conn| async move {
+            .run(&s.hash_key, |mut conn| async move {
                 redis::cmd("HMGET")
                     .arg(key)
                     .arg(&fields[..])
@@ -490,7 +515,7 @@ impl RedisFreezeList {
         );
         let result = s
             .backend
-            .run(|mut c| async move {
+            .run(&s.hash_key, |mut c| async move {
                 FREEZE
                     .key(key)
                     .arg(f)
@@ -508,6 +533,7 @@ impl RedisFreezeList {
                 s.modify(|m| {
                     m.insert(target, freeze.clone());
                 });
+                self.wait_for_replicas().await;
                 Ok(())
             }
             Err(StoreError::Corrupt(text)) if text.contains("TOLLGATE_FULL") => Err(StoreError::Unavailable(
@@ -517,12 +543,48 @@ impl RedisFreezeList {
         }
     }
 
+    /// Waits until `wait_replicas` replicas hold the freeze list's latest write, so a
+    /// failover right after `freeze` returns cannot lose the freeze. The freeze is in
+    /// force either way: when fewer replicas confirm in time (a shard that lost its
+    /// replica, a slow link), it is counted and logged, not refused, so an operator
+    /// can still freeze a leaked key while the cluster is degraded.
+    async fn wait_for_replicas(&self) {
+        let s = &self.0.shared;
+        let want = s.wait_replicas;
+        if want == 0 {
+            return;
+        }
+        let key = s.hash_key.clone();
+        // Within the call's own timeout, leaving room for the round trip.
+        let wait = s.backend.config().timeout * 3 / 4;
+        let held = s
+            .backend
+            .run(&s.hash_key, |mut c| async move {
+                c.wait_for_replicas(&key, want, wait).await
+            })
+            .await
+            .unwrap_or(0);
+        if held < want {
+            s.backend
+                .counters()
+                .freeze_unreplicated
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                store = "redis",
+                r#use = "freeze_list",
+                replicas = held,
+                wanted = want,
+                "freeze in force but not yet on enough replicas: a failover now could lose it"
+            );
+        }
+    }
+
     async fn unfreeze_async(&self, target: &FreezeTarget) -> Result<bool, StoreError> {
         let s = &self.0.shared;
         let (key, channel, f) = (s.hash_key.clone(), s.channel.clone(), field(target));
         let lifted = s
             .backend
-            .run(|mut c| async move {
+            .run(&s.hash_key, |mut c| async move {
                 UNFREEZE
                     .key(key)
                     .arg(f)
@@ -553,7 +615,7 @@ impl RedisFreezeList {
         let key = s.hash_key.clone();
         let all: Vec<(String, Vec<u8>)> = s
             .backend
-            .run(|mut c| async move {
+            .run(&s.hash_key, |mut c| async move {
                 redis::cmd("HGETALL")
                     .arg(key)
                     .query_async::<Vec<(String, Vec<u8>)>>(&mut c)

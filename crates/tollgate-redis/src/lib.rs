@@ -1,5 +1,6 @@
 //! Redis-backed stores for [tollgate](https://docs.rs/tollgate): several replicas of an
-//! API share one rate-limit budget, one freeze list and the session records.
+//! API share one rate-limit budget, one freeze list and the session records, on one
+//! Redis server or on a Redis Cluster.
 //!
 //! - [`RedisBackend`]: the shared connection, per-call timeout, circuit breaker and
 //!   counters ([`RedisStats`]).
@@ -20,6 +21,41 @@
 //! reconnects by itself after a drop, and has `Script` (`EVALSHA`, reloaded on
 //! `NOSCRIPT`) and a dedicated async pub/sub connection. `fred` has the same features
 //! and more knobs, but a much larger dependency and API surface for what tollgate needs.
+//!
+//! # Redis Cluster
+//!
+//! `backend = "redis-cluster"` with `urls` (seed nodes; any reachable one suffices)
+//! uses `redis`'s async cluster client: each command goes to the primary of its
+//! key's hash slot, and the slot map is refreshed after a failover (`MOVED`). Every
+//! store command touches exactly one key (all stacked limits of one client are one
+//! key, decided by one script), so each decision stays atomic on one shard without
+//! hash tags, and keys of different clients spread over every shard. The freeze
+//! events use classic pub/sub, which a cluster broadcasts to every node, so a
+//! replica's subscriber listens on any seed node and moves to the next when its node
+//! fails (see [`RedisFreezeList`]).
+//!
+//! **Failover.** When a primary dies, its replica takes over after about the
+//! cluster's `cluster-node-timeout` plus an election (2–3 s on loopback with a 1 s
+//! timeout, measured by the crate's `cluster` tests). Until then, the calls on that
+//! shard's keys follow the per-use failure policies below; the breaker is per slot
+//! group (1/64 of the slots), so the other shards' keys keep being decided in Redis.
+//! With Redis's default `cluster-require-full-coverage yes` every node refuses every
+//! key while a slot has no primary, so every key follows the policies for that
+//! time; set it to `no` to confine the gap to the failed shard.
+//!
+//! **What a failover can lose.** Redis replicates asynchronously; writes a primary
+//! acknowledged but had not yet sent to its replica are lost with it:
+//! - rate limits: the spending of the last moments before the failure (the
+//!   replication lag, usually well under a millisecond on a LAN). A client can regain
+//!   at most what it spent then, never more than one full burst per key, since a
+//!   GCRA state never holds more than the burst;
+//! - the freeze list: nothing acknowledged without a warning. `freeze` waits
+//!   (`WAIT`) until `[store.freeze] wait_replicas` replicas (1 on a cluster) hold the
+//!   freeze; when they do not in time it is logged and counted;
+//! - session records: the last update of a session (its fingerprints are learnt
+//!   again on the next requests);
+//! - DPoP replay entries: a proof first seen in the lag window could be replayed
+//!   once, within its `max_age`.
 //!
 //! # Keys
 //!
@@ -75,6 +111,7 @@
 
 mod backend;
 pub mod config;
+mod connection;
 mod freeze;
 mod ratelimit;
 mod replay;

@@ -188,14 +188,14 @@ impl RedisRateLimitStore {
             args[at + 3] = l.capacity() % NANOS;
         }
         let used = 3 + 4 * limits.len();
-        let redis_key = self.backend.key_of(&key.store_key());
+        let redis_key = &self.backend.key_of(&key.store_key());
         let mode = match self.clock {
             RateLimitClock::Redis => "r",
             RateLimitClock::Caller => "c",
         };
         let out: Vec<u64> = self
             .backend
-            .run(move |mut c| async move {
+            .run(redis_key, |mut c| async move {
                 let mut inv = GCRA.prepare_invoke();
                 inv.key(redis_key).arg(mode);
                 for a in &args[..used] {

@@ -42,11 +42,11 @@ impl RedisReplayCache {
     }
 
     async fn record_async(&self, key: KeyedDigest, ttl: Duration) -> Result<bool, StoreError> {
-        let k = self.backend.key(&StoreKey::new(NAMESPACE, &key));
+        let k = &self.backend.key(&StoreKey::new(NAMESPACE, &key));
         let ms = ttl_millis(ttl);
         let set: Option<String> = self
             .backend
-            .run(|mut c| async move {
+            .run(k, |mut c| async move {
                 redis::cmd("SET")
                     .arg(k)
                     .arg(1)

@@ -116,10 +116,10 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn get_async(&self, key: &StoreKey) -> Result<Option<V>, StoreError> {
-        let k = self.backend.key(key);
+        let k = &self.backend.key(key);
         let raw = self
             .backend
-            .run(|mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
+            .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
             .await;
         match raw {
             Ok(None) => {
@@ -139,11 +139,14 @@ where
     async fn insert_async(&self, key: &StoreKey, value: V, ttl: Duration) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&value)
             .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
-        let k = self.backend.key(key);
+        let k = &self.backend.key(key);
         let ms = ttl_millis(ttl);
         match self
             .backend
-            .run(|mut c| async move { c.pset_ex::<_, _, ()>(k, bytes, ms).await })
+            .run(
+                k,
+                |mut c| async move { c.pset_ex::<_, _, ()>(k, bytes, ms).await },
+            )
             .await
         {
             Ok(()) => {
@@ -155,10 +158,10 @@ where
     }
 
     async fn remove_async(&self, key: &StoreKey) -> Result<(), StoreError> {
-        let k = self.backend.key(key);
+        let k = &self.backend.key(key);
         match self
             .backend
-            .run(|mut c| async move { c.del::<_, ()>(k).await })
+            .run(k, |mut c| async move { c.del::<_, ()>(k).await })
             .await
         {
             Ok(()) => {

@@ -15,7 +15,8 @@
 //!   none of them comes out.
 //! - [`jwt`]: HS256 tokens for tests of JWT verification.
 //! - `redis` (feature `redis`): the Redis to test against (`REDIS_URL`) and a per-test
-//!   key namespace deleted on drop.
+//!   key namespace deleted on drop; `redis_cluster` (feature `redis`): a throwaway
+//!   Redis Cluster of 3 primaries and 3 replicas on loopback.
 //!
 //! ```
 //! use tollgate_test_support::{LogCapture, canary};
@@ -37,6 +38,8 @@ pub mod jwt;
 mod log;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod redis_cluster;
 mod server;
 
 pub use fixtures::{
