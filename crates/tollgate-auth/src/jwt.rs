@@ -24,12 +24,20 @@ const MAX_HEADER_B64: usize = 2048;
 #[derive(Deserialize)]
 struct RawHeader<'a> {
     alg: Option<&'a str>,
-    #[serde(default, borrow)]
+    #[serde(default, deserialize_with = "string_if_present")]
     kid: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     typ: Option<&'a str>,
     #[serde(default)]
     crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A header parameter that must be a string when present: `null` is refused like
+/// any other non-string (RFC 7515 §4.1.4).
+fn string_if_present<'de, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
+    String::deserialize(d).map(|s| Some(std::borrow::Cow::Owned(s)))
 }
 
 /// A verified token, ready to become a principal.
@@ -174,12 +182,18 @@ impl JwtVerifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
             .map_err(|e| map_error(e.kind()))?;
+        // A JSON parser keeps the last of duplicate names, another issuer's or
+        // gateway's may keep the first: refuse them (RFC 7519 §4, RFC 8725 §3.9).
+        if has_duplicate_claims(token) {
+            return Err(AuthError::MalformedToken);
+        }
         self.check_times(&data.claims, now)?;
         self.principal(token, &data.claims, p, tiers).map(Some)
     }
 
-    /// `exp` and `nbf` against `now`, with the configured leeway either way. A
-    /// present claim that is not a NumericDate is refused like a missing one.
+    /// `exp`, `nbf` and `iat` against `now`, with the configured leeway either way
+    /// (a token issued in the future comes from a skewed or forged issuer). A present
+    /// claim that is not a NumericDate is refused like a missing one.
     fn check_times(&self, claims: &Map<String, Value>, now: Timestamp) -> Result<(), AuthError> {
         let date = |name: &str| match claims.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -193,6 +207,11 @@ impl JwtVerifier {
         }
         if let Some(nbf) = date("nbf")?
             && nbf > now.saturating_add(leeway)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(iat) = date("iat")?
+            && iat > now.saturating_add(leeway)
         {
             return Err(AuthError::NotYetValid);
         }
@@ -270,6 +289,33 @@ pub fn token_digest_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// True if the claims set of `token` (already verified) names a claim twice.
+fn has_duplicate_claims(token: &str) -> bool {
+    struct Names(bool);
+    impl<'de> serde::de::Visitor<'de> for Names {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if !seen.insert(name) {
+                    return Ok(true);
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(self.0)
+        }
+    }
+    let payload = token.split('.').nth(1).unwrap_or("");
+    let Ok(json) = URL_SAFE_NO_PAD.decode(payload) else {
+        return true;
+    };
+    let mut de = serde_json::Deserializer::from_slice(&json);
+    serde::Deserializer::deserialize_map(&mut de, Names(false)).unwrap_or(true)
+}
+
 fn numeric_date(v: &Value) -> Option<Timestamp> {
     let secs = v
         .as_u64()
@@ -315,6 +361,18 @@ fn map_error(kind: &ErrorKind) -> AuthError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn duplicate_claim_names_are_found() {
+        let token = |payload: &str| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(payload));
+        assert!(!has_duplicate_claims(&token(
+            r#"{"sub":"a","aud":"b","x":{"y":1,"z":2}}"#
+        )));
+        assert!(has_duplicate_claims(&token(r#"{"sub":"a","sub":"admin"}"#)));
+        // The same name spelt with an escape is the same name.
+        assert!(has_duplicate_claims(&token(r#"{"sub":"a","s\u0075b":"admin"}"#)));
+        assert!(has_duplicate_claims("e30.!!!.sig"));
+    }
 
     #[test]
     fn scopes_forms() {

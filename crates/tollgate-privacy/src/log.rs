@@ -63,10 +63,11 @@ where
     JsonLogLayer::new(make_writer)
 }
 
-/// Targets whose events carry raw client addresses in their text (axum's server
-/// logs `connection 203.0.113.7:50122 accepted` at TRACE). Free text cannot be
-/// scrubbed, so [`JsonLogLayer`] never writes these events.
-pub const ADDRESS_LOGGING_TARGETS: &[&str] = &["axum::serve"];
+/// Targets whose events carry raw client input in their text: axum's server logs
+/// `connection 203.0.113.7:50122 accepted`, and its extractors log the rejected
+/// input itself (`Cannot parse `alice@example.com` to a `u64``), both at TRACE.
+/// Free text cannot be scrubbed, so [`JsonLogLayer`] never writes these events.
+pub const RAW_INPUT_TARGETS: &[&str] = &["axum::serve", "axum::rejection"];
 
 /// Most fields a request span may declare.
 const MAX_FIELDS: usize = 24;
@@ -330,10 +331,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let metadata = event.metadata();
-        if ADDRESS_LOGGING_TARGETS
-            .iter()
-            .any(|t| metadata.target().starts_with(t))
-        {
+        if RAW_INPUT_TARGETS.iter().any(|t| metadata.target().starts_with(t)) {
             return;
         }
         LINE.with_borrow_mut(|line| {
