@@ -260,12 +260,89 @@ impl JwtKey {
 
 /// The key of a public JWK already pinned to `alg`.
 pub(crate) fn key_from_jwk(v: &Value, alg: Algorithm) -> Result<JwtKey, &'static str> {
+    check_material(v)?;
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(v.clone()).map_err(|_| "malformed JWK")?;
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
     Ok(JwtKey { alg, key })
 }
 
+/// Refuses key material that could never verify, so that a broken entry in a JWKS
+/// document cannot displace a good key of the same `kid`: RSA moduli of fewer than
+/// 2048 bits (RFC 7518 §3.3) or an empty exponent, EC and OKP coordinates of the
+/// wrong length for their curve.
+fn check_material(v: &Value) -> Result<(), &'static str> {
+    use base64::Engine;
+    let member = |name: &str| -> Result<Vec<u8>, &'static str> {
+        let text = v.get(name).and_then(Value::as_str).ok_or("missing key member")?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| "key member is not base64url")
+    };
+    let sized = |name: &str, len: usize| match member(name)? {
+        bytes if bytes.len() == len => Ok(()),
+        _ => Err("key coordinate of the wrong length"),
+    };
+    match (
+        v.get("kty").and_then(Value::as_str),
+        v.get("crv").and_then(Value::as_str),
+    ) {
+        (Some("RSA"), _) => {
+            let n = member("n")?;
+            let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+            let bits = n.first().map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+            if bits < 2048 {
+                return Err("RSA modulus shorter than 2048 bits");
+            }
+            let e = member("e")?;
+            if e.is_empty() || e.len() > 8 || e.iter().all(|b| *b == 0) {
+                return Err("unusable RSA exponent");
+            }
+            Ok(())
+        }
+        (Some("EC"), Some("P-256")) => sized("x", 32).and(sized("y", 32)),
+        (Some("EC"), Some("P-384")) => sized("x", 48).and(sized("y", 48)),
+        (Some("OKP"), Some("Ed25519")) => sized("x", 32),
+        _ => Ok(()),
+    }
+}
+
 const NOT_ALLOWED: &str = "alg is not among the allowed algorithms";
+
+#[cfg(test)]
+mod material_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_material_that_cannot_verify_is_refused() {
+        let b = |bytes: &[u8]| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        };
+        let mut n2048 = vec![0x80u8];
+        n2048.extend([1u8; 255]);
+        let rsa = |n: &[u8], e: &[u8]| json!({"kty": "RSA", "n": b(n), "e": b(e)});
+        assert!(check_material(&rsa(&n2048, &[1, 0, 1])).is_ok());
+        assert!(
+            check_material(&rsa(&n2048[1..], &[1, 0, 1])).is_err(),
+            "2040 bits"
+        );
+        let mut padded = vec![0u8];
+        padded.extend(&n2048[1..]);
+        assert!(
+            check_material(&rsa(&padded, &[1, 0, 1])).is_err(),
+            "leading zeros do not count"
+        );
+        assert!(check_material(&rsa(&[], &[])).is_err());
+        assert!(check_material(&rsa(&n2048, &[])).is_err());
+        assert!(check_material(&json!({"kty": "RSA", "e": "AQAB"})).is_err());
+        let ec = |x: usize, y: usize| json!({"kty": "EC", "crv": "P-256", "x": b(&vec![1; x]), "y": b(&vec![1; y])});
+        assert!(check_material(&ec(32, 32)).is_ok());
+        assert!(check_material(&ec(31, 32)).is_err());
+        assert!(check_material(&ec(32, 0)).is_err());
+        assert!(check_material(&json!({"kty": "OKP", "crv": "Ed25519", "x": b(&[1; 33])})).is_err());
+    }
+}
 
 /// The algorithm a JWK is pinned to: its `alg` when present (and consistent with
 /// its key type and curve), otherwise the only algorithm its curve allows; an RSA

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -115,6 +116,10 @@ pub struct JwksServer {
     pub status: Arc<Mutex<StatusCode>>,
     pub cache_control: Arc<Mutex<Option<String>>>,
     pub hits: Arc<AtomicUsize>,
+    /// How long each answer waits before it is sent.
+    pub delay: Arc<Mutex<Duration>>,
+    /// A body sent as is (with status 200) in place of the document.
+    pub raw_body: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl JwksServer {
@@ -125,6 +130,8 @@ impl JwksServer {
             status: Arc::new(Mutex::new(StatusCode::OK)),
             cache_control: Arc::new(Mutex::new(None)),
             hits: Arc::new(AtomicUsize::new(0)),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+            raw_body: Arc::new(Mutex::new(None)),
         };
         let router = Router::new()
             .route("/jwks.json", get(jwks_handler))
@@ -154,6 +161,19 @@ impl JwksServer {
 
 async fn jwks_handler(State(s): State<JwksServer>) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
+    let delay = *s.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
+    if let Some(body) = s.raw_body.lock().unwrap().clone() {
+        let cache_control = s.cache_control.lock().unwrap().clone().unwrap_or_default();
+        return (
+            [
+                ("content-type", "application/json"),
+                ("cache-control", cache_control.as_str()),
+            ],
+            body,
+        )
+            .into_response();
+    }
     let status = *s.status.lock().unwrap();
     if status != StatusCode::OK {
         return status.into_response();

@@ -190,6 +190,68 @@ async fn endpoint_down_keeps_the_last_good_keys() {
     assert_eq!(app.bearer("/me", &t).await.status(), 200);
 }
 
+/// A JWKS endpoint that hangs, or answers garbage, truncated or oversized JSON:
+/// tokens under the keys last known keep verifying without waiting on it, unknown
+/// kids are refused within the fetch timeout, and refetches stay bounded.
+#[tokio::test]
+async fn slow_or_garbage_endpoint_keeps_the_last_good_keys_with_bounded_refetch() {
+    let server = JwksServer::start(rsa_doc(&[("k1", "rsa1")])).await;
+    *server.cache_control.lock().unwrap() = Some("max-age=0".into());
+    let mut cfg = jwks_config(&server.url(), Duration::from_millis(50));
+    let jwt = cfg.jwt.as_mut().unwrap();
+    jwt.jwks_timeout = Duration::from_millis(200);
+    jwt.jwks_unknown_kid_interval = Duration::from_secs(1);
+    let layer = AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap();
+    let app = run(app(layer)).await;
+
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        b"\xff\xfe\x00garbage".to_vec(),
+        br#"{"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB"#.to_vec(),
+        br#"{"keys": "none"}"#.to_vec(),
+        br#"{"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "n": "", "e": ""}]}"#.to_vec(),
+    ];
+    // Larger than `jwks_max_bytes`.
+    bodies.push(format!(r#"{{"keys": [], "pad": "{}"}}"#, "x".repeat(2 << 20)).into_bytes());
+    for (i, body) in bodies.into_iter().enumerate() {
+        *server.raw_body.lock().unwrap() = Some(body);
+        let hits = server.hits();
+        wait_for_hits(&server, hits + 2).await;
+        let t = sign(Algorithm::RS256, Some("k1"), &claims(&format!("garbage-{i}")));
+        assert_eq!(
+            app.bearer("/me", &t).await.status(),
+            200,
+            "body {i}: the last good keys hold"
+        );
+    }
+    *server.raw_body.lock().unwrap() = None;
+
+    // Hanging: verified requests do not wait on it; forged kids are refused within
+    // the fetch timeout and cause at most one fetch per unknown-kid interval.
+    *server.delay.lock().unwrap() = Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let hits = server.hits();
+    for i in 0..40 {
+        let known = sign(Algorithm::RS256, Some("k1"), &claims(&format!("slow-{i}")));
+        assert_eq!(app.bearer("/me", &known).await.status(), 200);
+        let forged = sign_with(
+            Algorithm::RS256,
+            Some(&format!("forged-{i}")),
+            &claims("mallory"),
+            "rsa2",
+        );
+        assert_eq!(app.bearer("/me", &forged).await.status(), 401);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "80 requests took {took:?} against a hanging endpoint"
+    );
+    let fetches = server.hits() - hits;
+    assert!(fetches <= 12, "{fetches} fetches in {took:?}");
+}
+
 #[tokio::test]
 async fn start_without_jwks() {
     // Nothing listens on this port.
