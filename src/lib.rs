@@ -74,6 +74,7 @@ use tollgate_fingerprint::FingerprintLayer;
 use tollgate_privacy::PrivacyTraceLayer;
 use tollgate_ratelimit::RateLimitLayer;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 
 /// Why the stack could not be built. Each message names the setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +378,8 @@ impl Tollgate {
                 .option_layer(self.fingerprint.clone())
                 .option_layer(self.ratelimit.clone())
                 .option_layer(self.anomaly.clone())
-                .map_response(IntoResponse::into_response),
+                .map_response(IntoResponse::into_response)
+                .layer(CatchPanicLayer::custom(handler_panicked)),
         )
     }
 
@@ -416,6 +418,29 @@ impl Tollgate {
 
 /// The pseudonymizer from the environment variable, else the config, else (only
 /// without a shared store) a random secret, with a warning.
+/// Replaces the process's panic hook with one that logs (through `tracing`, so as one
+/// JSON line inside the request's span) where a panic happened, never its message:
+/// Rust's default hook prints the message to stderr, and a message may quote
+/// anything the code held, such as a token or an address. Call it once at start.
+///
+/// ```
+/// tollgate::redact_panic_messages();
+/// ```
+pub fn redact_panic_messages() {
+    std::panic::set_hook(Box::new(|info| {
+        let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
+        tracing::error!(panic.file = file, panic.line = line, "panic (message withheld)");
+    }));
+}
+
+/// The answer for a handler that panicked: a 500 problem+json that goes back through
+/// every layer, so the request is still counted, judged and logged once. The panic
+/// message is not logged: it may quote anything the handler held.
+fn handler_panicked(_payload: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("the handler panicked: answered 500");
+    tollgate_core::problem::Problem::new(tollgate_core::problem::types::INTERNAL_ERROR).into_response()
+}
+
 fn pseudonymizer(
     config: &PseudonymConfig,
     clock: SharedClock,

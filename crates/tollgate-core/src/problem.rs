@@ -83,6 +83,9 @@ pub mod types {
         /// A backend the decision depends on (introspection, a store) is unreachable (503).
         UNAVAILABLE, "unavailable", "Temporarily unavailable", SERVICE_UNAVAILABLE);
     problem_type!(
+        /// The handler failed (panicked): the stack answered for it (500).
+        INTERNAL_ERROR, "internal-error", "Internal server error", INTERNAL_SERVER_ERROR);
+    problem_type!(
         /// The stack is assembled wrongly, for example an extractor without its layer (500).
         MISCONFIGURED, "misconfigured", "Server misconfigured", INTERNAL_SERVER_ERROR);
 }
