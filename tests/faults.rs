@@ -1,11 +1,15 @@
-//! Faults of the application behind the stack: a handler that panics.
+//! Faults around the stack: a handler that panics, the clock jumping back and forth.
 
 mod common;
 
 use axum::Router;
 use axum::routing::get;
 use common::*;
-use tollgate_test_support::canary;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate::Tollgate;
+use tollgate_core::{FakeClock, SystemClock, Timestamp, clock::Clock};
+use tollgate_test_support::{canary, serve_captured};
 
 async fn boom() -> &'static str {
     panic!("lost {} from {}", canary::SUBJECT, canary::IP)
@@ -50,4 +54,112 @@ async fn a_panicking_handler_gets_one_logged_500_and_the_server_stays_up() {
     let text = server.capture.text();
     assert!(text.contains("panic (message withheld)"), "{text}");
     canary::assert_absent("the log output", &text, canary::FRAGMENTS);
+}
+
+/// The clock jumps back an hour, then forward a day: no 5xx; a spent budget is not
+/// blocked for the hour (it starts again from one full burst, never more); tokens are
+/// judged on the new time (expired after the day); the stack keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_jumps_back_and_forth() {
+    let clock = Arc::new(FakeClock::new(SystemClock.now()));
+    let config = stack_config("");
+    let shared = clock.clone();
+    let server = serve_captured(tollgate::privacy::json_layer, move || async move {
+        let tollgate = Tollgate::builder(config)
+            .clock(shared)
+            .build()
+            .await
+            .expect("the stack builds");
+        tollgate.apply(api())
+    });
+    let client = reqwest::Client::new();
+    let get = |path: &str, ip: &str| {
+        client
+            .get(format!("http://{}{path}", server.addr))
+            .header("x-forwarded-for", ip.to_string())
+    };
+    let token = token("clock-user", "clock-jti", "pro");
+
+    // The anonymous tier allows a burst of 20 per second per network.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(
+            get("/v1/items/1", "198.51.100.9")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20, "{statuses:?}");
+
+    clock.set(Timestamp::from_nanos(
+        clock.now().as_nanos() - 3_600 * 1_000_000_000,
+    ));
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(
+            get("/v1/items/1", "198.51.100.9")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "one burst after the jump back, not a blocked hour nor more: {statuses:?}"
+    );
+    // A token issued "in the future" of the skewed clock is refused, not a 5xx.
+    let r = get("/v1/me", "198.51.100.9")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    clock.advance(Duration::from_secs(3_600 + 86_400));
+    assert_eq!(
+        get("/v1/items/1", "198.51.100.9").send().await.unwrap().status(),
+        200
+    );
+    let r = get("/v1/me", "198.51.100.9")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the token expired a day ago");
+    let fresh = jwt_at(clock.now(), "clock-user-2");
+    assert_eq!(
+        get("/v1/me", "198.51.100.9")
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a token valid at the new time passes"
+    );
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lines = server.capture.lines_with_target(tollgate::privacy::TARGET);
+    assert!(lines.len() >= 30);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["span"]["http.status"].as_u64().unwrap_or(0) < 500),
+        "{lines:?}"
+    );
+}
+
+/// An HS256 token of the test issuer valid at `now`.
+fn jwt_at(now: Timestamp, sub: &str) -> String {
+    let secs = now.as_nanos() / 1_000_000_000;
+    let mut claims = tollgate_test_support::jwt::claims(ISSUER, AUDIENCE, sub);
+    claims["iat"] = secs.into();
+    claims["exp"] = (secs + 600).into();
+    tollgate_test_support::jwt::hs256(&JWT_SECRET, Some("test"), &claims)
 }

@@ -158,8 +158,18 @@ pub struct Cell {
 ///
 /// A `cost` of 0 reports the state without spending. A `cost` above the limit's burst
 /// is never admitted.
+///
+/// A TAT beyond `now + capacity` can only come from a clock that went back (an
+/// admitted request never sets one): the key starts again from a full budget, so a
+/// backwards jump never blocks a key for the size of the jump, and grants it at most
+/// one burst.
 pub fn decide(tat: u64, now: u64, limit: &Limit, cost: u64) -> Cell {
     let capacity = limit.capacity();
+    let tat = if tat > now.saturating_add(capacity) {
+        0
+    } else {
+        tat
+    };
     let base = tat.max(now);
     let new_tat = base.saturating_add(cost.saturating_mul(limit.interval));
     let allow_at = new_tat.saturating_sub(capacity);
@@ -288,7 +298,12 @@ pub fn decide_all(tats: &[u64], now: u64, limits: &[Limit], cost: u64) -> Decisi
         for (i, cell) in cells.iter_mut().take(limits.len()).enumerate() {
             if cell.allowed {
                 let stored = tats.get(i).copied().unwrap_or(0);
-                let base = stored.max(now);
+                let current = if stored > now.saturating_add(limits[i].capacity()) {
+                    0
+                } else {
+                    stored
+                };
+                let base = current.max(now);
                 cell.tat = stored;
                 cell.reset = base - now;
                 cell.remaining =
@@ -462,6 +477,42 @@ mod tests {
                 }
                 tat = c.tat;
             }
+        }
+
+        /// A clock that goes back by any amount: the key waits at most one window,
+        /// and never gets more than one full burst.
+        #[test]
+        fn clock_going_back_is_bounded(
+            interval in 1u64..5_000_000_000,
+            burst in 1u64..50,
+            spent in 1u64..50,
+            back in 0u64..(10 * 86_400 * SEC),
+        ) {
+            let limit = Limit::from_interval(interval, burst).unwrap();
+            let t0 = 1_700_000_000 * SEC;
+            let mut tat = 0;
+            for _ in 0..spent.min(burst) {
+                tat = decide(tat, t0, &limit, 1).tat;
+            }
+            let then = t0 - back;
+            let c = decide(tat, then, &limit, 1);
+            if tat > then + limit.capacity() {
+                prop_assert_eq!(c, decide(0, then, &limit, 1));
+            } else {
+                prop_assert_eq!(c, decide(tat, then, &limit, 1));
+            }
+            prop_assert!(c.retry_after <= limit.capacity());
+            prop_assert!(c.reset <= limit.capacity());
+            // Admitted at `then` only if it would be with the same budget state.
+            let mut admitted = 0;
+            let mut t = tat;
+            while admitted <= burst {
+                let c = decide(t, then, &limit, 1);
+                if !c.allowed { break; }
+                t = c.tat;
+                admitted += 1;
+            }
+            prop_assert!(admitted <= burst);
         }
 
         /// Stacked: admitted iff every single limit admits; a denial changes no TAT.

@@ -52,12 +52,14 @@ for i = 1, n do
   local j = 4 + (i - 1) * 4
   local oh, ol = old[2 * i - 1] or 0, old[2 * i] or 0
   out[2 + 2 * i], out[3 + 2 * i] = oh, ol
+  local ch, cl = nh + tonumber(ARGV[j + 3]), nl + tonumber(ARGV[j + 4])
+  if cl >= B then ch, cl = ch + 1, cl - B end
+  -- a TAT beyond now + capacity means the clock went back: a full budget again
+  if oh > ch or (oh == ch and ol > cl) then oh, ol = 0, 0 end
   -- base = max(tat, now); t = base + inc; admitted iff t <= now + capacity
   if oh < nh or (oh == nh and ol <= nl) then oh, ol = nh, nl end
   local th, tl = oh + tonumber(ARGV[j + 1]), ol + tonumber(ARGV[j + 2])
   if tl >= B then th, tl = th + 1, tl - B end
-  local ch, cl = nh + tonumber(ARGV[j + 3]), nl + tonumber(ARGV[j + 4])
-  if cl >= B then ch, cl = ch + 1, cl - B end
   if th > ch or (th == ch and tl > cl) then admitted = 0 end
   new[2 * i - 1], new[2 * i] = th, tl
   if th > fh or (th == fh and tl > fl) then fh, fl = th, tl end

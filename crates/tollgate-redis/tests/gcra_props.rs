@@ -129,7 +129,8 @@ fn caller_clock_matches_in_process_gcra_at_far_times() {
         Limit::from_interval(30 * 86_400_000_000_000 / 1_000 + 123_456_789, 1_000).unwrap(),
     ];
     let day = 86_400_000_000_000u64;
-    // Within an instant, then jumps of at least every capacity (a full refill).
+    // Within an instant, jumps of at least every capacity (a full refill), and the
+    // clock going back by days (the stored TATs then lie far in the future).
     let mut case = 1_000;
     for start in [1_700_000_000_123_456_789u64, 7_258_118_400_987_654_321] {
         for stack in 1..=limits.len() {
@@ -141,6 +142,9 @@ fn caller_clock_matches_in_process_gcra_at_far_times() {
             for step in 0..40u64 {
                 if step % 13 == 12 {
                     now += 40 * day + step;
+                }
+                if step % 13 == 6 {
+                    now -= 3 * day + step;
                 }
                 let cost = [1, 0, 2, 1, 5, 1, 30][(step % 7) as usize];
                 let got = rt
