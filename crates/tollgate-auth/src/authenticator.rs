@@ -255,7 +255,7 @@ impl Authenticator {
                 let introspector = self.introspection.as_ref().ok_or(AuthError::UnsupportedToken)?;
                 let now = self.clock.now();
                 let found = introspector
-                    .introspect(&token, &self.pseudonymizer, &self.introspection_tiers, now)
+                    .introspect(&token, key, &self.pseudonymizer, &self.introspection_tiers, now)
                     .await?;
                 let cache_until = now.saturating_add(introspector.cache_ttl);
                 let until = found.expires_at.map_or(cache_until, |exp| exp.min(cache_until));

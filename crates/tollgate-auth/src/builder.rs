@@ -18,7 +18,7 @@ use crate::config::{AuthConfig, JwtConfig};
 use crate::credential::CredentialSource;
 use crate::dpop::{DpopMode, DpopVerifier, MemoryReplayCache, SharedReplayCache, parse_origin};
 use crate::error::Challenges;
-use crate::introspection::Introspector;
+use crate::introspection::{AnswerRules, Introspector};
 use crate::jwks::{Jwks, JwksSettings};
 use crate::jwt::{JwtIssuer, JwtVerifier};
 use crate::keys::{JwtKey, KeySet, PinnedKey};
@@ -305,6 +305,12 @@ impl AuthBuilder {
                 if let Some(claim) = &ic.tier_claim {
                     introspection_tiers = introspection_tiers.claim(claim);
                 }
+                if ic.negative_cache_ttl > Duration::from_secs(300) {
+                    return Err(ConfigError::new(
+                        "auth.introspection.negative_cache_ttl",
+                        "at most 5m: a token refused once may become valid",
+                    ));
+                }
                 Some(
                     Introspector::new(
                         oauth2::IntrospectionUrl::from_url(url),
@@ -312,6 +318,12 @@ impl AuthBuilder {
                         secret,
                         ic.timeout.max(Duration::from_millis(1)),
                         ic.cache_ttl,
+                        AnswerRules {
+                            issuers: ic.issuer.clone().map(|i| i.0).unwrap_or_default(),
+                            audiences: ic.audience.clone().map(|a| a.0).unwrap_or_default(),
+                            negative_ttl: ic.negative_cache_ttl,
+                            negative_max_entries: ic.negative_cache_max_entries,
+                        },
                     )
                     .map_err(|e| ConfigError::new(setting, e))?,
                 )

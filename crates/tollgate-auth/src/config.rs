@@ -394,9 +394,33 @@ pub struct IntrospectionConfig {
         with = "tollgate_core::config::duration"
     )]
     pub cache_ttl: Duration,
+    /// How long an `active: false` answer is remembered (default `"10s"`, at most
+    /// `"5m"`, `"0s"` to never remember one), so a flood of dead or made-up tokens
+    /// costs one call each per interval, not one per request.
+    #[serde(default = "default_negative_ttl", with = "tollgate_core::config::duration")]
+    pub negative_cache_ttl: Duration,
+    /// The most `active: false` answers remembered at once (default 10,000).
+    #[serde(default = "default_negative_entries")]
+    pub negative_cache_max_entries: usize,
+    /// When set, the answer's `iss` must be one of these (RFC 7662 §2.2): a token of
+    /// another issuer the same server knows is refused.
+    #[serde(default)]
+    pub issuer: Option<OneOrMany>,
+    /// When set, the answer's `aud` must name one of these: a token meant for
+    /// another API is refused.
+    #[serde(default)]
+    pub audience: Option<OneOrMany>,
     /// The response field holding the tier.
     #[serde(default)]
     pub tier_claim: Option<String>,
+}
+
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_negative_entries() -> usize {
+    10_000
 }
 
 impl std::fmt::Debug for IntrospectionConfig {
@@ -405,6 +429,9 @@ impl std::fmt::Debug for IntrospectionConfig {
             .field("url", &self.url)
             .field("timeout", &self.timeout)
             .field("cache_ttl", &self.cache_ttl)
+            .field("negative_cache_ttl", &self.negative_cache_ttl)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
 }

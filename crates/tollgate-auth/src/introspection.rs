@@ -13,6 +13,7 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_core::clock::Timestamp;
+use tollgate_core::sharded::ShardedMap;
 use tollgate_core::{CredentialKind, Principal, Pseudonymizer, Scopes};
 
 use crate::error::AuthError;
@@ -46,6 +47,19 @@ pub(crate) struct Introspector {
     http: reqwest::Client,
     /// The longest an answer is cached (shorter when the token expires sooner).
     pub(crate) cache_ttl: Duration,
+    /// Tokens the endpoint called inactive, by token cache key, until their deadline.
+    refused: ShardedMap<u128, ()>,
+    negative_ttl: Duration,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+}
+
+/// What an introspection answer must name, and how long refusals are remembered.
+pub(crate) struct AnswerRules {
+    pub(crate) issuers: Vec<String>,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) negative_max_entries: usize,
 }
 
 impl fmt::Debug for Introspector {
@@ -70,6 +84,7 @@ impl Introspector {
         client_secret: Option<String>,
         timeout: Duration,
         cache_ttl: Duration,
+        rules: AnswerRules,
     ) -> Result<Self, reqwest::Error> {
         let mut client = oauth2::Client::new(ClientId::new(client_id)).set_introspection_url(url);
         if let Some(secret) = client_secret {
@@ -85,6 +100,10 @@ impl Introspector {
             client,
             http,
             cache_ttl,
+            refused: ShardedMap::new(rules.negative_max_entries.max(1)),
+            negative_ttl: rules.negative_ttl,
+            issuers: rules.issuers,
+            audiences: rules.audiences,
         })
     }
 
@@ -93,7 +112,31 @@ impl Introspector {
     /// `active: false` is [`AuthError::InactiveToken`] (401); an unreachable endpoint,
     /// an error answer or an unreadable one is [`AuthError::IntrospectionUnavailable`]
     /// (503): never a pass.
+    /// How long an `active: false` answer is remembered.
+    pub(crate) fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
     pub(crate) async fn introspect(
+        &self,
+        token: &str,
+        key: u128,
+        p: &Pseudonymizer,
+        tiers: &TierPolicy,
+        now: Timestamp,
+    ) -> Result<Introspected, AuthError> {
+        if self.refused.get(&key, now).is_some() {
+            return Err(AuthError::InactiveToken);
+        }
+        let answer = self.ask(token, p, tiers, now).await;
+        if matches!(answer, Err(AuthError::InactiveToken)) && !self.negative_ttl.is_zero() {
+            self.refused
+                .insert(key, (), now.saturating_add(self.negative_ttl), now);
+        }
+        answer
+    }
+
+    async fn ask(
         &self,
         token: &str,
         p: &Pseudonymizer,
@@ -121,6 +164,20 @@ impl Introspector {
             })?;
         if !response.active() {
             return Err(AuthError::InactiveToken);
+        }
+        if !self.issuers.is_empty()
+            && !response
+                .iss()
+                .is_some_and(|i| self.issuers.iter().any(|w| w == i))
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        if !self.audiences.is_empty()
+            && !response
+                .aud()
+                .is_some_and(|auds| auds.iter().any(|a| self.audiences.iter().any(|w| w == a)))
+        {
+            return Err(AuthError::WrongAudience);
         }
         let expires_at = response
             .exp()

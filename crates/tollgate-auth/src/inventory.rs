@@ -12,6 +12,7 @@ pub(crate) fn fields(
     cache_max_ttl: Duration,
     max_freeze_ttl: Duration,
     dpop_replay_ttl: Option<Duration>,
+    introspection_refusal_ttl: Option<Duration>,
 ) -> Vec<FieldSpec> {
     let mut fields = vec![
         FieldSpec {
@@ -94,6 +95,17 @@ pub(crate) fn fields(
             derived_from: "the DPoP proof key's thumbprint and the proof's `jti`, as a keyed digest",
             protection: Protection::KeyedDigest,
             purpose: "refuse a DPoP proof used twice",
+            retention: Retention::ttl(ttl),
+            sinks: &[Sink::Store],
+        });
+    }
+    if let Some(ttl) = introspection_refusal_ttl.filter(|t| !t.is_zero()) {
+        fields.push(FieldSpec {
+            name: "auth.introspection_refusals",
+            layer: LAYER,
+            derived_from: "SipHash-1-3-128 of a token the introspection endpoint called inactive, under a per-process random key",
+            protection: Protection::KeyedDigest,
+            purpose: "answer a dead or made-up token without asking the endpoint again",
             retention: Retention::ttl(ttl),
             sinks: &[Sink::Store],
         });

@@ -162,6 +162,7 @@ impl AuthLayer {
             self.auth.cache.max_ttl(),
             self.auth.max_freeze_ttl,
             self.auth.dpop.as_ref().map(|d| d.max_age + d.leeway),
+            self.auth.introspection.as_ref().map(|i| i.negative_ttl()),
         )
     }
 }

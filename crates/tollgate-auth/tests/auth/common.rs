@@ -235,18 +235,28 @@ async fn introspect_handler(
         .find_map(|pair| pair.strip_prefix("token="))
         .unwrap_or("")
         .to_string();
-    match token.strip_prefix("active-") {
-        Some(sub) => Json(json!({
-            "active": true,
-            "sub": sub,
-            "scope": "read:items",
-            "exp": now() + 600,
-            "jti": format!("ijti-{sub}"),
-            "plan": "gold",
-        }))
-        .into_response(),
-        None => Json(json!({"active": false})).into_response(),
-    }
+    // `active-{sub}`: active for this API; `foreign-aud-{sub}` / `foreign-iss-{sub}`:
+    // active, but for another API or from another issuer; anything else: inactive.
+    let (sub, aud, iss) = if let Some(sub) = token.strip_prefix("active-") {
+        (sub, AUD, ISS)
+    } else if let Some(sub) = token.strip_prefix("foreign-aud-") {
+        (sub, "another-api", ISS)
+    } else if let Some(sub) = token.strip_prefix("foreign-iss-") {
+        (sub, AUD, "https://evil.test")
+    } else {
+        return Json(json!({"active": false})).into_response();
+    };
+    Json(json!({
+        "active": true,
+        "sub": sub,
+        "scope": "read:items",
+        "exp": now() + 600,
+        "jti": format!("ijti-{sub}"),
+        "plan": "gold",
+        "aud": [aud],
+        "iss": iss,
+    }))
+    .into_response()
 }
 
 /// What `/me` answers: the principal as the handler sees it.

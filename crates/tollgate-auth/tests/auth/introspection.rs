@@ -1,7 +1,7 @@
 //! OAuth2 token introspection over real HTTP.
 
 use serde_json::Value;
-use tollgate_auth::{AuthConfig, AuthLayer, IntrospectionConfig};
+use tollgate_auth::{AuthConfig, AuthLayer, IntrospectionConfig, OneOrMany};
 
 use crate::common::*;
 
@@ -44,6 +44,44 @@ async fn active_inactive_cached_and_unreachable() {
     // JWT-shaped tokens still go to JWT verification.
     assert_eq!(app.bearer("/me", "abc.def.ghi").await.status(), 401);
     assert_eq!(server.hits(), 2);
+}
+
+/// With `issuer` and `audience` set, an active answer for another API or from
+/// another issuer is refused; `active: false` answers are remembered for
+/// `negative_cache_ttl`, so repeating a dead token does not call the endpoint again.
+#[tokio::test]
+async fn answers_are_checked_for_issuer_and_audience_and_refusals_are_remembered() {
+    let server = IntrospectionServer::start().await;
+    let mut cfg = introspection_config(&server.url());
+    let ic = cfg.introspection.as_mut().unwrap();
+    ic.issuer = Some(OneOrMany(vec![ISS.into()]));
+    ic.audience = Some(OneOrMany(vec![AUD.into()]));
+    ic.negative_cache_ttl = std::time::Duration::from_millis(300);
+    let app = run(app(AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap())).await;
+
+    assert_eq!(app.bearer("/me", "active-bob").await.status(), 200);
+    for token in ["foreign-aud-bob", "foreign-iss-bob"] {
+        let (status, code, _) = outcome(app.bearer("/me", token).await).await;
+        assert_eq!((status, code.as_deref()), (401, Some("invalid_token")), "{token}");
+    }
+
+    let before = server.hits();
+    for _ in 0..5 {
+        assert_eq!(app.bearer("/me", "revoked-token").await.status(), 401);
+    }
+    assert_eq!(
+        server.hits(),
+        before + 1,
+        "one call for five uses of a dead token"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(app.bearer("/me", "revoked-token").await.status(), 401);
+    assert_eq!(server.hits(), before + 2, "asked again once the refusal expired");
+
+    let mut long = introspection_config(&server.url());
+    long.introspection.as_mut().unwrap().negative_cache_ttl = std::time::Duration::from_secs(3_600);
+    let err = AuthLayer::from_config(&long, pseudonymizer()).await.unwrap_err();
+    assert_eq!(err.setting, "auth.introspection.negative_cache_ttl");
 }
 
 #[tokio::test]
