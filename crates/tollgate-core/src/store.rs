@@ -88,6 +88,34 @@ pub trait StateStore<V>: Send + Sync + 'static {
 
     /// Removes the value at `key`.
     fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A read-modify-write of the value at `key`: `f` gets the current value (`None`
+    /// if absent or expired) and returns the next, which is stored for `ttl` and
+    /// returned.
+    ///
+    /// A store shared by several processes makes this atomic (no update lost
+    /// between replicas), running `f` again when another write came first, so `f`
+    /// must only compute its result. The default, a `get` then an `insert`, suits a
+    /// store of one process. `Err` means the current value could not be read; a
+    /// value computed but not stored is logged and returned.
+    fn update<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        ttl: Duration,
+        f: &'a mut (dyn FnMut(Option<&V>) -> V + Send),
+    ) -> BoxFuture<'a, Result<V, StoreError>>
+    where
+        V: Clone + Send + 'a,
+    {
+        Box::pin(async move {
+            let prev = self.get(key).await?;
+            let next = f(prev.as_ref());
+            if let Err(error) = self.insert(key, next.clone(), ttl).await {
+                tracing::warn!(target: "tollgate::store", %error, "could not save a value");
+            }
+            Ok(next)
+        })
+    }
 }
 
 /// A bounded in-process cache with a TTL per entry, on the layer's clock: a

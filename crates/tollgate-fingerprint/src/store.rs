@@ -92,12 +92,7 @@ impl<S: StateStore<SessionRecord>> SessionStore for S {
     ) -> BoxFuture<'a, Result<SessionRecord, StoreError>> {
         Box::pin(async move {
             let key = session_key(&credential);
-            let prev = self.get(&key).await?;
-            let next = f(prev.as_ref());
-            if let Err(error) = self.insert(&key, next, SessionRecord::ttl(ttl)).await {
-                tracing::warn!(target: "tollgate::fingerprint", %error, "could not save the session record");
-            }
-            Ok(next)
+            self.update(&key, SessionRecord::ttl(ttl), f).await
         })
     }
 }

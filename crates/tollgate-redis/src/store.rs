@@ -2,11 +2,11 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tollgate_core::{BoxFuture, FailurePolicy, StateStore, StoreError, StoreKey};
@@ -16,6 +16,13 @@ use crate::backend::RedisBackend;
 /// A [`StateStore`] on Redis: values as JSON under their [`StoreKey`], with the
 /// `[store] namespace` inserted (`tollgate:[ns:]session:{digest}` for session records),
 /// each with its TTL set in Redis (`SET … PX`), so Redis drops them by itself.
+///
+/// [`StateStore::update`] is atomic across replicas: it reads the value, computes
+/// the next, and writes it with a compare-and-set script only if the value is still
+/// the one read, reading again otherwise (up to 12 times, pausing a little after
+/// the second collision). Two replicas updating one
+/// session record at once therefore both count, where a plain read then write would
+/// let the last writer erase the other's update.
 ///
 /// On failure (Redis unreachable, slow, or down per the backend's breaker):
 /// - [`FailurePolicy::Closed`] (the default): every method returns the [`StoreError`],
@@ -106,6 +113,24 @@ impl<V> RedisStore<V> {
     }
 }
 
+/// How often [`StateStore::update`] reads again after another replica wrote first.
+const MAX_UPDATE_ATTEMPTS: usize = 12;
+
+/// Compare and set: KEYS[1] becomes ARGV[2] for ARGV[3] ms if it still holds ARGV[1]
+/// (or, when ARGV[4] is `1`, if it is still absent); answers 1 if it did.
+static SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if (ARGV[4] == '1' and not current) or (ARGV[4] == '0' and current == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
 /// Milliseconds of a TTL, at least 1.
 pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -157,6 +182,80 @@ where
         }
     }
 
+    /// Read, compute, then write only if the value is still the one read (one script:
+    /// compare and set); another replica's write in between makes it start again.
+    async fn update_async(
+        &self,
+        key: &StoreKey,
+        ttl: Duration,
+        f: &mut (dyn FnMut(Option<&V>) -> V + Send),
+    ) -> Result<V, StoreError>
+    where
+        V: Clone,
+    {
+        let k = &self.backend.key(key);
+        let ms = ttl_millis(ttl);
+        for attempt in 0..MAX_UPDATE_ATTEMPTS {
+            if attempt >= 2 {
+                // Writers that keep colliding take turns instead of racing again.
+                tokio::time::sleep(Duration::from_millis(attempt as u64 / 2)).await;
+            }
+            let read = self
+                .backend
+                .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
+                .await;
+            let current = match read {
+                Ok(current) => current,
+                // Under `open` the value is computed afresh and not stored.
+                Err(e) => return self.fail(e, ()).map(|()| f(None)),
+            };
+            let prev = match &current {
+                Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
+                    StoreError::Corrupt(format!("value does not decode: {}", e.classify_str()))
+                })?),
+                None => None,
+            };
+            let next = f(prev.as_ref());
+            let bytes = serde_json::to_vec(&next)
+                .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
+            let (expected, absent) = match current {
+                Some(bytes) => (bytes, "0"),
+                None => (Vec::new(), "1"),
+            };
+            let swapped = self
+                .backend
+                .run(k, |mut c| async move {
+                    SWAP.key(k)
+                        .arg(expected)
+                        .arg(bytes)
+                        .arg(ms)
+                        .arg(absent)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+            match swapped {
+                Ok(1) => {
+                    self.ok();
+                    return Ok(next);
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    // Read but not stored: the caller still gets its value.
+                    let _ = self.fail(e, ());
+                    return Ok(next);
+                }
+            }
+        }
+        tracing::warn!(
+            store = "redis",
+            r#use = "sessions",
+            attempts = MAX_UPDATE_ATTEMPTS,
+            "value not stored: other replicas kept writing it first"
+        );
+        Err(StoreError::Unavailable("too many concurrent updates".into()))
+    }
+
     async fn remove_async(&self, key: &StoreKey) -> Result<(), StoreError> {
         let k = &self.backend.key(key);
         match self
@@ -192,6 +291,18 @@ where
 
     fn remove<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.remove_async(key))
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        ttl: Duration,
+        f: &'a mut (dyn FnMut(Option<&V>) -> V + Send),
+    ) -> BoxFuture<'a, Result<V, StoreError>>
+    where
+        V: Clone + Send + 'a,
+    {
+        Box::pin(self.update_async(key, ttl, f))
     }
 }
 
