@@ -14,12 +14,17 @@
 //! `--callers N` spreads the load over N callers (own token, own network);
 //! `--redis` adds the stack with its state in Redis.
 //!
+//! `soak` (see `soak.rs`) runs the stack for minutes under mixed, partly hostile
+//! traffic and a flood of distinct keys, sampling its resident memory.
+//!
 //! `callgrind` counts the server's instructions per request, a figure that repeats
 //! to a fraction of a percent where wall-clock throughput on a shared machine moves
 //! by tens of percent: each variant runs under `valgrind --tool=callgrind`, takes
 //! one warm-up request per caller (at least 100), then N and then M more GETs over one keep-alive connection
 //! (the counters dumped after each batch), and the difference between the two
 //! batches' counts divided by M - N is the cost of one request, start-up excluded.
+
+mod soak;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -86,6 +91,21 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// A bounded soak: valid sessions, hostile requests and a flood of distinct keys
+    /// for SECONDS, the server's resident memory sampled every second; fails on an
+    /// unexpected status, a 5xx, an error or warning in the server's log, memory above
+    /// the cap, or memory growing more than 10 % after warm-up.
+    Soak {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Connections (one thread each).
+        #[arg(long, default_value_t = 8)]
+        connections: u64,
+        /// The resident memory the server must stay under, in MiB.
+        #[arg(long, default_value_t = 256.0)]
+        cap_mib: f64,
+    },
     /// Print a valid ES256 token for the test API.
     Token,
 }
@@ -136,6 +156,8 @@ enum Variant {
     TollgateRedis,
     /// jwt-authorizer ES256 + tower_governor + tower-http TraceLayer (JSON).
     Peers,
+    /// The stack with deployment-like limits, for `soak`.
+    Soak,
 }
 
 impl Variant {
@@ -146,6 +168,7 @@ impl Variant {
             Variant::Tollgate => "tollgate",
             Variant::TollgateRedis => "tollgate-redis",
             Variant::Peers => "peers",
+            Variant::Soak => "soak",
         }
     }
 
@@ -155,6 +178,7 @@ impl Variant {
             Variant::Tollgate => "tollgate (all six layers, JSON log per request)",
             Variant::TollgateRedis => "tollgate, state in Redis",
             Variant::Peers => "jwt-authorizer ES256 + tower_governor + TraceLayer JSON",
+            Variant::Soak => "tollgate with deployment-like limits",
         }
     }
 }
@@ -175,6 +199,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             server,
             load,
         } => callgrind(first, second, server, load),
+        Cmd::Soak {
+            seconds,
+            connections,
+            cap_mib,
+        } => soak::soak(seconds, connections, cap_mib),
         Cmd::Token => {
             println!("{}", token(0));
             Ok(())
@@ -259,7 +288,7 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
     rt.block_on(async move {
         let app: Router = match variant {
             Variant::Bare => api(),
-            Variant::Tollgate | Variant::TollgateRedis => {
+            Variant::Tollgate | Variant::TollgateRedis | Variant::Soak => {
                 tracing_subscriber::registry()
                     .with(tollgate::privacy::json_layer(writer))
                     .with(tracing_subscriber::filter::LevelFilter::INFO)
@@ -268,7 +297,11 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                     Variant::TollgateRedis => redis_store(),
                     _ => String::new(),
                 };
-                let config = tollgate::TollgateConfig::from_toml(&tollgate_config(&store))?;
+                let text = match variant {
+                    Variant::Soak => soak::config(),
+                    _ => tollgate_config(&store),
+                };
+                let config = tollgate::TollgateConfig::from_toml(&text)?;
                 let tollgate = tollgate::Tollgate::from_config(&config).await?;
                 tollgate.apply(api())
             }
