@@ -422,9 +422,14 @@ mod tests {
     }
 
     #[test]
-    fn address_logging_targets_are_never_written() {
+    fn raw_input_targets_are_never_written() {
         let lines = capture(|| {
             tracing::trace!(target: "axum::serve", "connection 203.0.113.7:50122 accepted");
+            tracing::trace!(
+                target: "axum::rejection",
+                body = "Cannot parse `alice@example.com` to a `u64`",
+                "rejecting request"
+            );
             tracing::info!("kept");
         });
         assert_eq!(lines.len(), 1);
