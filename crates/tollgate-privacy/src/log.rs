@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::Arc;
 
 use tracing::field::{Field, FieldSet, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -40,9 +41,18 @@ use crate::TARGET;
 ///     .with(tracing_subscriber::filter::LevelFilter::INFO);
 /// # let _ = subscriber;
 /// ```
-#[derive(Debug)]
 pub struct JsonLogLayer<W> {
     make_writer: W,
+    observers: Vec<Arc<dyn RequestObserver>>,
+}
+
+impl<W: fmt::Debug> fmt::Debug for JsonLogLayer<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonLogLayer")
+            .field("make_writer", &self.make_writer)
+            .field("observers", &self.observers.len())
+            .finish()
+    }
 }
 
 impl<W> JsonLogLayer<W>
@@ -51,7 +61,79 @@ where
 {
     /// A layer writing lines to `make_writer`.
     pub fn new(make_writer: W) -> Self {
-        JsonLogLayer { make_writer }
+        JsonLogLayer {
+            make_writer,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Also hands every finished request's record to `observer` (metrics, the
+    /// operator console): everything derived from requests reads the one record the
+    /// log line is written from, so it can hold nothing the log does not.
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+}
+
+/// Receives the record of every finished request (see [`JsonLogLayer::with_observer`]).
+pub trait RequestObserver: Send + Sync + 'static {
+    /// Called once per request, when its span closes, on the thread that closed it:
+    /// keep it short (counters, not I/O).
+    fn observe(&self, record: &RequestRecord<'_>);
+}
+
+/// The fields of one finished request span, as its log line has them.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tollgate_privacy::{RequestObserver, RequestRecord, TARGET};
+/// use tracing_subscriber::prelude::*;
+///
+/// #[derive(Default)]
+/// struct Statuses(Mutex<Vec<u64>>);
+/// impl RequestObserver for Statuses {
+///     fn observe(&self, record: &RequestRecord<'_>) {
+///         self.0.lock().unwrap().extend(record.u64("http.status"));
+///     }
+/// }
+///
+/// let statuses = Arc::new(Statuses::default());
+/// let layer = tollgate_privacy::json_layer(std::io::sink).with_observer(statuses.clone());
+/// tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+///     let span = tracing::info_span!(target: TARGET, "request", http.status = 429u64);
+///     drop(span);
+/// });
+/// assert_eq!(*statuses.0.lock().unwrap(), [429]);
+/// ```
+pub struct RequestRecord<'a>(&'a RequestFields);
+
+impl RequestRecord<'_> {
+    fn slot(&self, name: &str) -> Slot {
+        self.0
+            .names
+            .iter()
+            .find(|f| f.name() == name)
+            .and_then(|f| self.0.slots.get(f.index()).copied())
+            .unwrap_or(Slot::Empty)
+    }
+
+    /// A text field as written in the log line (JSON-escaped; the fields tollgate
+    /// records are pseudonyms, slugs and route templates, which need no escaping).
+    pub fn str(&self, name: &str) -> Option<&str> {
+        match self.slot(name) {
+            Slot::Str(a, b) => std::str::from_utf8(&self.0.text[a as usize..b as usize]).ok(),
+            _ => None,
+        }
+    }
+
+    /// A numeric field.
+    pub fn u64(&self, name: &str) -> Option<u64> {
+        match self.slot(name) {
+            Slot::U64(v) => Some(v),
+            Slot::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
     }
 }
 
@@ -326,6 +408,19 @@ where
         let Some(span) = ctx.span(id) else { return };
         if let Some(fields) = span.extensions_mut().get_mut::<RequestFields>() {
             values.record(fields);
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if self.observers.is_empty() {
+            return;
+        }
+        let Some(span) = ctx.span(&id) else { return };
+        if let Some(fields) = span.extensions().get::<RequestFields>() {
+            let record = RequestRecord(fields);
+            for observer in &self.observers {
+                observer.observe(&record);
+            }
         }
     }
 
