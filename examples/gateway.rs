@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tollgate::core::problem::{Problem, ProblemType};
 use tollgate::core::{Principal, SessionInfo};
+use tollgate::operator::{Observers, Operator};
 use tollgate::{Tollgate, TollgateConfig};
 use tracing_subscriber::prelude::*;
 
@@ -114,12 +115,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Request lines are written to stdout in batches, so no request waits on a write.
         tollgate::privacy::BatchWriter::stdout()
     };
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with(tollgate::privacy::json_layer(writer))
-        .init();
-    tollgate::redact_panic_messages();
-
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("cannot read {}: {e}", args.config.display()))?;
     // One parse: the demo's own `[gateway]` section out, the rest is tollgate's.
@@ -130,6 +125,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or_default();
     let config = TollgateConfig::from_table(document)?;
+
+    // The console's and the metrics' observers read the request records the log
+    // layer writes from.
+    let observers = Observers::new(&config);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with(observers.attach(tollgate::privacy::json_layer(writer)))
+        .init();
+    tollgate::redact_panic_messages();
     let tollgate = Tollgate::from_config(&config).await?;
 
     if args.print_inventory {
@@ -149,10 +153,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         audience: gateway.audience,
         auth: tollgate.auth().cloned(),
     });
-    let mut api = api(login, gateway.items);
-    if let Some(admin) = tollgate.freeze_admin() {
-        api = api.nest("/admin", admin);
-    }
+    let operator = Operator::new(&config, &tollgate, observers);
+    let api = api(login, gateway.items)
+        .nest("/admin", operator.admin_api().merge(operator.console()))
+        .merge(operator.well_known())
+        .merge(operator.metrics());
     let app = tollgate.apply(api);
 
     let addr = args

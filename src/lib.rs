@@ -52,6 +52,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::response::IntoResponse;
+pub mod operator;
+
 pub use config::{PseudonymConfig, TollgateConfig};
 pub use route::RoutePolicy;
 pub use tollgate_anomaly as anomaly;
@@ -120,6 +122,8 @@ pub struct Tollgate {
     ratelimit: Option<RateLimitLayer>,
     anomaly: Option<AnomalyLayer>,
     shared: bool,
+    #[cfg(feature = "redis")]
+    redis: Option<tollgate_redis::RedisBackend>,
 }
 
 impl std::fmt::Debug for Tollgate {
@@ -257,6 +261,8 @@ impl TollgateBuilder {
             ratelimit,
             anomaly,
             shared: stores.shared,
+            #[cfg(feature = "redis")]
+            redis: stores.redis,
         })
     }
 }
@@ -264,6 +270,8 @@ impl TollgateBuilder {
 /// Where the layers keep state: in process, or in Redis for every replica.
 struct Stores {
     shared: bool,
+    #[cfg(feature = "redis")]
+    redis: Option<tollgate_redis::RedisBackend>,
     freeze_list: SharedFreezeList,
     sessions: Option<Arc<dyn tollgate_fingerprint::SessionStore>>,
     rate_limits: Option<Arc<dyn tollgate_ratelimit::RateLimitStore>>,
@@ -279,6 +287,7 @@ impl Stores {
         let backend = tollgate_redis::RedisBackend::new(&config.store)?;
         Ok(Stores {
             shared: true,
+            redis: Some(backend.clone()),
             freeze_list: Arc::new(tollgate_redis::RedisFreezeList::new(&backend)),
             sessions: Some(Arc::new(tollgate_redis::RedisStore::<
                 tollgate_fingerprint::SessionRecord,
@@ -298,6 +307,8 @@ impl Stores {
     fn memory(clock: &SharedClock) -> Self {
         Stores {
             shared: false,
+            #[cfg(feature = "redis")]
+            redis: None,
             freeze_list: Arc::new(MemoryFreezeList::with_clock(FREEZE_LIST_CAPACITY, clock.clone())),
             sessions: None,
             rate_limits: None,
@@ -389,6 +400,12 @@ impl Tollgate {
     /// [`Tollgate::apply`] so authentication runs in front of it.
     pub fn freeze_admin(&self) -> Option<Router> {
         self.auth.as_ref().map(|a| a.freeze_admin().router())
+    }
+
+    /// The Redis backend's counters, when the state is in Redis.
+    #[cfg(feature = "redis")]
+    pub fn redis_stats(&self) -> Option<tollgate_redis::RedisStats> {
+        self.redis.as_ref().map(tollgate_redis::RedisBackend::stats)
     }
 
     /// Every field the stack logs or stores: name, source, purpose, retention.

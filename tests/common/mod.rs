@@ -20,6 +20,10 @@ pub const PSEUDONYM_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789ab
 pub struct Capture(LogCapture);
 
 impl Capture {
+    pub fn new(capture: LogCapture) -> Self {
+        Capture(capture)
+    }
+
     /// The request lines (one per request).
     pub fn requests(&self) -> Vec<serde_json::Value> {
         self.0.lines_with_target(tollgate::privacy::TARGET)

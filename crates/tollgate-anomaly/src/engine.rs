@@ -12,6 +12,7 @@ use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use tollgate_core::clock::{SharedClock, duration_nanos};
 use tollgate_core::future::BoxResponseFuture;
+use tollgate_core::inventory::StateSize;
 use tollgate_core::problem::types;
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
@@ -115,17 +116,6 @@ impl Watch {
     pub(crate) fn finish(self, response: &mut Response) {
         self.engine.on_watch_response(&self.state, response);
     }
-}
-
-/// The sizes of the detectors' state, for memory checks and admin views.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateSize {
-    /// The state's name, as in the data inventory.
-    pub name: &'static str,
-    /// Entries held now.
-    pub len: usize,
-    /// The most entries it can hold.
-    pub capacity: usize,
 }
 
 struct Throttle {

@@ -7,9 +7,10 @@ use tollgate_core::FieldSpec;
 use tower::Layer;
 
 use crate::config::AnomalyConfig;
-use crate::engine::{Engine, StateSize};
+use crate::engine::Engine;
 use crate::service::AnomalyService;
 use crate::watch::FailureWatchLayer;
+use tollgate_core::inventory::StateSize;
 
 /// Tags anomalous requests and sessions, and acts on them by policy.
 ///

@@ -59,10 +59,11 @@ pub use config::{
     Action, ActionMap, AnomalyConfig, EnumerationConfig, HealthLevel, PenaltyConfig, SequenceConfig,
     StuffingConfig, ThrottleConfig, TokenSharingConfig, VolumeConfig,
 };
-pub use engine::{DEBUG_HEADER, StateSize, THROTTLE_SCOPE};
+pub use engine::{DEBUG_HEADER, THROTTLE_SCOPE};
 pub use future::ResponseFuture;
 pub use layer::AnomalyLayer;
 pub use route::AnomalyRoute;
 pub use service::AnomalyService;
 pub use tags::{AnomalyKind, AnomalyTags, KIND_COUNT};
+pub use tollgate_core::inventory::StateSize;
 pub use watch::{FailureWatchLayer, FailureWatchService};

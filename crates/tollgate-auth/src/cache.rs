@@ -146,9 +146,12 @@ impl TokenCache {
         self.max_ttl
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> u64 {
         self.table.len() as u64
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.table.capacity()
     }
 }
 

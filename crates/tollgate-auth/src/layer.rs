@@ -156,6 +156,16 @@ impl AuthLayer {
         a.dpop.as_ref()?.nonce(&a.pseudonymizer, a.clock.now())
     }
 
+    /// The verified-token cache's entries held now.
+    pub fn state_sizes(&self) -> Vec<tollgate_core::inventory::StateSize> {
+        let cache = &self.auth.cache;
+        vec![tollgate_core::inventory::StateSize {
+            name: "auth.token_cache",
+            len: cache.len() as usize,
+            capacity: cache.capacity(),
+        }]
+    }
+
     /// Every field this layer logs or stores.
     pub fn inventory(&self) -> Vec<FieldSpec> {
         crate::inventory::fields(

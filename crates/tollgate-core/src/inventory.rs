@@ -188,3 +188,15 @@ mod tests {
         assert_eq!(v[0]["sinks"][0], "store");
     }
 }
+
+/// How many entries one piece of kept state holds now, for memory checks, the admin
+/// API and the public inventory (`/.well-known/tollgate/inventory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct StateSize {
+    /// The state's name, as in the data inventory.
+    pub name: &'static str,
+    /// Entries held now.
+    pub len: usize,
+    /// The most entries it can hold.
+    pub capacity: usize,
+}

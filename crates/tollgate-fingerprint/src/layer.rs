@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use tollgate_core::inventory::FieldSpec;
+use tollgate_core::{KeyedDigest, StoreError};
 use tower::Layer;
 
 use crate::config::FingerprintConfig;
 use crate::inventory::inventory;
+use crate::record::SessionRecord;
 use crate::service::{FingerprintService, Shared};
 
 /// A tower layer that fingerprints each authenticated request's session and judges
@@ -70,6 +72,27 @@ impl FingerprintLayer {
     /// The configuration in force.
     pub fn config(&self) -> &FingerprintConfig {
         &self.shared.judge.config
+    }
+
+    /// The session record kept for `credential` (a principal's
+    /// [`credential_key`](tollgate_core::Principal::credential_key)), if any.
+    pub async fn session_record(&self, credential: KeyedDigest) -> Result<Option<SessionRecord>, StoreError> {
+        self.shared.store.record(credential).await
+    }
+
+    /// The session records held now, when the store is in process (the inventory's
+    /// `tollgate:session`).
+    pub fn state_sizes(&self) -> Vec<tollgate_core::inventory::StateSize> {
+        self.shared
+            .store
+            .size()
+            .map(|(len, capacity)| tollgate_core::inventory::StateSize {
+                name: "tollgate:session",
+                len,
+                capacity,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// Every field this layer logs or stores, with its retention.

@@ -146,6 +146,19 @@ impl MemorySessionStore {
 }
 
 impl SessionStore for MemorySessionStore {
+    fn size(&self) -> Option<(usize, usize)> {
+        Some((self.inner.cells.len(), self.inner.cells.capacity()))
+    }
+
+    fn record(&self, credential: KeyedDigest) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>> {
+        let record = self
+            .inner
+            .cells
+            .get_with(&credential, self.now(), |cell| cell.record)
+            .flatten();
+        Box::pin(std::future::ready(Ok(record)))
+    }
+
     fn observe<'a>(
         &'a self,
         credential: KeyedDigest,

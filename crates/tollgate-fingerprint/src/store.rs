@@ -76,6 +76,16 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// The record of `credential`'s session as it stands, without observing a
+    /// request (for showing a caller what is kept about them).
+    fn record(&self, credential: KeyedDigest) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>>;
+
+    /// How many sessions the store holds now, and its capacity, when it can tell at
+    /// once (the in-process store); `None`, the default, for a remote store.
+    fn size(&self) -> Option<(usize, usize)> {
+        None
+    }
+
     /// What the store keeps besides the records, for the layer's data inventory
     /// (the in-process store's caches). The default is nothing.
     fn inventory(&self) -> Vec<FieldSpec> {
@@ -84,6 +94,10 @@ pub trait SessionStore: Send + Sync + 'static {
 }
 
 impl<S: StateStore<SessionRecord>> SessionStore for S {
+    fn record(&self, credential: KeyedDigest) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>> {
+        Box::pin(async move { self.get(&session_key(&credential)).await })
+    }
+
     fn observe<'a>(
         &'a self,
         credential: KeyedDigest,

@@ -94,11 +94,14 @@ enum Cmd {
     /// A bounded soak: valid sessions, hostile requests and a flood of distinct keys
     /// for SECONDS, the server's resident memory sampled every second; fails on an
     /// unexpected status, a 5xx, an error or warning in the server's log, memory above
-    /// the cap, or memory growing more than 10 % after warm-up.
+    /// the cap, or memory moving more than 10 % after the warm-up.
     Soak {
         /// Seconds of load.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 240)]
         seconds: u64,
+        /// Seconds after which memory must stay flat (the bounded maps fill first).
+        #[arg(long, default_value_t = 60)]
+        warm_up: u64,
         /// Connections (one thread each).
         #[arg(long, default_value_t = 8)]
         connections: u64,
@@ -201,9 +204,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } => callgrind(first, second, server, load),
         Cmd::Soak {
             seconds,
+            warm_up,
             connections,
             cap_mib,
-        } => soak::soak(seconds, connections, cap_mib),
+        } => soak::soak(seconds, warm_up, connections, cap_mib),
         Cmd::Token => {
             println!("{}", token(0));
             Ok(())

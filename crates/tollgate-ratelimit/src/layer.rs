@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_core::inventory::FieldSpec;
+use tollgate_core::inventory::{FieldSpec, StateSize};
 use tower::Layer;
 
 use crate::gcra::Limit;
@@ -76,6 +76,21 @@ impl RateLimitLayer {
         RateLimitLayer {
             shared: Arc::new(shared),
         }
+    }
+
+    /// The rate-limit cells held now, when the store is in process (see the
+    /// inventory's `tollgate:rl:{digest}`).
+    pub fn state_sizes(&self) -> Vec<StateSize> {
+        self.shared
+            .store
+            .size()
+            .map(|(len, capacity)| StateSize {
+                name: "tollgate:rl:{digest}",
+                len,
+                capacity,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// Every field this layer logs, stores, or sends.

@@ -219,6 +219,12 @@ pub trait RateLimitStore: Send + Sync + 'static {
         let _ = (key, limits, cost, now);
         None
     }
+
+    /// How many keys the store holds now, and its capacity, when it can tell at once
+    /// (the in-process store); `None`, the default, for a remote store.
+    fn size(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// The store a layer holds: one store can serve several layers and replicas.
@@ -352,6 +358,10 @@ impl MemoryRateLimitStore {
 }
 
 impl RateLimitStore for MemoryRateLimitStore {
+    fn size(&self) -> Option<(usize, usize)> {
+        Some((self.map.len(), self.map.capacity()))
+    }
+
     fn check_and_spend<'a>(
         &'a self,
         key: &'a RateLimitKey,

@@ -1,0 +1,282 @@
+//! What the console and the admin API show about the last hour: counts per minute
+//! and the flagged sessions, by pseudonym only, from the request records.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tollgate_anomaly::AnomalyKind;
+use tollgate_core::clock::{SharedClock, system_clock};
+use tollgate_core::fields;
+use tollgate_core::session::{SessionHealth, SessionReason};
+use tollgate_core::sharded::ShardedMap;
+use tollgate_privacy::{RequestObserver, RequestRecord};
+
+/// How far back the activity reaches: one hour, in minutes.
+pub const WINDOW_MINUTES: usize = 60;
+
+/// The most flagged sessions remembered at once.
+pub const MAX_FLAGGED: usize = 1_000;
+
+const HEALTHS: [SessionHealth; 3] = [
+    SessionHealth::Healthy,
+    SessionHealth::Suspicious,
+    SessionHealth::Unhealthy,
+];
+
+/// One minute of counts. Keys are fixed vocabularies (kinds, reasons, verdicts) or
+/// the configured tiers, so a minute's size is bounded.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Minute {
+    minute: u64,
+    requests: u64,
+    limited: u64,
+    by_tier: BTreeMap<String, (u64, u64)>,
+    verdicts: [u64; 3],
+    reasons: [u64; SessionReason::ALL.len()],
+    tags: [u64; AnomalyKind::ALL.len()],
+}
+
+/// A session the stack judged suspicious or unhealthy in the last hour.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlaggedSession {
+    /// The session pseudonym (rotates with the pseudonym epoch).
+    pub session: String,
+    /// The latest verdict.
+    pub health: &'static str,
+    /// The reasons behind it.
+    pub reasons: Vec<&'static str>,
+    /// Anomaly kinds tagged on its requests in the last hour.
+    pub anomalies: Vec<&'static str>,
+    /// When it was last seen, in Unix minutes.
+    pub last_seen_minute: u64,
+}
+
+/// The last hour of request outcomes, fed by the privacy layer's request records
+/// ([`RequestObserver`]): requests and rate-limit refusals per tier, session
+/// verdicts and their reasons, anomaly tags per kind, each per minute; and the
+/// flagged sessions by pseudonym (at most [`MAX_FLAGGED`], each kept an hour).
+///
+/// It keeps nothing a log line does not already hold, and only pseudonyms and fixed
+/// vocabularies of that: the data inventory lists it as `operator.activity`.
+///
+/// ```
+/// use tollgate::operator::Activity;
+///
+/// let activity = Activity::new(&["free", "pro"]);
+/// assert_eq!(activity.summary().requests, 0);
+/// ```
+pub struct Activity {
+    tiers: Vec<String>,
+    minutes: Mutex<Vec<Minute>>,
+    flagged: ShardedMap<String, FlaggedSession>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activity")
+            .field("tiers", &self.tiers)
+            .field("flagged", &self.flagged.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts over the window, for the admin API and the console.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    /// Minutes covered.
+    pub window_minutes: usize,
+    /// Requests seen.
+    pub requests: u64,
+    /// Requests refused by a rate limit.
+    pub limited: u64,
+    /// Per tier: requests and rate-limit refusals (unknown tiers count as `other`).
+    pub tiers: BTreeMap<String, TierUsage>,
+    /// Session verdicts by health.
+    pub verdicts: BTreeMap<&'static str, u64>,
+    /// Reasons behind non-healthy verdicts.
+    pub reasons: BTreeMap<&'static str, u64>,
+    /// Anomaly tags by kind.
+    pub anomalies: BTreeMap<&'static str, u64>,
+    /// Anomaly tags per minute, oldest first: `(unix minute, count of each kind)`.
+    pub anomalies_per_minute: Vec<(u64, BTreeMap<&'static str, u64>)>,
+}
+
+/// One tier's usage over the window.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct TierUsage {
+    /// Requests of callers in the tier.
+    pub requests: u64,
+    /// Of which refused by a rate limit.
+    pub limited: u64,
+}
+
+impl Activity {
+    /// An empty activity record for the configured `tiers`, on the system clock.
+    pub fn new(tiers: &[&str]) -> Self {
+        Self::with_clock(tiers, system_clock())
+    }
+
+    /// As [`Activity::new`], on `clock`.
+    pub fn with_clock(tiers: &[&str], clock: SharedClock) -> Self {
+        Activity {
+            tiers: tiers.iter().map(|t| t.to_string()).collect(),
+            minutes: Mutex::new(vec![Minute::default(); WINDOW_MINUTES]),
+            flagged: ShardedMap::new(MAX_FLAGGED),
+            clock,
+        }
+    }
+
+    fn tier_label(&self, tier: Option<&str>) -> String {
+        match tier {
+            Some(t) if self.tiers.iter().any(|known| known == t) => t.to_string(),
+            Some(_) => "other".into(),
+            None => "anonymous".into(),
+        }
+    }
+
+    fn now_minute(&self) -> u64 {
+        self.clock.now().as_secs() / 60
+    }
+
+    /// The counts over the last hour.
+    pub fn summary(&self) -> Summary {
+        let now = self.now_minute();
+        let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live: Vec<&Minute> = minutes
+            .iter()
+            .filter(|m| m.minute + (WINDOW_MINUTES as u64) > now && m.minute <= now && m.requests > 0)
+            .collect();
+        live.sort_by_key(|m| m.minute);
+        let mut s = Summary {
+            window_minutes: WINDOW_MINUTES,
+            ..Summary::default()
+        };
+        for h in HEALTHS {
+            s.verdicts.insert(h.as_str(), 0);
+        }
+        for k in AnomalyKind::ALL {
+            s.anomalies.insert(k.as_str(), 0);
+        }
+        for m in live {
+            s.requests += m.requests;
+            s.limited += m.limited;
+            for (tier, (requests, limited)) in &m.by_tier {
+                let t = s.tiers.entry(tier.clone()).or_default();
+                t.requests += requests;
+                t.limited += limited;
+            }
+            for (h, n) in HEALTHS.iter().zip(m.verdicts) {
+                *s.verdicts.entry(h.as_str()).or_default() += n;
+            }
+            for (r, n) in SessionReason::ALL.iter().zip(m.reasons) {
+                if n > 0 {
+                    *s.reasons.entry(r.as_str()).or_default() += n;
+                }
+            }
+            let mut per_kind = BTreeMap::new();
+            for (k, n) in AnomalyKind::ALL.iter().zip(m.tags) {
+                *s.anomalies.entry(k.as_str()).or_default() += n;
+                per_kind.insert(k.as_str(), n);
+            }
+            s.anomalies_per_minute.push((m.minute, per_kind));
+        }
+        s
+    }
+
+    /// The flagged sessions seen in the last hour, most recent first.
+    pub fn flagged(&self) -> Vec<FlaggedSession> {
+        let mut out = Vec::new();
+        self.flagged
+            .for_each(self.clock.now(), |_, f, _| out.push(f.clone()));
+        out.sort_by(|a, b| {
+            b.last_seen_minute
+                .cmp(&a.last_seen_minute)
+                .then(a.session.cmp(&b.session))
+        });
+        out
+    }
+
+    /// The flagged session `session`, if it was flagged in the last hour.
+    pub fn flagged_session(&self, session: &str) -> Option<FlaggedSession> {
+        self.flagged.get(&session.to_string(), self.clock.now())
+    }
+
+    /// How many flagged sessions are held now.
+    pub fn flagged_len(&self) -> usize {
+        self.flagged.len()
+    }
+}
+
+/// The indices in `all` of the items named in a comma-separated field (`a,b` or
+/// `a:9,b:3`); unknown names are ignored.
+fn parse<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Vec<usize> {
+    let named = |item: T| text.split(',').any(|p| p.split(':').next() == Some(name(item)));
+    (0..all.len()).filter(|&i| named(all[i])).collect()
+}
+
+impl RequestObserver for Activity {
+    fn observe(&self, record: &RequestRecord<'_>) {
+        let now = self.clock.now();
+        let minute = now.as_secs() / 60;
+        let limited = record.str(fields::RATELIMIT_OUTCOME) == Some("denied");
+        let tier = self.tier_label(record.str(fields::TIER));
+        let health = record
+            .str(fields::SESSION_HEALTH)
+            .and_then(|h| HEALTHS.into_iter().position(|k| k.as_str() == h));
+        let reasons: Vec<usize> = record
+            .str(fields::SESSION_REASONS)
+            .map(|r| parse(r, &SessionReason::ALL, SessionReason::as_str))
+            .unwrap_or_default();
+        let kinds: Vec<usize> = record
+            .str(fields::ANOMALY)
+            .map(|a| parse(a, &AnomalyKind::ALL, AnomalyKind::as_str))
+            .unwrap_or_default();
+        {
+            let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = &mut minutes[(minute % WINDOW_MINUTES as u64) as usize];
+            if slot.minute != minute {
+                *slot = Minute {
+                    minute,
+                    ..Minute::default()
+                };
+            }
+            slot.requests += 1;
+            slot.limited += u64::from(limited);
+            let t = slot.by_tier.entry(tier).or_default();
+            t.0 += 1;
+            t.1 += u64::from(limited);
+            if let Some(h) = health {
+                slot.verdicts[h] += 1;
+            }
+            for &r in &reasons {
+                slot.reasons[r] += 1;
+            }
+            for &k in &kinds {
+                slot.tags[k] += 1;
+            }
+        }
+        let flagged = health.is_some_and(|h| h > 0) || !kinds.is_empty();
+        if let (true, Some(session)) = (flagged, record.str(fields::SESSION)) {
+            let until = now.saturating_add(Duration::from_secs(WINDOW_MINUTES as u64 * 60));
+            let previous = self.flagged.get(&session.to_string(), now);
+            let mut anomalies: Vec<&'static str> = previous.map(|p| p.anomalies).unwrap_or_default();
+            for &k in &kinds {
+                let name = AnomalyKind::ALL[k].as_str();
+                if !anomalies.contains(&name) {
+                    anomalies.push(name);
+                }
+            }
+            let entry = FlaggedSession {
+                session: session.to_string(),
+                health: health.map_or("healthy", |h| HEALTHS[h].as_str()),
+                reasons: reasons.iter().map(|&r| SessionReason::ALL[r].as_str()).collect(),
+                anomalies,
+                last_seen_minute: minute,
+            };
+            self.flagged.insert(session.to_string(), entry, until, now);
+        }
+    }
+}

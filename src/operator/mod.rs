@@ -1,0 +1,255 @@
+//! The operator and consumer surface: an admin API and an HTML console for
+//! operators, the consumer's own data and the data inventory under
+//! `/.well-known/tollgate/`, and Prometheus metrics. None of it shows an identifier:
+//! everything derived from requests comes from the privacy layer's request records
+//! (pseudonyms and fixed vocabularies), as the log lines do.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tollgate::operator::{Observers, Operator};
+//! use tollgate::{Tollgate, TollgateConfig};
+//! use tracing_subscriber::prelude::*;
+//!
+//! let config = TollgateConfig::from_toml(r#"
+//!     [routes."/admin/*"]
+//!     auth = "required"
+//!     scopes = ["tollgate:admin"]
+//!     [routes."/admin/console"]
+//!     auth = "optional"
+//!     [routes."/admin/console/*"]
+//!     auth = "optional"
+//!     [routes."/admin/console/session"]
+//!     auth = "required"
+//!     scopes = ["tollgate:admin"]
+//!     [routes."/.well-known/tollgate/my-data"]
+//!     auth = "required"
+//!     [auth]
+//!     [[auth.api_keys]]
+//!     id = "ops"
+//!     sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//!     scopes = ["tollgate:admin"]
+//! "#)?;
+//! // The observers are made first: the log layer feeds them.
+//! let observers = Observers::new(&config);
+//! tracing_subscriber::registry()
+//!     .with(observers.attach(tollgate::privacy::json_layer(std::io::stdout)))
+//!     .init();
+//! let tollgate = Tollgate::from_config(&config).await?;
+//! let operator = Operator::new(&config, &tollgate, observers);
+//! let app = axum::Router::new()
+//!     .nest("/admin", operator.admin_api().merge(operator.console()))
+//!     .merge(operator.well_known())
+//!     .merge(operator.metrics());
+//! let app = tollgate.apply(app);
+//! # let _ = app; Ok(()) }
+//! ```
+
+mod activity;
+mod admin;
+mod console;
+mod consumer;
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tollgate_core::Principal;
+use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
+use tollgate_core::problem::{Problem, types};
+use tollgate_privacy::JsonLogLayer;
+
+pub use activity::{Activity, FlaggedSession, MAX_FLAGGED, Summary, TierUsage, WINDOW_MINUTES};
+pub use metrics::{MAX_LABEL_VALUES, Metrics};
+
+use crate::{Tollgate, TollgateConfig};
+
+/// The scope the admin API and the console require.
+pub const ADMIN_SCOPE: &str = tollgate_auth::DEFAULT_ADMIN_SCOPE;
+
+/// The request observers behind the operator surface: the last hour's [`Activity`]
+/// and the [`Metrics`]. Made before the stack, because the log layer that feeds them
+/// is set up first ([`Observers::attach`]).
+#[derive(Clone, Debug)]
+pub struct Observers {
+    /// The last hour of outcomes, for the admin API and the console.
+    pub activity: Arc<Activity>,
+    /// The Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Observers {
+    /// Observers for the tiers `config` declares.
+    pub fn new(config: &TollgateConfig) -> Self {
+        let tiers: Vec<&str> = config
+            .ratelimit
+            .as_ref()
+            .map(|r| r.tiers.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        Observers {
+            activity: Arc::new(Activity::new(&tiers)),
+            metrics: Arc::new(Metrics::new(&tiers)),
+        }
+    }
+
+    /// `layer`, feeding both observers.
+    pub fn attach<W>(&self, layer: JsonLogLayer<W>) -> JsonLogLayer<W>
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+    {
+        layer
+            .with_observer(self.activity.clone())
+            .with_observer(self.metrics.clone())
+    }
+}
+
+/// The operator and consumer surface of one stack. Cheap to clone.
+#[derive(Clone)]
+pub struct Operator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) tollgate: Tollgate,
+    pub(crate) observers: Observers,
+    pub(crate) tiers: Vec<admin::TierView>,
+    pub(crate) console: console::Sessions,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator").finish_non_exhaustive()
+    }
+}
+
+impl Operator {
+    /// The surface of `tollgate` (built from `config`), showing what `observers` saw.
+    pub fn new(config: &TollgateConfig, tollgate: &Tollgate, observers: Observers) -> Self {
+        Operator {
+            inner: Arc::new(Inner {
+                tollgate: tollgate.clone(),
+                observers,
+                tiers: admin::tiers(config),
+                console: console::Sessions::new(),
+            }),
+        }
+    }
+
+    /// The admin API (JSON, problem+json errors), to nest under a prefix such as
+    /// `/admin` whose route policy requires authentication: every route refuses a
+    /// caller without credentials (401) or without [`ADMIN_SCOPE`] (403) itself too.
+    ///
+    /// | route | answers |
+    /// |---|---|
+    /// | `GET /freezes`, `POST /freezes`, `DELETE /freezes`, `DELETE /freezes/{kind}/{digest}` | the freeze list (see `tollgate_auth::FreezeAdmin`) |
+    /// | `GET /sessions` | verdict and reason counts over the last hour, and the flagged sessions by pseudonym |
+    /// | `GET /tiers` | each tier's limits and its requests and refusals over the last hour |
+    /// | `GET /anomalies` | anomaly tags by kind over the last hour, and per minute |
+    /// | `GET /inventory` | the data inventory, with the entries each store holds now |
+    pub fn admin_api(&self) -> Router {
+        admin::router(self.clone())
+    }
+
+    /// The HTML console (`/console`), to nest beside the admin API: a login page, the
+    /// frozen list with freeze and unfreeze forms, sessions by health, anomaly tags
+    /// over the last hour as a chart, tiers and usage, and the inventory. See the
+    /// module `console` docs for how it authenticates and guards its forms.
+    pub fn console(&self) -> Router {
+        console::router(self.clone())
+    }
+
+    /// `GET /.well-known/tollgate/my-data` (what the stack holds about the caller;
+    /// its route policy must require authentication) and
+    /// `GET /.well-known/tollgate/inventory` (the data inventory, public).
+    pub fn well_known(&self) -> Router {
+        consumer::router(self.clone())
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub fn metrics(&self) -> Router {
+        let operator = self.clone();
+        Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let operator = operator.clone();
+                async move { operator.render_metrics().await }
+            }),
+        )
+    }
+
+    async fn render_metrics(&self) -> Response {
+        let metrics = &self.inner.observers.metrics;
+        if let Ok(frozen) = self.inner.tollgate.freeze_list().list().await {
+            metrics.set_freeze_list_entries(frozen.len());
+        }
+        #[cfg(feature = "redis")]
+        if let Some(stats) = self.inner.tollgate.redis_stats() {
+            metrics.set_store_faults(stats.fail_open, stats.fail_closed);
+        }
+        (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            metrics.render(),
+        )
+            .into_response()
+    }
+
+    pub(crate) fn tollgate(&self) -> &Tollgate {
+        &self.inner.tollgate
+    }
+
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.inner.observers.activity
+    }
+
+    /// What the operator surface itself keeps, for the data inventory.
+    pub fn inventory(&self) -> Vec<FieldSpec> {
+        vec![
+            FieldSpec {
+                name: "operator.activity",
+                layer: "operator",
+                derived_from: "the request records: tiers, rate-limit outcomes, session verdicts and reasons, anomaly kinds, counted per minute",
+                protection: Protection::NotPersonal,
+                purpose: "the console's and the admin API's view of the last hour",
+                retention: Retention::ttl(std::time::Duration::from_secs(WINDOW_MINUTES as u64 * 60)),
+                sinks: &[Sink::Store],
+            },
+            FieldSpec {
+                name: "operator.flagged_sessions",
+                layer: "operator",
+                derived_from: "the session pseudonym, verdict, reasons and anomaly kinds of sessions judged suspicious or unhealthy",
+                protection: Protection::Pseudonym,
+                purpose: "show operators which sessions to look at, by pseudonym only",
+                retention: Retention::ttl(std::time::Duration::from_secs(WINDOW_MINUTES as u64 * 60)),
+                sinks: &[Sink::Store],
+            },
+            FieldSpec {
+                name: "operator.console_sessions",
+                layer: "operator",
+                derived_from: "a random console session id (SHA-256 kept) and its random form token, made at console login",
+                protection: Protection::NotPersonal,
+                purpose: "keep an operator signed in to the console and guard its forms",
+                retention: Retention::ttl(console::SESSION_TTL),
+                sinks: &[Sink::Store],
+            },
+        ]
+    }
+}
+
+/// Refuses a request without an admin principal: 401 without credentials, 403
+/// without [`ADMIN_SCOPE`] (in case the route table forgot to require it).
+pub(crate) async fn require_admin(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>() {
+        None => Problem::new(types::MISSING_CREDENTIALS)
+            .with_header(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            )
+            .into_response(),
+        Some(p) if !p.scopes().contains(ADMIN_SCOPE) => Problem::new(types::INSUFFICIENT_SCOPE)
+            .with_detail(format!("the {ADMIN_SCOPE} scope is required"))
+            .into_response(),
+        Some(_) => next.run(request).await,
+    }
+}
