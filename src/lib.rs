@@ -53,6 +53,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::IntoResponse;
 pub mod operator;
+#[cfg(feature = "otel")]
+pub mod otel;
 
 pub use config::{PseudonymConfig, TollgateConfig};
 pub use route::RoutePolicy;

@@ -14,6 +14,8 @@ mod future;
 mod inventory;
 mod layer;
 mod log;
+#[cfg(feature = "otel")]
+mod otel;
 mod service;
 mod trace_id;
 mod writer;

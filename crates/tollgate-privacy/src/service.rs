@@ -68,6 +68,8 @@ where
             route.unwrap_or(UNMATCHED_ROUTE),
             trace_id,
         );
+        #[cfg(feature = "otel")]
+        crate::otel::join_callers_trace(&span, req.headers());
 
         let client = config
             .client

@@ -73,7 +73,7 @@ impl fmt::Display for TraceIdHex {
 }
 
 /// `version-traceid-parentid-flags`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
-fn parse_traceparent(v: &[u8]) -> Option<TraceId> {
+pub(crate) fn parse_traceparent(v: &[u8]) -> Option<TraceId> {
     if v.len() < 55 {
         return None;
     }
