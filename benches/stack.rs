@@ -109,6 +109,21 @@ fn bench(c: &mut Criterion) {
             b.to_async(&rt).iter(|| router.clone().oneshot(request(&token)))
         });
     }
+    drop(_guard);
+
+    // The whole stack again, with the operator observers (metrics and the console's
+    // activity) reading every request record.
+    let config = config(names.len() - 1);
+    let observers = tollgate::operator::Observers::new(&config);
+    let subscriber = tracing_subscriber::registry()
+        .with(observers.attach(tollgate::privacy::json_layer(std::io::sink)))
+        .with(tracing_subscriber::filter::LevelFilter::INFO);
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let tollgate = rt.block_on(Tollgate::from_config(&config)).unwrap();
+    let router = tollgate.apply(app()).with_state(());
+    group.bench_function("+anomaly +metrics", |b| {
+        b.to_async(&rt).iter(|| router.clone().oneshot(request(&token)))
+    });
     group.finish();
 }
 
