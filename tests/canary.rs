@@ -60,6 +60,9 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
         .await
         .unwrap();
     assert_eq!(moved.status(), 200);
+    // And back on the first network moments later: one token in two places at once.
+    let back = get("/v1/me").bearer_auth(&token).send().await.unwrap();
+    assert_eq!(back.status(), 200);
 
     let mut canaries: Vec<String> = canary::FRAGMENTS.iter().map(|c| c.to_string()).collect();
     canaries.extend(

@@ -44,7 +44,8 @@ pub struct SessionRecord {
     pub fingerprints: [u64; MAX_FINGERPRINTS],
     /// Recent network prefixes, most recent first.
     pub networks: [NetworkSeen; MAX_NETWORKS],
-    /// Fingerprint switches counted in the current alternation window.
+    /// Fingerprint switches, and returns to a network left moments ago, counted in
+    /// the current alternation window.
     pub switches: u16,
     /// When the current alternation window opened, to the minute.
     pub switch_window_start: Timestamp,
@@ -142,15 +143,31 @@ impl SessionRecord {
             }
         }
 
-        // Another prefix used within the concurrency window.
+        // Use from two places at once shows as interleaving: coming back to a prefix
+        // left within the concurrency window, another one used in between. A single
+        // switch (a phone leaving Wi-Fi for cellular, a traveller) is a move, and a
+        // slow alternation (Wi-Fi at home, cellular on the way) leaves each prefix
+        // for longer than the window.
         if let Some(net) = obs.network {
             let window = th.concurrency_window.as_secs();
-            let concurrent = rec
-                .networks
-                .iter()
-                .any(|n| n.hash != 0 && n.hash != net && now_secs.saturating_sub(n.last_seen_secs) <= window);
+            let latest = rec.networks[0];
+            let concurrent = latest.hash != 0
+                && latest.hash != net
+                && now_secs.saturating_sub(latest.last_seen_secs) <= window
+                && rec.networks[1..]
+                    .iter()
+                    .any(|n| n.hash == net && now_secs.saturating_sub(n.last_seen_secs) <= window);
             if concurrent && !obs.key_bound {
                 reasons.insert(SessionReason::ConcurrentNetworks);
+                // Interleaving counts toward alternation like a fingerprint switch:
+                // two clients on one token need not differ in anything else.
+                if rec.fingerprints[0] == obs.fingerprint {
+                    if obs.now.saturating_since(rec.switch_window_start) >= th.alternation_window {
+                        rec.switches = 0;
+                        rec.switch_window_start = now_min;
+                    }
+                    rec.switches = rec.switches.saturating_add(1);
+                }
             }
             move_to_front(
                 &mut rec.networks,
@@ -167,7 +184,11 @@ impl SessionRecord {
         rec.last_seen = rec.last_seen.max(now_min);
         let reasons = reasons.union(rec.sticky);
         rec.reasons = reasons;
+        let interleaving = reasons.contains(SessionReason::ConcurrentNetworks)
+            && rec.switches >= th.alternation_switches
+            && obs.now.saturating_since(rec.switch_window_start) < th.alternation_window;
         rec.health = if reasons.contains(SessionReason::FingerprintAlternation)
+            || interleaving
             || reasons.len() >= th.unhealthy_reasons
         {
             SessionHealth::Unhealthy
@@ -245,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn new_prefix_is_suspicious_then_alternation_is_unhealthy() {
+    fn a_switch_is_a_move_and_interleaving_is_concurrent_use() {
         let recs = run(&[
             (1_000, A, NET_A),
             (1_001, A, NET_A),
@@ -255,12 +276,41 @@ mod tests {
             (1_005, B, NET_B),
         ]);
         assert_eq!(recs[2].health, SessionHealth::Healthy);
+        // One switch could be a move: only the new fingerprint counts.
         assert_eq!(recs[3].health, SessionHealth::Suspicious);
-        assert_eq!(recs[3].reasons.as_str(), "new_fingerprint,concurrent_networks");
-        // A is known: only concurrency.
+        assert_eq!(recs[3].reasons.as_str(), "new_fingerprint");
+        // Back on A moments after leaving it: two places at once. A is known.
         assert_eq!(recs[4].reasons.as_str(), "concurrent_networks");
         assert_eq!(recs[5].health, SessionHealth::Unhealthy);
         assert!(recs[5].reasons.contains(SessionReason::FingerprintAlternation));
+    }
+
+    #[test]
+    fn a_phone_between_wifi_and_cellular_is_moving_not_shared() {
+        // Wi-Fi, then cellular on the way, back on Wi-Fi minutes later, again and again;
+        // and a move that stays.
+        let mut steps = Vec::new();
+        for leg in 0..8u64 {
+            let net = if leg % 2 == 0 { NET_A } else { NET_B };
+            for i in 0..10 {
+                steps.push((1_000 + leg * 240 + i * 12, A, net));
+            }
+        }
+        for r in run(&steps) {
+            assert_eq!(r.health, SessionHealth::Healthy, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn one_token_from_two_places_with_the_same_client_becomes_unhealthy() {
+        // An attacker who copies the victim's client exactly: only the networks differ.
+        let steps: Vec<_> = (0..10u64)
+            .map(|i| (1_000 + i * 3, A, if i % 2 == 0 { NET_A } else { NET_B }))
+            .collect();
+        let recs = run(&steps);
+        let first_unhealthy = recs.iter().position(|r| r.health == SessionHealth::Unhealthy);
+        assert!(first_unhealthy.is_some_and(|i| i < 10), "{recs:?}");
+        assert!(recs[2].reasons.contains(SessionReason::ConcurrentNetworks));
     }
 
     #[test]
@@ -372,9 +422,10 @@ mod tests {
         for t in 1..3 {
             rec = SessionRecord::observe(Some(&rec), &obs(10_000 + t, A, NET_A), &th());
         }
-        let moved = SessionRecord::observe(Some(&rec), &obs(10_005, B, NET_B), &th());
-        assert_eq!(moved.reasons.len(), 3);
-        assert_eq!(moved.health, SessionHealth::Unhealthy);
+        rec = SessionRecord::observe(Some(&rec), &obs(10_004, A, NET_B), &th());
+        let back = SessionRecord::observe(Some(&rec), &obs(10_005, B, NET_A), &th());
+        assert_eq!(back.reasons.len(), 3, "{}", back.reasons);
+        assert_eq!(back.health, SessionHealth::Unhealthy);
     }
 
     #[test]

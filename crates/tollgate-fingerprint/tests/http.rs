@@ -39,7 +39,8 @@ async fn a_token_moved_between_clients_is_flagged_then_unhealthy() {
     }
     let b = call(addr, "/me", "jti-1", B).await;
     assert_eq!(b.status, 200);
-    assert_eq!(b.body, "suspicious new_fingerprint,concurrent_networks");
+    // One switch could be a move; the new client is what stands out.
+    assert_eq!(b.body, "suspicious new_fingerprint");
 
     // Another token used steadily from B meanwhile is not affected.
     assert_eq!(call(addr, "/me", "jti-other", B).await.body, "healthy ");
