@@ -8,10 +8,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tollgate_anomaly::AnomalyKind;
 use tollgate_core::clock::{SharedClock, system_clock};
-use tollgate_core::fields;
 use tollgate_core::session::{SessionHealth, SessionReason};
 use tollgate_core::sharded::ShardedMap;
 use tollgate_privacy::{RequestObserver, RequestRecord};
+
+use super::RecordView;
 
 /// How far back the activity reaches: one hour, in minutes.
 pub const WINDOW_MINUTES: usize = 60;
@@ -32,7 +33,8 @@ struct Minute {
     minute: u64,
     requests: u64,
     limited: u64,
-    by_tier: BTreeMap<String, (u64, u64)>,
+    /// Requests and refusals per tier index (see `tier_index`).
+    by_tier: Vec<(u64, u64)>,
     verdicts: [u64; 3],
     reasons: [u64; SessionReason::ALL.len()],
     tags: [u64; AnomalyKind::ALL.len()],
@@ -129,14 +131,6 @@ impl Activity {
         }
     }
 
-    fn tier_label(&self, tier: Option<&str>) -> String {
-        match tier {
-            Some(t) if self.tiers.iter().any(|known| known == t) => t.to_string(),
-            Some(_) => "other".into(),
-            None => "anonymous".into(),
-        }
-    }
-
     fn now_minute(&self) -> u64 {
         self.clock.now().as_secs() / 60
     }
@@ -163,8 +157,14 @@ impl Activity {
         for m in live {
             s.requests += m.requests;
             s.limited += m.limited;
-            for (tier, (requests, limited)) in &m.by_tier {
-                let t = s.tiers.entry(tier.clone()).or_default();
+            for (i, (requests, limited)) in m.by_tier.iter().enumerate() {
+                if *requests == 0 {
+                    continue;
+                }
+                let t = s
+                    .tiers
+                    .entry(super::tier_name(&self.tiers, i).to_string())
+                    .or_default();
                 t.requests += requests;
                 t.limited += limited;
             }
@@ -210,60 +210,76 @@ impl Activity {
     }
 }
 
-/// The indices in `all` of the items named in a comma-separated field (`a,b` or
-/// `a:9,b:3`); unknown names are ignored.
-fn parse<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Vec<usize> {
-    let named = |item: T| text.split(',').any(|p| p.split(':').next() == Some(name(item)));
-    (0..all.len()).filter(|&i| named(all[i])).collect()
+/// The items of `all` named in a comma-separated field (`a,b` or `a:9,b:3`), as a
+/// set of indices; unknown names are ignored. No allocation.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Named(u32);
+
+impl Named {
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub(crate) fn iter(self) -> impl Iterator<Item = usize> {
+        (0..32).filter(move |i| self.0 & (1 << i) != 0)
+    }
+}
+
+pub(crate) fn parse<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Named {
+    let mut bits = 0u32;
+    for part in text.split(',') {
+        let item = part.split(':').next().unwrap_or("");
+        if let Some(i) = all.iter().position(|t| name(*t) == item) {
+            bits |= 1 << i;
+        }
+    }
+    Named(bits)
 }
 
 impl RequestObserver for Activity {
     fn observe(&self, record: &RequestRecord<'_>) {
+        let view = RecordView::of(record);
         let now = self.clock.now();
         let minute = now.as_secs() / 60;
-        let limited = record.str(fields::RATELIMIT_OUTCOME) == Some("denied");
-        let tier = self.tier_label(record.str(fields::TIER));
-        let health = record
-            .str(fields::SESSION_HEALTH)
+        let limited = view.outcome == Some("denied");
+        let tier = super::tier_index(&self.tiers, view.tier);
+        let health = view
+            .health
             .and_then(|h| HEALTHS.into_iter().position(|k| k.as_str() == h));
-        let reasons: Vec<usize> = record
-            .str(fields::SESSION_REASONS)
-            .map(|r| parse(r, &SessionReason::ALL, SessionReason::as_str))
-            .unwrap_or_default();
-        let kinds: Vec<usize> = record
-            .str(fields::ANOMALY)
-            .map(|a| parse(a, &AnomalyKind::ALL, AnomalyKind::as_str))
-            .unwrap_or_default();
+        let reasons = parse(view.reasons, &SessionReason::ALL, SessionReason::as_str);
+        let kinds = parse(view.anomaly, &AnomalyKind::ALL, AnomalyKind::as_str);
         {
             let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
             let slot = &mut minutes[(minute % WINDOW_MINUTES as u64) as usize];
             if slot.minute != minute {
                 *slot = Minute {
                     minute,
+                    by_tier: vec![(0, 0); self.tiers.len() + 2],
                     ..Minute::default()
                 };
             }
             slot.requests += 1;
             slot.limited += u64::from(limited);
-            let t = slot.by_tier.entry(tier).or_default();
-            t.0 += 1;
-            t.1 += u64::from(limited);
+            if let Some(t) = slot.by_tier.get_mut(tier) {
+                t.0 += 1;
+                t.1 += u64::from(limited);
+            }
             if let Some(h) = health {
                 slot.verdicts[h] += 1;
             }
-            for &r in &reasons {
+            for r in reasons.iter() {
                 slot.reasons[r] += 1;
             }
-            for &k in &kinds {
+            for k in kinds.iter() {
                 slot.tags[k] += 1;
             }
         }
         let flagged = health.is_some_and(|h| h > 0) || !kinds.is_empty();
-        if let (true, Some(session)) = (flagged, record.str(fields::SESSION)) {
+        if let (true, Some(session)) = (flagged, view.session) {
             let until = now.saturating_add(Duration::from_secs(WINDOW_MINUTES as u64 * 60));
             let previous = self.flagged.get(&session.to_string(), now);
             let mut anomalies: Vec<&'static str> = previous.map(|p| p.anomalies).unwrap_or_default();
-            for &k in &kinds {
+            for k in kinds.iter() {
                 let name = AnomalyKind::ALL[k].as_str();
                 if !anomalies.contains(&name) {
                     anomalies.push(name);
@@ -272,7 +288,7 @@ impl RequestObserver for Activity {
             let entry = FlaggedSession {
                 session: session.to_string(),
                 health: health.map_or("healthy", |h| HEALTHS[h].as_str()),
-                reasons: reasons.iter().map(|&r| SessionReason::ALL[r].as_str()).collect(),
+                reasons: reasons.iter().map(|r| SessionReason::ALL[r].as_str()).collect(),
                 anomalies,
                 last_seen_minute: minute,
             };

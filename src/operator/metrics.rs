@@ -1,14 +1,16 @@
 //! Prometheus metrics from the request records, with bounded labels.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tollgate_anomaly::AnomalyKind;
-use tollgate_core::fields;
 use tollgate_core::session::SessionHealth;
 use tollgate_privacy::{RequestObserver, RequestRecord};
+
+use super::RecordView;
+use super::activity::parse;
 
 /// The most distinct values a label other than a fixed vocabulary takes (route
 /// templates, rate-limit policies); later values fold into `other`.
@@ -17,41 +19,65 @@ pub const MAX_LABEL_VALUES: usize = 64;
 const METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// A label whose values come from configuration or the router (route templates,
-/// policies): the first [`MAX_LABEL_VALUES`] seen are kept, the rest are `other`.
-struct BoundedLabel(RwLock<Vec<String>>);
+/// policies): the first [`MAX_LABEL_VALUES`] seen get an index, the rest share
+/// [`BoundedLabel::OTHER`], absent values [`BoundedLabel::NONE`].
+struct BoundedLabel(RwLock<(HashMap<String, u16>, Vec<String>)>);
 
 impl BoundedLabel {
+    const NONE: u16 = u16::MAX;
+    const OTHER: u16 = u16::MAX - 1;
+
     fn new() -> Self {
-        BoundedLabel(RwLock::new(Vec::new()))
+        BoundedLabel(RwLock::new((HashMap::new(), Vec::new())))
     }
 
-    fn value(&self, seen: Option<&str>) -> String {
+    fn index(&self, seen: Option<&str>) -> u16 {
         let Some(seen) = seen.filter(|v| !v.is_empty()) else {
-            return "none".into();
+            return Self::NONE;
         };
-        if self
-            .0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|v| v == seen)
-        {
-            return seen.to_string();
+        if let Some(i) = self.0.read().unwrap_or_else(|e| e.into_inner()).0.get(seen) {
+            return *i;
         }
-        let mut values = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if values.iter().any(|v| v == seen) {
-            return seen.to_string();
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let (map, names) = &mut *guard;
+        if let Some(i) = map.get(seen) {
+            return *i;
         }
-        if values.len() < MAX_LABEL_VALUES {
-            values.push(seen.to_string());
-            return seen.to_string();
+        if names.len() >= MAX_LABEL_VALUES {
+            return Self::OTHER;
         }
-        "other".into()
+        let i = names.len() as u16;
+        names.push(seen.to_string());
+        map.insert(seen.to_string(), i);
+        i
+    }
+
+    fn name(&self, index: u16) -> String {
+        match index {
+            Self::NONE => "none".into(),
+            Self::OTHER => "other".into(),
+            i => self.0.read().unwrap_or_else(|e| e.into_inner()).1[usize::from(i)].clone(),
+        }
     }
 }
 
-/// A counter's name and label values.
-type CounterKey = (&'static str, Vec<(&'static str, String)>);
+/// A counter, by metric and label indices: `[metric, a, b, c]`.
+type CounterKey = [u16; 4];
+
+const REQUESTS: u16 = 0;
+const EARLY: u16 = 1;
+const DECISIONS: u16 = 2;
+const TAGS: u16 = 3;
+const VERDICTS: u16 = 4;
+
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+const CAUSES: [&str; 5] = ["auth", "rate_limit", "session", "anomaly", "unavailable"];
+const OUTCOMES: [&str; 3] = ["allowed", "denied", "would_deny"];
+const HEALTHS: [SessionHealth; 3] = [
+    SessionHealth::Healthy,
+    SessionHealth::Suspicious,
+    SessionHealth::Unhealthy,
+];
 
 /// Prometheus metrics of the stack, derived from the privacy layer's request
 /// records ([`RequestObserver`]) through the [`metrics`] facade and
@@ -84,7 +110,7 @@ pub struct Metrics {
     tiers: Vec<String>,
     routes: BoundedLabel,
     policies: BoundedLabel,
-    counters: Mutex<HashMap<CounterKey, Counter>>,
+    counters: RwLock<HashMap<CounterKey, Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,14 +121,10 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn status_class(status: Option<u64>) -> &'static str {
+fn status_class(status: Option<u64>) -> u16 {
     match status {
-        Some(100..=199) => "1xx",
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        _ => "none",
+        Some(s @ 100..=599) => (s / 100) as u16,
+        _ => 0,
     }
 }
 
@@ -117,35 +139,69 @@ impl Metrics {
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             routes: BoundedLabel::new(),
             policies: BoundedLabel::new(),
-            counters: Mutex::new(HashMap::new()),
+            counters: RwLock::new(HashMap::new()),
         }
     }
 
-    fn tier(&self, seen: Option<&str>) -> String {
-        match seen {
-            Some(t) if self.tiers.iter().any(|k| k == t) => t.to_string(),
-            Some(_) => "other".into(),
-            None => "anonymous".into(),
-        }
-    }
-
-    fn count(&self, name: &'static str, labels: Vec<(&'static str, String)>) {
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (name, labels);
-        if let Some(c) = counters.get(&key) {
+    /// Adds one to the counter `key`, registering it (with its label names) the
+    /// first time: after that, a read lock, a lookup and an atomic add.
+    fn count(&self, key: CounterKey) {
+        if let Some(c) = self.counters.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             c.increment(1);
             return;
         }
+        let (name, labels) = self.describe(key);
         let metric = Key::from_parts(
             name,
-            key.1
-                .iter()
-                .map(|(k, v)| Label::new(*k, v.clone()))
+            labels
+                .into_iter()
+                .map(|(k, v)| Label::new(k, v))
                 .collect::<Vec<_>>(),
         );
         let counter = self.recorder.register_counter(&metric, &METADATA);
         counter.increment(1);
-        counters.insert(key, counter);
+        self.counters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, counter);
+    }
+
+    /// The metric name and labels of a counter key.
+    fn describe(&self, [metric, a, b, c]: CounterKey) -> (&'static str, Vec<(&'static str, String)>) {
+        let tier = |i: u16| super::tier_name(&self.tiers, usize::from(i)).to_string();
+        match metric {
+            REQUESTS => (
+                "tollgate_requests_total",
+                vec![
+                    ("route", self.routes.name(a)),
+                    ("tier", tier(b)),
+                    ("status", STATUS_CLASSES[usize::from(c)].into()),
+                ],
+            ),
+            EARLY => (
+                "tollgate_early_answers_total",
+                vec![
+                    ("route", self.routes.name(a)),
+                    ("cause", CAUSES[usize::from(b)].into()),
+                ],
+            ),
+            DECISIONS => (
+                "tollgate_ratelimit_decisions_total",
+                vec![
+                    ("tier", tier(a)),
+                    ("policy", self.policies.name(b)),
+                    ("outcome", OUTCOMES[usize::from(c)].into()),
+                ],
+            ),
+            TAGS => (
+                "tollgate_anomaly_tags_total",
+                vec![("kind", AnomalyKind::ALL[usize::from(a)].as_str().into())],
+            ),
+            _ => (
+                "tollgate_session_verdicts_total",
+                vec![("health", HEALTHS[usize::from(a)].as_str().into())],
+            ),
+        }
     }
 
     fn gauge(&self, name: &'static str) -> Gauge {
@@ -174,70 +230,33 @@ impl Metrics {
 
 impl RequestObserver for Metrics {
     fn observe(&self, record: &RequestRecord<'_>) {
-        let route = self.routes.value(record.str(fields::ROUTE));
-        let tier = self.tier(record.str(fields::TIER));
-        let status = record.u64(fields::STATUS);
-        self.count(
-            "tollgate_requests_total",
-            vec![
-                ("route", route.clone()),
-                ("tier", tier.clone()),
-                ("status", status_class(status).into()),
-            ],
-        );
-        let outcome = record.str(fields::RATELIMIT_OUTCOME);
-        if let Some(outcome) = outcome.filter(|o| ["allowed", "denied", "would_deny"].contains(o)) {
-            let policy = self.policies.value(record.str(fields::RATELIMIT_POLICY));
-            self.count(
-                "tollgate_ratelimit_decisions_total",
-                vec![("tier", tier), ("policy", policy), ("outcome", outcome.into())],
-            );
+        let view = RecordView::of(record);
+        let route = self.routes.index(view.route);
+        let tier = super::tier_index(&self.tiers, view.tier) as u16;
+        self.count([REQUESTS, route, tier, status_class(view.status)]);
+        if let Some(outcome) = view.outcome.and_then(|o| OUTCOMES.iter().position(|k| *k == o)) {
+            let policy = self.policies.index(view.policy);
+            self.count([DECISIONS, tier, policy, outcome as u16]);
         }
-        let anomaly = record.str(fields::ANOMALY).unwrap_or("");
-        for kind in AnomalyKind::ALL {
-            if anomaly
-                .split(',')
-                .any(|t| t.split(':').next() == Some(kind.as_str()))
-            {
-                self.count(
-                    "tollgate_anomaly_tags_total",
-                    vec![("kind", kind.as_str().into())],
-                );
-            }
+        for kind in parse(view.anomaly, &AnomalyKind::ALL, AnomalyKind::as_str).iter() {
+            self.count([TAGS, kind as u16, 0, 0]);
         }
-        if let Some(health) = record.str(fields::SESSION_HEALTH).and_then(|h| {
-            [
-                SessionHealth::Healthy,
-                SessionHealth::Suspicious,
-                SessionHealth::Unhealthy,
-            ]
-            .into_iter()
-            .find(|k| k.as_str() == h)
-        }) {
-            self.count(
-                "tollgate_session_verdicts_total",
-                vec![("health", health.as_str().into())],
-            );
+        if let Some(h) = view
+            .health
+            .and_then(|h| HEALTHS.iter().position(|k| k.as_str() == h))
+        {
+            self.count([VERDICTS, h as u16, 0, 0]);
         }
-        let cause = match status {
-            Some(503) => Some("unavailable"),
-            Some(429) if outcome == Some("denied") => Some("rate_limit"),
-            Some(400..=499) if record.str(fields::AUTH_ERROR).is_some() => Some("auth"),
-            Some(400..=499)
-                if record
-                    .str(fields::SESSION_ACTION)
-                    .is_some_and(|a| a == "reauthenticate" || a == "freeze") =>
-            {
-                Some("session")
-            }
-            Some(403 | 429) if !anomaly.is_empty() => Some("anomaly"),
+        let cause = match view.status {
+            Some(503) => Some(4),
+            Some(429) if view.outcome == Some("denied") => Some(1),
+            Some(400..=499) if view.auth_error => Some(0),
+            Some(400..=499) if matches!(view.action, Some("reauthenticate" | "freeze")) => Some(2),
+            Some(403 | 429) if !view.anomaly.is_empty() => Some(3),
             _ => None,
         };
         if let Some(cause) = cause {
-            self.count(
-                "tollgate_early_answers_total",
-                vec![("route", route), ("cause", cause.into())],
-            );
+            self.count([EARLY, route, cause, 0]);
         }
     }
 }

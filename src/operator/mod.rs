@@ -237,6 +237,66 @@ impl Operator {
     }
 }
 
+/// The fields of a request record the observers read, gathered in one pass.
+#[derive(Default)]
+pub(crate) struct RecordView<'a> {
+    pub(crate) route: Option<&'a str>,
+    pub(crate) status: Option<u64>,
+    pub(crate) tier: Option<&'a str>,
+    pub(crate) auth_error: bool,
+    pub(crate) session: Option<&'a str>,
+    pub(crate) health: Option<&'a str>,
+    pub(crate) reasons: &'a str,
+    pub(crate) action: Option<&'a str>,
+    pub(crate) policy: Option<&'a str>,
+    pub(crate) outcome: Option<&'a str>,
+    pub(crate) anomaly: &'a str,
+}
+
+impl<'a> RecordView<'a> {
+    pub(crate) fn of(record: &tollgate_privacy::RequestRecord<'a>) -> Self {
+        use tollgate_core::fields as f;
+        use tollgate_privacy::RecordedValue::{I64, Str, U64};
+        let mut v = RecordView::default();
+        for (name, value) in record.fields() {
+            match (name, value) {
+                (f::ROUTE, Str(s)) => v.route = Some(s),
+                (f::STATUS, U64(n)) => v.status = Some(n),
+                (f::STATUS, I64(n)) => v.status = u64::try_from(n).ok(),
+                (f::TIER, Str(s)) => v.tier = Some(s),
+                (f::AUTH_ERROR, Str(_)) => v.auth_error = true,
+                (f::SESSION, Str(s)) => v.session = Some(s),
+                (f::SESSION_HEALTH, Str(s)) => v.health = Some(s),
+                (f::SESSION_REASONS, Str(s)) => v.reasons = s,
+                (f::SESSION_ACTION, Str(s)) => v.action = Some(s),
+                (f::RATELIMIT_POLICY, Str(s)) => v.policy = Some(s),
+                (f::RATELIMIT_OUTCOME, Str(s)) => v.outcome = Some(s),
+                (f::ANOMALY, Str(s)) => v.anomaly = s,
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
+/// The index of `seen` among the configured `tiers`, then `anonymous` (no tier) and
+/// `other` (a tier not configured): label values stay within the configuration.
+pub(crate) fn tier_index(tiers: &[String], seen: Option<&str>) -> usize {
+    match seen {
+        None => tiers.len(),
+        Some(t) => tiers.iter().position(|k| k == t).unwrap_or(tiers.len() + 1),
+    }
+}
+
+/// The name of a [`tier_index`].
+pub(crate) fn tier_name(tiers: &[String], index: usize) -> &str {
+    match tiers.get(index) {
+        Some(t) => t,
+        None if index == tiers.len() => "anonymous",
+        None => "other",
+    }
+}
+
 /// Refuses a request without an admin principal: 401 without credentials, 403
 /// without [`ADMIN_SCOPE`] (in case the route table forgot to require it).
 pub(crate) async fn require_admin(request: Request, next: Next) -> Response {

@@ -23,7 +23,7 @@ mod writer;
 pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
 pub use future::ResponseFuture;
 pub use layer::{PrivacyTraceBuilder, PrivacyTraceLayer};
-pub use log::{JsonLogLayer, RAW_INPUT_TARGETS, RequestObserver, RequestRecord, json_layer};
+pub use log::{JsonLogLayer, RAW_INPUT_TARGETS, RecordedValue, RequestObserver, RequestRecord, json_layer};
 pub use service::PrivacyTraceService;
 
 /// The `target` of request spans and their completion events.

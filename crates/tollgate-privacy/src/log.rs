@@ -108,6 +108,42 @@ pub trait RequestObserver: Send + Sync + 'static {
 /// ```
 pub struct RequestRecord<'a>(&'a RequestFields);
 
+/// One recorded field of a [`RequestRecord`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RecordedValue<'a> {
+    /// Text, as written in the log line (JSON-escaped).
+    Str(&'a str),
+    /// An unsigned number.
+    U64(u64),
+    /// A signed number.
+    I64(i64),
+    /// A float.
+    F64(f64),
+    /// A flag.
+    Bool(bool),
+}
+
+impl<'a> RequestRecord<'a> {
+    /// Every recorded field, in declaration order: one pass, for observers that
+    /// read several fields.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, RecordedValue<'a>)> + 'a {
+        let fields = self.0;
+        fields.names.iter().filter_map(move |f| {
+            let value = match fields.slots.get(f.index()).copied()? {
+                Slot::Empty => return None,
+                Slot::U64(v) => RecordedValue::U64(v),
+                Slot::I64(v) => RecordedValue::I64(v),
+                Slot::F64(v) => RecordedValue::F64(v),
+                Slot::Bool(v) => RecordedValue::Bool(v),
+                Slot::Str(a, b) => {
+                    RecordedValue::Str(std::str::from_utf8(&fields.text[a as usize..b as usize]).ok()?)
+                }
+            };
+            Some((f.name(), value))
+        })
+    }
+}
+
 impl RequestRecord<'_> {
     fn slot(&self, name: &str) -> Slot {
         self.0
