@@ -2,7 +2,7 @@
 //! and the flagged sessions, by pseudonym only, from the request records.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -26,9 +26,9 @@ const HEALTHS: [SessionHealth; 3] = [
     SessionHealth::Unhealthy,
 ];
 
-/// One minute of counts. Keys are fixed vocabularies (kinds, reasons, verdicts) or
-/// the configured tiers, so a minute's size is bounded.
-#[derive(Clone, Debug, Default, Serialize)]
+/// One minute of counts, as read from a [`MinuteSlot`]. Keys are fixed vocabularies
+/// (kinds, reasons, verdicts) or the configured tiers, so a minute's size is bounded.
+#[derive(Clone, Debug, Default)]
 struct Minute {
     minute: u64,
     requests: u64,
@@ -38,6 +38,52 @@ struct Minute {
     verdicts: [u64; 3],
     reasons: [u64; SessionReason::ALL.len()],
     tags: [u64; AnomalyKind::ALL.len()],
+}
+
+/// One minute's counters, added to atomically: the request path takes no lock.
+/// Layout: requests, refusals, verdicts, reasons, kinds, then per tier requests and
+/// refusals.
+struct MinuteSlot {
+    minute: AtomicU64,
+    counts: Box<[AtomicU64]>,
+}
+
+const REQUESTS: usize = 0;
+const LIMITED: usize = 1;
+const VERDICTS: usize = 2;
+const REASONS: usize = VERDICTS + HEALTHS.len();
+const TAGS: usize = REASONS + SessionReason::ALL.len();
+const BY_TIER: usize = TAGS + AnomalyKind::ALL.len();
+
+impl MinuteSlot {
+    fn new(tier_slots: usize) -> Self {
+        MinuteSlot {
+            minute: AtomicU64::new(u64::MAX),
+            counts: (0..BY_TIER + 2 * tier_slots).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn add(&self, at: usize, n: u64) {
+        if n > 0 {
+            self.counts[at].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Minute {
+        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        Minute {
+            minute: self.minute.load(Ordering::Acquire),
+            requests: c(REQUESTS),
+            limited: c(LIMITED),
+            by_tier: (BY_TIER..self.counts.len())
+                .step_by(2)
+                .map(|i| (c(i), c(i + 1)))
+                .collect(),
+            verdicts: std::array::from_fn(|i| c(VERDICTS + i)),
+            reasons: std::array::from_fn(|i| c(REASONS + i)),
+            tags: std::array::from_fn(|i| c(TAGS + i)),
+        }
+    }
 }
 
 /// A session the stack judged suspicious or unhealthy in the last hour.
@@ -71,7 +117,7 @@ pub struct FlaggedSession {
 /// ```
 pub struct Activity {
     tiers: Vec<String>,
-    minutes: Mutex<Vec<Minute>>,
+    minutes: Box<[MinuteSlot]>,
     flagged: ShardedMap<String, FlaggedSession>,
     clock: SharedClock,
 }
@@ -125,7 +171,9 @@ impl Activity {
     pub fn with_clock(tiers: &[&str], clock: SharedClock) -> Self {
         Activity {
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
-            minutes: Mutex::new(vec![Minute::default(); WINDOW_MINUTES]),
+            minutes: (0..WINDOW_MINUTES)
+                .map(|_| MinuteSlot::new(tiers.len() + 2))
+                .collect(),
             flagged: ShardedMap::new(MAX_FLAGGED),
             clock,
         }
@@ -138,10 +186,16 @@ impl Activity {
     /// The counts over the last hour.
     pub fn summary(&self) -> Summary {
         let now = self.now_minute();
-        let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut live: Vec<&Minute> = minutes
+        let mut live: Vec<Minute> = self
+            .minutes
             .iter()
-            .filter(|m| m.minute + (WINDOW_MINUTES as u64) > now && m.minute <= now && m.requests > 0)
+            .map(MinuteSlot::snapshot)
+            .filter(|m| {
+                m.minute != u64::MAX
+                    && m.minute + (WINDOW_MINUTES as u64) > now
+                    && m.minute <= now
+                    && m.requests > 0
+            })
             .collect();
         live.sort_by_key(|m| m.minute);
         let mut s = Summary {
@@ -225,11 +279,14 @@ impl Named {
     }
 }
 
-pub(crate) fn parse<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Named {
+pub(crate) fn parse<T: Copy>(text: &[u8], all: &[T], name: impl Fn(T) -> &'static str) -> Named {
     let mut bits = 0u32;
-    for part in text.split(',') {
-        let item = part.split(':').next().unwrap_or("");
-        if let Some(i) = all.iter().position(|t| name(*t) == item) {
+    if text.is_empty() {
+        return Named(0);
+    }
+    for part in text.split(|b| *b == b',') {
+        let item = part.split(|b| *b == b':').next().unwrap_or(&[]);
+        if let Some(i) = all.iter().position(|t| name(*t).as_bytes() == item) {
             bits |= 1 << i;
         }
     }
@@ -238,44 +295,49 @@ pub(crate) fn parse<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static
 
 impl RequestObserver for Activity {
     fn observe(&self, record: &RequestRecord<'_>) {
-        let view = RecordView::of(record);
+        self.observe_view(&RecordView::of(record));
+    }
+}
+
+impl Activity {
+    pub(crate) fn observe_view(&self, view: &RecordView<'_>) {
         let now = self.clock.now();
         let minute = now.as_secs() / 60;
-        let limited = view.outcome == Some("denied");
+        let limited = view.outcome == Some(b"denied".as_slice());
         let tier = super::tier_index(&self.tiers, view.tier);
         let health = view
             .health
-            .and_then(|h| HEALTHS.into_iter().position(|k| k.as_str() == h));
+            .and_then(|h| HEALTHS.into_iter().position(|k| k.as_str().as_bytes() == h));
         let reasons = parse(view.reasons, &SessionReason::ALL, SessionReason::as_str);
         let kinds = parse(view.anomaly, &AnomalyKind::ALL, AnomalyKind::as_str);
+        let slot = &self.minutes[(minute % WINDOW_MINUTES as u64) as usize];
+        let seen = slot.minute.load(Ordering::Acquire);
+        if seen != minute
+            && slot
+                .minute
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
-            let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = &mut minutes[(minute % WINDOW_MINUTES as u64) as usize];
-            if slot.minute != minute {
-                *slot = Minute {
-                    minute,
-                    by_tier: vec![(0, 0); self.tiers.len() + 2],
-                    ..Minute::default()
-                };
-            }
-            slot.requests += 1;
-            slot.limited += u64::from(limited);
-            if let Some(t) = slot.by_tier.get_mut(tier) {
-                t.0 += 1;
-                t.1 += u64::from(limited);
-            }
-            if let Some(h) = health {
-                slot.verdicts[h] += 1;
-            }
-            for r in reasons.iter() {
-                slot.reasons[r] += 1;
-            }
-            for k in kinds.iter() {
-                slot.tags[k] += 1;
+            // A new minute in this slot: the one an hour ago is forgotten.
+            for c in slot.counts.iter() {
+                c.store(0, Ordering::Relaxed);
             }
         }
+        slot.add(REQUESTS, 1);
+        slot.add(LIMITED, u64::from(limited));
+        slot.add(BY_TIER + 2 * tier, 1);
+        slot.add(BY_TIER + 2 * tier + 1, u64::from(limited));
+        if let Some(h) = health {
+            slot.add(VERDICTS + h, 1);
+        }
+        for r in reasons.iter() {
+            slot.add(REASONS + r, 1);
+        }
+        for k in kinds.iter() {
+            slot.add(TAGS + k, 1);
+        }
         let flagged = health.is_some_and(|h| h > 0) || !kinds.is_empty();
-        if let (true, Some(session)) = (flagged, view.session) {
+        if let (true, Some(session)) = (flagged, view.session.map(String::from_utf8_lossy)) {
             let until = now.saturating_add(Duration::from_secs(WINDOW_MINUTES as u64 * 60));
             let previous = self.flagged.get(&session.to_string(), now);
             let mut anomalies: Vec<&'static str> = previous.map(|p| p.anomalies).unwrap_or_default();

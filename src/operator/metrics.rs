@@ -1,7 +1,6 @@
 //! Prometheus metrics from the request records, with bounded labels.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -20,55 +19,58 @@ const METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, S
 
 /// A label whose values come from configuration or the router (route templates,
 /// policies): the first [`MAX_LABEL_VALUES`] seen get an index, the rest share
-/// [`BoundedLabel::OTHER`], absent values [`BoundedLabel::NONE`].
-struct BoundedLabel(RwLock<(HashMap<String, u16>, Vec<String>)>);
+/// [`BoundedLabel::OTHER`], absent values [`BoundedLabel::NONE`]. A linear scan:
+/// an application has tens of routes, and comparing lengths first rules most out.
+struct BoundedLabel(RwLock<Vec<(Box<[u8]>, String)>>);
+
+/// Label slots of a [`BoundedLabel`]: the values, `other` and `none`.
+const LABEL_SLOTS: usize = MAX_LABEL_VALUES + 2;
 
 impl BoundedLabel {
-    const NONE: u16 = u16::MAX;
-    const OTHER: u16 = u16::MAX - 1;
+    const OTHER: usize = MAX_LABEL_VALUES;
+    const NONE: usize = MAX_LABEL_VALUES + 1;
 
     fn new() -> Self {
-        BoundedLabel(RwLock::new((HashMap::new(), Vec::new())))
+        BoundedLabel(RwLock::new(Vec::new()))
     }
 
-    fn index(&self, seen: Option<&str>) -> u16 {
+    fn index(&self, seen: Option<&[u8]>) -> usize {
         let Some(seen) = seen.filter(|v| !v.is_empty()) else {
             return Self::NONE;
         };
-        if let Some(i) = self.0.read().unwrap_or_else(|e| e.into_inner()).0.get(seen) {
-            return *i;
+        let find = |values: &[(Box<[u8]>, String)]| values.iter().position(|(v, _)| **v == *seen);
+        if let Some(i) = find(&self.0.read().unwrap_or_else(|e| e.into_inner())) {
+            return i;
         }
-        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let (map, names) = &mut *guard;
-        if let Some(i) = map.get(seen) {
-            return *i;
+        let mut values = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = find(&values) {
+            return i;
         }
-        if names.len() >= MAX_LABEL_VALUES {
+        if values.len() >= MAX_LABEL_VALUES {
             return Self::OTHER;
         }
-        let i = names.len() as u16;
-        names.push(seen.to_string());
-        map.insert(seen.to_string(), i);
-        i
+        values.push((seen.into(), String::from_utf8_lossy(seen).into_owned()));
+        values.len() - 1
     }
 
-    fn name(&self, index: u16) -> String {
+    fn name(&self, index: usize) -> String {
         match index {
             Self::NONE => "none".into(),
             Self::OTHER => "other".into(),
-            i => self.0.read().unwrap_or_else(|e| e.into_inner()).1[usize::from(i)].clone(),
+            i => self.0.read().unwrap_or_else(|e| e.into_inner())[i].1.clone(),
         }
     }
 }
 
-/// A counter, by metric and label indices: `[metric, a, b, c]`.
-type CounterKey = [u16; 4];
-
-const REQUESTS: u16 = 0;
-const EARLY: u16 = 1;
-const DECISIONS: u16 = 2;
-const TAGS: u16 = 3;
-const VERDICTS: u16 = 4;
+/// The metrics, each a block of counters indexed by its label values' indices.
+#[derive(Clone, Copy)]
+enum Family {
+    Requests,
+    Early,
+    Decisions,
+    Tags,
+    Verdicts,
+}
 
 const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const CAUSES: [&str; 5] = ["auth", "rate_limit", "session", "anomaly", "unavailable"];
@@ -110,7 +112,9 @@ pub struct Metrics {
     tiers: Vec<String>,
     routes: BoundedLabel,
     policies: BoundedLabel,
-    counters: RwLock<HashMap<CounterKey, Counter>>,
+    /// Every counter, registered on first use: one flat table, so counting is an
+    /// index computation, an atomic load and an atomic add (no hashing, no lock).
+    counters: Box<[OnceLock<Counter>]>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,9 +125,9 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn status_class(status: Option<u64>) -> u16 {
+fn status_class(status: Option<u64>) -> usize {
     match status {
-        Some(s @ 100..=599) => (s / 100) as u16,
+        Some(s @ 100..=599) => (s / 100) as usize,
         _ => 0,
     }
 }
@@ -139,67 +143,97 @@ impl Metrics {
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             routes: BoundedLabel::new(),
             policies: BoundedLabel::new(),
-            counters: RwLock::new(HashMap::new()),
+            counters: (0..Self::slots(tiers.len() + 2))
+                .map(|_| OnceLock::new())
+                .collect(),
         }
     }
 
-    /// Adds one to the counter `key`, registering it (with its label names) the
-    /// first time: after that, a read lock, a lookup and an atomic add.
-    fn count(&self, key: CounterKey) {
-        if let Some(c) = self.counters.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            c.increment(1);
+    /// The counters of each family, for `tiers` tier slots.
+    fn sizes(tiers: usize) -> [usize; 5] {
+        [
+            LABEL_SLOTS * tiers * STATUS_CLASSES.len(),
+            LABEL_SLOTS * CAUSES.len(),
+            tiers * LABEL_SLOTS * OUTCOMES.len(),
+            AnomalyKind::ALL.len(),
+            HEALTHS.len(),
+        ]
+    }
+
+    fn slots(tiers: usize) -> usize {
+        Self::sizes(tiers).iter().sum()
+    }
+
+    fn tier_slots(&self) -> usize {
+        self.tiers.len() + 2
+    }
+
+    /// Adds one to the counter of `family` with label indices `(a, b, c)`,
+    /// registering it (with its label names) the first time.
+    fn count(&self, family: Family, a: usize, b: usize, c: usize) {
+        let t = self.tier_slots();
+        let sizes = Self::sizes(t);
+        let base: usize = sizes[..family as usize].iter().sum();
+        let offset = match family {
+            Family::Requests => (a * t + b) * STATUS_CLASSES.len() + c,
+            Family::Early => a * CAUSES.len() + b,
+            Family::Decisions => (a * LABEL_SLOTS + b) * OUTCOMES.len() + c,
+            Family::Tags | Family::Verdicts => a,
+        };
+        let Some(slot) = self.counters.get(base + offset) else {
             return;
-        }
-        let (name, labels) = self.describe(key);
-        let metric = Key::from_parts(
-            name,
-            labels
-                .into_iter()
-                .map(|(k, v)| Label::new(k, v))
-                .collect::<Vec<_>>(),
-        );
-        let counter = self.recorder.register_counter(&metric, &METADATA);
-        counter.increment(1);
-        self.counters
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, counter);
+        };
+        slot.get_or_init(|| {
+            let (name, labels) = self.describe(family, a, b, c);
+            let key = Key::from_parts(
+                name,
+                labels
+                    .into_iter()
+                    .map(|(k, v)| Label::new(k, v))
+                    .collect::<Vec<_>>(),
+            );
+            self.recorder.register_counter(&key, &METADATA)
+        })
+        .increment(1);
     }
 
-    /// The metric name and labels of a counter key.
-    fn describe(&self, [metric, a, b, c]: CounterKey) -> (&'static str, Vec<(&'static str, String)>) {
-        let tier = |i: u16| super::tier_name(&self.tiers, usize::from(i)).to_string();
-        match metric {
-            REQUESTS => (
+    /// The metric name and labels of a counter.
+    fn describe(
+        &self,
+        family: Family,
+        a: usize,
+        b: usize,
+        c: usize,
+    ) -> (&'static str, Vec<(&'static str, String)>) {
+        let tier = |i: usize| super::tier_name(&self.tiers, i).to_string();
+        match family {
+            Family::Requests => (
                 "tollgate_requests_total",
                 vec![
                     ("route", self.routes.name(a)),
                     ("tier", tier(b)),
-                    ("status", STATUS_CLASSES[usize::from(c)].into()),
+                    ("status", STATUS_CLASSES[c].into()),
                 ],
             ),
-            EARLY => (
+            Family::Early => (
                 "tollgate_early_answers_total",
-                vec![
-                    ("route", self.routes.name(a)),
-                    ("cause", CAUSES[usize::from(b)].into()),
-                ],
+                vec![("route", self.routes.name(a)), ("cause", CAUSES[b].into())],
             ),
-            DECISIONS => (
+            Family::Decisions => (
                 "tollgate_ratelimit_decisions_total",
                 vec![
                     ("tier", tier(a)),
                     ("policy", self.policies.name(b)),
-                    ("outcome", OUTCOMES[usize::from(c)].into()),
+                    ("outcome", OUTCOMES[c].into()),
                 ],
             ),
-            TAGS => (
+            Family::Tags => (
                 "tollgate_anomaly_tags_total",
-                vec![("kind", AnomalyKind::ALL[usize::from(a)].as_str().into())],
+                vec![("kind", AnomalyKind::ALL[a].as_str().into())],
             ),
-            _ => (
+            Family::Verdicts => (
                 "tollgate_session_verdicts_total",
-                vec![("health", HEALTHS[usize::from(a)].as_str().into())],
+                vec![("health", HEALTHS[a].as_str().into())],
             ),
         }
     }
@@ -230,33 +264,41 @@ impl Metrics {
 
 impl RequestObserver for Metrics {
     fn observe(&self, record: &RequestRecord<'_>) {
-        let view = RecordView::of(record);
+        self.observe_view(&RecordView::of(record));
+    }
+}
+
+impl Metrics {
+    pub(crate) fn observe_view(&self, view: &RecordView<'_>) {
         let route = self.routes.index(view.route);
-        let tier = super::tier_index(&self.tiers, view.tier) as u16;
-        self.count([REQUESTS, route, tier, status_class(view.status)]);
-        if let Some(outcome) = view.outcome.and_then(|o| OUTCOMES.iter().position(|k| *k == o)) {
+        let tier = super::tier_index(&self.tiers, view.tier);
+        self.count(Family::Requests, route, tier, status_class(view.status));
+        if let Some(outcome) = view
+            .outcome
+            .and_then(|o| OUTCOMES.iter().position(|k| k.as_bytes() == o))
+        {
             let policy = self.policies.index(view.policy);
-            self.count([DECISIONS, tier, policy, outcome as u16]);
+            self.count(Family::Decisions, tier, policy, outcome);
         }
         for kind in parse(view.anomaly, &AnomalyKind::ALL, AnomalyKind::as_str).iter() {
-            self.count([TAGS, kind as u16, 0, 0]);
+            self.count(Family::Tags, kind, 0, 0);
         }
         if let Some(h) = view
             .health
-            .and_then(|h| HEALTHS.iter().position(|k| k.as_str() == h))
+            .and_then(|h| HEALTHS.iter().position(|k| k.as_str().as_bytes() == h))
         {
-            self.count([VERDICTS, h as u16, 0, 0]);
+            self.count(Family::Verdicts, h, 0, 0);
         }
         let cause = match view.status {
             Some(503) => Some(4),
-            Some(429) if view.outcome == Some("denied") => Some(1),
+            Some(429) if view.outcome == Some(b"denied".as_slice()) => Some(1),
             Some(400..=499) if view.auth_error => Some(0),
-            Some(400..=499) if matches!(view.action, Some("reauthenticate" | "freeze")) => Some(2),
+            Some(400..=499) if matches!(view.action, Some(b"reauthenticate" | b"freeze")) => Some(2),
             Some(403 | 429) if !view.anomaly.is_empty() => Some(3),
             _ => None,
         };
         if let Some(cause) = cause {
-            self.count([EARLY, route, cause, 0]);
+            self.count(Family::Early, route, cause, 0);
         }
     }
 }

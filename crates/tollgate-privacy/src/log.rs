@@ -111,8 +111,9 @@ pub struct RequestRecord<'a>(&'a RequestFields);
 /// One recorded field of a [`RequestRecord`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RecordedValue<'a> {
-    /// Text, as written in the log line (JSON-escaped).
-    Str(&'a str),
+    /// Text, as written in the log line: UTF-8, JSON-escaped. Bytes, so that an
+    /// observer comparing against known values pays no UTF-8 check.
+    Text(&'a [u8]),
     /// An unsigned number.
     U64(u64),
     /// A signed number.
@@ -124,6 +125,26 @@ pub enum RecordedValue<'a> {
 }
 
 impl<'a> RequestRecord<'a> {
+    /// The fields the request span's callsite declares: the same `FieldSet` (same
+    /// `callsite()`) for every request of a profile, so an observer can find the
+    /// positions of the fields it reads once and then use [`value_at`](Self::value_at).
+    pub fn field_set(&self) -> &'static tracing::field::FieldSet {
+        self.0.names
+    }
+
+    /// The field at `position` in [`field_set`](Self::field_set), if recorded.
+    pub fn value_at(&self, position: usize) -> Option<RecordedValue<'a>> {
+        let fields = self.0;
+        Some(match *fields.slots.get(position)? {
+            Slot::Empty => return None,
+            Slot::U64(v) => RecordedValue::U64(v),
+            Slot::I64(v) => RecordedValue::I64(v),
+            Slot::F64(v) => RecordedValue::F64(v),
+            Slot::Bool(v) => RecordedValue::Bool(v),
+            Slot::Str(a, b) => RecordedValue::Text(&fields.text[a as usize..b as usize]),
+        })
+    }
+
     /// Every recorded field, in declaration order: one pass, for observers that
     /// read several fields.
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, RecordedValue<'a>)> + 'a {
@@ -135,9 +156,7 @@ impl<'a> RequestRecord<'a> {
                 Slot::I64(v) => RecordedValue::I64(v),
                 Slot::F64(v) => RecordedValue::F64(v),
                 Slot::Bool(v) => RecordedValue::Bool(v),
-                Slot::Str(a, b) => {
-                    RecordedValue::Str(std::str::from_utf8(&fields.text[a as usize..b as usize]).ok()?)
-                }
+                Slot::Str(a, b) => RecordedValue::Text(&fields.text[a as usize..b as usize]),
             };
             Some((f.name(), value))
         })
