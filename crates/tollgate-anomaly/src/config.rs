@@ -153,6 +153,17 @@ pub struct StuffingConfig {
     pub hold: Duration,
     /// The most network prefixes tracked.
     pub max_entries: usize,
+    /// API-wide failed logins per second, over `global_window`, below which no
+    /// campaign is called whatever the baseline (default 0.5): a campaign spread
+    /// thinly over many networks shows only in the sum.
+    pub global_min_rate: f64,
+    /// How many times its own baseline (an average of the API's failed-login rate
+    /// over about the past hour, not updated during a campaign) the API-wide rate
+    /// must be for a campaign (default 3).
+    pub global_factor: f64,
+    /// The window of the API-wide rate (default `"30s"`).
+    #[serde(with = "duration")]
+    pub global_window: Duration,
 }
 
 impl Default for StuffingConfig {
@@ -164,6 +175,9 @@ impl Default for StuffingConfig {
             max_subjects: 30,
             hold: Duration::from_secs(900),
             max_entries: 50_000,
+            global_min_rate: 0.5,
+            global_factor: 3.0,
+            global_window: Duration::from_secs(30),
         }
     }
 }
@@ -451,6 +465,18 @@ impl AnomalyConfig {
         positive("stuffing.max_failures", u64::from(s.max_failures))?;
         positive("stuffing.max_subjects", u64::from(s.max_subjects))?;
         positive("stuffing.max_entries", s.max_entries as u64)?;
+        nonzero("stuffing.global_window", s.global_window)?;
+        for (name, v, lo) in [
+            ("stuffing.global_min_rate", s.global_min_rate, 0.0),
+            ("stuffing.global_factor", s.global_factor, 1.0),
+        ] {
+            if !(v.is_finite() && v > lo) {
+                return Err(ConfigError::new(
+                    name,
+                    format!("must be a finite number above {lo}"),
+                ));
+            }
+        }
         let e = &self.enumeration;
         nonzero("enumeration.window", e.window)?;
         positive("enumeration.max_distinct_ids", u64::from(e.max_distinct_ids))?;

@@ -40,6 +40,17 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             sinks: &[Sink::Extension],
         },
     ];
+    if c.stuffing.enabled {
+        out.push(FieldSpec {
+            name: "anomaly.stuffing.global",
+            layer: LAYER,
+            derived_from: "the API-wide count of failed logins in the current window and an average rate: counts only, no key",
+            protection: Protection::NotPersonal,
+            purpose: "catch credential stuffing spread thinly over many networks",
+            retention: Retention::ttl(c.stuffing.global_window),
+            sinks: &[Sink::Store],
+        });
+    }
     if c.debug_header {
         out.push(FieldSpec {
             name: "x-tollgate-anomaly",

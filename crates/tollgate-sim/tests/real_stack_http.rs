@@ -141,9 +141,12 @@ async fn failure_watch_blocks_a_stuffing_network_before_auth() {
         statuses.push(get(&base, "/v1/account", &guess, FIREFOX).await.status().as_u16());
     }
     // The auth layer's 401s (which the inner anomaly layer never sees) trip the
-    // detector after 20; then the network is blocked before auth runs.
-    assert!(statuses[..21].iter().all(|s| *s == 401), "{statuses:?}");
-    assert!(statuses[21..].iter().all(|s| *s == 403), "{statuses:?}");
+    // detector within 20 failures (the API-wide rate, or the network's count); then
+    // the network is blocked before auth runs.
+    let blocked = statuses.iter().position(|s| *s == 403).expect("blocked");
+    assert!((10..=21).contains(&blocked), "{statuses:?}");
+    assert!(statuses[..blocked].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[blocked..].iter().all(|s| *s == 403), "{statuses:?}");
     let r = get(&base, "/v1/account", KEY_A, FIREFOX).await;
     assert_eq!(r.status(), 403);
     assert_eq!(problem_type(r).await, "urn:tollgate:problem:request-blocked");
