@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor};
 use tollgate_test_support::canary::{self, assert_absent};
 use tollgate_test_support::serve_captured;
 use tracing_subscriber::Layer;
@@ -14,7 +14,9 @@ use tracing_subscriber::Layer;
 async fn exported_spans_join_the_callers_trace_and_hold_no_canary() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
+        .with_span_processor(tollgate::otel::Redacting(SimpleSpanProcessor::new(
+            exporter.clone(),
+        )))
         .build();
     let otel = provider.clone();
     let server = serve_captured(
@@ -76,5 +78,15 @@ async fn exported_spans_join_the_callers_trace_and_hold_no_canary() {
         "vendor=".into(),
         API_KEY.into(),
     ]);
+    // No pseudonym either: every pseudonym the log lines carry is absent.
+    for line in server.capture.lines_with_target(tollgate::privacy::TARGET) {
+        for field in ["principal", "session", "client.network"] {
+            if let Some(p) = line["span"][field].as_str() {
+                forbidden.push(p.to_string());
+            }
+        }
+    }
+    assert!(forbidden.len() > 12, "the logs carried pseudonyms to look for");
+    assert!(joined.attributes.iter().any(|kv| kv.key.as_str() == "tier"));
     assert_absent("the exported spans", &exported, &forbidden);
 }
