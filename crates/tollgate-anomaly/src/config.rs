@@ -193,7 +193,7 @@ pub struct EnumerationConfig {
     pub window: Duration,
     /// Distinct object ids on one route template above which a session is tagged.
     pub max_distinct_ids: u32,
-    /// Requests on one route before the error ratio is judged.
+    /// Requests on one route before the error ratio is judged (default 10).
     pub ratio_min_requests: u32,
     /// The share of 403/404 answers above which a session is tagged, in (0, 1].
     pub max_error_ratio: f64,
@@ -207,7 +207,7 @@ impl Default for EnumerationConfig {
             enabled: true,
             window: Duration::from_secs(4 * 3600),
             max_distinct_ids: 100,
-            ratio_min_requests: 20,
+            ratio_min_requests: 10,
             max_error_ratio: 0.5,
             max_entries: 200_000,
         }
