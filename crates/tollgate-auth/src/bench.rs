@@ -1,4 +1,5 @@
-//! Entry points into the request path for the crate's benchmarks; not a stable API.
+//! Entry points into the request path for the crate's benchmarks and fuzz targets;
+//! not a stable API.
 
 use http::HeaderMap;
 use tollgate_core::Principal;
@@ -53,4 +54,13 @@ pub fn verify_dpop(
 /// The cache key computation alone.
 pub fn cache_key(layer: &AuthLayer, token: &[u8]) -> u128 {
     layer.authenticator().cache.key(Presented::Bearer, token)
+}
+
+/// Parses `body` as a JWKS document under the first issuer's rules, as a refresh
+/// would; the number of usable keys, `None` if the document is refused.
+pub fn parse_jwks(layer: &AuthLayer, body: &[u8]) -> Option<usize> {
+    let issuer = layer.authenticator().jwt.first()?;
+    crate::jwks::parse_document(body, &issuer.verifier.rules)
+        .ok()
+        .map(|keys| keys.len())
 }

@@ -139,26 +139,7 @@ impl Jwks {
     }
 
     fn parse(&self, body: &[u8]) -> Result<KeySet, JwksError> {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            keys: Vec<Value>,
-        }
-        let doc: Doc = serde_json::from_slice(body)?;
-        let mut skipped = 0;
-        let mut keys = Vec::new();
-        for (i, v) in doc.keys.iter().enumerate() {
-            match pinned_from_jwk(v, &self.rules) {
-                Ok(k) => keys.push(k),
-                Err(why) => {
-                    skipped += 1;
-                    tracing::warn!(index = i, reason = why, "JWKS key skipped");
-                }
-            }
-        }
-        if keys.is_empty() {
-            return Err(JwksError::NoUsableKeys(skipped));
-        }
-        Ok(KeySet::new(keys))
+        parse_document(body, &self.rules)
     }
 
     /// A token named a `kid` we do not know: refetch, unless a refetch started less
@@ -217,6 +198,30 @@ impl Jwks {
     pub(crate) fn first_refresh(&self, outcome: &Result<Option<Duration>, JwksError>) -> Duration {
         self.next_refresh(outcome)
     }
+}
+
+/// The usable keys of a JWKS document; an error if it does not parse or holds none.
+pub(crate) fn parse_document(body: &[u8], rules: &JwtRules) -> Result<KeySet, JwksError> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<Value>,
+    }
+    let doc: Doc = serde_json::from_slice(body)?;
+    let mut skipped = 0;
+    let mut keys = Vec::new();
+    for (i, v) in doc.keys.iter().enumerate() {
+        match pinned_from_jwk(v, rules) {
+            Ok(k) => keys.push(k),
+            Err(why) => {
+                skipped += 1;
+                tracing::warn!(index = i, reason = why, "JWKS key skipped");
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKeys(skipped));
+    }
+    Ok(KeySet::new(keys))
 }
 
 fn pinned_from_jwk(v: &Value, rules: &JwtRules) -> Result<PinnedKey, &'static str> {
