@@ -136,8 +136,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tollgate::redact_panic_messages();
     let tollgate = Tollgate::from_config(&config).await?;
 
+    let operator = Operator::new(&config, &tollgate, observers);
     if args.print_inventory {
-        println!("{}", tollgate.inventory().to_json());
+        let mut inventory = tollgate.inventory();
+        inventory.extend(operator.inventory());
+        println!("{}", inventory.to_json());
         return Ok(());
     }
 
@@ -153,7 +156,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         audience: gateway.audience,
         auth: tollgate.auth().cloned(),
     });
-    let operator = Operator::new(&config, &tollgate, observers);
     let api = api(login, gateway.items)
         .nest("/admin", operator.admin_api().merge(operator.console()))
         .merge(operator.well_known())
