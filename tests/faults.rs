@@ -80,34 +80,23 @@ async fn clock_jumps_back_and_forth() {
     };
     let token = token("clock-user", "clock-jti", "pro");
 
+    // 25 anonymous requests from one network: the statuses.
+    let burst = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..25 {
+            let r = get("/v1/items/1", "198.51.100.9").send().await.unwrap();
+            statuses.push(r.status().as_u16());
+        }
+        statuses
+    };
     // The anonymous tier allows a burst of 20 per second per network.
-    let mut statuses = Vec::new();
-    for _ in 0..25 {
-        statuses.push(
-            get("/v1/items/1", "198.51.100.9")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
-    }
+    let statuses = burst().await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20, "{statuses:?}");
 
     clock.set(Timestamp::from_nanos(
         clock.now().as_nanos() - 3_600 * 1_000_000_000,
     ));
-    let mut statuses = Vec::new();
-    for _ in 0..25 {
-        statuses.push(
-            get("/v1/items/1", "198.51.100.9")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
-    }
+    let statuses = burst().await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         20,

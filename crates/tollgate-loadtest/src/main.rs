@@ -238,10 +238,23 @@ fn api() -> Router {
     )
 }
 
-/// The tollgate stack's configuration: every layer on, limits far above the load
-/// so the figure is the cost of deciding, not of refusing; loopback trusted as a
-/// proxy so callers can come from many networks. `store` is appended.
-fn tollgate_config(store: &str) -> String {
+/// Per-second quotas of the `pro` tier (the tokens') and the anonymous tier.
+#[derive(Clone, Copy)]
+struct Quotas {
+    pro: u64,
+    anonymous: u64,
+}
+
+/// Limits far above any load: the figure is the cost of deciding, not of refusing.
+const UNLIMITED: Quotas = Quotas {
+    pro: 100_000_000,
+    anonymous: 100_000_000,
+};
+
+/// The tollgate stack's configuration: every layer on, an API key record (whose key
+/// no client holds), loopback trusted as a proxy so callers can come from many
+/// networks. `store` is appended.
+fn tollgate_config(quotas: Quotas, store: &str) -> String {
     format!(
         r#"
 [pseudonym]
@@ -262,20 +275,26 @@ tier_claim = "tier"
 [[auth.jwt.keys]]
 alg = "ES256"
 pem = """{PUBLIC_KEY}"""
+[[auth.api_keys]]
+id = "loadtest-key"
+sha256 = "{key_digest}"
 
 [fingerprint]
 
 [ratelimit]
 default_tier = "pro"
 [ratelimit.tiers.pro]
-limits = [{{ name = "burst", quota = 100000000, window = "1s" }}]
+limits = [{{ name = "burst", quota = {pro}, window = "1s" }}]
 [ratelimit.tiers.anonymous]
-limits = [{{ name = "burst", quota = 100000000, window = "1s" }}]
+limits = [{{ name = "burst", quota = {anonymous}, window = "1s" }}]
 
 [anomaly]
 {store}
 "#,
-        secret = "ab".repeat(32)
+        secret = "ab".repeat(32),
+        key_digest = "0".repeat(64),
+        pro = quotas.pro,
+        anonymous = quotas.anonymous,
     )
 }
 
@@ -301,11 +320,11 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                     Variant::TollgateRedis => redis_store(),
                     _ => String::new(),
                 };
-                let text = match variant {
-                    Variant::Soak => soak::config(),
-                    _ => tollgate_config(&store),
+                let quotas = match variant {
+                    Variant::Soak => soak::QUOTAS,
+                    _ => UNLIMITED,
                 };
-                let config = tollgate::TollgateConfig::from_toml(&text)?;
+                let config = tollgate::TollgateConfig::from_toml(&tollgate_config(quotas, &store))?;
                 let tollgate = tollgate::Tollgate::from_config(&config).await?;
                 tollgate.apply(api())
             }

@@ -10,52 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{PUBLIC_KEY, token};
+use crate::token;
 
-/// The stack as a deployment would run it: realistic limits, every layer on.
-pub(crate) fn config() -> String {
-    format!(
-        r#"
-[pseudonym]
-secret = "{secret}"
-
-[client]
-trusted_proxies = ["127.0.0.0/8"]
-
-[routes.default]
-auth = "optional"
-
-[auth]
-[auth.jwt]
-issuer = "{issuer}"
-audience = "{audience}"
-algorithms = ["ES256"]
-tier_claim = "tier"
-[[auth.jwt.keys]]
-alg = "ES256"
-pem = """{PUBLIC_KEY}"""
-[[auth.api_keys]]
-id = "soak-key"
-sha256 = "{key_digest}"
-
-[fingerprint]
-
-[ratelimit]
-default_tier = "pro"
-anonymous_tier = "anonymous"
-[ratelimit.tiers.pro]
-limits = [{{ name = "burst", quota = 200, window = "1s" }}]
-[ratelimit.tiers.anonymous]
-limits = [{{ name = "burst", quota = 20, window = "1s" }}]
-
-[anomaly]
-"#,
-        secret = "cd".repeat(32),
-        issuer = crate::ISSUER,
-        audience = crate::AUDIENCE,
-        key_digest = "0".repeat(64),
-    )
-}
+/// Deployment-like limits: 200 a second per token, 20 per anonymous network.
+pub(crate) const QUOTAS: crate::Quotas = crate::Quotas {
+    pro: 200,
+    anonymous: 20,
+};
 
 /// The kinds of request the soak sends, and the statuses each may get.
 #[derive(Clone, Copy, Debug)]

@@ -87,14 +87,16 @@ pub trait RequestObserver: Send + Sync + 'static {
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use tollgate_privacy::{RequestObserver, RequestRecord, TARGET};
+/// use tollgate_privacy::{RecordedValue, RequestObserver, RequestRecord, TARGET};
 /// use tracing_subscriber::prelude::*;
 ///
 /// #[derive(Default)]
 /// struct Statuses(Mutex<Vec<u64>>);
 /// impl RequestObserver for Statuses {
 ///     fn observe(&self, record: &RequestRecord<'_>) {
-///         self.0.lock().unwrap().extend(record.u64("http.status"));
+///         if let Some(RecordedValue::U64(status)) = record.get("http.status") {
+///             self.0.lock().unwrap().push(status);
+///         }
 ///     }
 /// }
 ///
@@ -145,50 +147,12 @@ impl<'a> RequestRecord<'a> {
         })
     }
 
-    /// Every recorded field, in declaration order: one pass, for observers that
-    /// read several fields.
-    pub fn fields(&self) -> impl Iterator<Item = (&'static str, RecordedValue<'a>)> + 'a {
-        let fields = self.0;
-        fields.names.iter().filter_map(move |f| {
-            let value = match fields.slots.get(f.index()).copied()? {
-                Slot::Empty => return None,
-                Slot::U64(v) => RecordedValue::U64(v),
-                Slot::I64(v) => RecordedValue::I64(v),
-                Slot::F64(v) => RecordedValue::F64(v),
-                Slot::Bool(v) => RecordedValue::Bool(v),
-                Slot::Str(a, b) => RecordedValue::Text(&fields.text[a as usize..b as usize]),
-            };
-            Some((f.name(), value))
-        })
-    }
-}
-
-impl RequestRecord<'_> {
-    fn slot(&self, name: &str) -> Slot {
-        self.0
-            .names
-            .iter()
-            .find(|f| f.name() == name)
-            .and_then(|f| self.0.slots.get(f.index()).copied())
-            .unwrap_or(Slot::Empty)
-    }
-
-    /// A text field as written in the log line (JSON-escaped; the fields tollgate
-    /// records are pseudonyms, slugs and route templates, which need no escaping).
-    pub fn str(&self, name: &str) -> Option<&str> {
-        match self.slot(name) {
-            Slot::Str(a, b) => std::str::from_utf8(&self.0.text[a as usize..b as usize]).ok(),
-            _ => None,
-        }
-    }
-
-    /// A numeric field.
-    pub fn u64(&self, name: &str) -> Option<u64> {
-        match self.slot(name) {
-            Slot::U64(v) => Some(v),
-            Slot::I64(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
+    /// The field named `name`, if declared and recorded (a scan of the field set;
+    /// an observer reading many fields on every request resolves positions once
+    /// with [`field_set`](Self::field_set) and reads them with
+    /// [`value_at`](Self::value_at)).
+    pub fn get(&self, name: &str) -> Option<RecordedValue<'a>> {
+        self.value_at(self.0.names.field(name)?.index())
     }
 }
 
