@@ -242,15 +242,18 @@ impl TollgateBuilder {
             None => None,
         };
         let anomaly = match &config.anomaly {
-            Some(section) => Some(
-                AnomalyLayer::builder(section.clone(), p.clone())
+            Some(section) => {
+                let mut builder = AnomalyLayer::builder(section.clone(), p.clone())
                     .freeze_list(stores.freeze_list.clone())
                     .clock(clock.clone())
                     .client(config.client.clone())
                     .responder(self.responder.clone())
-                    .routes(routes.map(|r| r.anomaly.clone().unwrap_or_default()))
-                    .build()?,
-            ),
+                    .routes(routes.map(|r| r.anomaly.clone().unwrap_or_default()));
+                if let Some(board) = stores.penalty_board(section, &clock) {
+                    builder = builder.penalty_board(board);
+                }
+                Some(builder.build()?)
+            }
             None => None,
         };
         Ok(Tollgate {
@@ -316,6 +319,26 @@ impl Stores {
             rate_limits: None,
             replay: None,
         }
+    }
+
+    /// The anomaly layer's penalty board shared through Redis, if the state is there.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn penalty_board(
+        &self,
+        anomaly: &tollgate_anomaly::AnomalyConfig,
+        clock: &SharedClock,
+    ) -> Option<tollgate_anomaly::SharedPenaltyBoard> {
+        #[cfg(feature = "redis")]
+        if let Some(backend) = &self.redis {
+            let p = &anomaly.penalties;
+            return Some(Arc::new(tollgate_redis::RedisPenaltyBoard::with_clock(
+                backend,
+                p.max_entries,
+                p.block.max(p.throttle),
+                clock.clone(),
+            )));
+        }
+        None
     }
 }
 

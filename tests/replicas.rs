@@ -1,6 +1,6 @@
 //! Two demo gateway processes on different ports sharing one Redis, or one Redis
-//! Cluster: one budget and one freeze list between them, and on the cluster a primary
-//! killed under load.
+//! Cluster: one budget, one freeze list and one set of anomaly penalties between
+//! them, and on the cluster a primary killed under load.
 
 mod common;
 
@@ -129,6 +129,95 @@ async fn two_replicas_share_one_budget_and_one_freeze_list() {
     let a = start(&config);
     let b = start(&config);
     share_one_budget_and_one_freeze_list(&a, &b).await;
+}
+
+/// An object-id walk blocked on A is refused on B at once, for that caller only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_block_on_one_replica_holds_on_the_other() {
+    let Some(redis) = RedisNamespace::new() else {
+        return;
+    };
+    let config = config_file(&format!(
+        r#"
+[anomaly]
+[anomaly.enumeration]
+max_distinct_ids = 12
+[anomaly.actions]
+enumeration = "block"
+
+[store]
+backend = "redis"
+url = "{}"
+namespace = "{}"
+"#,
+        redis.url, redis.namespace
+    ));
+    let a = start(&config);
+    let b = start(&config);
+    let client = reqwest::Client::new();
+    let walker = token("walker-user", "walker-jti", "pro");
+    let bystander = token("bystander-user", "bystander-jti", "pro");
+    let get = |addr: SocketAddr, path: String, token: &str| {
+        client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token)
+            .send()
+    };
+
+    let mut walked = 0;
+    loop {
+        walked += 1;
+        assert!(walked <= 40, "A never blocked the walk");
+        let r = get(a.addr, format!("/v1/items/{walked}"), &walker).await.unwrap();
+        match r.status().as_u16() {
+            200 => {}
+            403 => break,
+            other => panic!("unexpected status {other} on A"),
+        }
+    }
+    let blocked_at = Instant::now();
+    loop {
+        let r = get(b.addr, "/v1/items/1".into(), &walker).await.unwrap();
+        if r.status() == 403 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                body["type"].as_str().unwrap().ends_with("request-blocked"),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(
+            blocked_at.elapsed() < Duration::from_millis(100),
+            "B still serves the blocked caller after 100 ms"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "block on A (after {walked} ids) held on B after {:?}",
+        blocked_at.elapsed()
+    );
+    for replica in [&a, &b] {
+        let r = get(replica.addr, "/v1/items/1".into(), &bystander).await.unwrap();
+        assert_eq!(r.status(), 200, "another caller is not blocked");
+    }
+    // B logs the refusal with its action (the log writer flushes on its own schedule).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b
+        .log_text()
+        .lines()
+        .any(|l| l.contains("\"http.status\":403") && l.contains("action=block"))
+    {
+        assert!(Instant::now() < deadline, "B's log: {}", b.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A replica started after the block loads it.
+    let c = start(&config);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(c.addr, "/v1/items/1".into(), &walker).await.unwrap().status() != 403 {
+        assert!(Instant::now() < deadline, "a new replica never loaded the block");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

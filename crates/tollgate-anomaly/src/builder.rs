@@ -9,6 +9,7 @@ use tollgate_ratelimit::MemoryRateLimitStore;
 use crate::config::AnomalyConfig;
 use crate::engine::{Engine, Settings};
 use crate::layer::AnomalyLayer;
+use crate::penalty::SharedPenaltyBoard;
 use crate::route::AnomalyRoute;
 
 impl AnomalyLayer {
@@ -21,6 +22,7 @@ impl AnomalyLayer {
             client: ClientConfig::default(),
             freeze: None,
             throttle_store: None,
+            penalties: None,
             responder: ProblemResponder::default(),
             routes: RouteMap::default(),
         }
@@ -43,6 +45,7 @@ pub struct AnomalyBuilder {
     client: ClientConfig,
     freeze: Option<SharedFreezeList>,
     throttle_store: Option<MemoryRateLimitStore>,
+    penalties: Option<SharedPenaltyBoard>,
     responder: ProblemResponder,
     routes: RouteMap<AnomalyRoute>,
 }
@@ -91,6 +94,15 @@ impl AnomalyBuilder {
         self
     }
 
+    /// Where penalties (throttles, blocks) are kept (default: in process, bounded by
+    /// `[anomaly.penalties] max_entries`). Replicas behind one load balancer share one
+    /// board (tollgate-redis's `RedisPenaltyBoard`), so a caller blocked on one is
+    /// blocked on all.
+    pub fn penalty_board(mut self, board: SharedPenaltyBoard) -> Self {
+        self.penalties = Some(board);
+        self
+    }
+
     /// Renders early answers (403, 429, 401) this way instead of problem+json.
     pub fn responder(mut self, responder: ProblemResponder) -> Self {
         self.responder = responder;
@@ -118,6 +130,7 @@ impl AnomalyBuilder {
             client: self.client,
             freeze: self.freeze,
             throttle_store: self.throttle_store,
+            penalties: self.penalties,
             responder: self.responder,
             routes: self.routes,
         })?;

@@ -21,13 +21,13 @@ use tollgate_core::{
 };
 use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
 
-use crate::bounded::BoundedMap;
 use crate::config::{Action, AnomalyConfig, SECTION};
 use crate::detectors::{
     EnumerationDetector, SequenceDetector, Step, StuffingDetector, TokenSharingDetector, VolumeDetector,
 };
 use crate::hash::{KeyKind, KeyedHasher};
 use crate::params::{ParamIds, ParamShape, next_back};
+use crate::penalty::{MemoryPenaltyBoard, Penalty, PenaltyKey, SharedPenaltyBoard};
 use crate::record::Record;
 use crate::route::{AnomalyRoute, CompiledPolicy};
 use crate::route_index::{RouteEntry, RouteIndex};
@@ -43,14 +43,6 @@ pub const THROTTLE_SCOPE: &str = "anomaly-throttle";
 const THROTTLE_NETWORK: Domain = Domain::new("anomaly-throttle-network");
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A penalty on one caller (a credential or a network).
-#[derive(Clone, Copy, Debug, Default)]
-struct Penalty {
-    action: Action,
-    until: u64,
-    tags: AnomalyTags,
-}
 
 /// The keys of one request: keyed hashes, and the credential's keyed digest (hashed
 /// into a key only when a penalty needs it, which is rare).
@@ -143,7 +135,7 @@ pub(crate) struct Engine {
     enumeration: Option<EnumerationDetector>,
     token: Option<TokenSharingDetector>,
     sequence: Option<SequenceDetector>,
-    penalties: BoundedMap<Penalty>,
+    penalties: SharedPenaltyBoard,
     throttle: Throttle,
     clock: SharedClock,
     pseudonymizer: Pseudonymizer,
@@ -172,6 +164,7 @@ pub(crate) struct Settings {
     pub(crate) client: ClientConfig,
     pub(crate) freeze: Option<SharedFreezeList>,
     pub(crate) throttle_store: Option<MemoryRateLimitStore>,
+    pub(crate) penalties: Option<SharedPenaltyBoard>,
     pub(crate) responder: ProblemResponder,
     pub(crate) routes: RouteMap<AnomalyRoute>,
 }
@@ -219,6 +212,7 @@ impl Engine {
             client,
             freeze,
             throttle_store,
+            penalties,
             responder,
             routes: policies,
         } = settings;
@@ -259,7 +253,8 @@ impl Engine {
                 .sequence
                 .enabled
                 .then(|| SequenceDetector::new(&config.sequence)),
-            penalties: BoundedMap::new(p.max_entries, p.block.max(p.throttle)),
+            penalties: penalties
+                .unwrap_or_else(|| Arc::new(MemoryPenaltyBoard::new(p.max_entries, p.block.max(p.throttle)))),
             throttle: Throttle {
                 store: throttle_store.unwrap_or_default(),
                 limit,
@@ -297,11 +292,8 @@ impl Engine {
             self.routes.routes(),
             self.config.sequence.max_routes,
         );
-        push(
-            "anomaly.penalties",
-            self.penalties.len(),
-            self.penalties.capacity(),
-        );
+        let (held, capacity) = self.penalties.size();
+        push("anomaly.penalties", held, capacity);
         out
     }
 
@@ -330,7 +322,7 @@ impl Engine {
         if let Some(d) = &self.sequence {
             d.map().purge_expired(now);
         }
-        self.penalties.purge_expired(now);
+        self.penalties.purge_expired(Timestamp::from_nanos(now));
     }
 
     pub(crate) fn transition_share(&self, from: Option<&str>, to: &str) -> Option<f64> {
@@ -363,10 +355,8 @@ impl Engine {
     }
 
     fn active_penalty(&self, key: Option<u64>, now: u64) -> Option<Penalty> {
-        let key = key?;
         self.penalties
-            .get(key, now, |p| *p)
-            .filter(|p| now < p.until && p.action > Action::Record)
+            .get(PenaltyKey::from_u64(key?), Timestamp::from_nanos(now))
     }
 
     fn penalize(&self, actor: u64, action: Action, tags: AnomalyTags, now: u64) {
@@ -380,14 +370,13 @@ impl Engine {
         } else {
             action
         };
-        let until = now.saturating_add(duration);
-        self.penalties.update(actor, now, Penalty::default, |p| {
-            if now >= p.until || action >= p.action {
-                p.action = action;
-                p.until = p.until.max(until);
-            }
-            p.tags.merge(tags);
-        });
+        let penalty = Penalty {
+            action,
+            until: Timestamp::from_nanos(now.saturating_add(duration)),
+            tags,
+        };
+        self.penalties
+            .impose(PenaltyKey::from_u64(actor), penalty, Timestamp::from_nanos(now));
     }
 
     fn blocked() -> Problem {

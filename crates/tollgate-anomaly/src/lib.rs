@@ -46,6 +46,7 @@ mod hash;
 mod inventory;
 mod layer;
 mod params;
+mod penalty;
 mod record;
 mod route;
 mod route_index;
@@ -62,6 +63,9 @@ pub use config::{
 pub use engine::{DEBUG_HEADER, THROTTLE_SCOPE};
 pub use future::ResponseFuture;
 pub use layer::AnomalyLayer;
+pub use penalty::{
+    MemoryPenaltyBoard, Penalty, PenaltyBoard, PenaltyKey, SharedPenaltyBoard, TagsParseError,
+};
 pub use route::AnomalyRoute;
 pub use service::AnomalyService;
 pub use tags::{AnomalyKind, AnomalyTags, KIND_COUNT};

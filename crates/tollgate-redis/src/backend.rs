@@ -31,6 +31,9 @@ pub(crate) struct Counters {
     pub(crate) freeze_events: AtomicU64,
     pub(crate) freeze_read_through: AtomicU64,
     pub(crate) freeze_unreplicated: AtomicU64,
+    pub(crate) penalty_syncs: AtomicU64,
+    pub(crate) penalty_sync_losses: AtomicU64,
+    pub(crate) penalty_events: AtomicU64,
 }
 
 /// A snapshot of a backend's counters (see [`RedisBackend::stats`]).
@@ -67,6 +70,12 @@ pub struct RedisStats {
     pub freeze_read_through: u64,
     /// Freezes that fewer replicas than `[store.freeze] wait_replicas` confirmed in time.
     pub freeze_unreplicated: u64,
+    /// Times a penalty board became current (subscribed and loaded).
+    pub penalty_syncs: u64,
+    /// Times a penalty board lost its subscription.
+    pub penalty_sync_losses: u64,
+    /// Penalty events received over pub/sub.
+    pub penalty_events: u64,
 }
 
 /// Redis Cluster's hash slots.
@@ -259,6 +268,9 @@ impl RedisBackend {
             freeze_events: l(&c.freeze_events),
             freeze_read_through: l(&c.freeze_read_through),
             freeze_unreplicated: l(&c.freeze_unreplicated),
+            penalty_syncs: l(&c.penalty_syncs),
+            penalty_sync_losses: l(&c.penalty_sync_losses),
+            penalty_events: l(&c.penalty_events),
         }
     }
 

@@ -1,23 +1,20 @@
 //! `RedisFreezeList`: one freeze list for every replica, checked from a local copy
 //! that pub/sub keeps current.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use redis::Script;
-use tokio::sync::watch;
-use tollgate_core::clock::{SharedClock, system_clock};
+use tollgate_core::clock::{SharedClock, Timestamp, system_clock};
 use tollgate_core::{
     BoxFuture, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError,
 };
 
-use crate::backend::RedisBackend;
+use crate::backend::{Counters, RedisBackend};
 use crate::config::FreezeConfig;
+use crate::replica::{Replica, ReplicaCounters, Replicated};
 
 /// Adds or replaces a freeze and announces it. When the list is full, expired freezes
 /// are dropped first; if it is still full the freeze is refused.
@@ -66,38 +63,12 @@ return 1
     )
 });
 
-/// Drops an expired freeze if it is still the one that was read.
-static PRUNE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[3], 'del ' .. ARGV[1])
-  return 1
-end
-return 0
-"#,
-    )
-});
-
-type Entries = HashMap<FreezeTarget, Freeze>;
-
-struct Shared {
-    backend: RedisBackend,
-    entries: ArcSwap<Entries>,
-    synced: AtomicBool,
-    synced_tx: watch::Sender<bool>,
-    hash_key: String,
-    channel: String,
-    clock: SharedClock,
+struct Inner {
+    replica: Arc<Replica<Freeze>>,
     policy: FailurePolicy,
     max_entries: usize,
     wait_replicas: u32,
     engaged: AtomicBool,
-}
-
-struct Inner {
-    shared: Arc<Shared>,
     task: tokio::task::AbortHandle,
 }
 
@@ -174,37 +145,54 @@ pub struct RedisFreezeList(Arc<Inner>);
 
 impl fmt::Debug for RedisFreezeList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = &self.0.shared;
         f.debug_struct("RedisFreezeList")
-            .field("entries", &s.entries.load().len())
-            .field("synced", &s.synced.load(Ordering::Relaxed))
-            .field("policy", &s.policy)
+            .field("entries", &self.0.replica.entries().len())
+            .field("synced", &self.0.replica.is_synced())
+            .field("policy", &self.0.policy)
             .finish()
     }
 }
 
-/// The hash field of a target: `credential:{hex}` or `subject:{hex}`.
-fn field(target: &FreezeTarget) -> String {
-    match target {
-        FreezeTarget::Credential(d) => format!("credential:{}", d.to_hex().as_str()),
-        FreezeTarget::Subject(d) => format!("subject:{}", d.to_hex().as_str()),
-    }
-}
+impl Replicated for Freeze {
+    type Key = FreezeTarget;
 
-fn parse_field(field: &str) -> Option<FreezeTarget> {
-    let (kind, hex) = field.split_once(':')?;
-    let digest = KeyedDigest::from_hex(hex)?;
-    match kind {
-        "credential" => Some(FreezeTarget::Credential(digest)),
-        "subject" => Some(FreezeTarget::Subject(digest)),
-        _ => None,
-    }
-}
+    const USE: &'static str = "freeze_list";
 
-fn parse_entry(field: &str, value: &[u8]) -> Option<(FreezeTarget, Freeze)> {
-    let target = parse_field(field)?;
-    let freeze: Freeze = serde_json::from_slice(value).ok()?;
-    (freeze.target == target).then_some((target, freeze))
+    /// `credential:{hex}` or `subject:{hex}`.
+    fn field(target: &FreezeTarget) -> String {
+        match target {
+            FreezeTarget::Credential(d) => format!("credential:{}", d.to_hex().as_str()),
+            FreezeTarget::Subject(d) => format!("subject:{}", d.to_hex().as_str()),
+        }
+    }
+
+    fn parse_field(field: &str) -> Option<FreezeTarget> {
+        let (kind, hex) = field.split_once(':')?;
+        let digest = KeyedDigest::from_hex(hex)?;
+        match kind {
+            "credential" => Some(FreezeTarget::Credential(digest)),
+            "subject" => Some(FreezeTarget::Subject(digest)),
+            _ => None,
+        }
+    }
+
+    fn decode(target: &FreezeTarget, value: &[u8]) -> Option<Freeze> {
+        serde_json::from_slice::<Freeze>(value)
+            .ok()
+            .filter(|f| f.target == *target)
+    }
+
+    fn is_active(&self, now: Timestamp) -> bool {
+        Freeze::is_active(self, now)
+    }
+
+    fn counters(c: &Counters) -> ReplicaCounters<'_> {
+        ReplicaCounters {
+            syncs: &c.freeze_syncs,
+            losses: &c.freeze_sync_losses,
+            events: &c.freeze_events,
+        }
+    }
 }
 
 impl RedisFreezeList {
@@ -223,255 +211,69 @@ impl RedisFreezeList {
     /// A freeze list on `backend` with its own settings (in place of the backend's
     /// `[store.freeze]`), on the given clock. Must be called inside a Tokio runtime.
     pub fn with_config(backend: &RedisBackend, config: &FreezeConfig, clock: SharedClock) -> Self {
-        let (synced_tx, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            backend: backend.clone(),
-            entries: ArcSwap::from_pointee(HashMap::new()),
-            synced: AtomicBool::new(false),
-            synced_tx,
-            hash_key: backend.named_key("freeze"),
-            channel: backend.named_key("freeze-events"),
-            clock,
+        let replica = Arc::new(Replica::new(backend, "freeze", clock));
+        let task = replica.follow(config.heartbeat, config.resync_interval);
+        RedisFreezeList(Arc::new(Inner {
+            replica,
             policy: config.on_failure,
             max_entries: config.max_entries.max(1),
             wait_replicas: config
                 .wait_replicas
                 .unwrap_or_else(|| backend.config().freeze_wait_replicas()),
             engaged: AtomicBool::new(false),
-        });
-        let task = tokio::spawn(subscriber(
-            shared.clone(),
-            config.heartbeat.max(Duration::from_millis(10)),
-            config.resync_interval.max(Duration::from_millis(100)),
-        ))
-        .abort_handle();
-        RedisFreezeList(Arc::new(Inner { shared, task }))
+            task,
+        }))
     }
 
     /// True while the local copy is current (subscribed and loaded).
     pub fn is_synced(&self) -> bool {
-        self.0.shared.synced.load(Ordering::Acquire)
+        self.0.replica.is_synced()
     }
 
     /// Waits until the local copy is current, up to `timeout`; returns whether it is.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
-        let mut rx = self.0.shared.synced_tx.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|s| *s)).await.is_ok()
+        self.0.replica.wait_synced(timeout).await
     }
 
     /// The backend.
     pub fn backend(&self) -> &RedisBackend {
-        &self.0.shared.backend
+        &self.0.replica.backend
     }
-}
 
-fn lookup(entries: &Entries, principal: &Principal, clock: &SharedClock) -> Option<Freeze> {
-    if entries.is_empty() {
-        return None;
-    }
-    let now = clock.now();
-    FreezeTarget::of(principal)
-        .iter()
-        .filter_map(|t| entries.get(t))
-        .find(|f| f.is_active(now))
-        .cloned()
-}
-
-impl Shared {
-    fn set_synced(&self, synced: bool, cause: &str) {
-        if self.synced.swap(synced, Ordering::AcqRel) != synced {
-            let c = self.backend.counters();
-            if synced {
-                c.freeze_syncs.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    store = "redis",
-                    r#use = "freeze_list",
-                    synced,
-                    "freeze list copy is current"
-                );
-            } else {
-                c.freeze_sync_losses.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    store = "redis",
-                    r#use = "freeze_list",
-                    synced,
-                    cause,
-                    "freeze list subscription lost: checks read redis until it is back"
-                );
-            }
-            self.synced_tx.send_replace(synced);
+    fn lookup(&self, principal: &Principal) -> Option<Freeze> {
+        let r = &self.0.replica;
+        let entries = r.entries();
+        if entries.is_empty() {
+            return None;
         }
+        let now = r.clock.now();
+        FreezeTarget::of(principal)
+            .iter()
+            .filter_map(|t| entries.get(t))
+            .find(|f| f.is_active(now))
+            .cloned()
     }
 
-    /// Loads the whole list, drops expired entries from Redis, installs the copy.
-    async fn reload(&self) -> Result<(), StoreError> {
-        let key = self.hash_key.clone();
-        let all: Vec<(String, Vec<u8>)> = self
-            .backend
-            .run_now(&self.hash_key, |mut c| async move {
-                redis::cmd("HGETALL")
-                    .arg(key)
-                    .query_async::<Vec<(String, Vec<u8>)>>(&mut c)
-                    .await
-            })
-            .await?;
-        let now = self.clock.now();
-        let mut map = HashMap::with_capacity(all.len());
-        for (f, v) in all {
-            match parse_entry(&f, &v) {
-                Some((target, freeze)) if freeze.is_active(now) => {
-                    map.insert(target, freeze);
-                }
-                Some(_) => {
-                    let (key, channel) = (self.hash_key.clone(), self.channel.clone());
-                    // Best effort: another replica may have pruned it already.
-                    let _ = self
-                        .backend
-                        .run_now(&self.hash_key, |mut c| async move {
-                            PRUNE
-                                .key(key)
-                                .arg(f)
-                                .arg(v)
-                                .arg(channel)
-                                .invoke_async::<i64>(&mut c)
-                                .await
-                        })
-                        .await;
-                }
-                None => tracing::warn!(
-                    store = "redis",
-                    r#use = "freeze_list",
-                    "skipping an undecodable freeze list entry"
-                ),
-            }
-        }
-        self.entries.store(Arc::new(map));
-        Ok(())
-    }
-
-    fn apply(&self, payload: &[u8]) {
-        self.backend
-            .counters()
-            .freeze_events
-            .fetch_add(1, Ordering::Relaxed);
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
-        };
-        let (op, rest) = text.split_once(' ').unwrap_or((text, ""));
-        match op {
-            "set" => {
-                let Some((f, json)) = rest.split_once(' ') else {
-                    return;
-                };
-                if let Some((target, freeze)) = parse_entry(f, json.as_bytes()) {
-                    self.modify(|m| {
-                        m.insert(target, freeze.clone());
-                    });
-                }
-            }
-            "del" => {
-                if let Some(target) = parse_field(rest) {
-                    self.modify(|m| {
-                        m.remove(&target);
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn modify(&self, f: impl Fn(&mut Entries)) {
-        let now = self.clock.now();
-        self.entries.rcu(|current| {
-            let mut next: Entries = current
-                .iter()
-                .filter(|(_, fr)| fr.is_active(now))
-                .map(|(k, v)| (*k, v.clone()))
-                .collect();
-            f(&mut next);
-            next
-        });
-    }
-}
-
-async fn follow(
-    shared: &Shared,
-    attempt: usize,
-    heartbeat: Duration,
-    resync: Duration,
-) -> Result<(), String> {
-    let ct = shared.backend.connect_timeout();
-    let pubsub = tokio::time::timeout(ct, shared.backend.pubsub(attempt))
-        .await
-        .map_err(|_| "connect timeout".to_string())?
-        .map_err(|e| e.category().to_string())?;
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(ct, sink.subscribe(&shared.channel))
-        .await
-        .map_err(|_| "subscribe timeout".to_string())?
-        .map_err(|e| e.category().to_string())?;
-    // Subscribed first, then loaded: every change after the load arrives as an event
-    // (queued in `stream` meanwhile), and replaying older ones is harmless.
-    shared.reload().await.map_err(|e| e.to_string())?;
-    shared.set_synced(true, "");
-    let mut hb = tokio::time::interval(heartbeat);
-    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    hb.tick().await;
-    let mut rs = tokio::time::interval(resync);
-    rs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    rs.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => shared.apply(msg.get_payload_bytes()),
-                None => return Err("subscription closed".into()),
-            },
-            _ = hb.tick() => {
-                match tokio::time::timeout(ct, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.category().to_string()),
-                    Err(_) => return Err("heartbeat timeout".into()),
-                }
-            }
-            _ = rs.tick() => shared.reload().await.map_err(|e| e.to_string())?,
-        }
-    }
-}
-
-async fn subscriber(shared: Arc<Shared>, heartbeat: Duration, resync: Duration) {
-    let retry = shared.backend.config().retry_interval;
-    // On a cluster each attempt subscribes through the next seed node.
-    for attempt in 0.. {
-        let cause = follow(&shared, attempt, heartbeat, resync)
-            .await
-            .err()
-            .unwrap_or_default();
-        shared.set_synced(false, &cause);
-        tokio::time::sleep(retry).await;
-    }
-}
-
-impl RedisFreezeList {
     /// The active freeze on `principal`'s credential or subject.
     ///
     /// From the local copy while it is current; otherwise read from Redis; if Redis
     /// cannot answer, per the failure policy: `closed` returns the error (the auth
     /// layer answers 503), `open` answers from the last copy. See the type's docs.
     async fn check_async(&self, principal: &Principal) -> Result<Option<Freeze>, StoreError> {
-        let s = &self.0.shared;
-        if s.synced.load(Ordering::Acquire) {
-            return Ok(lookup(&s.entries.load(), principal, &s.clock));
+        let (inner, r) = (&*self.0, &self.0.replica);
+        if r.is_synced() {
+            return Ok(self.lookup(principal));
         }
-        s.backend
+        r.backend
             .counters()
             .freeze_read_through
             .fetch_add(1, Ordering::Relaxed);
-        let key = s.hash_key.clone();
-        let [c, u] = FreezeTarget::of(principal);
-        let fields = [field(&c), field(&u)];
-        let read = s
+        let key = r.hash_key.clone();
+        let targets = FreezeTarget::of(principal);
+        let fields = targets.map(|t| Freeze::field(&t));
+        let read = r
             .backend
-            .run(&s.hash_key, |mut conn| async move {
+            .run(&r.hash_key, |mut conn| async move {
                 redis::cmd("HMGET")
                     .arg(key)
                     .arg(&fields[..])
@@ -481,41 +283,37 @@ impl RedisFreezeList {
             .await;
         match read {
             Ok(values) => {
-                s.backend.record_recovered(&s.engaged, "freeze_list");
-                let now = s.clock.now();
+                r.backend.record_recovered(&inner.engaged, Freeze::USE);
+                let now = r.clock.now();
                 Ok(values
                     .iter()
-                    .zip([c, u])
-                    .filter_map(|(v, t)| {
-                        v.as_ref()
-                            .and_then(|v| serde_json::from_slice::<Freeze>(v).ok())
-                            .filter(|f| f.target == t)
-                    })
+                    .zip(targets)
+                    .filter_map(|(v, t)| v.as_ref().and_then(|v| Freeze::decode(&t, v)))
                     .find(|f| f.is_active(now)))
             }
             Err(e) => {
-                s.backend.record_policy(&s.engaged, "freeze_list", s.policy);
-                match s.policy {
+                r.backend.record_policy(&inner.engaged, Freeze::USE, inner.policy);
+                match inner.policy {
                     FailurePolicy::Closed => Err(e),
-                    FailurePolicy::Open => Ok(lookup(&s.entries.load(), principal, &s.clock)),
+                    FailurePolicy::Open => Ok(self.lookup(principal)),
                 }
             }
         }
     }
 
     async fn freeze_async(&self, freeze: Freeze) -> Result<(), StoreError> {
-        let s = &self.0.shared;
+        let (inner, r) = (&*self.0, &self.0.replica);
         let value = serde_json::to_string(&freeze)
             .map_err(|_| StoreError::Corrupt("freeze does not encode".into()))?;
         let (key, channel, f, max) = (
-            s.hash_key.clone(),
-            s.channel.clone(),
-            field(&freeze.target),
-            s.max_entries,
+            r.hash_key.clone(),
+            r.channel.clone(),
+            Freeze::field(&freeze.target),
+            inner.max_entries,
         );
-        let result = s
+        let result = r
             .backend
-            .run(&s.hash_key, |mut c| async move {
+            .run(&r.hash_key, |mut c| async move {
                 FREEZE
                     .key(key)
                     .arg(f)
@@ -530,7 +328,7 @@ impl RedisFreezeList {
             Ok(_) => {
                 // Hold it here at once; the event brings the same value back.
                 let target = freeze.target;
-                s.modify(|m| {
+                r.modify(|m| {
                     m.insert(target, freeze.clone());
                 });
                 self.wait_for_replicas().await;
@@ -549,29 +347,29 @@ impl RedisFreezeList {
     /// replica, a slow link), it is counted and logged, not refused, so an operator
     /// can still freeze a leaked key while the cluster is degraded.
     async fn wait_for_replicas(&self) {
-        let s = &self.0.shared;
-        let want = s.wait_replicas;
+        let r = &self.0.replica;
+        let want = self.0.wait_replicas;
         if want == 0 {
             return;
         }
-        let key = s.hash_key.clone();
+        let key = r.hash_key.clone();
         // Within the call's own timeout, leaving room for the round trip.
-        let wait = s.backend.config().timeout * 3 / 4;
-        let held = s
+        let wait = r.backend.config().timeout * 3 / 4;
+        let held = r
             .backend
-            .run(&s.hash_key, |mut c| async move {
+            .run(&r.hash_key, |mut c| async move {
                 c.wait_for_replicas(&key, want, wait).await
             })
             .await
             .unwrap_or(0);
         if held < want {
-            s.backend
+            r.backend
                 .counters()
                 .freeze_unreplicated
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 store = "redis",
-                r#use = "freeze_list",
+                r#use = Freeze::USE,
                 replicas = held,
                 wanted = want,
                 "freeze in force but not yet on enough replicas: a failover now could lose it"
@@ -580,11 +378,11 @@ impl RedisFreezeList {
     }
 
     async fn unfreeze_async(&self, target: &FreezeTarget) -> Result<bool, StoreError> {
-        let s = &self.0.shared;
-        let (key, channel, f) = (s.hash_key.clone(), s.channel.clone(), field(target));
-        let lifted = s
+        let r = &self.0.replica;
+        let (key, channel, f) = (r.hash_key.clone(), r.channel.clone(), Freeze::field(target));
+        let lifted = r
             .backend
-            .run(&s.hash_key, |mut c| async move {
+            .run(&r.hash_key, |mut c| async move {
                 UNFREEZE
                     .key(key)
                     .arg(f)
@@ -594,40 +392,24 @@ impl RedisFreezeList {
             })
             .await?;
         let target = *target;
-        s.modify(|m| {
+        r.modify(|m| {
             m.remove(&target);
         });
         Ok(lifted == 1)
     }
 
     async fn list_async(&self) -> Result<Vec<Freeze>, StoreError> {
-        let s = &self.0.shared;
-        let now = s.clock.now();
-        if s.synced.load(Ordering::Acquire) {
-            return Ok(s
-                .entries
-                .load()
+        let r = &self.0.replica;
+        if r.is_synced() {
+            let now = r.clock.now();
+            return Ok(r
+                .entries()
                 .values()
                 .filter(|f| f.is_active(now))
                 .cloned()
                 .collect());
         }
-        let key = s.hash_key.clone();
-        let all: Vec<(String, Vec<u8>)> = s
-            .backend
-            .run(&s.hash_key, |mut c| async move {
-                redis::cmd("HGETALL")
-                    .arg(key)
-                    .query_async::<Vec<(String, Vec<u8>)>>(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(all
-            .iter()
-            .filter_map(|(f, v)| parse_entry(f, v))
-            .map(|(_, fr)| fr)
-            .filter(|fr| fr.is_active(now))
-            .collect())
+        Ok(r.active(&r.read_all().await?))
     }
 }
 
@@ -639,10 +421,7 @@ impl FreezeList for RedisFreezeList {
     /// Answers at once from the local copy while it is current; `None` otherwise (the
     /// caller then awaits [`check`](FreezeList::check), which reads Redis).
     fn check_immediate(&self, principal: &Principal) -> Option<Result<Option<Freeze>, StoreError>> {
-        let s = &self.0.shared;
-        s.synced
-            .load(Ordering::Acquire)
-            .then(|| Ok(lookup(&s.entries.load(), principal, &s.clock)))
+        self.0.replica.is_synced().then(|| Ok(self.lookup(principal)))
     }
 
     fn freeze(&self, freeze: Freeze) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -666,9 +445,12 @@ mod tests {
     fn fields_round_trip() {
         let d = KeyedDigest::from_hex("00112233445566778899aabbccddeeff").unwrap();
         for t in [FreezeTarget::Credential(d), FreezeTarget::Subject(d)] {
-            assert_eq!(parse_field(&field(&t)), Some(t));
+            assert_eq!(Freeze::parse_field(&Freeze::field(&t)), Some(t));
         }
-        assert_eq!(parse_field("other:00112233445566778899aabbccddeeff"), None);
-        assert_eq!(parse_field("credential:xyz"), None);
+        assert_eq!(
+            Freeze::parse_field("other:00112233445566778899aabbccddeeff"),
+            None
+        );
+        assert_eq!(Freeze::parse_field("credential:xyz"), None);
     }
 }

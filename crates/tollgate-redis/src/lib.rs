@@ -113,8 +113,10 @@ mod backend;
 pub mod config;
 mod connection;
 mod freeze;
+mod penalty;
 mod ratelimit;
 mod replay;
+mod replica;
 mod store;
 
 pub use backend::{RedisBackend, RedisStats};
@@ -123,6 +125,7 @@ pub use config::{
     StoreConfig,
 };
 pub use freeze::RedisFreezeList;
+pub use penalty::RedisPenaltyBoard;
 pub use ratelimit::RedisRateLimitStore;
 pub use replay::RedisReplayCache;
 pub use store::RedisStore;

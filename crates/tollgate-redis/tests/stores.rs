@@ -467,3 +467,112 @@ async fn concurrent_updates_from_two_replicas_are_not_lost() {
     assert_eq!(stored, kept, "every acknowledged update is in the value");
     assert!(kept >= 190, "{kept} of 200 updates went through");
 }
+
+mod penalties {
+    use super::*;
+    use tollgate_anomaly::{Action, AnomalyKind, AnomalyTags, Penalty, PenaltyBoard, PenaltyKey};
+    use tollgate_redis::RedisPenaltyBoard;
+
+    fn penalty(action: Action, from: Timestamp, secs: u64, kind: AnomalyKind) -> Penalty {
+        let mut tags = AnomalyTags::default();
+        tags.insert(kind, 60);
+        Penalty {
+            action,
+            until: from.saturating_add(Duration::from_secs(secs)),
+            tags,
+        }
+    }
+
+    async fn until_seen(
+        board: &RedisPenaltyBoard,
+        key: PenaltyKey,
+        want: impl Fn(&Penalty) -> bool,
+    ) -> Penalty {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(p) = board.get(key, SystemClock.now()).filter(|p| want(p)) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never seen: {:?}",
+                board.get(key, SystemClock.now())
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Two replicas impose on one caller: both end with the stronger action, the later
+    /// end and every tag, as `Penalty::merge` says; a replica started later loads it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn boards_merge_across_replicas_and_late_joiners_load() {
+        let Some(t) = TestRedis::new() else { return };
+        let (a, b) = (
+            RedisPenaltyBoard::new(&t.backend(), 100, Duration::from_secs(600)),
+            RedisPenaltyBoard::new(&t.backend(), 100, Duration::from_secs(600)),
+        );
+        assert!(a.wait_synced(Duration::from_secs(2)).await && b.wait_synced(Duration::from_secs(2)).await);
+        let key = PenaltyKey::from_u64(0x1234_5678_9abc_def0);
+        let now = SystemClock.now();
+        a.impose(key, penalty(Action::Throttle, now, 120, AnomalyKind::Volume), now);
+        until_seen(&b, key, |p| p.action == Action::Throttle).await;
+        b.impose(
+            key,
+            penalty(Action::Block, now, 30, AnomalyKind::Enumeration),
+            now,
+        );
+        let on_a = until_seen(&a, key, |p| p.action == Action::Block).await;
+        assert_eq!(
+            on_a.until.as_nanos().div_ceil(1_000_000),
+            now.saturating_add(Duration::from_secs(120))
+                .as_nanos()
+                .div_ceil(1_000_000)
+        );
+        assert_eq!(on_a.tags.to_string(), "volume:60,enumeration:60");
+        assert_eq!(b.get(key, SystemClock.now()), Some(on_a));
+
+        let c = RedisPenaltyBoard::new(&t.backend(), 100, Duration::from_secs(600));
+        assert!(c.wait_synced(Duration::from_secs(2)).await);
+        assert_eq!(c.get(key, SystemClock.now()), Some(on_a));
+        assert!(c.get(PenaltyKey::from_u64(1), SystemClock.now()).is_none());
+
+        // The hash lives no longer than its last penalty, and holds no raw identifier.
+        let hash = format!("tollgate:{}:penalties", t.namespace);
+        let pttl: i64 = redis::cmd("PTTL").arg(&hash).query(&mut t.connection()).unwrap();
+        assert!((100_000..=120_000).contains(&pttl), "{pttl}");
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&hash)
+            .query(&mut t.connection())
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, "123456789abcdef0");
+        assert!(all[0].1.starts_with("block "), "{}", all[0].1);
+    }
+
+    /// A full hash refuses new callers (they stay penalized on the replica that saw
+    /// them) once expired penalties are gone; it never grows past `max_entries`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hash_is_bounded() {
+        let Some(t) = TestRedis::new() else { return };
+        let backend = t.backend();
+        let board = RedisPenaltyBoard::new(&backend, 3, Duration::from_secs(600));
+        assert!(board.wait_synced(Duration::from_secs(2)).await);
+        let now = SystemClock.now();
+        for i in 0..10 {
+            board.impose(
+                PenaltyKey::from_u64(i),
+                penalty(Action::Block, now, 60, AnomalyKind::Volume),
+                now,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let hash = format!("tollgate:{}:penalties", t.namespace);
+        let held: usize = redis::cmd("HLEN").arg(&hash).query(&mut t.connection()).unwrap();
+        assert_eq!(held, 3);
+        assert!(
+            board.get(PenaltyKey::from_u64(9), SystemClock.now()).is_some(),
+            "still held here"
+        );
+        assert!(backend.stats().fail_open >= 1, "the refusals are counted");
+    }
+}
