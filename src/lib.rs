@@ -252,6 +252,9 @@ impl TollgateBuilder {
                 if let Some(board) = stores.penalty_board(section, &clock) {
                     builder = builder.penalty_board(board);
                 }
+                if let Some(store) = stores.rate_limits.clone() {
+                    builder = builder.throttle_store(store);
+                }
                 Some(builder.build()?)
             }
             None => None,

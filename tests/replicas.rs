@@ -220,6 +220,77 @@ namespace = "{}"
     }
 }
 
+/// A caller throttled on A is held to the throttle tier on both replicas together:
+/// its budget is spent once, not once per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_throttle_is_one_budget_over_both_replicas() {
+    let Some(redis) = RedisNamespace::new() else {
+        return;
+    };
+    let config = config_file(&format!(
+        r#"
+[anomaly]
+debug_header = true
+[anomaly.enumeration]
+max_distinct_ids = 12
+[anomaly.actions]
+enumeration = "throttle"
+[anomaly.throttle]
+requests = 4
+period = "1m"
+
+[store]
+backend = "redis"
+url = "{}"
+namespace = "{}"
+"#,
+        redis.url, redis.namespace
+    ));
+    let a = start(&config);
+    let b = start(&config);
+    let client = reqwest::Client::new();
+    let walker = token("throttled-user", "throttled-jti", "pro");
+    let get = |addr: SocketAddr, path: String| {
+        client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(&walker)
+            .send()
+    };
+
+    // Walk ids on A until the walk is tagged and throttled (that request spends one).
+    let mut walked = 0;
+    loop {
+        walked += 1;
+        assert!(walked <= 40, "A never throttled the walk");
+        let r = get(a.addr, format!("/v1/items/{walked}")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let tag = r.headers().get("x-tollgate-anomaly");
+        if tag.is_some_and(|t| t.to_str().unwrap().contains("action=throttle")) {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await; // the penalty reaches B
+    let mut allowed = [0u32; 2];
+    for i in 0..20 {
+        let (replica, slot) = if i % 2 == 0 { (&b, 1) } else { (&a, 0) };
+        let r = get(replica.addr, "/v1/items/1".into()).await.unwrap();
+        match r.status().as_u16() {
+            200 => allowed[slot] += 1,
+            429 => assert!(r.headers().contains_key("retry-after")),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        1 + allowed[0] + allowed[1],
+        4,
+        "the throttle tier over both replicas, after the tagged request: {allowed:?}"
+    );
+    assert!(
+        allowed[1] > 0,
+        "B applied the same budget, not a refusal of its own"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_a_redis_cluster_share_one_budget_and_survive_a_failover() {
     let Some(mut cluster) = RedisCluster::start() else {

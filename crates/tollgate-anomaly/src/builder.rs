@@ -4,7 +4,7 @@ use std::fmt;
 
 use tollgate_core::clock::{SharedClock, system_clock};
 use tollgate_core::{ClientConfig, ConfigError, ProblemResponder, Pseudonymizer, RouteMap, SharedFreezeList};
-use tollgate_ratelimit::MemoryRateLimitStore;
+use tollgate_ratelimit::SharedRateLimitStore;
 
 use crate::config::AnomalyConfig;
 use crate::engine::{Engine, Settings};
@@ -44,7 +44,7 @@ pub struct AnomalyBuilder {
     clock: Option<SharedClock>,
     client: ClientConfig,
     freeze: Option<SharedFreezeList>,
-    throttle_store: Option<MemoryRateLimitStore>,
+    throttle_store: Option<SharedRateLimitStore>,
     penalties: Option<SharedPenaltyBoard>,
     responder: ProblemResponder,
     routes: RouteMap<AnomalyRoute>,
@@ -88,8 +88,10 @@ impl AnomalyBuilder {
         self
     }
 
-    /// The store of the throttle tier's rate-limit cells (default: a private in-process store).
-    pub fn throttle_store(mut self, store: MemoryRateLimitStore) -> Self {
+    /// The store of the throttle tier's rate-limit cells (default: a private in-process
+    /// store). Replicas that share the rate-limit layer's Redis store pass it here
+    /// too, so a throttled caller gets the throttle tier once, not once per replica.
+    pub fn throttle_store(mut self, store: SharedRateLimitStore) -> Self {
         self.throttle_store = Some(store);
         self
     }

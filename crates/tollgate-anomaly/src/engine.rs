@@ -19,7 +19,7 @@ use tollgate_core::{
     ClientConfig, ConfigError, Freeze, FreezeTarget, KeyedDigest, NetworkPrefix, Principal, Problem,
     ProblemResponder, Pseudonymizer, RouteMap, SessionInfo, SharedFreezeList, StoreError, Timestamp,
 };
-use tollgate_ratelimit::{Limit, MemoryRateLimitStore, RateLimitKey};
+use tollgate_ratelimit::{Decision, Limit, MemoryRateLimitStore, RateLimitKey, SharedRateLimitStore};
 
 use crate::config::{Action, AnomalyConfig, SECTION};
 use crate::detectors::{
@@ -61,6 +61,40 @@ pub(crate) enum Early {
         actor: Option<u64>,
         tags: AnomalyTags,
     },
+    /// The throttle tier must be asked of a remote store first: 429, or on to the
+    /// handler and then `Post`.
+    Throttle(PendingThrottle, Post),
+}
+
+/// A throttle-tier decision that waits on the store (Redis).
+pub(crate) struct PendingThrottle {
+    key: RateLimitKey,
+    now: Timestamp,
+}
+
+/// What the throttle tier says about one request.
+enum ThrottleCheck {
+    Within,
+    Over(Problem),
+    Pending(PendingThrottle),
+}
+
+/// What enforcing an action leaves to do.
+enum Enforced {
+    /// Nothing: on to the handler.
+    Go,
+    Early(Early),
+    Throttle(ThrottleCheck),
+}
+
+/// What the outer watch layer does with a request.
+pub(crate) enum WatchStart {
+    /// Answer now.
+    Respond(Problem),
+    /// Ask the throttle tier's store first (the network is under a throttle penalty).
+    Throttle(PendingThrottle, AnomalyTags, Option<Watch>),
+    /// Go on; count the response if there is a watch.
+    Pass(Option<Watch>),
 }
 
 /// What the response phase needs from the request phase.
@@ -111,7 +145,7 @@ impl Watch {
 }
 
 struct Throttle {
-    store: MemoryRateLimitStore,
+    store: SharedRateLimitStore,
     limit: Limit,
     key: RateLimitKey,
 }
@@ -163,7 +197,7 @@ pub(crate) struct Settings {
     pub(crate) clock: SharedClock,
     pub(crate) client: ClientConfig,
     pub(crate) freeze: Option<SharedFreezeList>,
-    pub(crate) throttle_store: Option<MemoryRateLimitStore>,
+    pub(crate) throttle_store: Option<SharedRateLimitStore>,
     pub(crate) penalties: Option<SharedPenaltyBoard>,
     pub(crate) responder: ProblemResponder,
     pub(crate) routes: RouteMap<AnomalyRoute>,
@@ -256,7 +290,7 @@ impl Engine {
             penalties: penalties
                 .unwrap_or_else(|| Arc::new(MemoryPenaltyBoard::new(p.max_entries, p.block.max(p.throttle)))),
             throttle: Throttle {
-                store: throttle_store.unwrap_or_default(),
+                store: throttle_store.unwrap_or_else(|| Arc::new(MemoryRateLimitStore::default())),
                 limit,
                 key: RateLimitKey::scoped(THROTTLE_SCOPE, pseudonymizer.digest(THROTTLE_NETWORK, b""))
                     .map_err(|e| ConfigError::new(format!("{SECTION}.throttle"), e))?,
@@ -383,30 +417,49 @@ impl Engine {
         Problem::new(types::REQUEST_BLOCKED).with_detail("the anomaly policy blocked this request")
     }
 
-    /// Spends one request of the throttle tier for this caller; the problem to answer
-    /// if it is over.
+    /// Spends one request of the throttle tier for this caller, at once if the store
+    /// can answer without waiting.
     fn throttle_check(
         &self,
         principal: Option<&Principal>,
         network: Option<&NetworkPrefix>,
         now: Timestamp,
-    ) -> Option<Problem> {
+    ) -> ThrottleCheck {
         let digest = match (principal, network) {
             (Some(p), _) => p.credential_key(),
             (None, Some(n)) => {
                 let (bytes, len) = n.to_bytes();
                 self.pseudonymizer.digest(THROTTLE_NETWORK, &bytes[..len])
             }
-            (None, None) => return None,
+            (None, None) => return ThrottleCheck::Within,
         };
         let key = self.throttle.key.with_digest(digest);
-        let decision = self
+        let limits = std::slice::from_ref(&self.throttle.limit);
+        match self.throttle.store.check_and_spend_now(&key, limits, 1, now) {
+            Some(result) => match Self::throttle_answer(result) {
+                Some(problem) => ThrottleCheck::Over(problem),
+                None => ThrottleCheck::Within,
+            },
+            None => ThrottleCheck::Pending(PendingThrottle { key, now }),
+        }
+    }
+
+    /// Asks the store a throttle decision that [`Engine::throttle_check`] left pending.
+    pub(crate) async fn throttle_wait(&self, pending: PendingThrottle) -> Option<Problem> {
+        let limits = std::slice::from_ref(&self.throttle.limit);
+        let result = self
             .throttle
             .store
-            .decide(&key, std::slice::from_ref(&self.throttle.limit), 1, now);
-        if decision.allowed() {
-            return None;
-        }
+            .check_and_spend(&pending.key, limits, 1, pending.now)
+            .await;
+        Self::throttle_answer(result)
+    }
+
+    /// The 429 to answer, if the tier is spent. A store that cannot decide lets the
+    /// request through: the throttle is added protection on top of the caller's own
+    /// rate limit, and the store counts and logs its failures.
+    fn throttle_answer(result: Result<Decision, StoreError>) -> Option<Problem> {
+        let decision = result.ok().filter(|d| !d.allowed())?;
         let retry = decision.retry_after().div_ceil(1_000_000_000).max(1);
         Some(
             Problem::new(types::RATE_LIMITED)
@@ -424,24 +477,24 @@ impl Engine {
         principal: Option<&Principal>,
         network: Option<&NetworkPrefix>,
         now: Timestamp,
-    ) -> Option<Early> {
+    ) -> Enforced {
         let n = now.as_nanos();
         match action {
-            Action::Record => None,
+            Action::Record => Enforced::Go,
             Action::Throttle => {
                 if let Some(actor) = actor {
                     self.penalize(actor, Action::Throttle, tags, n);
                 }
-                self.throttle_check(principal, network, now).map(Early::Respond)
+                Enforced::Throttle(self.throttle_check(principal, network, now))
             }
             Action::Block => {
                 if let Some(actor) = actor {
                     self.penalize(actor, Action::Block, tags, n);
                 }
-                Some(Early::Respond(Self::blocked()))
+                Enforced::Early(Early::Respond(Self::blocked()))
             }
             Action::Freeze => match (principal, &self.freeze) {
-                (Some(p), Some(_)) => Some(Early::Freeze {
+                (Some(p), Some(_)) => Enforced::Early(Early::Freeze {
                     freeze: self.freeze_of(FreezeTarget::Credential(p.credential_key()), tags, now),
                     actor,
                     tags,
@@ -532,11 +585,7 @@ impl Engine {
                 tags.merge(p.tags);
                 match p.action {
                     Action::Block | Action::Freeze => {
-                        let record = Record {
-                            tags,
-                            action: Some(Action::Block.as_str()),
-                        };
-                        record.emit();
+                        Record::refusal(tags, Action::Block).emit();
                         insert_tags(req, tags);
                         return (Some(Early::Respond(Self::blocked())), None);
                     }
@@ -650,14 +699,14 @@ impl Engine {
 
         let action = self.action_for(tags, &policy);
         let mut record = Record { tags, action: None };
-        let mut early = None;
+        let mut enforced = Enforced::Go;
         if action > Action::Record {
             if self.config.report_only {
                 record.action = Some(action.would());
             } else {
                 record.action = Some(action.as_str());
                 let network = self.network_of(req);
-                early = self.enforce(
+                enforced = self.enforce(
                     action,
                     tags,
                     self.actor(&keys),
@@ -665,45 +714,74 @@ impl Engine {
                     network.as_ref(),
                     now_ts,
                 );
-                if action == Action::Throttle {
-                    throttled = false; // already spent by `enforce`
-                }
             }
         }
-        if throttled && early.is_none() {
+        if throttled && matches!(enforced, Enforced::Go) {
             let network = self.network_of(req);
-            early = self
-                .throttle_check(principal, network.as_ref(), now_ts)
-                .map(Early::Respond);
-            if early.is_some() {
-                record.action = Some(Action::Throttle.as_str());
-            }
+            enforced = Enforced::Throttle(self.throttle_check(principal, network.as_ref(), now_ts));
         }
         if !tags.is_empty() {
             insert_tags(req, tags);
         }
-        if early.is_some() {
-            record.emit();
-            return (early, None);
-        }
-        let post = Post {
+        let early = match enforced {
+            Enforced::Early(early) => early,
+            Enforced::Throttle(ThrottleCheck::Over(problem)) => {
+                record.action = Some(Action::Throttle.as_str());
+                Early::Respond(problem)
+            }
+            Enforced::Go | Enforced::Throttle(ThrottleCheck::Within) => {
+                let post = self.post(now_ts, keys, policy, transition, record, watched);
+                return (None, Some(post));
+            }
+            Enforced::Throttle(ThrottleCheck::Pending(pending)) => {
+                let post = self.post(now_ts, keys, policy, transition, record, watched);
+                return (Some(Early::Throttle(pending, post)), None);
+            }
+        };
+        record.emit();
+        (Some(early), None)
+    }
+
+    fn post(
+        self: &Arc<Self>,
+        now: Timestamp,
+        keys: Keys,
+        policy: CompiledPolicy,
+        transition: Option<Step>,
+        record: Record,
+        watched: bool,
+    ) -> Post {
+        Post {
             engine: Arc::clone(self),
-            now: now_ts,
+            now,
             keys,
             policy,
             transition,
             record,
             count_failures: !watched,
-        };
-        (None, Some(post))
+        }
+    }
+
+    /// Finishes a request whose throttle decision waited on the store: the 429 to
+    /// answer (recorded), or the response phase to run after the handler.
+    pub(crate) async fn throttle_then(
+        &self,
+        pending: PendingThrottle,
+        mut post: Post,
+    ) -> Result<Post, Problem> {
+        match self.throttle_wait(pending).await {
+            None => Ok(post),
+            Some(problem) => {
+                post.record.action = Some(Action::Throttle.as_str());
+                post.record.emit();
+                Err(problem)
+            }
+        }
     }
 
     /// The request phase of the outer watch layer: blocks or throttles networks under
     /// a penalty, and marks the request so the inner layer leaves 401s to it.
-    pub(crate) fn on_watch_request<B>(
-        self: &Arc<Self>,
-        req: &mut Request<B>,
-    ) -> (Option<Problem>, Option<Watch>) {
+    pub(crate) fn on_watch_request<B>(self: &Arc<Self>, req: &mut Request<B>) -> WatchStart {
         let route = self
             .routes
             .lookup(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
@@ -721,45 +799,47 @@ impl Engine {
         };
         let Some(network) = network else {
             req.extensions_mut().insert(marker);
-            return (None, None);
+            return WatchStart::Pass(None);
         };
         let key = self.network_key(&network);
         let now = self.clock.now();
         marker.seen = Some((now, key));
         req.extensions_mut().insert(marker);
-        if let Some(p) = self.active_penalty(Some(key), now.as_nanos()) {
-            let problem = match p.action {
-                Action::Block | Action::Freeze => Some(Self::blocked()),
-                Action::Throttle => self.throttle_check(None, Some(&network), now),
-                Action::Record => None,
-            };
-            if let Some(problem) = problem {
-                let record = Record {
-                    tags: p.tags,
-                    action: Some(if problem.status() == StatusCode::FORBIDDEN {
-                        Action::Block.as_str()
-                    } else {
-                        Action::Throttle.as_str()
-                    }),
-                };
-                record.emit();
-                return (Some(problem), None);
-            }
-        }
-        if self.stuffing.is_none() {
-            // Nothing to count in the response phase.
-            return (None, None);
-        }
-        let state = WatchState {
-            network: key,
-            policy,
-            now,
-        };
-        let watch = Watch {
+        // Nothing to count in the response phase without the stuffing detector.
+        let watch = self.stuffing.is_some().then(|| Watch {
             engine: Arc::clone(self),
-            state,
+            state: WatchState {
+                network: key,
+                policy,
+                now,
+            },
+        });
+        let Some(p) = self.active_penalty(Some(key), now.as_nanos()) else {
+            return WatchStart::Pass(watch);
         };
-        (None, Some(watch))
+        let (action, problem) = match p.action {
+            Action::Block | Action::Freeze => (Action::Block, Self::blocked()),
+            Action::Throttle => match self.throttle_check(None, Some(&network), now) {
+                ThrottleCheck::Over(problem) => (Action::Throttle, problem),
+                ThrottleCheck::Within => return WatchStart::Pass(watch),
+                ThrottleCheck::Pending(pending) => return WatchStart::Throttle(pending, p.tags, watch),
+            },
+            Action::Record => return WatchStart::Pass(watch),
+        };
+        Record::refusal(p.tags, action).emit();
+        WatchStart::Respond(problem)
+    }
+
+    /// Finishes the outer watch's throttle decision that waited on the store: the 429
+    /// to answer (recorded), if the network's tier is spent.
+    pub(crate) async fn watch_throttle(
+        &self,
+        pending: PendingThrottle,
+        tags: AnomalyTags,
+    ) -> Option<Problem> {
+        let problem = self.throttle_wait(pending).await?;
+        Record::refusal(tags, Action::Throttle).emit();
+        Some(problem)
     }
 
     /// The response phase of the outer watch layer: counts 401s per network.

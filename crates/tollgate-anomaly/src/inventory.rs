@@ -90,8 +90,9 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             ),
             store(
                 "anomaly.penalties",
-                "key: keyed hash of the credential digest (or of the coarsened network); value: the action, its \
-                 end time and the tag kinds that caused it",
+                "key: keyed 64-bit hash of the credential digest (or of the coarsened network); value: the \
+                 action, its end time and the tags that caused it (in process, or with the Redis store in the \
+                 hash `tollgate:[ns:]penalties` and each replica's copy)",
                 "enforcing block and throttle actions on later requests",
             ),
         ]

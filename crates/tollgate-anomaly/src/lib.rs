@@ -20,6 +20,11 @@
 //! skips the layer, turns detectors off or overrides actions
 //! ([`AnomalyBuilder::routes`]).
 //!
+//! Throttles and blocks last a while: they are kept on a [`PenaltyBoard`] (in
+//! process by default; tollgate-redis's `RedisPenaltyBoard` shares them between
+//! replicas, and its rate-limit store makes the throttle tier one budget for all,
+//! through [`AnomalyBuilder::throttle_store`]).
+//!
 //! # Where the layers go
 //! ```text
 //! PrivacyTraceLayer            (outermost: span, ClientContext, Route)

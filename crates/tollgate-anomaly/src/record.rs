@@ -7,6 +7,7 @@ use tollgate_core::fields;
 use tollgate_core::span::record_current;
 use tracing::Value;
 
+use crate::config::Action;
 use crate::tags::{AnomalyKind, AnomalyTags};
 
 /// What the `anomaly` span field and the debug header show: `kind:score` pairs,
@@ -61,6 +62,14 @@ impl RecordText {
 }
 
 impl Record {
+    /// The record of a request refused under a penalty.
+    pub(crate) fn refusal(tags: AnomalyTags, action: Action) -> Record {
+        Record {
+            tags,
+            action: Some(action.as_str()),
+        }
+    }
+
     /// The text, as [`AnomalyTags`]'s `Display` then `;action=...`.
     pub(crate) fn render(&self) -> RecordText {
         let mut out = RecordText {

@@ -34,8 +34,10 @@ impl<S: fmt::Debug> fmt::Debug for AnomalyService<S> {
 
 impl<S, B> Service<Request<B>> for AnomalyService<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: 'static,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
@@ -51,6 +53,24 @@ where
             Some(Early::Respond(problem)) => ResponseFuture::ready(self.engine.responder.respond(problem)),
             Some(Early::Freeze { freeze, actor, tags }) => {
                 ResponseFuture::boxed(self.engine.run_freeze(freeze, actor, tags))
+            }
+            Some(Early::Throttle(pending, post)) => {
+                // A remote throttle store: one boxed future, as the rate-limit layer's.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let engine = Arc::clone(&self.engine);
+                ResponseFuture::boxed(Box::pin(async move {
+                    match engine.throttle_then(pending, post).await {
+                        Err(problem) => Ok(engine.responder.respond(problem)),
+                        Ok(post) => {
+                            let mut response = inner.call(req).await?;
+                            if let Some(freeze) = post.finish(&mut response) {
+                                freeze.await;
+                            }
+                            Ok(response)
+                        }
+                    }
+                }))
             }
             None => ResponseFuture::inner(self.inner.call(req), post.map(After::Layer)),
         }

@@ -8,7 +8,7 @@ use axum::response::Response;
 use http::Request;
 use tower::{Layer, Service};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, WatchStart};
 use crate::future::{After, ResponseFuture};
 
 /// Counts 401 answers per network prefix for the credential-stuffing detector, and
@@ -79,7 +79,10 @@ impl<S: fmt::Debug> fmt::Debug for FailureWatchService<S> {
 
 impl<S, B> Service<Request<B>> for FailureWatchService<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: 'static,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
@@ -91,9 +94,24 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.engine.on_watch_request(&mut req) {
-            (Some(problem), _) => ResponseFuture::ready(self.engine.responder.respond(problem)),
+            WatchStart::Respond(problem) => ResponseFuture::ready(self.engine.responder.respond(problem)),
             // Only a 401 needs the engine again.
-            (None, watch) => ResponseFuture::inner(self.inner.call(req), watch.map(After::Watch)),
+            WatchStart::Pass(watch) => ResponseFuture::inner(self.inner.call(req), watch.map(After::Watch)),
+            WatchStart::Throttle(pending, tags, watch) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let engine = Arc::clone(&self.engine);
+                ResponseFuture::boxed(Box::pin(async move {
+                    if let Some(problem) = engine.watch_throttle(pending, tags).await {
+                        return Ok(engine.responder.respond(problem));
+                    }
+                    let mut response = inner.call(req).await?;
+                    if let Some(watch) = watch {
+                        watch.finish(&mut response);
+                    }
+                    Ok(response)
+                }))
+            }
         }
     }
 }

@@ -48,7 +48,7 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
     let anomaly = AnomalyLayer::builder(config, p.clone())
         .clock(Arc::new(clock.clone()))
         .freeze_list(Arc::new(freeze.clone()))
-        .throttle_store(throttle_store.clone())
+        .throttle_store(std::sync::Arc::new(throttle_store.clone()))
         .debug_header(true)
         .build()
         .unwrap();

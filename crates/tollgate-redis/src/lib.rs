@@ -9,6 +9,8 @@
 //!   copy kept current over pub/sub.
 //! - [`RedisRateLimitStore`]: `tollgate_ratelimit::RateLimitStore` on Redis, GCRA as one
 //!   atomic Lua script per decision.
+//! - [`RedisPenaltyBoard`]: `tollgate_anomaly::PenaltyBoard` on Redis (throttles and
+//!   blocks), read from a local copy kept current over pub/sub as the freeze list's.
 //! - [`RedisReplayCache`]: `tollgate_auth::ReplayCache` on Redis (DPoP proof `jti`s,
 //!   `SET NX PX`), so a proof used on one replica is a replay on every other.
 //! - [`StoreConfig`]: the `[store]` configuration section.
@@ -69,8 +71,10 @@
 //! | `tollgate:[ns:]freeze` | hash | field `credential:{digest}` / `subject:{digest}`, value the `Freeze` as JSON | none: a freeze holds until lifted; expired ones are dropped when seen |
 //! | `tollgate:[ns:]dpop-jti:{digest}` | string | `1`: a DPoP proof seen (digest of its key thumbprint and `jti`) | the end of the proof's acceptance window (`auth.dpop.max_age` + `leeway`) |
 //! | `tollgate:[ns:]freeze-events` | pub/sub channel | `set {field} {json}` / `del {field}` | - |
+//! | `tollgate:[ns:]penalties` | hash | field: a penalty key (16 hex digits, a keyed 64-bit hash of a credential digest or a coarsened network), value `{action} {until_ms} {tags}` | until its last penalty ends |
+//! | `tollgate:[ns:]penalties-events` | pub/sub channel | `set {field} {value}` / `del {field}` | - |
 //!
-//! `{digest}` is always a [`tollgate_core::KeyedDigest`] (32 hex digits, an HMAC under
+//! Apart from the penalty keys, `{digest}` is always a [`tollgate_core::KeyedDigest`] (32 hex digits, an HMAC under
 //! the deployment's pseudonym secret), so no raw IP, key, token or subject appears in
 //! any key; the tests enumerate every key written (`SCAN`) to check it. Replicas that
 //! share a budget must share the pseudonym secret (`TOLLGATE_PSEUDONYM_SECRET`), or
