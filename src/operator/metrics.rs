@@ -95,6 +95,7 @@ const HEALTHS: [SessionHealth; 3] = [
 /// | `tollgate_session_verdicts_total` | `health` |
 /// | `tollgate_freeze_list_entries` (gauge) | — |
 /// | `tollgate_store_faults_total` (Redis: uses that followed a failure policy) | `policy` |
+/// | `tollgate_jwks_fetches_total` (with a JWKS URL) | `outcome` (`ok`, `failed`) |
 ///
 /// Labels hold route templates, tiers, outcomes, causes and kinds only, never an
 /// identifier or a pseudonym; route templates and policies are capped at
@@ -256,6 +257,19 @@ impl Metrics {
         }
     }
 
+    /// Sets the JWKS fetch counts (at start, on schedule and for unknown `kid`s), read
+    /// at scrape time from the authentication layer.
+    pub fn set_jwks_fetches(&self, attempted: u64, failed: u64) {
+        let ok = attempted.saturating_sub(failed);
+        for (outcome, n) in [("ok", ok), ("failed", failed)] {
+            let key = Key::from_parts(
+                "tollgate_jwks_fetches_total",
+                vec![Label::new("outcome", outcome)],
+            );
+            self.recorder.register_counter(&key, &METADATA).absolute(n);
+        }
+    }
+
     /// The Prometheus text exposition of everything recorded.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -299,6 +313,28 @@ impl Metrics {
         };
         if let Some(cause) = cause {
             self.count(Family::Early, route, cause, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_time_counters_render_with_their_outcomes() {
+        let metrics = Metrics::new(&["free"]);
+        metrics.set_jwks_fetches(5, 2);
+        metrics.set_store_faults(7, 0);
+        metrics.set_freeze_list_entries(3);
+        let text = metrics.render();
+        for line in [
+            "tollgate_jwks_fetches_total{outcome=\"ok\"} 3",
+            "tollgate_jwks_fetches_total{outcome=\"failed\"} 2",
+            "tollgate_store_faults_total{policy=\"open\"} 7",
+            "tollgate_freeze_list_entries 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
     }
 }

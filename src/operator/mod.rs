@@ -194,6 +194,11 @@ impl Operator {
         if let Some(stats) = self.inner.tollgate.redis_stats() {
             metrics.set_store_faults(stats.fail_open, stats.fail_closed);
         }
+        if let Some(auth) = self.inner.tollgate.auth()
+            && auth.jwks_fetch_count() > 0
+        {
+            metrics.set_jwks_fetches(auth.jwks_fetch_count(), auth.jwks_fetch_failures());
+        }
         (
             [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             metrics.render(),

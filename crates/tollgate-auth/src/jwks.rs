@@ -56,6 +56,7 @@ pub(crate) struct Jwks {
     last_unknown_kid_fetch: AtomicU64,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -86,6 +87,7 @@ impl Jwks {
             last_unknown_kid_fetch: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -99,10 +101,19 @@ impl Jwks {
         self.fetches.load(Ordering::Relaxed)
     }
 
+    /// How many fetches failed (the last good keys stayed in use).
+    pub(crate) fn failure_count(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Fetches now; on success replaces the keys and returns the `max-age`, if any.
     pub(crate) async fn fetch(&self) -> Result<Option<Duration>, JwksError> {
         let _guard = self.fetch_lock.lock().await;
-        self.fetch_locked().await
+        let outcome = self.fetch_locked().await;
+        if outcome.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
     }
 
     async fn fetch_locked(&self) -> Result<Option<Duration>, JwksError> {

@@ -107,6 +107,17 @@ impl AuthLayer {
             .sum()
     }
 
+    /// How many of those fetches failed (bad status, timeout, unusable document); the
+    /// last good keys stayed in use each time.
+    pub fn jwks_fetch_failures(&self) -> u64 {
+        self.auth
+            .jwt
+            .iter()
+            .filter_map(|i| i.verifier.jwks.as_ref())
+            .map(|j| j.failure_count())
+            .sum()
+    }
+
     /// Empties the verified-token cache (the freeze list makes this unnecessary for
     /// revocation; it exists for key rotation emergencies).
     pub fn clear_cache(&self) {

@@ -12,7 +12,8 @@
 //! `run` reports, per variant, requests/s and its ratio to bare axum, the spread
 //! over rounds, wrk's p50 and p99 latency and the server's peak resident memory.
 //! `--callers N` spreads the load over N callers (own token, own network);
-//! `--redis` adds the stack with its state in Redis.
+//! `--redis` adds the stack with its state in Redis, `--operator` the stack with the
+//! operator observers (metrics, console activity) reading every request record.
 //!
 //! `soak` (see `soak.rs`) runs the stack for minutes under mixed, partly hostile
 //! traffic and a flood of distinct keys, sampling its resident memory.
@@ -125,11 +126,18 @@ struct Load {
     /// redis://127.0.0.1:6379), under a namespace of its own.
     #[arg(long)]
     redis: bool,
+    /// Also measure the stack with the operator observers (Prometheus metrics and the
+    /// console's activity) reading every request record.
+    #[arg(long)]
+    operator: bool,
 }
 
 impl Load {
     fn variants(self) -> Vec<Variant> {
         let mut variants = vec![Variant::Bare, Variant::Tollgate];
+        if self.operator {
+            variants.push(Variant::TollgateOperator);
+        }
         if self.redis {
             variants.push(Variant::TollgateRedis);
         }
@@ -155,6 +163,8 @@ enum Variant {
     Bare,
     /// The whole tollgate stack, logging every request.
     Tollgate,
+    /// The same stack with the operator observers (metrics, console activity).
+    TollgateOperator,
     /// The same stack with its shared state (rate limits, freezes, sessions) in Redis.
     TollgateRedis,
     /// jwt-authorizer ES256 + tower_governor + tower-http TraceLayer (JSON).
@@ -169,6 +179,7 @@ impl Variant {
         match self {
             Variant::Bare => "bare",
             Variant::Tollgate => "tollgate",
+            Variant::TollgateOperator => "tollgate-operator",
             Variant::TollgateRedis => "tollgate-redis",
             Variant::Peers => "peers",
             Variant::Soak => "soak",
@@ -179,6 +190,7 @@ impl Variant {
         match self {
             Variant::Bare => "bare axum",
             Variant::Tollgate => "tollgate (all six layers, JSON log per request)",
+            Variant::TollgateOperator => "tollgate + metrics and console observers",
             Variant::TollgateRedis => "tollgate, state in Redis",
             Variant::Peers => "jwt-authorizer ES256 + tower_governor + TraceLayer JSON",
             Variant::Soak => "tollgate with deployment-like limits",
@@ -311,11 +323,7 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
     rt.block_on(async move {
         let app: Router = match variant {
             Variant::Bare => api(),
-            Variant::Tollgate | Variant::TollgateRedis | Variant::Soak => {
-                tracing_subscriber::registry()
-                    .with(tollgate::privacy::json_layer(writer))
-                    .with(tracing_subscriber::filter::LevelFilter::INFO)
-                    .init();
+            Variant::Tollgate | Variant::TollgateOperator | Variant::TollgateRedis | Variant::Soak => {
                 let store = match variant {
                     Variant::TollgateRedis => redis_store(),
                     _ => String::new(),
@@ -325,6 +333,15 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                     _ => UNLIMITED,
                 };
                 let config = tollgate::TollgateConfig::from_toml(&tollgate_config(quotas, &store))?;
+                let log = tollgate::privacy::json_layer(writer);
+                let log = match variant {
+                    Variant::TollgateOperator => tollgate::operator::Observers::new(&config).attach(log),
+                    _ => log,
+                };
+                tracing_subscriber::registry()
+                    .with(log)
+                    .with(tracing_subscriber::filter::LevelFilter::INFO)
+                    .init();
                 let tollgate = tollgate::Tollgate::from_config(&config).await?;
                 tollgate.apply(api())
             }

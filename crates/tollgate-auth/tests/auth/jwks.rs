@@ -202,7 +202,9 @@ async fn slow_or_garbage_endpoint_keeps_the_last_good_keys_with_bounded_refetch(
     jwt.jwks_timeout = Duration::from_millis(200);
     jwt.jwks_unknown_kid_interval = Duration::from_secs(1);
     let layer = AuthLayer::from_config(&cfg, pseudonymizer()).await.unwrap();
+    let handle = layer.clone();
     let app = run(app(layer)).await;
+    assert_eq!((handle.jwks_fetch_count(), handle.jwks_fetch_failures()), (1, 0));
 
     let mut bodies: Vec<Vec<u8>> = vec![
         b"{not json".to_vec(),
@@ -225,6 +227,12 @@ async fn slow_or_garbage_endpoint_keeps_the_last_good_keys_with_bounded_refetch(
         );
     }
     *server.raw_body.lock().unwrap() = None;
+    let failed = handle.jwks_fetch_failures();
+    assert!(
+        (6..handle.jwks_fetch_count()).contains(&failed),
+        "failures counted: {failed} of {}",
+        handle.jwks_fetch_count()
+    );
 
     // Hanging: verified requests do not wait on it; forged kids are refused within
     // the fetch timeout and cause at most one fetch per unknown-kid interval.
