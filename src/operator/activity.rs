@@ -8,23 +8,17 @@ use std::time::Duration;
 use serde::Serialize;
 use tollgate_anomaly::AnomalyKind;
 use tollgate_core::clock::{SharedClock, system_clock};
-use tollgate_core::session::{SessionHealth, SessionReason};
+use tollgate_core::session::SessionReason;
 use tollgate_core::sharded::ShardedMap;
 use tollgate_privacy::{RequestObserver, RequestRecord};
 
-use super::RecordView;
+use super::{HEALTHS, RecordView};
 
 /// How far back the activity reaches: one hour, in minutes.
 pub const WINDOW_MINUTES: usize = 60;
 
 /// The most flagged sessions remembered at once.
 pub const MAX_FLAGGED: usize = 1_000;
-
-const HEALTHS: [SessionHealth; 3] = [
-    SessionHealth::Healthy,
-    SessionHealth::Suspicious,
-    SessionHealth::Unhealthy,
-];
 
 /// One minute of counts, as read from a [`MinuteSlot`]. Keys are fixed vocabularies
 /// (kinds, reasons, verdicts) or the configured tiers, so a minute's size is bounded.
@@ -101,6 +95,52 @@ pub struct FlaggedSession {
     pub last_seen_minute: u64,
 }
 
+/// What [`Activity`] holds per flagged session: the pseudonym, made once when the
+/// session is first flagged, and the rest as indices into fixed vocabularies, so a
+/// flagged request updates the entry in place without allocating.
+struct Flagged {
+    session: Box<str>,
+    health: Option<usize>,
+    reasons: Named,
+    anomalies: Named,
+    last_seen_minute: u64,
+}
+
+impl Flagged {
+    fn public(&self) -> FlaggedSession {
+        FlaggedSession {
+            session: self.session.to_string(),
+            health: self.health.map_or("healthy", |h| HEALTHS[h].as_str()),
+            reasons: self
+                .reasons
+                .iter()
+                .map(|r| SessionReason::ALL[r].as_str())
+                .collect(),
+            anomalies: self
+                .anomalies
+                .iter()
+                .map(|k| AnomalyKind::ALL[k].as_str())
+                .collect(),
+            last_seen_minute: self.last_seen_minute,
+        }
+    }
+}
+
+thread_local! {
+    /// The last flagged-session update this thread made: (activity, session key,
+    /// minute, verdict and tags).
+    static LAST_FLAGGED: std::cell::Cell<(u64, u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0, 0)) };
+}
+
+/// The map key of a session pseudonym. Pseudonyms are keyed digests nobody can aim
+/// at a collision; the entry keeps the pseudonym, and a lookup checks it.
+fn session_key(session: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(session);
+    h.finish()
+}
+
 /// The last hour of request outcomes, fed by the privacy layer's request records
 /// ([`RequestObserver`]): requests and rate-limit refusals per tier, session
 /// verdicts and their reasons, anomaly tags per kind, each per minute; and the
@@ -116,9 +156,11 @@ pub struct FlaggedSession {
 /// assert_eq!(activity.summary().requests, 0);
 /// ```
 pub struct Activity {
+    /// Tells instances apart in [`LAST_FLAGGED`] (an address could be reused).
+    id: u64,
     tiers: Vec<String>,
     minutes: Box<[MinuteSlot]>,
-    flagged: ShardedMap<String, FlaggedSession>,
+    flagged: ShardedMap<u64, Flagged>,
     clock: SharedClock,
 }
 
@@ -169,7 +211,9 @@ impl Activity {
 
     /// As [`Activity::new`], on `clock`.
     pub fn with_clock(tiers: &[&str], clock: SharedClock) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Activity {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             minutes: (0..WINDOW_MINUTES)
                 .map(|_| MinuteSlot::new(tiers.len() + 2))
@@ -177,6 +221,11 @@ impl Activity {
             flagged: ShardedMap::new(MAX_FLAGGED),
             clock,
         }
+    }
+
+    /// The configured tiers, in index order.
+    pub(crate) fn tiers(&self) -> &[String] {
+        &self.tiers
     }
 
     fn now_minute(&self) -> u64 {
@@ -244,7 +293,7 @@ impl Activity {
     pub fn flagged(&self) -> Vec<FlaggedSession> {
         let mut out = Vec::new();
         self.flagged
-            .for_each(self.clock.now(), |_, f, _| out.push(f.clone()));
+            .for_each(self.clock.now(), |_, f, _| out.push(f.public()));
         out.sort_by(|a, b| {
             b.last_seen_minute
                 .cmp(&a.last_seen_minute)
@@ -255,7 +304,11 @@ impl Activity {
 
     /// The flagged session `session`, if it was flagged in the last hour.
     pub fn flagged_session(&self, session: &str) -> Option<FlaggedSession> {
-        self.flagged.get(&session.to_string(), self.clock.now())
+        self.flagged
+            .get_with(&session_key(session.as_bytes()), self.clock.now(), |f| {
+                (*f.session == *session).then(|| f.public())
+            })
+            .flatten()
     }
 
     /// How many flagged sessions are held now.
@@ -274,8 +327,18 @@ impl Named {
         self.0 == 0
     }
 
+    fn union(self, other: Named) -> Named {
+        Named(self.0 | other.0)
+    }
+
+    /// The indices, lowest first: one step per item, not per bit.
     pub(crate) fn iter(self) -> impl Iterator<Item = usize> {
-        (0..32).filter(move |i| self.0 & (1 << i) != 0)
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            let i = (bits != 0).then(|| bits.trailing_zeros() as usize)?;
+            bits &= bits - 1;
+            Some(i)
+        })
     }
 }
 
@@ -295,7 +358,7 @@ pub(crate) fn parse<T: Copy>(text: &[u8], all: &[T], name: impl Fn(T) -> &'stati
 
 impl RequestObserver for Activity {
     fn observe(&self, record: &RequestRecord<'_>) {
-        self.observe_view(&RecordView::of(record));
+        self.observe_view(&RecordView::of(record, &self.tiers));
     }
 }
 
@@ -304,12 +367,7 @@ impl Activity {
         let now = self.clock.now();
         let minute = now.as_secs() / 60;
         let limited = view.outcome == Some(b"denied".as_slice());
-        let tier = super::tier_index(&self.tiers, view.tier);
-        let health = view
-            .health
-            .and_then(|h| HEALTHS.into_iter().position(|k| k.as_str().as_bytes() == h));
-        let reasons = parse(view.reasons, &SessionReason::ALL, SessionReason::as_str);
-        let kinds = parse(view.anomaly, &AnomalyKind::ALL, AnomalyKind::as_str);
+        let (tier, health, reasons, kinds) = (view.tier, view.health, view.reasons, view.kinds);
         let slot = &self.minutes[(minute % WINDOW_MINUTES as u64) as usize];
         let seen = slot.minute.load(Ordering::Acquire);
         if seen != minute
@@ -337,24 +395,39 @@ impl Activity {
             slot.add(TAGS + k, 1);
         }
         let flagged = health.is_some_and(|h| h > 0) || !kinds.is_empty();
-        if let (true, Some(session)) = (flagged, view.session.map(String::from_utf8_lossy)) {
-            let until = now.saturating_add(Duration::from_secs(WINDOW_MINUTES as u64 * 60));
-            let previous = self.flagged.get(&session.to_string(), now);
-            let mut anomalies: Vec<&'static str> = previous.map(|p| p.anomalies).unwrap_or_default();
-            for k in kinds.iter() {
-                let name = AnomalyKind::ALL[k].as_str();
-                if !anomalies.contains(&name) {
-                    anomalies.push(name);
-                }
+        if let (true, Some(session)) = (flagged, view.session) {
+            let key = session_key(session);
+            // What this update would write; a session flagged on every request (a
+            // flood) then touches the shared map once a minute, not on each request.
+            let facts = (
+                self.id,
+                key,
+                minute,
+                (health.map_or(0, |h| h as u64 + 1) << 56)
+                    | (u64::from(reasons.0) << 24)
+                    | u64::from(kinds.0),
+            );
+            if LAST_FLAGGED.replace(facts) == facts {
+                return;
             }
-            let entry = FlaggedSession {
-                session: session.to_string(),
-                health: health.map_or("healthy", |h| HEALTHS[h].as_str()),
-                reasons: reasons.iter().map(|r| SessionReason::ALL[r].as_str()).collect(),
-                anomalies,
+            let until = now.saturating_add(Duration::from_secs(WINDOW_MINUTES as u64 * 60));
+            let fresh = || Flagged {
+                session: String::from_utf8_lossy(session).into(),
+                health: None,
+                reasons: Named::default(),
+                anomalies: Named::default(),
                 last_seen_minute: minute,
             };
-            self.flagged.insert(session.to_string(), entry, until, now);
+            self.flagged
+                .update(&session_key(session), now, until, fresh, |f| {
+                    if f.session.as_bytes() != session {
+                        *f = fresh();
+                    }
+                    f.health = health;
+                    f.reasons = reasons;
+                    f.anomalies = f.anomalies.union(kinds);
+                    f.last_seen_minute = minute;
+                });
         }
     }
 }

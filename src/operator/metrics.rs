@@ -1,15 +1,14 @@
 //! Prometheus metrics from the request records, with bounded labels.
 
-use std::sync::{OnceLock, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tollgate_anomaly::AnomalyKind;
-use tollgate_core::session::SessionHealth;
 use tollgate_privacy::{RequestObserver, RequestRecord};
 
-use super::RecordView;
-use super::activity::parse;
+use super::{HEALTHS, RecordView};
 
 /// The most distinct values a label other than a fixed vocabulary takes (route
 /// templates, rate-limit policies); later values fold into `other`.
@@ -19,9 +18,15 @@ const METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, S
 
 /// A label whose values come from configuration or the router (route templates,
 /// policies): the first [`MAX_LABEL_VALUES`] seen get an index, the rest share
-/// [`BoundedLabel::OTHER`], absent values [`BoundedLabel::NONE`]. A linear scan:
-/// an application has tens of routes, and comparing lengths first rules most out.
-struct BoundedLabel(RwLock<Vec<(Box<[u8]>, String)>>);
+/// [`BoundedLabel::OTHER`], absent values [`BoundedLabel::NONE`]. Reads take no lock
+/// (values are only ever appended, each published before the count that shows it);
+/// a linear scan, since an application has tens of routes and comparing lengths
+/// first rules most out.
+struct BoundedLabel {
+    values: [OnceLock<(Box<[u8]>, String)>; MAX_LABEL_VALUES],
+    len: AtomicUsize,
+    append: Mutex<()>,
+}
 
 /// Label slots of a [`BoundedLabel`]: the values, `other` and `none`.
 const LABEL_SLOTS: usize = MAX_LABEL_VALUES + 2;
@@ -31,33 +36,47 @@ impl BoundedLabel {
     const NONE: usize = MAX_LABEL_VALUES + 1;
 
     fn new() -> Self {
-        BoundedLabel(RwLock::new(Vec::new()))
+        BoundedLabel {
+            values: std::array::from_fn(|_| OnceLock::new()),
+            len: AtomicUsize::new(0),
+            append: Mutex::new(()),
+        }
+    }
+
+    fn find(&self, seen: &[u8]) -> Option<usize> {
+        let len = self.len.load(Ordering::Acquire);
+        self.values[..len]
+            .iter()
+            .position(|v| v.get().is_some_and(|(bytes, _)| **bytes == *seen))
     }
 
     fn index(&self, seen: Option<&[u8]>) -> usize {
         let Some(seen) = seen.filter(|v| !v.is_empty()) else {
             return Self::NONE;
         };
-        let find = |values: &[(Box<[u8]>, String)]| values.iter().position(|(v, _)| **v == *seen);
-        if let Some(i) = find(&self.0.read().unwrap_or_else(|e| e.into_inner())) {
+        if let Some(i) = self.find(seen) {
             return i;
         }
-        let mut values = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = find(&values) {
+        let _append = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = self.find(seen) {
             return i;
         }
-        if values.len() >= MAX_LABEL_VALUES {
+        let len = self.len.load(Ordering::Acquire);
+        if len >= MAX_LABEL_VALUES {
             return Self::OTHER;
         }
-        values.push((seen.into(), String::from_utf8_lossy(seen).into_owned()));
-        values.len() - 1
+        let _ = self.values[len].set((seen.into(), String::from_utf8_lossy(seen).into_owned()));
+        self.len.store(len + 1, Ordering::Release);
+        len
     }
 
     fn name(&self, index: usize) -> String {
         match index {
             Self::NONE => "none".into(),
             Self::OTHER => "other".into(),
-            i => self.0.read().unwrap_or_else(|e| e.into_inner())[i].1.clone(),
+            i => self.values[i]
+                .get()
+                .map_or_else(String::new, |(_, name)| name.clone()),
         }
     }
 }
@@ -75,11 +94,6 @@ enum Family {
 const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const CAUSES: [&str; 5] = ["auth", "rate_limit", "session", "anomaly", "unavailable"];
 const OUTCOMES: [&str; 3] = ["allowed", "denied", "would_deny"];
-const HEALTHS: [SessionHealth; 3] = [
-    SessionHealth::Healthy,
-    SessionHealth::Suspicious,
-    SessionHealth::Unhealthy,
-];
 
 /// Prometheus metrics of the stack, derived from the privacy layer's request
 /// records ([`RequestObserver`]) through the [`metrics`] facade and
@@ -278,14 +292,14 @@ impl Metrics {
 
 impl RequestObserver for Metrics {
     fn observe(&self, record: &RequestRecord<'_>) {
-        self.observe_view(&RecordView::of(record));
+        self.observe_view(&RecordView::of(record, &self.tiers));
     }
 }
 
 impl Metrics {
     pub(crate) fn observe_view(&self, view: &RecordView<'_>) {
         let route = self.routes.index(view.route);
-        let tier = super::tier_index(&self.tiers, view.tier);
+        let tier = view.tier;
         self.count(Family::Requests, route, tier, status_class(view.status));
         if let Some(outcome) = view
             .outcome
@@ -294,13 +308,10 @@ impl Metrics {
             let policy = self.policies.index(view.policy);
             self.count(Family::Decisions, tier, policy, outcome);
         }
-        for kind in parse(view.anomaly, &AnomalyKind::ALL, AnomalyKind::as_str).iter() {
+        for kind in view.kinds.iter() {
             self.count(Family::Tags, kind, 0, 0);
         }
-        if let Some(h) = view
-            .health
-            .and_then(|h| HEALTHS.iter().position(|k| k.as_str().as_bytes() == h))
-        {
+        if let Some(h) = view.health {
             self.count(Family::Verdicts, h, 0, 0);
         }
         let cause = match view.status {

@@ -56,10 +56,14 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tollgate_anomaly::AnomalyKind;
 use tollgate_core::Principal;
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
 use tollgate_core::problem::{Problem, types};
+use tollgate_core::session::{SessionHealth, SessionReason};
 use tollgate_privacy::JsonLogLayer;
+
+use activity::{Named, parse};
 
 pub use activity::{Activity, FlaggedSession, MAX_FLAGGED, Summary, TierUsage, WINDOW_MINUTES};
 pub use metrics::{MAX_LABEL_VALUES, Metrics};
@@ -105,7 +109,7 @@ impl Observers {
 
 impl tollgate_privacy::RequestObserver for Observers {
     fn observe(&self, record: &tollgate_privacy::RequestRecord<'_>) {
-        let view = RecordView::of(record);
+        let view = RecordView::of(record, self.activity.tiers());
         self.activity.observe_view(&view);
         self.metrics.observe_view(&view);
     }
@@ -254,16 +258,28 @@ impl Operator {
 pub(crate) struct RecordView<'a> {
     pub(crate) route: Option<&'a [u8]>,
     pub(crate) status: Option<u64>,
-    pub(crate) tier: Option<&'a [u8]>,
+    /// A [`tier_index`].
+    pub(crate) tier: usize,
     pub(crate) auth_error: bool,
     pub(crate) session: Option<&'a [u8]>,
-    pub(crate) health: Option<&'a [u8]>,
-    pub(crate) reasons: &'a [u8],
+    /// An index into [`HEALTHS`].
+    pub(crate) health: Option<usize>,
+    pub(crate) reasons: Named,
     pub(crate) action: Option<&'a [u8]>,
     pub(crate) policy: Option<&'a [u8]>,
     pub(crate) outcome: Option<&'a [u8]>,
+    /// The anomaly field as logged (tags, then `;action=...`).
     pub(crate) anomaly: &'a [u8],
+    /// The anomaly kinds tagged.
+    pub(crate) kinds: Named,
 }
+
+/// The session verdicts, in the order of their indices.
+pub(crate) const HEALTHS: [SessionHealth; 3] = [
+    SessionHealth::Healthy,
+    SessionHealth::Suspicious,
+    SessionHealth::Unhealthy,
+];
 
 /// The fields a [`RecordView`] reads, in the order of its position table.
 const VIEWED: [&str; 11] = [
@@ -287,7 +303,22 @@ const VIEWED: [&str; 11] = [
 static POSITIONS: std::sync::RwLock<Vec<(usize, [u8; VIEWED.len()])>> = std::sync::RwLock::new(Vec::new());
 
 fn positions(set: &'static tracing::field::FieldSet) -> [u8; VIEWED.len()] {
+    thread_local! {
+        // The last callsite this thread saw: nearly every record is the request span's.
+        static LAST: std::cell::Cell<(usize, [u8; VIEWED.len()])> =
+            const { std::cell::Cell::new((0, [u8::MAX; VIEWED.len()])) };
+    }
     let id = std::ptr::from_ref(set) as usize;
+    let (last, at) = LAST.get();
+    if last == id {
+        return at;
+    }
+    let at = positions_of(set, id);
+    LAST.set((id, at));
+    at
+}
+
+fn positions_of(set: &'static tracing::field::FieldSet, id: usize) -> [u8; VIEWED.len()] {
     if let Some((_, at)) = POSITIONS
         .read()
         .unwrap_or_else(|e| e.into_inner())
@@ -310,7 +341,9 @@ fn positions(set: &'static tracing::field::FieldSet) -> [u8; VIEWED.len()] {
 }
 
 impl<'a> RecordView<'a> {
-    pub(crate) fn of(record: &tollgate_privacy::RequestRecord<'a>) -> Self {
+    /// The fields of `record` the observers read, parsed once for all of them, for a
+    /// stack whose tiers are `tiers`.
+    pub(crate) fn of(record: &tollgate_privacy::RequestRecord<'a>, tiers: &[String]) -> Self {
         use tollgate_privacy::RecordedValue::{I64, Text, U64};
         let at = positions(record.field_set());
         let value = |k: usize| record.value_at(usize::from(at[k]));
@@ -318,6 +351,7 @@ impl<'a> RecordView<'a> {
             Some(Text(s)) => Some(s),
             _ => None,
         };
+        let anomaly = text(10).unwrap_or_default();
         RecordView {
             route: text(0),
             status: match value(1) {
@@ -325,15 +359,20 @@ impl<'a> RecordView<'a> {
                 Some(I64(n)) => u64::try_from(n).ok(),
                 _ => None,
             },
-            tier: text(2),
+            tier: tier_index(tiers, text(2)),
             auth_error: text(3).is_some(),
             session: text(4),
-            health: text(5),
-            reasons: text(6).unwrap_or_default(),
+            health: text(5).and_then(|h| HEALTHS.iter().position(|k| k.as_str().as_bytes() == h)),
+            reasons: parse(
+                text(6).unwrap_or_default(),
+                &SessionReason::ALL,
+                SessionReason::as_str,
+            ),
             action: text(7),
             policy: text(8),
             outcome: text(9),
-            anomaly: text(10).unwrap_or_default(),
+            anomaly,
+            kinds: parse(anomaly, &AnomalyKind::ALL, AnomalyKind::as_str),
         }
     }
 }

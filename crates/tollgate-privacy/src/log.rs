@@ -135,6 +135,7 @@ impl<'a> RequestRecord<'a> {
     }
 
     /// The field at `position` in [`field_set`](Self::field_set), if recorded.
+    #[inline]
     pub fn value_at(&self, position: usize) -> Option<RecordedValue<'a>> {
         let fields = self.0;
         Some(match *fields.slots.get(position)? {
