@@ -1,6 +1,6 @@
 //! Prometheus metrics from the request records, with bounded labels.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
@@ -127,8 +127,12 @@ pub struct Metrics {
     tiers: Vec<String>,
     routes: BoundedLabel,
     policies: BoundedLabel,
-    /// Every counter, registered on first use: one flat table, so counting is an
-    /// index computation, an atomic load and an atomic add (no hashing, no lock).
+    /// Every count, in one flat table indexed by label indices: counting a request
+    /// is an index computation and one relaxed atomic add (no hashing, no lock, no
+    /// call through the recorder).
+    counts: Box<[AtomicU64]>,
+    /// The recorder's counter of each count, registered when a scrape first finds it
+    /// above zero and set to the count at each scrape.
     counters: Box<[OnceLock<Counter>]>,
 }
 
@@ -158,6 +162,9 @@ impl Metrics {
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             routes: BoundedLabel::new(),
             policies: BoundedLabel::new(),
+            counts: (0..Self::slots(tiers.len() + 2))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             counters: (0..Self::slots(tiers.len() + 2))
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -183,33 +190,76 @@ impl Metrics {
         self.tiers.len() + 2
     }
 
-    /// Adds one to the counter of `family` with label indices `(a, b, c)`,
-    /// registering it (with its label names) the first time.
+    /// Adds one to the count of `family` with label indices `(a, b, c)`.
     fn count(&self, family: Family, a: usize, b: usize, c: usize) {
+        if let Some(n) = self.counts.get(self.index_of(family, a, b, c)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Where the count of `family` with label indices `(a, b, c)` sits in the table.
+    fn index_of(&self, family: Family, a: usize, b: usize, c: usize) -> usize {
         let t = self.tier_slots();
-        let sizes = Self::sizes(t);
-        let base: usize = sizes[..family as usize].iter().sum();
+        let base: usize = Self::sizes(t)[..family as usize].iter().sum();
         let offset = match family {
             Family::Requests => (a * t + b) * STATUS_CLASSES.len() + c,
             Family::Early => a * CAUSES.len() + b,
             Family::Decisions => (a * LABEL_SLOTS + b) * OUTCOMES.len() + c,
             Family::Tags | Family::Verdicts => a,
         };
-        let Some(slot) = self.counters.get(base + offset) else {
-            return;
-        };
-        slot.get_or_init(|| {
-            let (name, labels) = self.describe(family, a, b, c);
-            let key = Key::from_parts(
-                name,
-                labels
-                    .into_iter()
-                    .map(|(k, v)| Label::new(k, v))
-                    .collect::<Vec<_>>(),
-            );
-            self.recorder.register_counter(&key, &METADATA)
-        })
-        .increment(1);
+        base + offset
+    }
+
+    /// The family and label indices of the count at `index` (the inverse of `count`).
+    fn locate(&self, index: usize) -> (Family, usize, usize, usize) {
+        let t = self.tier_slots();
+        let mut offset = index;
+        let families = [
+            Family::Requests,
+            Family::Early,
+            Family::Decisions,
+            Family::Tags,
+            Family::Verdicts,
+        ];
+        for (family, size) in families.into_iter().zip(Self::sizes(t)) {
+            if offset >= size {
+                offset -= size;
+                continue;
+            }
+            return match family {
+                Family::Requests => {
+                    let (ab, c) = (offset / STATUS_CLASSES.len(), offset % STATUS_CLASSES.len());
+                    (family, ab / t, ab % t, c)
+                }
+                Family::Early => (family, offset / CAUSES.len(), offset % CAUSES.len(), 0),
+                Family::Decisions => {
+                    let (ab, c) = (offset / OUTCOMES.len(), offset % OUTCOMES.len());
+                    (family, ab / LABEL_SLOTS, ab % LABEL_SLOTS, c)
+                }
+                Family::Tags | Family::Verdicts => (family, offset, 0, 0),
+            };
+        }
+        unreachable!("count index {index} beyond the table")
+    }
+
+    /// Hands every count above zero to the recorder, registering its counter (with
+    /// its label names) the first time.
+    fn publish(&self) {
+        for (index, n) in self.counts.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            self.counters[index]
+                .get_or_init(|| {
+                    let (family, a, b, c) = self.locate(index);
+                    let (name, labels) = self.describe(family, a, b, c);
+                    let labels: Vec<Label> = labels.into_iter().map(|(k, v)| Label::new(k, v)).collect();
+                    self.recorder
+                        .register_counter(&Key::from_parts(name, labels), &METADATA)
+                })
+                .absolute(n);
+        }
     }
 
     /// The metric name and labels of a counter.
@@ -286,6 +336,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything recorded.
     pub fn render(&self) -> String {
+        self.publish();
         self.handle.render()
     }
 }
@@ -331,6 +382,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_count_locates_back_to_its_labels() {
+        let metrics = Metrics::new(&["free", "pro"]);
+        for index in 0..metrics.counts.len() {
+            let (family, a, b, c) = metrics.locate(index);
+            assert_eq!(metrics.index_of(family, a, b, c), index);
+        }
+    }
 
     #[test]
     fn scrape_time_counters_render_with_their_outcomes() {
