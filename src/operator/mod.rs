@@ -61,6 +61,7 @@ use tollgate_core::Principal;
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
 use tollgate_core::problem::{Problem, types};
 use tollgate_core::session::{SessionHealth, SessionReason};
+use tollgate_core::span::PerCallsite;
 use tollgate_privacy::JsonLogLayer;
 
 use activity::{Named, parse};
@@ -299,45 +300,17 @@ const VIEWED: [&str; 11] = [
 /// Where each [`VIEWED`] field sits in a callsite's field set (`u8::MAX`: absent),
 /// found once per callsite: matching names on every request cost more than the rest
 /// of an observer (about 250 ns of 300 in the stack bench).
-/// Keyed by the field set's address: each callsite has its own, for the program's life.
-static POSITIONS: std::sync::RwLock<Vec<(usize, [u8; VIEWED.len()])>> = std::sync::RwLock::new(Vec::new());
-
 fn positions(set: &'static tracing::field::FieldSet) -> [u8; VIEWED.len()] {
-    thread_local! {
-        // The last callsite this thread saw: nearly every record is the request span's.
-        static LAST: std::cell::Cell<(usize, [u8; VIEWED.len()])> =
-            const { std::cell::Cell::new((0, [u8::MAX; VIEWED.len()])) };
-    }
-    let id = std::ptr::from_ref(set) as usize;
-    let (last, at) = LAST.get();
-    if last == id {
-        return at;
-    }
-    let at = positions_of(set, id);
-    LAST.set((id, at));
-    at
-}
-
-fn positions_of(set: &'static tracing::field::FieldSet, id: usize) -> [u8; VIEWED.len()] {
-    if let Some((_, at)) = POSITIONS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(c, _)| *c == id)
-    {
-        return *at;
-    }
-    let mut at = [u8::MAX; VIEWED.len()];
-    for (slot, name) in at.iter_mut().zip(VIEWED) {
-        if let Some(field) = set.field(name) {
-            *slot = u8::try_from(field.index()).unwrap_or(u8::MAX);
+    static POSITIONS: PerCallsite<[u8; VIEWED.len()]> = PerCallsite::new();
+    POSITIONS.get_or_insert_with(set, || {
+        let mut at = [u8::MAX; VIEWED.len()];
+        for (slot, name) in at.iter_mut().zip(VIEWED) {
+            if let Some(field) = set.field(name) {
+                *slot = u8::try_from(field.index()).unwrap_or(u8::MAX);
+            }
         }
-    }
-    POSITIONS
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((id, at));
-    at
+        at
+    })
 }
 
 impl<'a> RecordView<'a> {

@@ -1,9 +1,11 @@
 //! Recording request-span fields with one call to the subscriber. Every layer records
 //! what it learned into the request span through [`record_current`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::RwLock;
 
-use tracing::field::{Field, Value};
+use thread_local::ThreadLocal;
+use tracing::field::{Field, FieldSet, Value};
 use tracing::span::{Id, Record};
 use tracing::{Dispatch, Metadata};
 
@@ -50,6 +52,72 @@ pub fn record_current<const N: usize>(values: [(&'static str, &dyn Value); N]) {
             }
         });
     });
+}
+
+/// A value worked out once per span callsite (from its field set, which lives as
+/// long as the program) and found again by the field set's address: first in the
+/// calling thread's memo of its last callsite (one comparison, no shared write: nearly
+/// every lookup is for the request span), then in a shared list under a read lock.
+///
+/// ```
+/// use tollgate_core::span::PerCallsite;
+///
+/// static WIDTH: PerCallsite<usize> = PerCallsite::new();
+/// let span = tracing::info_span!("request", route = tracing::field::Empty);
+/// let fields = span.metadata().map(|m| m.fields());
+/// if let Some(fields) = fields {
+///     assert_eq!(WIDTH.get_or_insert_with(fields, || fields.len()), 1);
+///     assert_eq!(WIDTH.get_or_insert_with(fields, || unreachable!()), 1);
+/// }
+/// ```
+pub struct PerCallsite<T: Copy + Send + Sync + 'static> {
+    memo: ThreadLocal<Cell<Option<(usize, T)>>>,
+    all: RwLock<Vec<(usize, T)>>,
+}
+
+impl<T: Copy + Send + Sync + 'static> PerCallsite<T> {
+    /// An empty cache (usable in a `static`).
+    pub const fn new() -> Self {
+        PerCallsite {
+            memo: ThreadLocal::new(),
+            all: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The value for the callsite of `fields`, made with `make` the first time.
+    pub fn get_or_insert_with(&self, fields: &'static FieldSet, make: impl FnOnce() -> T) -> T {
+        let site = std::ptr::from_ref(fields) as usize;
+        let memo = self.memo.get_or(|| Cell::new(None));
+        if let Some((last, value)) = memo.get()
+            && last == site
+        {
+            return value;
+        }
+        let find = |all: &[(usize, T)]| all.iter().find(|(s, _)| *s == site).map(|(_, v)| *v);
+        let found = find(&self.all.read().unwrap_or_else(|e| e.into_inner()));
+        let value = found.unwrap_or_else(|| {
+            let mut all = self.all.write().unwrap_or_else(|e| e.into_inner());
+            find(&all).unwrap_or_else(|| {
+                let value = make();
+                all.push((site, value));
+                value
+            })
+        });
+        memo.set(Some((site, value)));
+        value
+    }
+}
+
+impl<T: Copy + Send + Sync + 'static> Default for PerCallsite<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy + Send + Sync + 'static> std::fmt::Debug for PerCallsite<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerCallsite").finish_non_exhaustive()
+    }
 }
 
 /// One `record` call with `values` for `fields` (same order; `None` for undeclared).
