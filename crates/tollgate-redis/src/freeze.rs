@@ -14,7 +14,7 @@ use tollgate_core::{
 
 use crate::backend::{Counters, RedisBackend};
 use crate::config::FreezeConfig;
-use crate::replica::{Replica, ReplicaCounters, Replicated};
+use crate::replica::{Mirror, Replica, ReplicaCounters, Replicated, Snapshot};
 
 /// Adds or replaces a freeze and announces it. When the list is full, expired freezes
 /// are dropped first; if it is still full the freeze is refused.
@@ -44,6 +44,9 @@ return 1
 "#,
     )
 });
+
+/// How long `freeze` waits in all for its replicas to confirm it.
+const REPLICATION_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Lifts a freeze and announces it; answers 1 if an active freeze was lifted.
 static UNFREEZE: LazyLock<Script> = LazyLock::new(|| {
@@ -115,8 +118,8 @@ impl Drop for Inner {
 /// **Durability.** Redis replicates asynchronously: a write acknowledged by a primary
 /// that fails before its replica copied it is lost in the failover. So `freeze`
 /// returns once `[store.freeze] wait_replicas` replicas hold it (`WAIT`; 1 by
-/// default on a cluster). When they do not confirm within the timeout the freeze is
-/// still in force (and in every replica's local copy), but a failover could lose it:
+/// default on a cluster), asking again for up to a second while they are slow to
+/// confirm. When they do not confirm in that time the freeze is still in force (and in every replica's local copy), but a failover could lose it:
 /// that is logged and counted (`freeze_unreplicated`).
 ///
 /// `freeze` and `unfreeze` write to Redis and return its error if it cannot be
@@ -146,7 +149,7 @@ pub struct RedisFreezeList(Arc<Inner>);
 impl fmt::Debug for RedisFreezeList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisFreezeList")
-            .field("entries", &self.0.replica.entries().len())
+            .field("entries", &self.0.replica.mirror.load().len())
             .field("synced", &self.0.replica.is_synced())
             .field("policy", &self.0.policy)
             .finish()
@@ -155,6 +158,7 @@ impl fmt::Debug for RedisFreezeList {
 
 impl Replicated for Freeze {
     type Key = FreezeTarget;
+    type Mirror = Snapshot<Freeze>;
 
     const USE: &'static str = "freeze_list";
 
@@ -211,7 +215,7 @@ impl RedisFreezeList {
     /// A freeze list on `backend` with its own settings (in place of the backend's
     /// `[store.freeze]`), on the given clock. Must be called inside a Tokio runtime.
     pub fn with_config(backend: &RedisBackend, config: &FreezeConfig, clock: SharedClock) -> Self {
-        let replica = Arc::new(Replica::new(backend, "freeze", clock));
+        let replica = Arc::new(Replica::new(backend, "freeze", clock, Snapshot::new()));
         let task = replica.follow(config.heartbeat, config.resync_interval);
         RedisFreezeList(Arc::new(Inner {
             replica,
@@ -242,7 +246,7 @@ impl RedisFreezeList {
 
     fn lookup(&self, principal: &Principal) -> Option<Freeze> {
         let r = &self.0.replica;
-        let entries = r.entries();
+        let entries = r.mirror.load();
         if entries.is_empty() {
             return None;
         }
@@ -327,10 +331,7 @@ impl RedisFreezeList {
         match result {
             Ok(_) => {
                 // Hold it here at once; the event brings the same value back.
-                let target = freeze.target;
-                r.modify(|m| {
-                    m.insert(target, freeze.clone());
-                });
+                r.mirror.insert(freeze.target, freeze, r.clock.now());
                 self.wait_for_replicas().await;
                 Ok(())
             }
@@ -352,16 +353,27 @@ impl RedisFreezeList {
         if want == 0 {
             return;
         }
-        let key = r.hash_key.clone();
-        // Within the call's own timeout, leaving room for the round trip.
+        // Each WAIT within the call's own timeout (leaving room for the round trip),
+        // asked again while a replica is slow to acknowledge (a loaded host, a replica
+        // that just synced), for up to `REPLICATION_PATIENCE` in all.
         let wait = r.backend.config().timeout * 3 / 4;
-        let held = r
-            .backend
-            .run(&r.hash_key, |mut c| async move {
-                c.wait_for_replicas(&key, want, wait).await
-            })
-            .await
-            .unwrap_or(0);
+        let give_up = tokio::time::Instant::now() + REPLICATION_PATIENCE;
+        let mut held = 0;
+        while held < want && tokio::time::Instant::now() < give_up {
+            let key = r.hash_key.clone();
+            match r
+                .backend
+                .run(&r.hash_key, |mut c| async move {
+                    c.wait_for_replicas(&key, want, wait).await
+                })
+                .await
+            {
+                Ok(n) => held = n,
+                // A WAIT that timed out on a stalled host, or a shard without a primary
+                // for a moment: ask again shortly, within the same patience.
+                Err(_) => tokio::time::sleep(wait / 4).await,
+            }
+        }
         if held < want {
             r.backend
                 .counters()
@@ -391,10 +403,7 @@ impl RedisFreezeList {
                     .await
             })
             .await?;
-        let target = *target;
-        r.modify(|m| {
-            m.remove(&target);
-        });
+        r.mirror.remove(target, r.clock.now());
         Ok(lifted == 1)
     }
 
@@ -403,7 +412,8 @@ impl RedisFreezeList {
         if r.is_synced() {
             let now = r.clock.now();
             return Ok(r
-                .entries()
+                .mirror
+                .load()
                 .values()
                 .filter(|f| f.is_active(now))
                 .cloned()

@@ -10,9 +10,10 @@ use redis::Script;
 use tollgate_anomaly::{Action, AnomalyTags, Penalty, PenaltyBoard, PenaltyKey};
 use tollgate_core::FailurePolicy;
 use tollgate_core::clock::{SharedClock, Timestamp};
+use tollgate_core::sharded::ShardedMap;
 
 use crate::backend::{Counters, RedisBackend};
-use crate::replica::{Replica, ReplicaCounters, Replicated};
+use crate::replica::{Mirror, Replica, ReplicaCounters, Replicated};
 
 /// Merges a penalty into the hash by [`Penalty::merge`]'s rule, announces the result
 /// and keeps the hash no longer than its last penalty. When the hash is full,
@@ -95,8 +96,33 @@ fn encode(p: &Penalty) -> String {
     format!("{} {} {}", p.action.as_str(), until_ms(p.until), p.tags)
 }
 
+/// A replica's copy of the penalties: a bounded concurrent map whose entries go when
+/// their penalty ends. Penalties can come in floods (every network of a spread
+/// attack), so a change costs one shard's lock, not a copy of the whole list, and a
+/// full shard drops the penalty that ends soonest.
+pub(crate) struct Penalties(ShardedMap<PenaltyKey, Penalty>);
+
+impl Mirror<Penalty> for Penalties {
+    /// Loads over the copy without emptying it first, so no request sees a gap; what
+    /// Redis no longer holds has ended (or was refused there) and goes at its end.
+    fn reload(&self, entries: Vec<(PenaltyKey, Penalty)>, now: Timestamp) {
+        for (key, penalty) in entries {
+            self.0.insert(key, penalty, penalty.until, now);
+        }
+    }
+
+    fn insert(&self, key: PenaltyKey, penalty: Penalty, now: Timestamp) {
+        self.0.insert(key, penalty, penalty.until, now);
+    }
+
+    fn remove(&self, key: &PenaltyKey, now: Timestamp) {
+        self.0.remove(key, now);
+    }
+}
+
 impl Replicated for Penalty {
     type Key = PenaltyKey;
+    type Mirror = Penalties;
 
     const USE: &'static str = "penalty_board";
 
@@ -171,7 +197,10 @@ impl Drop for Inner {
 /// **Reads are local.** Every replica keeps a copy of the hash (loaded after
 /// subscribing, updated by each event, reloaded every `[store.freeze]
 /// resync_interval`), so a request reads memory, and a caller blocked on one replica
-/// is blocked on the others within the pub/sub delivery time.
+/// is blocked on the others within the pub/sub delivery time. The copy is a bounded
+/// concurrent map (twice `max_entries`: the shared penalties and this replica's own
+/// that a full hash refused; each entry gone when its penalty ends), so a flood of
+/// penalties costs a shard lock each, not a copy of the list.
 ///
 /// **Failures.** A penalty holds at once on the replica that imposed it; the write to
 /// Redis runs in the background. If Redis cannot take it, the penalty stays local
@@ -205,7 +234,7 @@ pub struct RedisPenaltyBoard(Arc<Inner>);
 impl fmt::Debug for RedisPenaltyBoard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisPenaltyBoard")
-            .field("entries", &self.0.replica.entries().len())
+            .field("entries", &self.0.replica.mirror.0.len())
             .field("synced", &self.0.replica.is_synced())
             .finish()
     }
@@ -230,12 +259,16 @@ impl RedisPenaltyBoard {
         longest: Duration,
         clock: SharedClock,
     ) -> Self {
-        let replica = Arc::new(Replica::new(backend, "penalties", clock));
+        let max_entries = max_entries.max(1);
+        // Room for what every replica shares and as much again of this replica's own
+        // penalties that a full hash refused.
+        let mirror = Penalties(ShardedMap::new(max_entries.saturating_mul(2)));
+        let replica = Arc::new(Replica::new(backend, "penalties", clock, mirror));
         let config = &backend.config().freeze;
         let task = replica.follow(config.heartbeat, config.resync_interval);
         RedisPenaltyBoard(Arc::new(Inner {
             replica,
-            max_entries: max_entries.max(1),
+            max_entries,
             longest,
             resync: config.resync_interval,
             engaged: AtomicBool::new(false),
@@ -286,24 +319,22 @@ impl PenaltyBoard for RedisPenaltyBoard {
     fn get(&self, key: PenaltyKey, now: Timestamp) -> Option<Penalty> {
         self.0
             .replica
-            .entries()
-            .get(&key)
+            .mirror
+            .0
+            .get(&key, now)
             .filter(|p| p.is_active(now))
-            .copied()
     }
 
     fn impose(&self, key: PenaltyKey, penalty: Penalty, now: Timestamp) {
         let r = &self.0.replica;
-        let current = r.entries().get(&key).copied().unwrap_or_default();
+        let current = self.get(key, now).unwrap_or_default();
         let slack = Duration::from_nanos(penalty.until.as_nanos().saturating_sub(now.as_nanos()) / 8);
         if current.covers(&penalty, now, slack) {
             return;
         }
         let mut merged = current;
         merged.merge(penalty, now);
-        r.modify(|m| {
-            m.insert(key, merged);
-        });
+        r.mirror.insert(key, merged, now);
         // Outside a runtime (a synchronous test) the penalty stays local.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(Self::write(Arc::clone(&self.0), key, merged, now));
@@ -311,11 +342,11 @@ impl PenaltyBoard for RedisPenaltyBoard {
     }
 
     fn is_empty(&self) -> bool {
-        self.0.replica.entries().is_empty()
+        self.0.replica.mirror.0.is_empty()
     }
 
     fn size(&self) -> (usize, usize) {
-        (self.0.replica.entries().len(), self.0.max_entries)
+        (self.0.replica.mirror.0.len(), self.0.replica.mirror.0.capacity())
     }
 
     fn retention(&self) -> Duration {
@@ -323,10 +354,7 @@ impl PenaltyBoard for RedisPenaltyBoard {
     }
 
     fn purge_expired(&self, now: Timestamp) {
-        let r = &self.0.replica;
-        if r.entries().values().any(|p| !p.is_active(now)) {
-            r.modify(|_| {});
-        }
+        self.0.replica.mirror.0.purge_expired(now);
     }
 }
 

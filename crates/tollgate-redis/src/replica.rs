@@ -51,6 +51,9 @@ pub(crate) trait Replicated: Clone + Send + Sync + 'static {
     /// What an entry is about (a hash field names it).
     type Key: Copy + Eq + Hash + Send + Sync + 'static;
 
+    /// Where a replica keeps its copy.
+    type Mirror: Mirror<Self>;
+
     /// The use named in logs: `freeze_list`, `penalty_board`.
     const USE: &'static str;
 
@@ -70,8 +73,65 @@ pub(crate) trait Replicated: Clone + Send + Sync + 'static {
     fn counters(c: &Counters) -> ReplicaCounters<'_>;
 }
 
-/// The local copy of one hash.
-pub(crate) type Entries<E> = HashMap<<E as Replicated>::Key, E>;
+/// A replica's copy of one hash, written by loads and events; each use reads its own
+/// kind of copy directly.
+pub(crate) trait Mirror<E: Replicated>: Send + Sync + 'static {
+    /// Takes in the active entries of a full load. What it does with entries the load
+    /// lacks is the copy's own rule (a snapshot drops them).
+    fn reload(&self, entries: Vec<(E::Key, E)>, now: Timestamp);
+
+    /// Puts one entry in.
+    fn insert(&self, key: E::Key, entry: E, now: Timestamp);
+
+    /// Takes one entry out.
+    fn remove(&self, key: &E::Key, now: Timestamp);
+}
+
+/// A copy for a list that changes rarely and is read on every request (the freeze
+/// list): reads are a lock-free load of the whole map; a change copies it (dropping
+/// expired entries on the way). Never evicts: the Redis hash bounds it.
+pub(crate) struct Snapshot<E: Replicated>(ArcSwap<HashMap<E::Key, E>>);
+
+impl<E: Replicated> Snapshot<E> {
+    pub(crate) fn new() -> Self {
+        Snapshot(ArcSwap::from_pointee(HashMap::new()))
+    }
+
+    /// The map as it is now.
+    pub(crate) fn load(&self) -> Guard<Arc<HashMap<E::Key, E>>> {
+        self.0.load()
+    }
+
+    fn modify(&self, now: Timestamp, f: impl Fn(&mut HashMap<E::Key, E>)) {
+        self.0.rcu(|current| {
+            let mut next: HashMap<E::Key, E> = current
+                .iter()
+                .filter(|(_, e)| e.is_active(now))
+                .map(|(k, e)| (*k, e.clone()))
+                .collect();
+            f(&mut next);
+            next
+        });
+    }
+}
+
+impl<E: Replicated> Mirror<E> for Snapshot<E> {
+    fn reload(&self, entries: Vec<(E::Key, E)>, _: Timestamp) {
+        self.0.store(Arc::new(entries.into_iter().collect()));
+    }
+
+    fn insert(&self, key: E::Key, entry: E, now: Timestamp) {
+        self.modify(now, |m| {
+            m.insert(key, entry.clone());
+        });
+    }
+
+    fn remove(&self, key: &E::Key, now: Timestamp) {
+        self.modify(now, |m| {
+            m.remove(key);
+        });
+    }
+}
 
 fn decode_entry<E: Replicated>(field: &str, value: &[u8]) -> Option<(E::Key, E)> {
     let key = E::parse_field(field)?;
@@ -81,7 +141,8 @@ fn decode_entry<E: Replicated>(field: &str, value: &[u8]) -> Option<(E::Key, E)>
 /// One replicated hash and its local copy.
 pub(crate) struct Replica<E: Replicated> {
     pub(crate) backend: RedisBackend,
-    entries: ArcSwap<Entries<E>>,
+    /// The copy.
+    pub(crate) mirror: E::Mirror,
     synced: AtomicBool,
     synced_tx: watch::Sender<bool>,
     /// The hash (one key, so one shard on a cluster).
@@ -92,11 +153,12 @@ pub(crate) struct Replica<E: Replicated> {
 }
 
 impl<E: Replicated> Replica<E> {
-    /// The hash `tollgate:[ns:]{name}` and its channel `…{name}-events`; not yet followed.
-    pub(crate) fn new(backend: &RedisBackend, name: &str, clock: SharedClock) -> Self {
+    /// The hash `tollgate:[ns:]{name}` and its channel `…{name}-events`, copied into
+    /// `mirror`; not yet followed.
+    pub(crate) fn new(backend: &RedisBackend, name: &str, clock: SharedClock, mirror: E::Mirror) -> Self {
         Replica {
             backend: backend.clone(),
-            entries: ArcSwap::from_pointee(HashMap::new()),
+            mirror,
             synced: AtomicBool::new(false),
             synced_tx: watch::channel(false).0,
             hash_key: backend.named_key(name),
@@ -128,25 +190,6 @@ impl<E: Replicated> Replica<E> {
     pub(crate) async fn wait_synced(&self, timeout: Duration) -> bool {
         let mut rx = self.synced_tx.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|s| *s)).await.is_ok()
-    }
-
-    /// The copy (current or not: see [`Replica::is_synced`]).
-    pub(crate) fn entries(&self) -> Guard<Arc<Entries<E>>> {
-        self.entries.load()
-    }
-
-    /// Changes the copy; expired entries are dropped on the way.
-    pub(crate) fn modify(&self, f: impl Fn(&mut Entries<E>)) {
-        let now = self.clock.now();
-        self.entries.rcu(|current| {
-            let mut next: Entries<E> = current
-                .iter()
-                .filter(|(_, e)| e.is_active(now))
-                .map(|(k, e)| (*k, e.clone()))
-                .collect();
-            f(&mut next);
-            next
-        });
     }
 
     /// Every entry in Redis (active or not) with its raw field and value.
@@ -196,12 +239,10 @@ impl<E: Replicated> Replica<E> {
     async fn reload(&self) -> Result<(), StoreError> {
         let all = self.read_all().await?;
         let now = self.clock.now();
-        let mut map = HashMap::with_capacity(all.len());
+        let mut active = Vec::with_capacity(all.len());
         for (f, v) in all {
             match decode_entry::<E>(&f, &v) {
-                Some((key, entry)) if entry.is_active(now) => {
-                    map.insert(key, entry);
-                }
+                Some((key, entry)) if entry.is_active(now) => active.push((key, entry)),
                 Some(_) => {
                     let (key, channel) = (self.hash_key.clone(), self.channel.clone());
                     // Best effort: another replica may have pruned it already.
@@ -221,7 +262,7 @@ impl<E: Replicated> Replica<E> {
                 None => tracing::warn!(store = "redis", r#use = E::USE, "skipping an undecodable entry"),
             }
         }
-        self.entries.store(Arc::new(map));
+        self.mirror.reload(active, now);
         Ok(())
     }
 
@@ -239,16 +280,12 @@ impl<E: Replicated> Replica<E> {
                     return;
                 };
                 if let Some((key, entry)) = decode_entry::<E>(f, value.as_bytes()) {
-                    self.modify(|m| {
-                        m.insert(key, entry.clone());
-                    });
+                    self.mirror.insert(key, entry, self.clock.now());
                 }
             }
             "del" => {
                 if let Some(key) = E::parse_field(rest) {
-                    self.modify(|m| {
-                        m.remove(&key);
-                    });
+                    self.mirror.remove(&key, self.clock.now());
                 }
             }
             _ => {}
