@@ -93,6 +93,14 @@ limits = [{{ name = "burst", quota = 1000, window = "1s" }}]
     tempfile_path::TempPath::with_contents(&text)
 }
 
+/// The `[store]` section on one Redis server, under the test's namespace.
+fn redis_store(redis: &RedisNamespace) -> String {
+    format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
+        redis.url, redis.namespace
+    )
+}
+
 /// A file removed on drop (no extra crate needed for one temp file).
 mod tempfile_path {
     pub struct TempPath(std::path::PathBuf);
@@ -122,10 +130,7 @@ async fn two_replicas_share_one_budget_and_one_freeze_list() {
     let Some(redis) = RedisNamespace::new() else {
         return;
     };
-    let config = config_file(&format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
-        redis.url, redis.namespace
-    ));
+    let config = config_file(&redis_store(&redis));
     let a = start(&config);
     let b = start(&config);
     share_one_budget_and_one_freeze_list(&a, &b).await;
@@ -138,19 +143,8 @@ async fn an_anomaly_block_on_one_replica_holds_on_the_other() {
         return;
     };
     let config = config_file(&format!(
-        r#"
-[anomaly]
-[anomaly.enumeration]
-max_distinct_ids = 12
-[anomaly.actions]
-enumeration = "block"
-
-[store]
-backend = "redis"
-url = "{}"
-namespace = "{}"
-"#,
-        redis.url, redis.namespace
+        "[anomaly]\n[anomaly.enumeration]\nmax_distinct_ids = 12\n[anomaly.actions]\nenumeration = \"block\"\n{}",
+        redis_store(&redis)
     ));
     let a = start(&config);
     let b = start(&config);
@@ -238,13 +232,8 @@ enumeration = "throttle"
 [anomaly.throttle]
 requests = 4
 period = "1m"
-
-[store]
-backend = "redis"
-url = "{}"
-namespace = "{}"
-"#,
-        redis.url, redis.namespace
+{}"#,
+        redis_store(&redis)
     ));
     let a = start(&config);
     let b = start(&config);

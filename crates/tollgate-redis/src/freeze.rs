@@ -14,7 +14,7 @@ use tollgate_core::{
 
 use crate::backend::{Counters, RedisBackend};
 use crate::config::FreezeConfig;
-use crate::replica::{Mirror, Replica, ReplicaCounters, Replicated, Snapshot};
+use crate::replica::{Following, Mirror, Replica, ReplicaCounters, Replicated, Snapshot};
 
 /// Adds or replaces a freeze and announces it. When the list is full, expired freezes
 /// are dropped first; if it is still full the freeze is refused.
@@ -72,13 +72,7 @@ struct Inner {
     max_entries: usize,
     wait_replicas: u32,
     engaged: AtomicBool,
-    task: tokio::task::AbortHandle,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _following: Following,
 }
 
 /// The freeze list in Redis, shared by every replica.
@@ -119,8 +113,9 @@ impl Drop for Inner {
 /// that fails before its replica copied it is lost in the failover. So `freeze`
 /// returns once `[store.freeze] wait_replicas` replicas hold it (`WAIT`; 1 by
 /// default on a cluster), asking again for up to a second while they are slow to
-/// confirm. When they do not confirm in that time the freeze is still in force (and in every replica's local copy), but a failover could lose it:
-/// that is logged and counted (`freeze_unreplicated`).
+/// confirm. When they do not confirm in that time the freeze is still in force (and
+/// in every replica's local copy), but a failover could lose it: that is logged and
+/// counted (`freeze_unreplicated`).
 ///
 /// `freeze` and `unfreeze` write to Redis and return its error if it cannot be
 /// reached (nothing is applied locally then, so no replica holds a freeze that the
@@ -216,7 +211,7 @@ impl RedisFreezeList {
     /// `[store.freeze]`), on the given clock. Must be called inside a Tokio runtime.
     pub fn with_config(backend: &RedisBackend, config: &FreezeConfig, clock: SharedClock) -> Self {
         let replica = Arc::new(Replica::new(backend, "freeze", clock, Snapshot::new()));
-        let task = replica.follow(config.heartbeat, config.resync_interval);
+        let following = replica.follow(config.heartbeat, config.resync_interval);
         RedisFreezeList(Arc::new(Inner {
             replica,
             policy: config.on_failure,
@@ -225,7 +220,7 @@ impl RedisFreezeList {
                 .wait_replicas
                 .unwrap_or_else(|| backend.config().freeze_wait_replicas()),
             engaged: AtomicBool::new(false),
-            task,
+            _following: following,
         }))
     }
 

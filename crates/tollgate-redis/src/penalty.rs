@@ -13,7 +13,7 @@ use tollgate_core::clock::{SharedClock, Timestamp};
 use tollgate_core::sharded::ShardedMap;
 
 use crate::backend::{Counters, RedisBackend};
-use crate::replica::{Mirror, Replica, ReplicaCounters, Replicated};
+use crate::replica::{Following, Mirror, Replica, ReplicaCounters, Replicated};
 
 /// Merges a penalty into the hash by [`Penalty::merge`]'s rule, announces the result
 /// and keeps the hash no longer than its last penalty. When the hash is full,
@@ -174,13 +174,7 @@ struct Inner {
     longest: Duration,
     resync: Duration,
     engaged: AtomicBool,
-    task: tokio::task::AbortHandle,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _following: Following,
 }
 
 /// The anomaly layer's penalties in Redis, shared by every replica
@@ -265,14 +259,14 @@ impl RedisPenaltyBoard {
         let mirror = Penalties(ShardedMap::new(max_entries.saturating_mul(2)));
         let replica = Arc::new(Replica::new(backend, "penalties", clock, mirror));
         let config = &backend.config().freeze;
-        let task = replica.follow(config.heartbeat, config.resync_interval);
+        let following = replica.follow(config.heartbeat, config.resync_interval);
         RedisPenaltyBoard(Arc::new(Inner {
             replica,
             max_entries,
             longest,
             resync: config.resync_interval,
             engaged: AtomicBool::new(false),
-            task,
+            _following: following,
         }))
     }
 

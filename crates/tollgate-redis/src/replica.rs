@@ -138,6 +138,16 @@ fn decode_entry<E: Replicated>(field: &str, value: &[u8]) -> Option<(E::Key, E)>
     Some((key, E::decode(&key, value)?))
 }
 
+/// The task following a replicated hash, stopped when this is dropped (with the last
+/// clone of the store that owns it).
+pub(crate) struct Following(tokio::task::AbortHandle);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One replicated hash and its local copy.
 pub(crate) struct Replica<E: Replicated> {
     pub(crate) backend: RedisBackend,
@@ -167,18 +177,17 @@ impl<E: Replicated> Replica<E> {
         }
     }
 
-    /// Spawns the task that keeps the copy current (it runs until aborted).
-    pub(crate) fn follow(
-        self: &Arc<Self>,
-        heartbeat: Duration,
-        resync: Duration,
-    ) -> tokio::task::AbortHandle {
-        tokio::spawn(subscriber(
-            Arc::clone(self),
-            heartbeat.max(Duration::from_millis(10)),
-            resync.max(Duration::from_millis(100)),
-        ))
-        .abort_handle()
+    /// Spawns the task that keeps the copy current; it runs until the returned guard
+    /// is dropped.
+    pub(crate) fn follow(self: &Arc<Self>, heartbeat: Duration, resync: Duration) -> Following {
+        Following(
+            tokio::spawn(subscriber(
+                Arc::clone(self),
+                heartbeat.max(Duration::from_millis(10)),
+                resync.max(Duration::from_millis(100)),
+            ))
+            .abort_handle(),
+        )
     }
 
     /// True while the copy is current (subscribed and loaded).
