@@ -431,3 +431,62 @@ impl Activity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tollgate_core::clock::{FakeClock, Timestamp};
+
+    use super::*;
+
+    fn view<'a>(session: &'a [u8], health: Option<usize>, anomaly: &'a [u8]) -> RecordView<'a> {
+        RecordView {
+            route: Some(b"/v1/items/{id}"),
+            status: Some(200),
+            tier: 0,
+            auth_error: false,
+            session: Some(session),
+            health,
+            reasons: Named::default(),
+            action: None,
+            policy: None,
+            outcome: None,
+            anomaly,
+            kinds: parse(anomaly, &AnomalyKind::ALL, AnomalyKind::as_str),
+        }
+    }
+
+    /// Repeats within a minute are skipped, but a new tag, a new verdict, a new
+    /// minute or another `Activity` still reach the flagged entry.
+    #[test]
+    fn flagged_sessions_take_every_change_and_skip_only_repeats() {
+        let clock = FakeClock::new(Timestamp::from_nanos(3_600_000_000_000));
+        let activity = Activity::with_clock(&["free"], Arc::new(clock.clone()));
+        let s = b"0123456789abcdef01234567".as_slice();
+        activity.observe_view(&view(s, None, b"volume:60"));
+        activity.observe_view(&view(s, None, b"volume:60"));
+        activity.observe_view(&view(s, None, b"enumeration:70"));
+        let f = activity.flagged_session("0123456789abcdef01234567").unwrap();
+        assert_eq!(f.anomalies, ["volume", "enumeration"]);
+        activity.observe_view(&view(s, Some(2), b"enumeration:70"));
+        assert_eq!(
+            activity
+                .flagged_session("0123456789abcdef01234567")
+                .unwrap()
+                .health,
+            "unhealthy"
+        );
+        clock.advance(Duration::from_secs(60));
+        activity.observe_view(&view(s, Some(2), b"enumeration:70"));
+        let later = activity.flagged_session("0123456789abcdef01234567").unwrap();
+        assert_eq!(later.last_seen_minute, f.last_seen_minute + 1);
+        assert_eq!(activity.summary().requests, 5, "every request counted");
+
+        // The same facts on another instance, same thread and minute, are not skipped.
+        let other = Activity::with_clock(&["free"], Arc::new(clock));
+        other.observe_view(&view(s, Some(2), b"enumeration:70"));
+        assert!(other.flagged_session("0123456789abcdef01234567").is_some());
+        assert!(activity.flagged_session("another").is_none());
+    }
+}
