@@ -67,7 +67,8 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             store(
                 "anomaly.volume",
                 "key: keyed hash of the subject digest (or of the coarsened network when unauthenticated); \
-                 value: request counts of the current and previous window and a baseline rate",
+                 value: request counts of the current and previous window and a baseline rate; the time of \
+                 the last request and the average gap over the last few and the last hundred or so requests",
                 "volume detection against the principal's own baseline",
             ),
             store(

@@ -1,5 +1,5 @@
 //! Volume: a principal's request rate far above its own recent baseline and above
-//! its tier's norm.
+//! its tier's norm, or a sudden burst far above its own pace.
 
 use tollgate_core::clock::duration_nanos;
 
@@ -16,10 +16,67 @@ struct VolumeState {
     baseline: f32,
     /// The current window was tagged: it will not feed the baseline.
     tagged: bool,
+    pace: Pace,
+}
+
+/// The gaps between a principal's requests, averaged over its last few requests
+/// (`fast`) and over many (`slow`), in seconds. Counted in requests rather than
+/// time, a jump to many times its own pace shows within a fixed number of requests
+/// whatever the pace was, and a baseline exists after a few dozen requests instead
+/// of after a full window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pace {
+    last: u64,
+    fast: f32,
+    slow: f32,
+    /// Gaps seen, up to [`PACE_HISTORY`].
+    gaps: u8,
+}
+
+/// Weight of each gap in the fast average: about the last six requests.
+const FAST_WEIGHT: f32 = 1.0 / 6.0;
+/// Weight of each gap in the slow average: about the last hundred requests, slow
+/// enough that a tenfold burst is past `baseline_factor` before the baseline follows.
+const SLOW_WEIGHT: f32 = 1.0 / 128.0;
+/// Gaps needed before the slow average is a baseline to judge against.
+const PACE_HISTORY: u8 = 16;
+/// A gap counts as at most this many slow gaps: a pause (lunch, a night) is not a
+/// new pace, so returning to work afterwards is not a burst.
+const PAUSE_CAP: f32 = 4.0;
+
+impl Pace {
+    /// Counts a request at `now` and returns `(fast_rate, slow_rate)` in requests per
+    /// second once the slow average is a baseline.
+    fn observe(&mut self, now: u64, learning: f32) -> Option<(f64, f64)> {
+        let last = std::mem::replace(&mut self.last, now);
+        if last == 0 || now < last {
+            return None;
+        }
+        let mut gap = (now - last) as f32 * 1e-9;
+        let seen = f32::from(self.gaps) + 1.0;
+        if self.gaps < PACE_HISTORY {
+            // Until there is a baseline, both are plain means of the gaps so far.
+            self.fast += (gap - self.fast) / seen.min(1.0 / FAST_WEIGHT);
+            self.slow += (gap - self.slow) / seen;
+        } else {
+            gap = gap.min(PAUSE_CAP * self.slow.max(1e-3));
+            self.fast += FAST_WEIGHT * (gap - self.fast);
+            self.slow += SLOW_WEIGHT * learning * (gap - self.slow);
+        }
+        self.gaps = self.gaps.saturating_add(1).min(PACE_HISTORY);
+        // A gap of zero (requests sent together) is counted as a millisecond.
+        (self.gaps >= PACE_HISTORY).then(|| {
+            (
+                1.0 / f64::from(self.fast.max(1e-3)),
+                1.0 / f64::from(self.slow.max(1e-3)),
+            )
+        })
+    }
 }
 
 /// Per-principal request rates against an EWMA baseline of the principal's own
-/// active windows and a per-tier norm.
+/// active windows and a per-tier norm, and the principal's recent pace against its
+/// longer pace.
 ///
 /// The rate is a sliding-window count (two fixed windows, weighted). A rate is
 /// tagged when it exceeds both `baseline_factor` times the principal's baseline
@@ -27,6 +84,14 @@ struct VolumeState {
 /// an attack does not teach the detector that it is normal within minutes; idle
 /// windows do not feed it at all, so the baseline is "how fast this principal goes
 /// when it is active".
+///
+/// The window baseline needs whole windows; a burst is seen sooner from the pace
+/// ([`Pace`]): the last six or so requests coming `baseline_factor` times faster
+/// than the last hundred or so, and faster than a quarter of `default_norm` (so a
+/// principal idling at a request a minute is not tagged for a handful of clicks;
+/// the same floor for every tier, since a burst is judged against the principal's
+/// own pace, not its allowance).
+/// A steady client, however heavy, keeps both averages alike.
 #[derive(Debug)]
 pub(crate) struct VolumeDetector {
     map: BoundedMap<VolumeState>,
@@ -35,6 +100,8 @@ pub(crate) struct VolumeDetector {
     alpha: f32,
     norms: Vec<(Box<str>, u32)>,
     default_norm: u32,
+    /// Requests per second a burst must exceed, whatever the principal's pace.
+    burst_floor: f64,
 }
 
 impl VolumeDetector {
@@ -51,6 +118,7 @@ impl VolumeDetector {
                 .map(|(k, v)| (k.as_str().into(), *v))
                 .collect(),
             default_norm: config.default_norm,
+            burst_floor: f64::from(config.default_norm) / (4.0 * config.window.as_secs_f64().max(1e-9)),
         }
     }
 
@@ -92,12 +160,16 @@ impl VolumeDetector {
                 let rate = s.counter.estimate(now, window);
                 let own = self.factor * f64::from(s.baseline.max(0.0));
                 let threshold = own.max(f64::from(norm));
-                if rate > threshold {
-                    s.tagged = true;
-                    Some(excess_score(rate, threshold))
-                } else {
-                    None
-                }
+                // A burst teaches the slow pace more slowly, as tagged windows do.
+                let learning = if s.tagged { 1.0 / 4.0 } else { 1.0 };
+                let burst = s.pace.observe(now, learning).and_then(|(fast, slow)| {
+                    let threshold = (self.factor * slow).max(self.burst_floor);
+                    (fast > threshold).then(|| excess_score(fast, threshold))
+                });
+                let by_rate = (rate > threshold).then(|| excess_score(rate, threshold));
+                let score = by_rate.max(burst);
+                s.tagged |= score.is_some();
+                score
             },
         )
     }
@@ -185,6 +257,71 @@ mod tests {
         assert!(early > 0);
         let later = drive(&d, 7, norm, 5 * 60 * S, 300, 10);
         assert!(later < early, "{later} >= {early}");
+    }
+
+    /// Requests at `per_sec` with exponential gaps (a seeded LCG), from `start`;
+    /// returns the time after the last and the indices of tagged requests.
+    fn poisson(
+        d: &VolumeDetector,
+        key: u64,
+        norm: u32,
+        start: u64,
+        per_sec: f64,
+        n: u64,
+        seed: &mut u64,
+    ) -> (u64, Vec<u64>) {
+        let mut t = start;
+        let mut tagged = Vec::new();
+        for i in 0..n {
+            *seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = ((*seed >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            t += (-u.ln() / per_sec * 1e9) as u64;
+            if d.observe(key, norm, t).is_some() {
+                tagged.push(i);
+            }
+        }
+        (t, tagged)
+    }
+
+    #[test]
+    fn a_twenty_fold_burst_fires_within_twenty_requests() {
+        let d = detector();
+        let norm = d.norm(Some("pro"));
+        let mut seed = 7;
+        for (key, pace) in [(1, 0.2), (2, 1.0), (3, 5.0)] {
+            // Two minutes at its own pace (no full window's baseline yet), then 20 times faster.
+            let (t, quiet) = poisson(&d, key, norm, S, pace, (120.0 * pace) as u64, &mut seed);
+            assert!(quiet.is_empty(), "pace {pace}: {quiet:?}");
+            let (_, burst) = poisson(&d, key, norm, t, 10.0 * pace, 100, &mut seed);
+            let first = burst.first().copied().unwrap_or(u64::MAX);
+            assert!(
+                first < 20,
+                "pace {pace}: first tag at request {first} of the burst"
+            );
+        }
+    }
+
+    #[test]
+    fn steady_clients_are_quiet_whatever_their_pace() {
+        let d = detector();
+        let mut seed = 11;
+        for (key, pace) in [(1, 0.05), (2, 0.5), (3, 3.0), (4, 15.0)] {
+            let (_, tagged) = poisson(&d, key, d.norm(Some("pro")), S, pace, 5_000, &mut seed);
+            assert!(tagged.is_empty(), "pace {pace}: {} tagged", tagged.len());
+        }
+    }
+
+    #[test]
+    fn returning_from_a_pause_is_not_a_burst() {
+        let d = detector();
+        let norm = d.norm(Some("pro"));
+        let mut seed = 3;
+        let (t, _) = poisson(&d, 1, norm, S, 1.0, 300, &mut seed);
+        // A night off, then the same pace again.
+        let (_, tagged) = poisson(&d, 1, norm, t + 8 * 3600 * S, 1.0, 300, &mut seed);
+        assert!(tagged.is_empty(), "{tagged:?}");
     }
 
     #[test]
