@@ -193,6 +193,13 @@ pub struct EnumerationConfig {
     pub window: Duration,
     /// Distinct object ids on one route template above which a session is tagged.
     pub max_distinct_ids: u32,
+    /// New distinct ids in a minute on one route template above which a session is
+    /// tagged, unless the session's own pace or the route's usual pace is higher
+    /// (then `new_ids_factor` times that). Default 20.
+    pub max_new_ids_per_minute: u32,
+    /// How many times its own usual pace of new ids, and the route's, a session's
+    /// pace must reach (default 2.5).
+    pub new_ids_factor: f64,
     /// Requests on one route before the error ratio is judged (default 10).
     pub ratio_min_requests: u32,
     /// The share of 403/404 answers above which a session is tagged, in (0, 1].
@@ -207,6 +214,8 @@ impl Default for EnumerationConfig {
             enabled: true,
             window: Duration::from_secs(4 * 3600),
             max_distinct_ids: 100,
+            max_new_ids_per_minute: 20,
+            new_ids_factor: 2.5,
             ratio_min_requests: 10,
             max_error_ratio: 0.5,
             max_entries: 200_000,
@@ -484,6 +493,16 @@ impl AnomalyConfig {
             return Err(ConfigError::new(
                 "enumeration.max_distinct_ids",
                 "must be at most 1000 (the sketch saturates near 1400)",
+            ));
+        }
+        positive(
+            "enumeration.max_new_ids_per_minute",
+            u64::from(e.max_new_ids_per_minute),
+        )?;
+        if !(e.new_ids_factor > 1.0 && e.new_ids_factor.is_finite()) {
+            return Err(ConfigError::new(
+                "enumeration.new_ids_factor",
+                format!("must be a finite number above 1, got {}", e.new_ids_factor),
             ));
         }
         positive("enumeration.ratio_min_requests", u64::from(e.ratio_min_requests))?;

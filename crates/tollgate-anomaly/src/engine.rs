@@ -680,7 +680,7 @@ impl Engine {
                 }
             }
             let ids = inline[..n].iter().chain(&spill).copied();
-            if let Some(score) = d.observe_request(key, ids, now) {
+            if let Some(score) = d.observe_request(key, route.idx, ids, now) {
                 tags.insert(AnomalyKind::Enumeration, score);
             }
         }

@@ -51,6 +51,18 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             sinks: &[Sink::Store],
         });
     }
+    if c.enumeration.enabled {
+        out.push(FieldSpec {
+            name: "anomaly.enumeration.routes",
+            layer: LAYER,
+            derived_from: "per route template, the average new object ids a minute of its sessions: one \
+                           running average over all of them, nothing per session or person",
+            protection: Protection::NotPersonal,
+            purpose: "judging a session's pace of new ids against its route's",
+            retention: Retention::ttl(c.enumeration.window),
+            sinks: &[Sink::Store],
+        });
+    }
     if c.debug_header {
         out.push(FieldSpec {
             name: "x-tollgate-anomaly",
@@ -80,9 +92,11 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             store(
                 "anomaly.enumeration",
                 "key: keyed hash of the session pseudonym (or credential digest) and route template; value: \
-                 256-bit distinct-count sketches of object-id hashes (no id is kept), request and 403/404 counts",
+                 256-bit distinct-count sketches of object-id hashes (no id is kept), request and 403/404 counts, \
+                 new ids in the last minute and the session's usual new ids a minute",
                 "enumeration (BOLA) detection per session and route",
             ),
+
             store(
                 "anomaly.sequence.sessions",
                 "key: keyed hash of the session pseudonym (or credential digest); value: the index of the \

@@ -75,11 +75,20 @@ const BITS: usize = 256;
 pub(crate) struct DistinctSketch([u64; BITS / 64]);
 
 impl DistinctSketch {
-    /// Adds a hash.
-    pub(crate) fn insert(&mut self, hash: u64) {
+    /// Adds a hash; true if its bucket was empty (a new value, unless two collide).
+    pub(crate) fn insert(&mut self, hash: u64) -> bool {
         // The low bits pick the bucket; the hash is a keyed SipHash, so all bits are uniform.
         let bit = (hash % BITS as u64) as usize;
-        self.0[bit / 64] |= 1 << (bit % 64);
+        let word = &mut self.0[bit / 64];
+        let mask = 1 << (bit % 64);
+        let new = *word & mask == 0;
+        *word |= mask;
+        new
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        let bit = (hash % BITS as u64) as usize;
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// The union of two sketches.
@@ -141,10 +150,10 @@ impl WindowedDistinct {
         self.window = w;
     }
 
-    /// Adds a hash at `now`.
-    pub(crate) fn insert(&mut self, hash: u64, now: u64, window_nanos: u64) {
+    /// Adds a hash at `now`; true if the window had not seen it (unless two collide).
+    pub(crate) fn insert(&mut self, hash: u64, now: u64, window_nanos: u64) -> bool {
         self.roll(now, window_nanos);
-        self.current.insert(hash);
+        self.current.insert(hash) && !self.previous.contains(hash)
     }
 
     /// The estimated distinct count over the last one to two windows.

@@ -39,7 +39,7 @@ fn a_million_distinct_keys_stay_under_the_caps() {
         let k = key(i);
         volume.observe(k, 120, now);
         stuffing.record_failure(k, now);
-        enumeration.observe_request(k, [key(i + 1)], now);
+        enumeration.observe_request(k, 0, [key(i + 1)], now);
         sequence.observe(k, (i % 8) as u8, now);
         if i % 100 == 0 {
             volume.observe(hot, 1_000_000, now);
