@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tollgate::core::problem::{Problem, ProblemType};
-use tollgate::core::{Principal, SessionInfo};
+use tollgate::core::{LoginAttempt, Principal, SessionInfo};
 use tollgate::operator::{Observers, Operator};
 use tollgate::{Tollgate, TollgateConfig};
 use tracing_subscriber::prelude::*;
@@ -242,9 +242,12 @@ async fn log_in(
         bool::from(u.username.as_bytes().ct_eq(c.username.as_bytes()))
             & bool::from(u.password.as_bytes().ct_eq(c.password.as_bytes()))
     });
+    // The anomaly layer counts failures per account tried (a keyed hash of the name).
     let Some(user) = user else {
-        return error(StatusCode::UNAUTHORIZED, "invalid credentials");
+        let refused = error(StatusCode::UNAUTHORIZED, "invalid credentials");
+        return (LoginAttempt::failed(&c.username), refused).into_response();
     };
+    let attempt = LoginAttempt::succeeded(&c.username);
     // A proof makes the token DPoP-bound; a bad proof is refused (RFC 9449 §5).
     let jkt = match (&login.auth, headers.contains_key("dpop")) {
         (Some(auth), true) => match auth.verify_token_request_proof(&method, &uri, &headers).await {
@@ -291,7 +294,10 @@ async fn log_in(
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("demo-hs256".into());
     match jsonwebtoken::encode(&header, &claims, key) {
-        Ok(token) => Json(json!({ "access_token": token, "token_type": token_type, "expires_in": 3600 }))
+        Ok(token) => (
+            attempt,
+            Json(json!({ "access_token": token, "token_type": token_type, "expires_in": 3600 })),
+        )
             .into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot sign"),
     }

@@ -135,7 +135,9 @@ impl Default for VolumeConfig {
     }
 }
 
-/// Credential stuffing: failed logins (401s) or distinct subjects per network prefix.
+/// Credential stuffing and password spraying: failed logins (401s, and the
+/// [`tollgate_core::LoginAttempt`]s a login handler reports) per network prefix,
+/// per attempted account and API-wide.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StuffingConfig {
@@ -144,10 +146,29 @@ pub struct StuffingConfig {
     /// The counting window.
     #[serde(with = "duration")]
     pub window: Duration,
-    /// 401 answers per window from one network prefix above which it is tagged.
+    /// 401 answers per window from one network prefix above which it is tagged
+    /// (default 10), when failures are also more than `max_failure_share` of what
+    /// the prefix does.
     pub max_failures: u32,
-    /// Distinct subjects authenticated per window from one prefix above which it is tagged.
+    /// Distinct subjects authenticated per window from one prefix above which it is
+    /// tagged (default 30), under the same condition.
     pub max_subjects: u32,
+    /// The share of a prefix's requests that must be failures for it to be tagged,
+    /// in (0, 1] (default 0.5): thousands of honest users behind one carrier-grade
+    /// NAT fail a login now and then among far more requests that work.
+    pub max_failure_share: f64,
+    /// Failed logins per window against one attempted account, from any network,
+    /// above which its attempts are tagged (default 10).
+    pub max_account_failures: u32,
+    /// The most attempted accounts tracked (keyed hashes).
+    pub max_accounts: usize,
+    /// Distinct accounts failing API-wide per window below which no campaign is
+    /// called from them (default 20).
+    pub min_failed_accounts: u32,
+    /// Distinct accounts failing API-wide per login that works, per window, above
+    /// which a campaign is called (default 1): honest users who mistype retry and
+    /// get in, a list of stolen credentials mostly does not.
+    pub failed_accounts_per_login: f64,
     /// How long a tagged prefix stays tagged after the last trigger.
     #[serde(with = "duration")]
     pub hold: Duration,
@@ -171,8 +192,13 @@ impl Default for StuffingConfig {
         StuffingConfig {
             enabled: true,
             window: Duration::from_secs(600),
-            max_failures: 20,
+            max_failures: 10,
             max_subjects: 30,
+            max_failure_share: 0.5,
+            max_account_failures: 10,
+            max_accounts: 100_000,
+            min_failed_accounts: 20,
+            failed_accounts_per_login: 1.0,
             hold: Duration::from_secs(900),
             max_entries: 50_000,
             global_min_rate: 0.5,
@@ -474,10 +500,19 @@ impl AnomalyConfig {
         positive("stuffing.max_failures", u64::from(s.max_failures))?;
         positive("stuffing.max_subjects", u64::from(s.max_subjects))?;
         positive("stuffing.max_entries", s.max_entries as u64)?;
+        fraction("stuffing.max_failure_share", s.max_failure_share)?;
+        positive("stuffing.max_account_failures", u64::from(s.max_account_failures))?;
+        positive("stuffing.max_accounts", s.max_accounts as u64)?;
+        positive("stuffing.min_failed_accounts", u64::from(s.min_failed_accounts))?;
         nonzero("stuffing.global_window", s.global_window)?;
         for (name, v, lo) in [
             ("stuffing.global_min_rate", s.global_min_rate, 0.0),
             ("stuffing.global_factor", s.global_factor, 1.0),
+            (
+                "stuffing.failed_accounts_per_login",
+                s.failed_accounts_per_login,
+                0.0,
+            ),
         ] {
             if !(v.is_finite() && v > lo) {
                 return Err(ConfigError::new(

@@ -16,8 +16,9 @@ use tollgate_core::inventory::StateSize;
 use tollgate_core::problem::types;
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    ClientConfig, ConfigError, Freeze, FreezeTarget, KeyedDigest, NetworkPrefix, Principal, Problem,
-    ProblemResponder, Pseudonymizer, RouteMap, SessionInfo, SharedFreezeList, StoreError, Timestamp,
+    ClientConfig, ConfigError, Freeze, FreezeTarget, KeyedDigest, LoginAttempt, LoginOutcome, NetworkPrefix,
+    Principal, Problem, ProblemResponder, Pseudonymizer, RouteMap, SessionInfo, SharedFreezeList, StoreError,
+    Timestamp,
 };
 use tollgate_ratelimit::{Decision, Limit, MemoryRateLimitStore, RateLimitKey, SharedRateLimitStore};
 
@@ -314,6 +315,11 @@ impl Engine {
         }
         if let Some(d) = &self.stuffing {
             push("anomaly.stuffing", d.len(), d.capacity());
+            push(
+                "anomaly.stuffing.accounts",
+                d.accounts().len(),
+                d.accounts().capacity(),
+            );
         }
         if let Some(d) = &self.enumeration {
             push("anomaly.enumeration", d.len(), d.capacity());
@@ -335,6 +341,7 @@ impl Engine {
         match name {
             "anomaly.volume" => self.volume.as_ref().map(|d| d.map().retention()),
             "anomaly.stuffing" => self.stuffing.as_ref().map(|d| d.map().retention()),
+            "anomaly.stuffing.accounts" => self.stuffing.as_ref().map(|d| d.accounts().retention()),
             "anomaly.enumeration" => self.enumeration.as_ref().map(|d| d.map().retention()),
             "anomaly.sequence.sessions" => self.sequence.as_ref().map(|d| d.map().retention()),
             "anomaly.penalties" => Some(self.penalties.retention()),
@@ -349,6 +356,7 @@ impl Engine {
         }
         if let Some(d) = &self.stuffing {
             d.map().purge_expired(now);
+            d.accounts().purge_expired(now);
         }
         if let Some(d) = &self.enumeration {
             d.map().purge_expired(now);
@@ -842,15 +850,28 @@ impl Engine {
         Some(problem)
     }
 
-    /// The response phase of the outer watch layer: counts 401s per network.
-    fn on_watch_response(&self, watch: &WatchState, response: &mut Response) {
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return;
+    /// Counts the login outcome of a response from `network`: a 401, or what a
+    /// login handler reported with a [`LoginAttempt`] (taken out of the response,
+    /// so the account name goes no further). The stuffing score, if tagged.
+    fn count_login(&self, network: u64, response: &mut Response, now: u64) -> Option<u8> {
+        let d = self.stuffing.as_ref()?;
+        let attempt = response.extensions_mut().remove::<LoginAttempt>();
+        let account = attempt
+            .as_ref()
+            .map(|a| self.hasher.hash_bytes(KeyKind::Account, a.account_bytes()));
+        match (attempt.map(|a| a.outcome()), account) {
+            (Some(LoginOutcome::Succeeded), Some(account)) => d.record_login(network, account, now),
+            (Some(LoginOutcome::Failed), _) => d.record_failure(network, account, now),
+            _ if response.status() == StatusCode::UNAUTHORIZED => d.record_failure(network, None, now),
+            _ => None,
         }
-        let Some(d) = &self.stuffing else { return };
+    }
+
+    /// The response phase of the outer watch layer: counts failed logins.
+    fn on_watch_response(&self, watch: &WatchState, response: &mut Response) {
         let now = watch.now.as_nanos();
         let network = watch.network;
-        let Some(score) = d.record_failure(network, now) else {
+        let Some(score) = self.count_login(network, response, now) else {
             return;
         };
         let mut tags = response
@@ -929,10 +950,9 @@ impl Post {
         let status = response.status();
         let mut fresh = AnomalyTags::default();
         if self.count_failures
-            && status == StatusCode::UNAUTHORIZED
-            && let (Some(d), Some(net)) = (&engine.stuffing, self.keys.network)
+            && let Some(net) = self.keys.network
             && self.policy.enabled(AnomalyKind::CredentialStuffing)
-            && let Some(score) = d.record_failure(net, now)
+            && let Some(score) = engine.count_login(net, response, now)
         {
             fresh.insert(AnomalyKind::CredentialStuffing, score);
         }

@@ -23,10 +23,11 @@ pub(crate) enum KeyKind {
     Enumeration = 5,
     ObjectId = 6,
     Subject = 7,
+    Account = 8,
 }
 
 /// The number of [`KeyKind`] tags (one past the largest).
-const KINDS: usize = 8;
+const KINDS: usize = 9;
 
 /// A keyed hasher; cloning the pre-keyed state is the whole per-hash setup.
 #[derive(Clone, Debug)]

@@ -44,10 +44,12 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
         out.push(FieldSpec {
             name: "anomaly.stuffing.global",
             layer: LAYER,
-            derived_from: "the API-wide count of failed logins in the current window and an average rate: counts only, no key",
+            derived_from: "the API-wide count of failed logins in the current window and an average rate, working \
+                           logins per window, and a 256-bit distinct-count sketch of the keyed hashes of accounts \
+                           failing (one bit per bucket: no hash or account is kept)",
             protection: Protection::NotPersonal,
             purpose: "catch credential stuffing spread thinly over many networks",
-            retention: Retention::ttl(c.stuffing.global_window),
+            retention: Retention::ttl(c.stuffing.global_window.max(c.stuffing.window * 2)),
             sinks: &[Sink::Store],
         });
     }
@@ -85,9 +87,17 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             ),
             store(
                 "anomaly.stuffing",
-                "key: keyed hash of the coarsened network prefix; value: 401 counts per window and a 256-bit \
-                 distinct-count sketch of subject hashes (no subject is kept), a hold time and score",
+                "key: keyed hash of the coarsened network prefix; value: failed-login and success counts per \
+                 window and a 256-bit distinct-count sketch of subject hashes (no subject is kept), a hold time \
+                 and score",
                 "credential-stuffing detection per network",
+            ),
+            store(
+                "anomaly.stuffing.accounts",
+                "key: keyed hash of the account name a login handler reported as tried (`LoginAttempt`; the \
+                 name itself is dropped and wiped at once); value: failed-login counts per window, a hold time \
+                 and score",
+                "catching one account attacked from many networks, and the login that then works",
             ),
             store(
                 "anomaly.enumeration",

@@ -13,7 +13,7 @@ use http::StatusCode;
 use tollgate_anomaly::{Action, AnomalyConfig, AnomalyKind, AnomalyLayer};
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    Clock, CredentialKind, FreezeList, MemoryFreezeList, Principal, SessionHealth, SessionInfo,
+    Clock, CredentialKind, FreezeList, LoginAttempt, MemoryFreezeList, Principal, SessionHealth, SessionInfo,
     SessionReasons,
 };
 use tollgate_ratelimit::MemoryRateLimitStore;
@@ -40,6 +40,7 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
     config.volume.default_norm = 5;
     config.enumeration.max_distinct_ids = 3;
     config.stuffing.max_subjects = 1;
+    config.stuffing.max_account_failures = 2;
     config.sequence.min_observations = 1;
     config.actions = config
         .actions
@@ -56,6 +57,12 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
     let auth_p = p.clone();
     let app = Router::new()
         .route("/v1/items/{id}", get(|| async { StatusCode::NOT_FOUND }))
+        // A login handler reporting the account tried: the anomaly layer must keep
+        // no trace of the name.
+        .route(
+            "/login",
+            axum::routing::post(|| async { (StatusCode::UNAUTHORIZED, LoginAttempt::failed(EMAIL), "no") }),
+        )
         .layer(anomaly.clone())
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
             let p = auth_p.clone();
@@ -88,12 +95,16 @@ async fn no_identifier_reaches_logs_headers_or_store_keys() {
 
     let peer: SocketAddr = format!("{IP}:50000").parse().unwrap();
     let mut headers_seen = String::new();
-    for i in 0..12 {
-        let mut req = http::Request::builder()
-            .uri(format!("/v1/items/{OBJECT_ID}{i}?q={EMAIL}"))
+    for i in 0..24 {
+        let mut req = if i % 2 == 0 {
+            http::Request::builder().method("POST").uri("/login")
+        } else {
+            http::Request::builder().uri(format!("/v1/items/{OBJECT_ID}{i}?q={EMAIL}"))
+        };
+        req = req
             .header("user-agent", USER_AGENT)
-            .header("x-subject", if i % 2 == 0 { SUBJECT } else { OTHER_SUBJECT });
-        if i == 11 {
+            .header("x-subject", if i % 4 < 2 { SUBJECT } else { OTHER_SUBJECT });
+        if i == 23 {
             req = req.header("x-shared", "1");
         }
         let mut req = req.body(Body::empty()).unwrap();

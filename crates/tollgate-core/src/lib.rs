@@ -10,6 +10,7 @@
 //! - [`inventory`]: the declared list of every field kept.
 //! - [`freeze`]: the freeze list trait and its in-process store.
 //! - [`session`]: the session verdict the fingerprinting layer hands on.
+//! - [`login`]: [`LoginAttempt`], a login handler's report of the account tried.
 //! - [`store`]: async store traits and the bounded in-process store.
 //! - [`sharded`]: the bounded sharded map with a pluggable eviction rule under the in-process stores.
 //! - [`clock`]: integer-nanosecond time behind a trait, with a fake clock for tests.
@@ -28,6 +29,7 @@ pub mod fields;
 pub mod freeze;
 pub mod future;
 pub mod inventory;
+pub mod login;
 pub mod principal;
 pub mod problem;
 pub mod pseudonym;
@@ -43,6 +45,7 @@ pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
 pub use config::ConfigError;
 pub use freeze::{Freeze, FreezeList, FreezeTarget, MemoryFreezeList, SharedFreezeList};
 pub use inventory::{DataInventory, FieldSpec, Protection, Retention, Sink};
+pub use login::{LoginAttempt, LoginOutcome};
 pub use principal::{BoundKey, CredentialKind, Principal, Scopes, Tier};
 pub use problem::{Problem, ProblemResponder, ProblemType};
 pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymizer};

@@ -22,6 +22,7 @@ fn a_million_distinct_keys_stay_under_the_caps() {
     });
     let stuffing = StuffingDetector::new(&StuffingConfig {
         max_entries: 20_000,
+        max_accounts: 20_000,
         ..StuffingConfig::default()
     });
     let enumeration = EnumerationDetector::new(&EnumerationConfig {
@@ -38,7 +39,7 @@ fn a_million_distinct_keys_stay_under_the_caps() {
         let now = i * MS; // 1,000 new keys a second, for 1,000 seconds
         let k = key(i);
         volume.observe(k, 120, now);
-        stuffing.record_failure(k, now);
+        stuffing.record_failure(k, Some(k), now);
         enumeration.observe_request(k, 0, [key(i + 1)], now);
         sequence.observe(k, (i % 8) as u8, now);
         if i % 100 == 0 {
@@ -55,6 +56,8 @@ fn a_million_distinct_keys_stay_under_the_caps() {
         volume.len()
     );
     assert!(stuffing.capacity() <= 20_000 && stuffing.len() <= stuffing.capacity());
+    let accounts = stuffing.accounts();
+    assert!(accounts.capacity() <= 20_000 && accounts.len() == accounts.capacity());
     assert!(enumeration.capacity() <= 50_000 && enumeration.len() <= enumeration.capacity());
     assert!(sequence.capacity() <= 50_000 && sequence.len() <= sequence.capacity());
     // Full, not leaking: exactly at the cap.
