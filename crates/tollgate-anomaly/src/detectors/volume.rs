@@ -85,7 +85,9 @@ impl Pace {
 /// windows do not feed it at all, so the baseline is "how fast this principal goes
 /// when it is active".
 ///
-/// The window baseline needs whole windows; a burst is seen sooner from the pace
+/// Until the window baseline exists, the slow pace stands in for it, so a client
+/// steady from its first request is not tagged however heavy it is (its rate
+/// limits bound it). The window baseline needs whole windows; a burst is seen sooner from the pace
 /// ([`Pace`]): the last six or so requests coming `baseline_factor` times faster
 /// than the last hundred or so, and faster than a quarter of `default_norm` (so a
 /// principal idling at a request a minute is not tagged for a handful of clicks;
@@ -158,14 +160,17 @@ impl VolumeDetector {
                 }
                 s.counter.add(now, window, 1);
                 let rate = s.counter.estimate(now, window);
-                let own = self.factor * f64::from(s.baseline.max(0.0));
-                let threshold = own.max(f64::from(norm));
                 // A burst teaches the slow pace more slowly, as tagged windows do.
                 let learning = if s.tagged { 1.0 / 4.0 } else { 1.0 };
-                let burst = s.pace.observe(now, learning).and_then(|(fast, slow)| {
+                let pace = s.pace.observe(now, learning);
+                let burst = pace.and_then(|(fast, slow)| {
                     let threshold = (self.factor * slow).max(self.burst_floor);
                     (fast > threshold).then(|| excess_score(fast, threshold))
                 });
+                // Before a whole window has passed, the slow pace is the baseline.
+                let paced = pace.map_or(0.0, |(_, slow)| slow * window as f64 * 1e-9);
+                let own = self.factor * f64::from(s.baseline.max(0.0)).max(paced);
+                let threshold = own.max(f64::from(norm));
                 let by_rate = (rate > threshold).then(|| excess_score(rate, threshold));
                 let score = by_rate.max(burst);
                 s.tagged |= score.is_some();
@@ -216,14 +221,21 @@ mod tests {
     }
 
     #[test]
-    fn two_hundred_requests_in_twenty_seconds_fire() {
+    fn a_quiet_start_then_two_hundred_requests_in_twenty_seconds_fire() {
         let d = VolumeDetector::new(&VolumeConfig::default());
         let norm = d.norm(Some("free")); // 120 per minute by default
-        let mut fired = None;
-        for i in 0..200u64 {
-            fired = fired.or(d.observe(42, norm, i * 100_000_000));
-        }
-        assert!(fired.is_some());
+        assert_eq!(drive(&d, 42, norm, 0, 6, 3), 0);
+        let start = 3 * 60 * S;
+        let fired = (0..200u64).filter(|i| d.observe(42, norm, start + i * 100_000_000).is_some());
+        assert!(fired.count() > 100);
+    }
+
+    #[test]
+    fn a_heavy_client_steady_from_its_first_request_is_quiet() {
+        let d = VolumeDetector::new(&VolumeConfig::default());
+        let norm = d.norm(Some("free"));
+        // 8 a second, five times the norm, from the start.
+        assert_eq!(drive(&d, 43, norm, 0, 480, 10), 0);
     }
 
     #[test]
@@ -251,12 +263,8 @@ mod tests {
     fn above_the_norm_but_near_its_own_baseline_is_quiet() {
         let d = detector();
         let norm = d.norm(Some("free"));
-        // A principal that always runs at 300/min (above the free norm of 120) learns
-        // its baseline; only the first minutes, before the baseline exists, fire.
-        let early = drive(&d, 7, norm, 0, 300, 5);
-        assert!(early > 0);
-        let later = drive(&d, 7, norm, 5 * 60 * S, 300, 10);
-        assert!(later < early, "{later} >= {early}");
+        // A principal that always runs at 300/min (above the free norm of 120).
+        assert_eq!(drive(&d, 7, norm, 0, 300, 15), 0);
     }
 
     /// Requests at `per_sec` with exponential gaps (a seeded LCG), from `start`;
@@ -330,8 +338,12 @@ mod tests {
         assert_eq!(d.norm(Some("pro")), 1200);
         assert_eq!(d.norm(Some("unknown")), 120);
         assert_eq!(d.norm(None), 120);
-        // 600/min is fine for pro, not for free.
-        assert_eq!(drive(&d, 1, d.norm(Some("pro")), 0, 600, 3), 0);
-        assert!(drive(&d, 2, d.norm(Some("free")), 0, 600, 3) > 0);
+        // A jump to 3 times its own rate: within the factor, so only a rate past
+        // the norm and the window baseline could tag it, and neither is passed.
+        for (key, tier) in [(1, "pro"), (2, "free")] {
+            let norm = d.norm(Some(tier));
+            drive(&d, key, norm, 0, 100, 5);
+            assert_eq!(drive(&d, key, norm, 5 * 60 * S, 300, 3), 0, "{tier}");
+        }
     }
 }
