@@ -21,6 +21,7 @@
 pub mod app;
 pub mod eval;
 pub mod flood;
+pub mod live;
 pub mod scenario;
 pub mod traffic;
 

@@ -5,12 +5,16 @@
 //! cargo run --release -p tollgate-sim                      # default mix, seed 1
 //! cargo run --release -p tollgate-sim -- --seeds 1,2,3,4,5 --check
 //! cargo run --release -p tollgate-sim -- --flood 1000000   # memory bound
+//! cargo build --release --example gateway && \
+//!   cargo run --release -p tollgate-sim -- --live --check     # over real HTTP
 //! ```
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use tollgate_sim::{Scenario, flood, run};
+use tollgate_sim::{Scenario, flood, live, run};
 
 #[derive(Parser, Debug)]
 #[command(about = "Labelled traffic through the tollgate stack: per-detector precision, recall and FPR")]
@@ -34,9 +38,21 @@ struct Args {
     /// Instead: send this many distinct keys through the anomaly layer and print its state sizes.
     #[arg(long)]
     flood: Option<u64>,
+    /// Instead: the evaluation over real HTTP against the demo gateway (see `live`).
+    #[arg(long)]
+    live: bool,
+    /// The demo gateway binary for `--live` (default: `examples/gateway` next to this binary).
+    #[arg(long)]
+    gateway: Option<PathBuf>,
+    /// The demo gateway's configuration for `--live`.
+    #[arg(long, default_value = "examples/gateway.toml")]
+    config: PathBuf,
+    /// How long `--live` runs its benign traffic, in seconds.
+    #[arg(long, default_value_t = 240)]
+    duration: u64,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(keys) = args.flood {
@@ -60,6 +76,36 @@ async fn main() -> ExitCode {
             );
         }
         return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    if args.live {
+        let gateway = args.gateway.clone().unwrap_or_else(live::default_gateway);
+        let mut failed = false;
+        for seed in &args.seeds {
+            let options = live::LiveOptions {
+                gateway: gateway.clone(),
+                config: args.config.clone(),
+                seed: *seed,
+                duration: Duration::from_secs(args.duration),
+            };
+            match live::run(&options).await {
+                Ok(report) => {
+                    println!("{}", report.to_markdown());
+                    if let Err(e) = report.check() {
+                        println!("**bounds not met (seed {seed})**: {e}\n");
+                        failed = true;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("live evaluation failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        return if args.check && failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let mut scenario = match args.scenario.as_str() {
         "default" => Scenario::default_mix(),

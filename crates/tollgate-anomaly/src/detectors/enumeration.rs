@@ -172,24 +172,23 @@ impl EnumerationDetector {
         let window = self.window;
         self.map.update(key, now, EnumerationState::default, |s| {
             self.close_minute(s, route, now);
-            let mut any = false;
+            let (mut any, mut new) = (false, false);
             for id in ids {
                 if s.ids.insert(id, now, window) {
                     s.fresh.add(now, MINUTE, 1);
+                    new = true;
                 }
                 any = true;
             }
-            let (by_ids, by_pace) = if any {
-                let fresh_bar = self.pace_bar(s, route);
-                let distinct = f64::from(s.ids.estimate(now, window));
-                let fresh = s.fresh.estimate(now, MINUTE);
-                (
-                    (distinct > self.max_ids).then(|| excess_score(distinct, self.max_ids)),
-                    (fresh > fresh_bar).then(|| excess_score(fresh, fresh_bar)),
-                )
-            } else {
-                (None, None)
-            };
+            let distinct = any.then(|| f64::from(s.ids.estimate(now, window)));
+            let by_ids = distinct
+                .filter(|d| *d > self.max_ids)
+                .map(|d| excess_score(d, self.max_ids));
+            // Only a request that brings a new id walks on: re-reading the items just
+            // fetched (a page loaded, then used) is not.
+            let fresh = new.then(|| s.fresh.estimate(now, MINUTE));
+            let bar = self.pace_bar(s, route);
+            let by_pace = fresh.filter(|f| *f > bar).map(|f| excess_score(f, bar));
             let score = by_ids.max(by_pace).max(self.ratio_score(s, now));
             s.tagged |= score.is_some();
             score
@@ -302,6 +301,19 @@ mod tests {
             t += 34 * S;
         }
         tagged
+    }
+
+    #[test]
+    fn a_working_set_fetched_then_polled_is_tagged_only_while_it_grows() {
+        let d = EnumerationDetector::new(&EnumerationConfig::default());
+        // An integration fetches its 25 items, then polls them, six requests a second.
+        let tagged: Vec<u64> = (0..600u64)
+            .filter(|i| {
+                d.observe_request(7, 6, [h(7 << 20 | (i % 25))], S + i * S / 6)
+                    .is_some()
+            })
+            .collect();
+        assert!(tagged.iter().all(|&i| (20..25).contains(&i)), "{tagged:?}");
     }
 
     #[test]
