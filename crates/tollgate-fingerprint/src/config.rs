@@ -118,6 +118,12 @@ pub struct FingerprintConfig {
     /// concurrent use. Default `"60s"`.
     #[serde(with = "tollgate_core::config::duration")]
     pub concurrency_window: Duration,
+    /// A switch away from a fingerprint or network the session took up less than
+    /// this long ago is interleaving (two clients taking turns); a longer stay
+    /// before the switch is a move (a phone leaving Wi-Fi for cellular, a
+    /// traveller), and does not count toward alternation. Default `"10s"`.
+    #[serde(with = "tollgate_core::config::duration")]
+    pub interleave_window: Duration,
     /// The window in which fingerprint switches are counted. Default `"5m"`.
     #[serde(with = "tollgate_core::config::duration")]
     pub alternation_window: Duration,
@@ -160,6 +166,7 @@ impl Default for FingerprintConfig {
             max_sessions: 100_000,
             established_after: 3,
             concurrency_window: Duration::from_secs(60),
+            interleave_window: Duration::from_secs(10),
             alternation_window: Duration::from_secs(300),
             alternation_switches: 3,
             stale_after: Duration::from_secs(3_600),

@@ -49,6 +49,12 @@ pub struct SessionRecord {
     pub switches: u16,
     /// When the current alternation window opened, to the minute.
     pub switch_window_start: Timestamp,
+    /// When the session took up its current fingerprint and network, in whole
+    /// seconds since the Unix epoch: how long it stayed before a switch tells a
+    /// move from two clients taking turns. (Records written before it was kept read
+    /// 0: every stay looks long, so no switch counts until the next one.)
+    #[serde(default)]
+    pub stay_start_secs: u64,
     /// Reasons that hold for the whole session (a stale token).
     pub sticky: SessionReasons,
     /// The latest verdict.
@@ -77,6 +83,7 @@ pub(crate) struct Observation {
 pub(crate) struct Thresholds {
     pub established_after: u64,
     pub concurrency_window: Duration,
+    pub interleave_window: Duration,
     pub alternation_window: Duration,
     pub alternation_switches: u16,
     /// `None` disables the stale-token signal.
@@ -107,6 +114,7 @@ impl SessionRecord {
                 networks: [NetworkSeen::default(); MAX_NETWORKS],
                 switches: 0,
                 switch_window_start: now_min,
+                stay_start_secs: now_secs,
                 sticky: SessionReasons::default(),
                 health: SessionHealth::Healthy,
                 reasons: SessionReasons::default(),
@@ -122,18 +130,24 @@ impl SessionRecord {
             rec.sticky.insert(SessionReason::StaleToken);
         }
 
+        // Leaving a fingerprint or network taken up moments ago is interleaving: two
+        // clients taking turns. A longer stay first is a move.
+        let quick = now_secs.saturating_sub(rec.stay_start_secs) < th.interleave_window.as_secs();
+        let count_switch = |rec: &mut SessionRecord| {
+            if obs.now.saturating_since(rec.switch_window_start) >= th.alternation_window {
+                rec.switches = 0;
+                rec.switch_window_start = now_min;
+            }
+            rec.switches = rec.switches.saturating_add(1);
+        };
+        let fingerprint_switch = prev.is_some() && rec.fingerprints[0] != obs.fingerprint;
         if prev.is_some() {
             // A fingerprint this session has not shown recently, once it is established.
             if rec.requests >= th.established_after && !rec.fingerprints.contains(&obs.fingerprint) {
                 reasons.insert(SessionReason::NewFingerprint);
             }
-            // Switches between fingerprints, counted in a fixed window.
-            if rec.fingerprints[0] != obs.fingerprint {
-                if obs.now.saturating_since(rec.switch_window_start) >= th.alternation_window {
-                    rec.switches = 0;
-                    rec.switch_window_start = now_min;
-                }
-                rec.switches = rec.switches.saturating_add(1);
+            if fingerprint_switch && quick {
+                count_switch(&mut rec);
             }
             if rec.switches >= th.alternation_switches
                 && obs.now.saturating_since(rec.switch_window_start) < th.alternation_window
@@ -148,25 +162,22 @@ impl SessionRecord {
         // switch (a phone leaving Wi-Fi for cellular, a traveller) is a move, and a
         // slow alternation (Wi-Fi at home, cellular on the way) leaves each prefix
         // for longer than the window.
+        let mut network_switch = false;
         if let Some(net) = obs.network {
             let window = th.concurrency_window.as_secs();
             let latest = rec.networks[0];
-            let concurrent = latest.hash != 0
-                && latest.hash != net
+            network_switch = latest.hash != 0 && latest.hash != net;
+            let concurrent = network_switch
                 && now_secs.saturating_sub(latest.last_seen_secs) <= window
                 && rec.networks[1..]
                     .iter()
                     .any(|n| n.hash == net && now_secs.saturating_sub(n.last_seen_secs) <= window);
             if concurrent && !obs.key_bound {
                 reasons.insert(SessionReason::ConcurrentNetworks);
-                // Interleaving counts toward alternation like a fingerprint switch:
+                // A quick return counts toward alternation like a fingerprint switch:
                 // two clients on one token need not differ in anything else.
-                if rec.fingerprints[0] == obs.fingerprint {
-                    if obs.now.saturating_since(rec.switch_window_start) >= th.alternation_window {
-                        rec.switches = 0;
-                        rec.switch_window_start = now_min;
-                    }
-                    rec.switches = rec.switches.saturating_add(1);
+                if quick && !fingerprint_switch {
+                    count_switch(&mut rec);
                 }
             }
             move_to_front(
@@ -177,6 +188,9 @@ impl SessionRecord {
                     last_seen_secs: now_secs,
                 },
             );
+        }
+        if fingerprint_switch || network_switch {
+            rec.stay_start_secs = now_secs;
         }
         move_to_front(&mut rec.fingerprints, |f| *f == obs.fingerprint, obs.fingerprint);
 
@@ -227,6 +241,7 @@ mod tests {
         Thresholds {
             established_after: 3,
             concurrency_window: Duration::from_secs(60),
+            interleave_window: Duration::from_secs(10),
             alternation_window: Duration::from_secs(300),
             alternation_switches: 3,
             stale_after: Some(Duration::from_secs(3600)),
@@ -299,6 +314,40 @@ mod tests {
         for r in run(&steps) {
             assert_eq!(r.health, SessionHealth::Healthy, "{r:?}");
         }
+    }
+
+    #[test]
+    fn a_phone_switching_every_half_minute_is_at_most_suspicious() {
+        // Wi-Fi and cellular (the network is part of the fingerprint), a request every
+        // 4 s, a new network every 20 s for ten minutes.
+        let steps: Vec<_> = (0..150u64)
+            .map(|i| {
+                let leg = i / 5;
+                let (fp, net) = if leg % 2 == 0 { (A, NET_A) } else { (B, NET_B) };
+                (1_000 + i * 4, fp, net)
+            })
+            .collect();
+        let recs = run(&steps);
+        assert!(recs.iter().all(|r| r.health != SessionHealth::Unhealthy));
+        assert!(
+            recs.iter()
+                .any(|r| r.reasons.contains(SessionReason::ConcurrentNetworks))
+        );
+    }
+
+    #[test]
+    fn a_stolen_token_used_alongside_its_owner_becomes_unhealthy_within_a_few_requests() {
+        // The owner alone for ten minutes, then the thief joins: turns every 2 s.
+        let mut steps: Vec<_> = (0..60u64).map(|i| (1_000 + i * 10, A, NET_A)).collect();
+        steps.extend((0..10u64).map(|i| {
+            let (fp, net) = if i % 2 == 0 { (B, NET_B) } else { (A, NET_A) };
+            (1_600 + i * 2, fp, net)
+        }));
+        let recs = run(&steps);
+        let first = recs[60..]
+            .iter()
+            .position(|r| r.health == SessionHealth::Unhealthy);
+        assert!(first.is_some_and(|i| i < 6), "{first:?}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub(crate) fn thresholds(config: &FingerprintConfig, watching_since: Timestamp) 
     Thresholds {
         established_after: config.established_after,
         concurrency_window: config.concurrency_window,
+        interleave_window: config.interleave_window,
         alternation_window: config.alternation_window,
         alternation_switches: config.alternation_switches,
         stale_after: (!config.stale_after.is_zero()).then_some(config.stale_after),
