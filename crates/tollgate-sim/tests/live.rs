@@ -30,7 +30,7 @@ async fn detection_over_real_http_does_not_regress() {
         gateway: gateway(),
         config: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/gateway.toml"),
         seed: 1,
-        duration: Duration::from_secs(240),
+        duration: Duration::from_secs(180),
     };
     let report = live::run(&options).await.expect("the evaluation runs");
     println!("{}", report.to_markdown());
