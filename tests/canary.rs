@@ -31,6 +31,18 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
     assert_eq!(ok.status(), 200);
     let me = get("/v1/me").header("x-api-key", API_KEY).send().await.unwrap();
     assert_eq!(me.status(), 200);
+    // Failed logins naming the account tried (the email): only its keyed hash is kept.
+    for password in ["canary-password-1", "canary-password-2", "canary-password-3"] {
+        let r = client
+            .post(format!("http://{addr}/login"))
+            .header("x-forwarded-for", IP)
+            .header("user-agent", USER_AGENT)
+            .json(&serde_json::json!({ "username": EMAIL, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
     // Failures: a tampered token, a wrong key, an anonymous burst into the limit.
     let bad = get("/v1/me")
         .bearer_auth(format!("{token}x"))
@@ -74,6 +86,7 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
             "tgk_canary",
             "canary-key-id-31337",
             "canary.keyowner",
+            "canary-password",
         ]
         .map(String::from),
     );

@@ -47,10 +47,21 @@ pub fn api() -> Router {
             get(|Path(id): Path<u64>| async move { format!("item {id}") }),
         )
         .route("/v1/me", get(|| async { "me" }))
-        .route(
-            "/login",
-            post(|| async { (http::StatusCode::UNAUTHORIZED, "invalid credentials") }),
-        )
+        .route("/login", post(refuse_login))
+}
+
+/// The test API's login: every attempt fails, reported to the anomaly layer with
+/// the username tried when the body names one.
+async fn refuse_login(body: axum::body::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let refused = (http::StatusCode::UNAUTHORIZED, "invalid credentials");
+    let username = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["username"].as_str().map(str::to_string));
+    match username {
+        Some(name) => (tollgate::core::LoginAttempt::failed(name), refused).into_response(),
+        None => refused.into_response(),
+    }
 }
 
 /// A running server; its thread's every log event (all levels and targets) is captured.
