@@ -490,10 +490,11 @@ impl LiveReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Seed {}: {} requests, {} without a log line.\n",
+            "Seed {}: {} requests, {} without a log line, {} log lines of no request.\n",
             self.seed,
             self.requests.len(),
-            self.unmatched_requests()
+            self.unmatched_requests(),
+            self.unmatched_lines
         );
         out.push_str("| attack | actors | detected | recall | requests to first tag (median / worst) | seconds to first tag (median) | tags |\n|---|---:|---:|---:|---:|---:|---|\n");
         for a in self.attacks() {

@@ -52,7 +52,7 @@ struct Args {
     duration: u64,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(keys) = args.flood {
