@@ -220,7 +220,7 @@ pub struct BenignRow {
 #[derive(Clone, Debug)]
 pub struct PolicyRow {
     /// The policy.
-    pub policy: &'static str,
+    pub policy: String,
     /// Legitimate requests it would have refused.
     pub refused: usize,
 }
@@ -340,85 +340,57 @@ impl LiveReport {
             .fold((0, 0), |(n, t), r| (n + r.requests, t + r.tagged))
     }
 
-    /// How many legitimate requests each action policy would have refused.
+    /// How many legitimate requests each action policy would have refused: the
+    /// anomaly actions for each tag kind, then the fingerprinting policies.
     pub fn policies(&self) -> Vec<PolicyRow> {
-        const HOLD: f64 = 600.0;
-        let actors = self.by_actor();
-        let legit_runs: Vec<Vec<&Observed>> = actors
-            .values()
-            .map(|r| {
-                r.iter()
-                    .copied()
-                    .filter(|r| !r.attack)
-                    .filter_map(|r| r.seen.as_ref().map(|_| r))
-                    .collect()
-            })
+        let runs: Vec<Vec<&Observed>> = self
+            .by_actor()
+            .into_values()
+            .map(|r| r.into_iter().filter(|r| !r.attack && r.seen.is_some()).collect())
             .collect();
-        let tagged = |r: &Observed| r.seen.as_ref().is_some_and(|s| !s.tags.is_empty());
+        let kinds = [
+            "volume",
+            "credential_stuffing",
+            "enumeration",
+            "token_sharing",
+            "unusual_sequence",
+        ];
+        let mut out = Vec::new();
+        for kind in kinds {
+            let tagged = |r: &Observed| r.seen.as_ref().is_some_and(|s| s.tags.iter().any(|t| t == kind));
+            let mut refused = [0; 3];
+            for run in &runs {
+                refused[0] += replay_throttle(run, tagged);
+                refused[1] += replay_block(run, tagged);
+                refused[2] += run.iter().skip_while(|r| !tagged(r)).count();
+            }
+            for (action, refused) in ["throttle", "block", "freeze"].into_iter().zip(refused) {
+                out.push(PolicyRow {
+                    policy: format!("anomaly `{action}` on `{kind}`"),
+                    refused,
+                });
+            }
+        }
         let unhealthy = |r: &Observed| {
             r.seen
                 .as_ref()
                 .is_some_and(|s| s.health.as_deref() == Some("unhealthy"))
         };
-        let mut block = 0;
-        let mut throttle = 0;
-        let mut freeze = 0;
-        let mut reauthenticate = 0;
-        let mut fingerprint_freeze = 0;
-        for run in &legit_runs {
-            let mut blocked_until = f64::MIN;
-            let mut throttled_until = f64::MIN;
-            let mut throttle_spent: Vec<f64> = Vec::new();
-            let mut frozen = false;
-            let mut session_frozen = false;
-            for r in run {
-                if r.at < blocked_until {
-                    block += 1;
-                } else if tagged(r) {
-                    block += 1;
-                    blocked_until = r.at + HOLD;
-                }
-                // The throttle tier: 10 a minute while held.
-                if tagged(r) {
-                    throttled_until = r.at + HOLD;
-                }
-                if r.at < throttled_until {
-                    throttle_spent.retain(|t| r.at - t < 60.0);
-                    if throttle_spent.len() >= 10 {
-                        throttle += 1;
-                    } else {
-                        throttle_spent.push(r.at);
-                    }
-                }
-                frozen |= tagged(r);
-                freeze += usize::from(frozen);
-                reauthenticate += usize::from(unhealthy(r));
-                session_frozen |= unhealthy(r);
-                fingerprint_freeze += usize::from(session_frozen);
-            }
-        }
-        vec![
-            PolicyRow {
-                policy: "anomaly `throttle` on every tag",
-                refused: throttle,
-            },
-            PolicyRow {
-                policy: "anomaly `block` on every tag",
-                refused: block,
-            },
-            PolicyRow {
-                policy: "anomaly `freeze` on every tag",
-                refused: freeze,
-            },
-            PolicyRow {
-                policy: "fingerprint `reauthenticate` on `unhealthy`",
-                refused: reauthenticate,
-            },
-            PolicyRow {
-                policy: "fingerprint `freeze` on `unhealthy`",
-                refused: fingerprint_freeze,
-            },
-        ]
+        out.push(PolicyRow {
+            policy: "fingerprint `reauthenticate` on `unhealthy`".into(),
+            refused: runs
+                .iter()
+                .map(|run| run.iter().filter(|r| unhealthy(r)).count())
+                .sum(),
+        });
+        out.push(PolicyRow {
+            policy: "fingerprint `freeze` on `unhealthy`".into(),
+            refused: runs
+                .iter()
+                .map(|run| run.iter().skip_while(|r| !unhealthy(r)).count())
+                .sum(),
+        });
+        out
     }
 
     /// Checks the bounds the evaluation must show: every attack caught, within (in
@@ -532,12 +504,75 @@ impl LiveReport {
             "| **all benign** | | {n} | {t} | {:.3} % | | | |",
             100.0 * t as f64 / n.max(1) as f64
         );
-        out.push_str("\n| action policy | legitimate requests refused |\n|---|---:|\n");
-        for p in self.policies() {
-            let _ = writeln!(out, "| {} | {} |", p.policy, p.refused);
+        out.push_str("\nLegitimate requests each action policy would have refused:\n\n");
+        out.push_str(
+            "| anomaly action on the tag | `throttle` | `block` | `freeze` |\n|---|---:|---:|---:|\n",
+        );
+        let policies = self.policies();
+        let (anomaly, fingerprint) = policies.split_at(policies.len() - 2);
+        for row in anomaly.chunks(3) {
+            let kind = row[0].policy.rsplit(' ').next().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| {kind} | {} | {} | {} |",
+                row[0].refused, row[1].refused, row[2].refused
+            );
+        }
+        out.push_str("\n| fingerprint policy | refused |\n|---|---:|\n");
+        for p in fingerprint {
+            let _ = writeln!(
+                out,
+                "| {} | {} |",
+                p.policy.trim_start_matches("fingerprint "),
+                p.refused
+            );
         }
         out
     }
+}
+
+/// How long `block` and `throttle` hold a caller: `[anomaly.penalties]`'s default.
+const HOLD: f64 = 600.0;
+
+/// Requests of `run` a block on `tagged` refuses: the tagged one and the caller's
+/// requests for [`HOLD`] after it.
+fn replay_block(run: &[&Observed], tagged: impl Fn(&Observed) -> bool) -> usize {
+    let mut until = f64::MIN;
+    run.iter()
+        .filter(|r| {
+            if r.at < until {
+                return true;
+            }
+            let hit = tagged(r);
+            if hit {
+                until = r.at + HOLD;
+            }
+            hit
+        })
+        .count()
+}
+
+/// Requests of `run` a throttle on `tagged` refuses: for [`HOLD`] after a tag the
+/// caller gets the throttle tier's 10 requests a minute.
+fn replay_throttle(run: &[&Observed], tagged: impl Fn(&Observed) -> bool) -> usize {
+    let mut until = f64::MIN;
+    let mut spent: Vec<f64> = Vec::new();
+    run.iter()
+        .filter(|r| {
+            if tagged(r) {
+                until = r.at + HOLD;
+            }
+            if r.at >= until {
+                return false;
+            }
+            spent.retain(|t| r.at - t < 60.0);
+            if spent.len() >= 10 {
+                return true;
+            }
+            spent.push(r.at);
+            false
+        })
+        .count()
 }
 
 /// The attacks whose actors are users before the attack starts (a burst, a theft).
