@@ -8,6 +8,9 @@
 //! [`AnomalyTags`] of each response, and scores the detectors against the ground
 //! truth: per-detector precision, recall and false-positive rate, per-attack recall.
 //!
+//! [`live`] is the same idea over real HTTP: labelled traffic sent to the demo
+//! gateway's binary on loopback, on its real clock (EVALUATION.md).
+//!
 //! ```no_run
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let report = tollgate_sim::run(&tollgate_sim::Scenario::test_mix(), 1).await;

@@ -13,11 +13,15 @@
 //!
 //! The report gives, per attack, recall and how many of its requests (and seconds)
 //! went by before the first tag; per benign pattern, the share of requests tagged
-//! and judged unhealthy; per action policy, how many legitimate requests it would
-//! have refused. The gateway runs with `record` and `tag` (nothing refused), so a
-//! policy's refusals are replayed from the tags: `block` and `throttle` hold the
-//! caller for `[anomaly.penalties]`'s default 10 minutes, `freeze` for the rest of
-//! the run, `reauthenticate` refuses each request of an unhealthy session.
+//! and judged unhealthy; per action and tag kind, how many legitimate requests it
+//! would have refused. The gateway runs with `record` and `tag` (nothing refused),
+//! so a policy's refusals are replayed from the tags: `block` and `throttle` hold
+//! the caller for `[anomaly.penalties]`'s default 10 minutes, `freeze` for the rest
+//! of the run, `reauthenticate` refuses each request of an unhealthy session.
+//!
+//! Four gateways run at once: one for most of the mix, and one for each stuffing
+//! attack with an office and a carrier NAT beside it, so that the API-wide
+//! signals of one attack do not flatter the next. EVALUATION.md has the tables.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
