@@ -158,7 +158,9 @@ pub struct StuffingConfig {
     /// NAT fail a login now and then among far more requests that work.
     pub max_failure_share: f64,
     /// Failed logins per window against one attempted account, from any network,
-    /// above which its attempts are tagged (default 10).
+    /// above which its attempts are tagged (default 10), when failures are also
+    /// more than `max_failure_share` of the account's logins (one name many people
+    /// use, mistyping now and then, is not under attack).
     pub max_account_failures: u32,
     /// The most attempted accounts tracked (keyed hashes).
     pub max_accounts: usize,

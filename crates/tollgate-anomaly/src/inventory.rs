@@ -95,8 +95,8 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             store(
                 "anomaly.stuffing.accounts",
                 "key: keyed hash of the account name a login handler reported as tried (`LoginAttempt`; the \
-                 name itself is dropped and wiped at once); value: failed-login counts per window, a hold time \
-                 and score",
+                 name itself is dropped and wiped at once); value: failed and working login counts per \
+                 window, a hold time and score",
                 "catching one account attacked from many networks, and the login that then works",
             ),
             store(

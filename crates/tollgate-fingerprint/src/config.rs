@@ -118,10 +118,11 @@ pub struct FingerprintConfig {
     /// concurrent use. Default `"60s"`.
     #[serde(with = "tollgate_core::config::duration")]
     pub concurrency_window: Duration,
-    /// A switch away from a fingerprint or network the session took up less than
-    /// this long ago is interleaving (two clients taking turns); a longer stay
-    /// before the switch is a move (a phone leaving Wi-Fi for cellular, a
-    /// traveller), and does not count toward alternation. Default `"10s"`.
+    /// A switch away from a fingerprint or network the session took up with a
+    /// single request less than this long ago is interleaving (two clients taking
+    /// turns); a longer stay before the switch, in time or in requests, is a move
+    /// (a phone leaving Wi-Fi for cellular, or flapping at the edge of its Wi-Fi; a
+    /// traveller) and does not count toward alternation. Default `"10s"`.
     #[serde(with = "tollgate_core::config::duration")]
     pub interleave_window: Duration,
     /// The window in which fingerprint switches are counted. Default `"5m"`.

@@ -113,7 +113,7 @@ pub(crate) fn inventory(config: &FingerprintConfig, store: &dyn SessionStore) ->
         FieldSpec {
             name: "session.stay_start",
             layer: "fingerprint",
-            derived_from: "the second the session took up its current fingerprint and network",
+            derived_from: "the second the session took up its current fingerprint and network, and its requests since",
             protection: Protection::NotPersonal,
             purpose: "tell a move (a long stay, then a switch) from two clients taking turns",
             retention: session_ttl,

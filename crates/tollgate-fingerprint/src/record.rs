@@ -55,6 +55,9 @@ pub struct SessionRecord {
     /// 0: every stay looks long, so no switch counts until the next one.)
     #[serde(default)]
     pub stay_start_secs: u64,
+    /// Requests since the session took up its current fingerprint and network.
+    #[serde(default)]
+    pub stay_requests: u16,
     /// Reasons that hold for the whole session (a stale token).
     pub sticky: SessionReasons,
     /// The latest verdict.
@@ -115,6 +118,7 @@ impl SessionRecord {
                 switches: 0,
                 switch_window_start: now_min,
                 stay_start_secs: now_secs,
+                stay_requests: 0,
                 sticky: SessionReasons::default(),
                 health: SessionHealth::Healthy,
                 reasons: SessionReasons::default(),
@@ -130,9 +134,12 @@ impl SessionRecord {
             rec.sticky.insert(SessionReason::StaleToken);
         }
 
-        // Leaving a fingerprint or network taken up moments ago is interleaving: two
-        // clients taking turns. A longer stay first is a move.
-        let quick = now_secs.saturating_sub(rec.stay_start_secs) < th.interleave_window.as_secs();
+        // Leaving a fingerprint or network after a single request moments ago is
+        // interleaving: two clients taking turns. A longer stay first, in time or in
+        // requests, is a move (a phone at the edge of its Wi-Fi makes a few requests
+        // on each side).
+        let quick = rec.stay_requests <= 1
+            && now_secs.saturating_sub(rec.stay_start_secs) < th.interleave_window.as_secs();
         let count_switch = |rec: &mut SessionRecord| {
             if obs.now.saturating_since(rec.switch_window_start) >= th.alternation_window {
                 rec.switches = 0;
@@ -191,7 +198,9 @@ impl SessionRecord {
         }
         if fingerprint_switch || network_switch {
             rec.stay_start_secs = now_secs;
+            rec.stay_requests = 0;
         }
+        rec.stay_requests = rec.stay_requests.saturating_add(1);
         move_to_front(&mut rec.fingerprints, |f| *f == obs.fingerprint, obs.fingerprint);
 
         rec.requests = rec.requests.saturating_add(1);
@@ -289,6 +298,7 @@ mod tests {
             (1_003, B, NET_B),
             (1_004, A, NET_A),
             (1_005, B, NET_B),
+            (1_006, A, NET_A),
         ]);
         assert_eq!(recs[2].health, SessionHealth::Healthy);
         // One switch could be a move: only the new fingerprint counts.
@@ -296,8 +306,10 @@ mod tests {
         assert_eq!(recs[3].reasons.as_str(), "new_fingerprint");
         // Back on A moments after leaving it: two places at once. A is known.
         assert_eq!(recs[4].reasons.as_str(), "concurrent_networks");
-        assert_eq!(recs[5].health, SessionHealth::Unhealthy);
-        assert!(recs[5].reasons.contains(SessionReason::FingerprintAlternation));
+        // Taking turns request by request: the third quick switch makes it unhealthy.
+        assert_eq!(recs[5].health, SessionHealth::Suspicious);
+        assert_eq!(recs[6].health, SessionHealth::Unhealthy);
+        assert!(recs[6].reasons.contains(SessionReason::FingerprintAlternation));
     }
 
     #[test]
@@ -333,6 +345,22 @@ mod tests {
             recs.iter()
                 .any(|r| r.reasons.contains(SessionReason::ConcurrentNetworks))
         );
+    }
+
+    #[test]
+    fn a_phone_flapping_at_the_edge_of_its_wifi_is_at_most_suspicious() {
+        // Two or three requests on each side, a few seconds apart, for five minutes.
+        let mut steps = Vec::new();
+        let mut t = 1_000;
+        for visit in 0..60u64 {
+            let (fp, net) = if visit % 2 == 0 { (A, NET_A) } else { (B, NET_B) };
+            for _ in 0..(2 + visit % 2) {
+                steps.push((t, fp, net));
+                t += 2;
+            }
+        }
+        let recs = run(&steps);
+        assert!(recs.iter().all(|r| r.health != SessionHealth::Unhealthy));
     }
 
     #[test]

@@ -107,7 +107,9 @@ async fn the_reauthenticate_policy_answers_401_once_unhealthy() {
     // Suspicious is below the default act_on (unhealthy): let through.
     assert_eq!(call(addr, "/me", "jti-2", B).await.status, 200);
     assert_eq!(call(addr, "/me", "jti-2", A).await.status, 200);
-    let refused = call(addr, "/me", "jti-2", B).await;
+    assert_eq!(call(addr, "/me", "jti-2", B).await.status, 200);
+    // The third quick switch: two clients taking turns.
+    let refused = call(addr, "/me", "jti-2", A).await;
     assert_eq!(refused.status, 401);
     let problem: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
     assert_eq!(problem["type"], "urn:tollgate:problem:session-changed");
@@ -116,7 +118,7 @@ async fn the_reauthenticate_policy_answers_401_once_unhealthy() {
     assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
     assert!(challenge.contains("session changed"), "{challenge}");
     // The same token keeps being refused while the alternation window holds.
-    assert_eq!(call(addr, "/me", "jti-2", A).await.status, 401);
+    assert_eq!(call(addr, "/me", "jti-2", B).await.status, 401);
     // A fresh token (re-authentication) starts a fresh, healthy session.
     assert_eq!(call(addr, "/me", "jti-3", A).await.body, "healthy ");
     // Once the windows have passed, the old session settles again.
@@ -129,11 +131,11 @@ async fn the_freeze_policy_freezes_the_credential() {
     let env = Env::new();
     let addr = serve(app(&env, env.layer(&config(SessionPolicy::Freeze)), None)).await;
     let principal = env.principal("jti-4");
-    for c in [A, A, A, B, A] {
+    for c in [A, A, A, B, A, B] {
         assert_eq!(call(addr, "/me", "jti-4", c).await.status, 200);
     }
     assert!(env.freeze_list.check(&principal).await.unwrap().is_none());
-    let frozen = call(addr, "/me", "jti-4", B).await;
+    let frozen = call(addr, "/me", "jti-4", A).await;
     assert_eq!(frozen.status, 401);
     assert!(frozen.body.contains("urn:tollgate:problem:credential-frozen"));
     assert!(frozen.www_authenticate.unwrap().contains("invalid_token"));

@@ -26,6 +26,9 @@ struct NetworkState {
 #[derive(Clone, Copy, Debug, Default)]
 struct AccountState {
     failures: SlidingCounter,
+    /// Logins that worked: many people sharing one account name (a demo account,
+    /// a team login) mistype now and then among many logins that work.
+    successes: SlidingCounter,
     held_until: u64,
     score: u8,
 }
@@ -37,8 +40,9 @@ struct AccountState {
 /// in the middle of a campaign are tagged too.
 ///
 /// Per attempted account (a keyed hash of the name a login handler reported with
-/// [`tollgate_core::LoginAttempt`]): failures from any network, so an account
-/// attacked from many networks at a low rate each is seen.
+/// [`tollgate_core::LoginAttempt`]): failures from any network, while they are most
+/// of its logins, so an account attacked from many networks at a low rate each is
+/// seen.
 ///
 /// API-wide: the failed-login rate against its own baseline, and the distinct
 /// accounts failing against the logins that work; either one past its bar starts a
@@ -190,8 +194,11 @@ impl StuffingDetector {
         let attacked = account.and_then(|account| {
             self.accounts.update(account, now, AccountState::default, |a| {
                 a.failures.add(now, window, 1);
+                a.successes.roll(now, window);
                 let failures = a.failures.estimate(now, window);
-                let fresh = (failures > self.max_account_failures)
+                let successes = a.successes.estimate(now, window);
+                let fresh = (failures > self.max_account_failures
+                    && failures > self.max_share * (failures + successes))
                     .then(|| excess_score(failures, self.max_account_failures));
                 self.judge(&mut a.held_until, &mut a.score, now, fresh)
             })
@@ -220,10 +227,10 @@ impl StuffingDetector {
             let mut g = self.global.lock().unwrap_or_else(|e| e.into_inner());
             g.logins.add(now, self.window, 1);
         }
-        let attacked = self
-            .accounts
-            .get(account, now, |a| (now < a.held_until).then_some(a.score))
-            .flatten();
+        let attacked = self.accounts.update(account, now, AccountState::default, |a| {
+            a.successes.add(now, self.window, 1);
+            (now < a.held_until).then_some(a.score)
+        });
         let network = self.map.update(network, now, NetworkState::default, |s| {
             s.successes.add(now, self.window, 1);
             self.judge(&mut s.held_until, &mut s.score, now, None)
@@ -380,6 +387,21 @@ mod tests {
         assert_eq!(first, 10);
         // The login that finally works is tagged.
         assert!(d.record_login(4_000, victim, t + 11 * 30 * S).is_some());
+    }
+
+    #[test]
+    fn many_people_on_one_account_name_mistyping_now_and_then_are_quiet() {
+        let d = StuffingDetector::new(&StuffingConfig::default());
+        // A shared demo account: 40 logins a minute from many networks, one in five
+        // mistyped first.
+        for i in 0..(60 * 40u64) {
+            let t = i * 1_500_000_000;
+            let net = 5_000 + i % 300;
+            if i % 5 == 0 {
+                assert_eq!(d.record_failure(net, Some(account(1)), t), None, "at {i}");
+            }
+            assert_eq!(d.record_login(net, account(1), t + 500_000_000), None);
+        }
     }
 
     #[test]
