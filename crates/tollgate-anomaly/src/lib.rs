@@ -5,9 +5,9 @@
 //!
 //! | tag | fires when | reads |
 //! |---|---|---|
-//! | `volume` | a principal's rate is far above its own baseline (EWMA) and above its tier's norm | `Principal` |
-//! | `credential_stuffing` | many 401s, or many distinct subjects, from one network prefix | `ClientContext`, status |
-//! | `enumeration` | one session walks many distinct object ids on one route, or draws many 403/404s | `MatchedPath`, path, status |
+//! | `volume` | a principal's recent pace is many times its own longer pace, or its rate far above its own baseline and its tier's norm | `Principal` |
+//! | `credential_stuffing` | failed logins from one network prefix while they are most of what it does, against one account from anywhere, or API-wide above their own baseline or far more accounts failing than logins working | `ClientContext`, status, [`tollgate_core::LoginAttempt`] |
+//! | `enumeration` | one session walks new object ids on one route faster than it and the route's sessions usually do, or many ids in all, or draws many 403/404s | `MatchedPath`, path, status |
 //! | `token_sharing` | the fingerprinting layer judged the session unhealthy | `SessionInfo` |
 //! | `unusual_sequence` | a route sessions hardly call, or a skipped step (learned transition model) | `MatchedPath`, session |
 //!
