@@ -94,15 +94,24 @@ async fn throttle_holds_a_burst_to_the_stricter_tier() {
     config.actions = config.actions.set(AnomalyKind::Volume, Action::Throttle);
     let (base, s) = serve(config).await;
     let mut statuses = Vec::new();
+    // The caller's own pace: a request every 5 s.
+    const QUIET: usize = 30;
+    for _ in 0..QUIET {
+        s.clock.advance(Duration::from_secs(5));
+        statuses.push(get(&base, "/v1/search", KEY_A, FIREFOX).await.status().as_u16());
+    }
     for _ in 0..50 {
-        // 10 a second: under the rate-limit tier (20/s), over the anomaly norm (30/min).
+        // Then 10 a second: under the rate-limit tier (20/s), 50 times its own pace.
         s.clock.advance(Duration::from_millis(100));
         statuses.push(get(&base, "/v1/search", KEY_A, FIREFOX).await.status().as_u16());
     }
     let first_429 = statuses.iter().position(|s| *s == 429).expect("throttled");
-    // 30 under the norm, then the throttle tier's 10 requests (the 31st, which trips
-    // the detector, is the first of them), then 429s.
-    assert_eq!(first_429, 40, "{statuses:?}");
+    // The burst is tagged within a dozen requests; the throttle tier's 10 requests
+    // (the tagged one the first of them) go through, then 429s.
+    assert!(
+        (QUIET + 10..=QUIET + 22).contains(&first_429),
+        "{first_429}: {statuses:?}"
+    );
     assert!(statuses[first_429..].iter().all(|s| *s == 429), "{statuses:?}");
     assert_eq!(get(&base, "/v1/search", KEY_B, FIREFOX).await.status(), 200);
 }
