@@ -85,15 +85,14 @@ impl Pace {
 /// windows do not feed it at all, so the baseline is "how fast this principal goes
 /// when it is active".
 ///
-/// Until the window baseline exists, the slow pace stands in for it, so a client
-/// steady from its first request is not tagged however heavy it is (its rate
-/// limits bound it). The window baseline needs whole windows; a burst is seen sooner from the pace
-/// ([`Pace`]): the last six or so requests coming `baseline_factor` times faster
-/// than the last hundred or so, and faster than a quarter of `default_norm` (so a
-/// principal idling at a request a minute is not tagged for a handful of clicks;
-/// the same floor for every tier, since a burst is judged against the principal's
-/// own pace, not its allowance).
-/// A steady client, however heavy, keeps both averages alike.
+/// The slow pace ([`Pace`]) counts as a baseline too, and exists before a whole
+/// window has passed, so a client steady from its first request is not tagged
+/// however heavy it is (its rate limits bound it). A burst is seen sooner from the
+/// pace: the last six or so requests coming `baseline_factor` times faster than the
+/// last hundred or so, and faster than a quarter of `default_norm` (so a principal
+/// idling at a request a minute is not tagged for a handful of clicks; the same
+/// floor for every tier, since a burst is judged against the principal's own pace,
+/// not its allowance). A steady client, however heavy, keeps both averages alike.
 #[derive(Debug)]
 pub(crate) struct VolumeDetector {
     map: BoundedMap<VolumeState>,
@@ -167,7 +166,7 @@ impl VolumeDetector {
                     let threshold = (self.factor * slow).max(self.burst_floor);
                     (fast > threshold).then(|| excess_score(fast, threshold))
                 });
-                // Before a whole window has passed, the slow pace is the baseline.
+                // The slow pace is a baseline too, one that exists before a whole window.
                 let paced = pace.map_or(0.0, |(_, slow)| slow * window as f64 * 1e-9);
                 let own = self.factor * f64::from(s.baseline.max(0.0)).max(paced);
                 let threshold = own.max(f64::from(norm));
