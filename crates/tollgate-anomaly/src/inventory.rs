@@ -58,7 +58,8 @@ pub(crate) fn inventory(engine: &Engine) -> Vec<FieldSpec> {
             name: "anomaly.enumeration.routes",
             layer: LAYER,
             derived_from: "per route template, the average new object ids a minute of its sessions: one \
-                           running average over all of them, nothing per session or person",
+                           running average over all of them, nothing per session or person; forgotten after \
+                           `enumeration.window` without a sample",
             protection: Protection::NotPersonal,
             purpose: "judging a session's pace of new ids against its route's",
             retention: Retention::ttl(c.enumeration.window),

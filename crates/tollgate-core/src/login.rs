@@ -1,6 +1,7 @@
 //! [`LoginAttempt`]: a login handler tells the anomaly layer which account a login
 //! tried and whether it worked, without the account name leaving the process.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use axum::response::{IntoResponseParts, ResponseParts};
@@ -56,11 +57,13 @@ impl LoginAttempt {
     }
 
     fn new(account: &[u8], outcome: LoginOutcome) -> Self {
-        // Case and surrounding spaces do not make another account.
-        let account = String::from_utf8_lossy(account)
-            .trim()
-            .to_lowercase()
-            .into_bytes();
+        // Case and surrounding spaces do not make another account. Invalid UTF-8 is
+        // replaced in a copy, wiped as well.
+        let text = String::from_utf8_lossy(account);
+        let account = text.trim().to_lowercase().into_bytes();
+        if let Cow::Owned(copy) = text {
+            drop(Zeroizing::new(copy));
+        }
         LoginAttempt {
             account: Zeroizing::new(account),
             outcome,

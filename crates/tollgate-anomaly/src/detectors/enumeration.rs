@@ -42,15 +42,24 @@ const ROUTE_SAMPLES: u8 = 8;
 /// Active minutes, over all sessions, before a route's usual pace counts.
 const ROUTE_HISTORY: u32 = 32;
 
-/// A route's usual new ids per active minute of its sessions, shared by all threads
-/// as one word: the average's `f32` bits and the number of samples. A racy
-/// read-modify-write; a lost update only delays the average by one sample.
+/// A route's usual new ids per active minute of its sessions, shared by all threads:
+/// the average's `f32` bits and the number of samples in one word, and when it was
+/// last fed. A racy read-modify-write; a lost update only delays the average by one
+/// sample. An average not fed for a whole window is forgotten and starts afresh.
 #[derive(Debug, Default)]
-struct RouteAverage(AtomicU64);
+struct RouteAverage {
+    word: AtomicU64,
+    updated: AtomicU64,
+}
 
 impl RouteAverage {
-    fn add(&self, sample: f32) {
-        let word = self.0.load(Ordering::Relaxed);
+    fn add(&self, sample: f32, now: u64, horizon: u64) {
+        let stale = now.saturating_sub(self.updated.swap(now, Ordering::Relaxed)) > horizon;
+        let word = if stale {
+            0
+        } else {
+            self.word.load(Ordering::Relaxed)
+        };
         let (average, samples) = (f32::from_bits(word as u32), (word >> 32) as u32);
         let average = if samples == 0 {
             sample
@@ -58,15 +67,18 @@ impl RouteAverage {
             average + ROUTE_WEIGHT * (sample - average)
         };
         let samples = samples.saturating_add(1);
-        self.0.store(
+        self.word.store(
             u64::from(samples) << 32 | u64::from(average.to_bits()),
             Ordering::Relaxed,
         );
     }
 
-    /// The average, once enough minutes were seen; 0 before.
-    fn get(&self) -> f64 {
-        let word = self.0.load(Ordering::Relaxed);
+    /// The average, once enough minutes were seen within the horizon; 0 otherwise.
+    fn get(&self, now: u64, horizon: u64) -> f64 {
+        if now.saturating_sub(self.updated.load(Ordering::Relaxed)) > horizon {
+            return 0.0;
+        }
+        let word = self.word.load(Ordering::Relaxed);
         if ((word >> 32) as u32) < ROUTE_HISTORY {
             return 0.0;
         }
@@ -127,13 +139,13 @@ impl EnumerationDetector {
     }
 
     /// The new ids a minute above which a session on `route` is tagged.
-    fn pace_bar(&self, s: &EnumerationState, route: u8) -> f64 {
+    fn pace_bar(&self, s: &EnumerationState, route: u8, now: u64) -> f64 {
         let own = if s.minutes >= OWN_HISTORY {
             f64::from(s.usual)
         } else {
             0.0
         };
-        let route = self.routes[usize::from(route)].get();
+        let route = self.routes[usize::from(route)].get(now, self.window);
         self.max_fresh.max(self.factor * own.max(route))
     }
 
@@ -147,14 +159,14 @@ impl EnumerationDetector {
         if closed == 0 || tagged {
             return;
         }
-        let closed = (closed as f32).min(self.pace_bar(s, route) as f32);
+        let closed = (closed as f32).min(self.pace_bar(s, route, now) as f32);
         s.usual = if s.minutes == 0 {
             closed
         } else {
             s.usual + SESSION_WEIGHT * (closed - s.usual)
         };
         if s.minutes < ROUTE_SAMPLES {
-            self.routes[usize::from(route)].add(closed);
+            self.routes[usize::from(route)].add(closed, now, self.window);
             s.minutes += 1;
         }
     }
@@ -187,7 +199,7 @@ impl EnumerationDetector {
             // Only a request that brings a new id walks on: re-reading the items just
             // fetched (a page loaded, then used) is not.
             let fresh = new.then(|| s.fresh.estimate(now, MINUTE));
-            let bar = self.pace_bar(s, route);
+            let bar = self.pace_bar(s, route, now);
             let by_pace = fresh.filter(|f| *f > bar).map(|f| excess_score(f, bar));
             let score = by_ids.max(by_pace).max(self.ratio_score(s, now));
             s.tagged |= score.is_some();
@@ -353,6 +365,17 @@ mod tests {
         assert!(walk(&d, 901, 4, 10_000 * S, 30, 90).is_some_and(|i| i < 30));
         // A walk four times the route's pace is tagged there too.
         assert!(walk(&d, 902, 3, 20_000 * S, 60, 300).is_some_and(|i| i < 45));
+    }
+
+    #[test]
+    fn a_route_forgets_its_pace_after_a_quiet_window() {
+        let d = EnumerationDetector::new(&EnumerationConfig::default());
+        for key in 2..20 {
+            walk(&d, key, 3, key * 300 * S, 15, 60);
+        }
+        assert_eq!(walk(&d, 900, 3, 10_000 * S, 30, 90), None);
+        // Five hours later (the window is four) the route's pace is gone.
+        assert!(walk(&d, 901, 3, 28_000 * S, 30, 90).is_some_and(|i| i < 30));
     }
 
     #[test]
