@@ -3,14 +3,22 @@
 //! per request to a sink.
 //!
 //! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3
+//!
+//! `observers/per record` times the operator observers alone on a real request's
+//! record (the whole stack's span, closed through the privacy layer's log writer):
+//! the difference between two whole-stack variants is below this machine's noise.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::{Router, routing::get};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
+use tollgate::operator::Observers;
+use tollgate::privacy::{RequestObserver, RequestRecord};
 use tollgate::{Tollgate, TollgateConfig};
 use tollgate_test_support::jwt;
 use tower::ServiceExt;
@@ -127,5 +135,68 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Runs the observers `repeat` times on each record it is handed, on `threads`
+/// threads at once (as a server's workers do), timing them.
+struct Timed {
+    observers: Observers,
+    threads: usize,
+    repeat: Mutex<(u64, Duration)>,
+}
+
+impl RequestObserver for Timed {
+    fn observe(&self, record: &RequestRecord<'_>) {
+        let mut repeat = self.repeat.lock().unwrap();
+        let n = repeat.0;
+        let run = || {
+            for _ in 0..n {
+                self.observers.observe(std::hint::black_box(record));
+            }
+        };
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 1..self.threads {
+                s.spawn(run);
+            }
+            run();
+        });
+        repeat.1 = start.elapsed();
+    }
+}
+
+fn bench_observers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = token();
+    let config = config(4);
+    let mut group = c.benchmark_group("observers");
+    for threads in [1, 2] {
+        let timed = Arc::new(Timed {
+            observers: Observers::new(&config),
+            threads,
+            repeat: Mutex::new((0, Duration::ZERO)),
+        });
+        let subscriber = tracing_subscriber::registry()
+            .with(tollgate::privacy::json_layer(std::io::sink).with_observer(timed.clone()))
+            .with(tracing_subscriber::filter::LevelFilter::INFO);
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let tollgate = rt.block_on(Tollgate::from_config(&config)).unwrap();
+        let router = tollgate.apply(app()).with_state(());
+        let name = format!("per record, {threads} thread(s)");
+        group.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                timed.repeat.lock().unwrap().0 = iters;
+                let response = rt.block_on(router.clone().oneshot(request(&token))).unwrap();
+                assert_eq!(response.status(), 200);
+                timed.repeat.lock().unwrap().1
+            })
+        });
+        let requests = timed.observers.activity.summary().requests;
+        assert!(requests > 0, "the observers counted the records");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_observers);
 criterion_main!(benches);

@@ -12,6 +12,7 @@ use tollgate_core::session::SessionReason;
 use tollgate_core::sharded::ShardedMap;
 use tollgate_privacy::{RequestObserver, RequestRecord};
 
+use super::counts::{Counts, Local};
 use super::{HEALTHS, RecordView};
 
 /// How far back the activity reaches: one hour, in minutes.
@@ -20,8 +21,9 @@ pub const WINDOW_MINUTES: usize = 60;
 /// The most flagged sessions remembered at once.
 pub const MAX_FLAGGED: usize = 1_000;
 
-/// One minute of counts, as read from a [`MinuteSlot`]. Keys are fixed vocabularies
-/// (kinds, reasons, verdicts) or the configured tiers, so a minute's size is bounded.
+/// One minute of counts, summed over the threads' copies. Keys are fixed
+/// vocabularies (kinds, reasons, verdicts) or the configured tiers, so a minute's
+/// size is bounded.
 #[derive(Clone, Debug, Default)]
 struct Minute {
     minute: u64,
@@ -34,48 +36,36 @@ struct Minute {
     tags: [u64; AnomalyKind::ALL.len()],
 }
 
-/// One minute's counters, added to atomically: the request path takes no lock.
-/// Layout: requests, refusals, verdicts, reasons, kinds, then per tier requests and
-/// refusals.
-struct MinuteSlot {
-    minute: AtomicU64,
-    counts: Box<[AtomicU64]>,
-}
-
-const REQUESTS: usize = 0;
-const LIMITED: usize = 1;
-const VERDICTS: usize = 2;
+/// The layout of one minute's slot in a thread's copy of the counters: the minute
+/// it holds (plus one; zero for never used), then requests, refusals, verdicts,
+/// reasons, kinds, and per tier requests and refusals. A copy holds
+/// [`WINDOW_MINUTES`] slots, the one of minute `m` at `m % WINDOW_MINUTES`.
+const STAMP: usize = 0;
+const REQUESTS: usize = 1;
+const LIMITED: usize = 2;
+const VERDICTS: usize = 3;
 const REASONS: usize = VERDICTS + HEALTHS.len();
 const TAGS: usize = REASONS + SessionReason::ALL.len();
 const BY_TIER: usize = TAGS + AnomalyKind::ALL.len();
 
-impl MinuteSlot {
-    fn new(tier_slots: usize) -> Self {
-        MinuteSlot {
-            minute: AtomicU64::new(u64::MAX),
-            counts: (0..BY_TIER + 2 * tier_slots).map(|_| AtomicU64::new(0)).collect(),
+impl Minute {
+    /// Adds the counts of a slot at `base` in `copy` to this minute.
+    fn add(&mut self, copy: Local<'_>, base: usize) {
+        let c = |i: usize| copy.get(base + i);
+        self.requests += c(REQUESTS);
+        self.limited += c(LIMITED);
+        for (t, (requests, limited)) in self.by_tier.iter_mut().enumerate() {
+            *requests += c(BY_TIER + 2 * t);
+            *limited += c(BY_TIER + 2 * t + 1);
         }
-    }
-
-    fn add(&self, at: usize, n: u64) {
-        if n > 0 {
-            self.counts[at].fetch_add(n, Ordering::Relaxed);
+        for (i, n) in self.verdicts.iter_mut().enumerate() {
+            *n += c(VERDICTS + i);
         }
-    }
-
-    fn snapshot(&self) -> Minute {
-        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
-        Minute {
-            minute: self.minute.load(Ordering::Acquire),
-            requests: c(REQUESTS),
-            limited: c(LIMITED),
-            by_tier: (BY_TIER..self.counts.len())
-                .step_by(2)
-                .map(|i| (c(i), c(i + 1)))
-                .collect(),
-            verdicts: std::array::from_fn(|i| c(VERDICTS + i)),
-            reasons: std::array::from_fn(|i| c(REASONS + i)),
-            tags: std::array::from_fn(|i| c(TAGS + i)),
+        for (i, n) in self.reasons.iter_mut().enumerate() {
+            *n += c(REASONS + i);
+        }
+        for (i, n) in self.tags.iter_mut().enumerate() {
+            *n += c(TAGS + i);
         }
     }
 }
@@ -159,7 +149,9 @@ pub struct Activity {
     /// Tells instances apart in [`LAST_FLAGGED`] (an address could be reused).
     id: u64,
     tiers: Vec<String>,
-    minutes: Box<[MinuteSlot]>,
+    /// [`WINDOW_MINUTES`] slots of `stride` counters (see [`STAMP`]), per thread.
+    minutes: Counts,
+    stride: usize,
     flagged: ShardedMap<u64, Flagged>,
     clock: SharedClock,
 }
@@ -212,12 +204,12 @@ impl Activity {
     /// As [`Activity::new`], on `clock`.
     pub fn with_clock(tiers: &[&str], clock: SharedClock) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let stride = BY_TIER + 2 * (tiers.len() + 2);
         Activity {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
-            minutes: (0..WINDOW_MINUTES)
-                .map(|_| MinuteSlot::new(tiers.len() + 2))
-                .collect(),
+            minutes: Counts::new(WINDOW_MINUTES * stride),
+            stride,
             flagged: ShardedMap::new(MAX_FLAGGED),
             clock,
         }
@@ -235,18 +227,24 @@ impl Activity {
     /// The counts over the last hour.
     pub fn summary(&self) -> Summary {
         let now = self.now_minute();
-        let mut live: Vec<Minute> = self
-            .minutes
-            .iter()
-            .map(MinuteSlot::snapshot)
-            .filter(|m| {
-                m.minute != u64::MAX
-                    && m.minute + (WINDOW_MINUTES as u64) > now
-                    && m.minute <= now
-                    && m.requests > 0
-            })
-            .collect();
-        live.sort_by_key(|m| m.minute);
+        let mut live: BTreeMap<u64, Minute> = BTreeMap::new();
+        for copy in self.minutes.copies() {
+            for base in (0..self.minutes.len()).step_by(self.stride) {
+                let Some(minute) = copy.get(base + STAMP).checked_sub(1) else {
+                    continue;
+                };
+                if minute + (WINDOW_MINUTES as u64) <= now || minute > now {
+                    continue;
+                }
+                live.entry(minute)
+                    .or_insert_with(|| Minute {
+                        minute,
+                        by_tier: vec![(0, 0); self.tiers.len() + 2],
+                        ..Minute::default()
+                    })
+                    .add(copy, base);
+            }
+        }
         let mut s = Summary {
             window_minutes: WINDOW_MINUTES,
             ..Summary::default()
@@ -257,7 +255,7 @@ impl Activity {
         for k in AnomalyKind::ALL {
             s.anomalies.insert(k.as_str(), 0);
         }
-        for m in live {
+        for m in live.into_values().filter(|m| m.requests > 0) {
             s.requests += m.requests;
             s.limited += m.limited;
             for (i, (requests, limited)) in m.by_tier.iter().enumerate() {
@@ -368,31 +366,31 @@ impl Activity {
         let minute = now.as_secs() / 60;
         let limited = view.outcome == Some(b"denied".as_slice());
         let (tier, health, reasons, kinds) = (view.tier, view.health, view.reasons, view.kinds);
-        let slot = &self.minutes[(minute % WINDOW_MINUTES as u64) as usize];
-        let seen = slot.minute.load(Ordering::Acquire);
-        if seen != minute
-            && slot
-                .minute
-                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // A new minute in this slot: the one an hour ago is forgotten.
-            for c in slot.counts.iter() {
-                c.store(0, Ordering::Relaxed);
+        let copy = self.minutes.local();
+        let base = (minute % WINDOW_MINUTES as u64) as usize * self.stride;
+        if copy.get(base + STAMP) != minute + 1 {
+            // A new minute in this thread's slot: the one an hour ago is forgotten.
+            // The stamp goes last, so a reader that sees it sees the zeros too.
+            for i in 1..self.stride {
+                copy.set(base + i, 0);
             }
+            copy.set(base + STAMP, minute + 1);
         }
-        slot.add(REQUESTS, 1);
-        slot.add(LIMITED, u64::from(limited));
-        slot.add(BY_TIER + 2 * tier, 1);
-        slot.add(BY_TIER + 2 * tier + 1, u64::from(limited));
+        let add = |at: usize, n: u64| copy.add(base + at, n);
+        add(REQUESTS, 1);
+        if limited {
+            add(LIMITED, 1);
+            add(BY_TIER + 2 * tier + 1, 1);
+        }
+        add(BY_TIER + 2 * tier, 1);
         if let Some(h) = health {
-            slot.add(VERDICTS + h, 1);
+            add(VERDICTS + h, 1);
         }
         for r in reasons.iter() {
-            slot.add(REASONS + r, 1);
+            add(REASONS + r, 1);
         }
         for k in kinds.iter() {
-            slot.add(TAGS + k, 1);
+            add(TAGS + k, 1);
         }
         let flagged = health.is_some_and(|h| h > 0) || !kinds.is_empty();
         if let (true, Some(session)) = (flagged, view.session) {

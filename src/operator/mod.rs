@@ -48,6 +48,7 @@ mod activity;
 mod admin;
 mod console;
 mod consumer;
+mod counts;
 mod metrics;
 
 use std::sync::Arc;

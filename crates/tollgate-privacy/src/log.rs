@@ -79,8 +79,11 @@ where
 
 /// Receives the record of every finished request (see [`JsonLogLayer::with_observer`]).
 pub trait RequestObserver: Send + Sync + 'static {
-    /// Called once per request, when its span closes, on the thread that closed it:
-    /// keep it short (counters, not I/O).
+    /// Called once per request, right after its completion line is written (the
+    /// event naming the request span as its explicit `parent`, which the privacy
+    /// layer emits when the response is ready), on that thread: keep it short
+    /// (counters, not I/O). A request dropped before its response has no completion
+    /// line and no record.
     fn observe(&self, record: &RequestRecord<'_>);
 }
 
@@ -105,7 +108,7 @@ pub trait RequestObserver: Send + Sync + 'static {
 /// let layer = tollgate_privacy::json_layer(std::io::sink).with_observer(statuses.clone());
 /// tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
 ///     let span = tracing::info_span!(target: TARGET, "request", http.status = 429u64);
-///     drop(span);
+///     tracing::info!(target: TARGET, parent: &span, "request completed");
 /// });
 /// assert_eq!(*statuses.0.lock().unwrap(), [429]);
 /// ```
@@ -473,24 +476,18 @@ where
         }
     }
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if self.observers.is_empty() {
-            return;
-        }
-        let Some(span) = ctx.span(&id) else { return };
-        if let Some(fields) = span.extensions().get::<RequestFields>() {
-            let record = RequestRecord(fields);
-            for observer in &self.observers {
-                observer.observe(&record);
-            }
-        }
-    }
-
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let metadata = event.metadata();
         if RAW_INPUT_TARGETS.iter().any(|t| metadata.target().starts_with(t)) {
             return;
         }
+        let request = ctx.event_scope(event).and_then(|scope| {
+            scope
+                .into_iter()
+                .find(|span| span.extensions().get::<RequestFields>().is_some())
+        });
+        let extensions = request.as_ref().map(|span| span.extensions());
+        let fields = extensions.as_ref().and_then(|e| e.get::<RequestFields>());
         LINE.with_borrow_mut(|line| {
             line.clear();
             line.extend_from_slice(br#"{"timestamp":""#);
@@ -505,18 +502,23 @@ where
             line.extend_from_slice(br#"},"target":""#);
             let _ = JsonEscaper(line).write_str(metadata.target());
             line.push(b'"');
-            if let Some(scope) = ctx.event_scope(event) {
-                for span in scope {
-                    if let Some(fields) = span.extensions().get::<RequestFields>() {
-                        line.extend_from_slice(br#","span":"#);
-                        fields.write_json(line);
-                        break;
-                    }
-                }
+            if let Some(fields) = fields {
+                line.extend_from_slice(br#","span":"#);
+                fields.write_json(line);
             }
             line.extend_from_slice(b"}\n");
             let _ = self.make_writer.make_writer_for(metadata).write_all(line);
         });
+        // The event naming the request span as its parent completes the request.
+        if let (Some(fields), Some(span)) = (fields, &request)
+            && !self.observers.is_empty()
+            && event.parent() == Some(&span.id())
+        {
+            let record = RequestRecord(fields);
+            for observer in &self.observers {
+                observer.observe(&record);
+            }
+        }
     }
 }
 
@@ -595,6 +597,36 @@ mod tests {
         assert_eq!(l["fields"]["ok"], true);
         assert_eq!(l["level"], "INFO");
         assert!(l["timestamp"].as_str().unwrap().ends_with(":00Z"));
+    }
+
+    #[test]
+    fn observers_see_each_request_once_at_its_completion_line() {
+        #[derive(Default)]
+        struct Seen(Mutex<Vec<Option<u64>>>);
+        impl RequestObserver for Seen {
+            fn observe(&self, record: &RequestRecord<'_>) {
+                let status = match record.get("http.status") {
+                    Some(RecordedValue::U64(s)) => Some(s),
+                    _ => None,
+                };
+                self.0.lock().unwrap().push(status);
+            }
+        }
+        let seen = Arc::new(Seen::default());
+        let layer = json_layer(std::io::sink).with_observer(seen.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let span = tracing::info_span!(target: TARGET, "request", http.status = tracing::field::Empty);
+            span.in_scope(|| tracing::info!("a handler's own line"));
+            span.record("http.status", 204u64);
+            tracing::info!(target: TARGET, parent: &span, "request completed");
+            drop(span);
+            // A request dropped before its response: no completion line, no record.
+            let dropped = tracing::info_span!(target: TARGET, "request", http.status = 500u64);
+            drop(dropped);
+            let other = tracing::info_span!("other");
+            tracing::info!(parent: &other, "not a request");
+        });
+        assert_eq!(*seen.0.lock().unwrap(), [Some(204)]);
     }
 
     #[test]
