@@ -89,6 +89,11 @@ enum Cmd {
         /// build), so two revisions are measured with the same client.
         #[arg(long)]
         server: Option<std::path::PathBuf>,
+        /// Keep callgrind's dumps in this directory (for `callgrind_annotate`: the
+        /// difference between a variant's last two dumps is where a request's
+        /// instructions go) instead of deleting them.
+        #[arg(long)]
+        keep: Option<std::path::PathBuf>,
         #[command(flatten)]
         load: Load,
     },
@@ -212,8 +217,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             first,
             second,
             server,
+            keep,
             load,
-        } => callgrind(first, second, server, load),
+        } => callgrind(first, second, server, keep, load),
         Cmd::Soak {
             seconds,
             warm_up,
@@ -605,6 +611,7 @@ fn callgrind(
     first: u32,
     second: u32,
     server: Option<std::path::PathBuf>,
+    keep: Option<std::path::PathBuf>,
     load: Load,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if second <= first {
@@ -615,7 +622,9 @@ fn callgrind(
         Some(path) => path,
         None => std::env::current_exe()?,
     };
-    let dir = std::env::temp_dir().join(format!("tollgate-callgrind-{}", std::process::id()));
+    let dir = keep
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tollgate-callgrind-{}", std::process::id())));
     std::fs::create_dir_all(&dir)?;
     let mut rows = Vec::new();
     for (i, variant) in load.variants().into_iter().enumerate() {
@@ -649,7 +658,9 @@ fn callgrind(
         eprintln!("{:<58} {per_request:>10.0} instructions/request", variant.name());
         rows.push((variant, per_request));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!(
         "valgrind --tool=callgrind, GET /v1/items/42 from {} caller(s) with ES256 bearer tokens over one \
          keep-alive connection, (count after {second} - count after {first}) / {}\n",

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::io::tcp::TcpSettings;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// A multiplexed connection to the store: cheap to clone, pipelines concurrent calls,
@@ -89,10 +91,21 @@ pub(crate) enum Target {
     },
 }
 
+/// `TCP_NODELAY` on every connection (redis-rs leaves Nagle's algorithm on, which
+/// holds a small command back while an earlier one is unacknowledged).
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
+/// A client for `url` with [`tcp_settings`].
+pub(crate) fn client(url: &str) -> RedisResult<redis::Client> {
+    redis::Client::open(url.into_connection_info()?.set_tcp_settings(tcp_settings()))
+}
+
 impl Target {
     pub(crate) fn single(url: &str) -> RedisResult<Target> {
         Ok(Target::Single {
-            client: redis::Client::open(url)?,
+            client: client(url)?,
             manager: std::sync::OnceLock::new(),
         })
     }
@@ -102,10 +115,7 @@ impl Target {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> RedisResult<Target> {
-        let seeds = urls
-            .iter()
-            .map(|u| redis::Client::open(u.as_str()))
-            .collect::<RedisResult<Vec<_>>>()?;
+        let seeds = urls.iter().map(|u| client(u)).collect::<RedisResult<Vec<_>>>()?;
         // Few, short retries: a call is bounded by the store timeout anyway, and the
         // backend's breaker paces the probes of a failed shard.
         let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
@@ -114,6 +124,7 @@ impl Target {
             .retries(2)
             .min_retry_wait(5)
             .max_retry_wait(50)
+            .tcp_settings(tcp_settings())
             .build()?;
         Ok(Target::Cluster {
             client: Box::new(client),

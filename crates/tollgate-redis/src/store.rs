@@ -22,7 +22,10 @@ use crate::backend::RedisBackend;
 /// the one read, reading again otherwise (up to 12 times, pausing a little after
 /// the second collision). Two replicas updating one
 /// session record at once therefore both count, where a plain read then write would
-/// let the last writer erase the other's update.
+/// let the last writer erase the other's update. Within one process, updates of a
+/// key take turns (first come, first served) instead of colliding: a client with
+/// many requests in flight on one session costs one read and one write each, not a
+/// storm of retries.
 ///
 /// On failure (Redis unreachable, slow, or down per the backend's breaker):
 /// - [`FailurePolicy::Closed`] (the default): every method returns the [`StoreError`],
@@ -51,7 +54,34 @@ pub struct RedisStore<V> {
     backend: RedisBackend,
     policy: FailurePolicy,
     engaged: Arc<AtomicBool>,
+    turns: Arc<Turns>,
     _values: PhantomData<fn() -> V>,
+}
+
+/// Queues for the updates of this process, one per key stripe (see
+/// [`RedisStore`]): waiting here costs nothing in Redis, where colliding updates
+/// cost a read, a failed swap and a pause each. Keys are striped, not mapped: the
+/// queues are few and fixed, whatever the number of sessions.
+struct Turns {
+    queues: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::hash::RandomState,
+}
+
+/// Stripes of [`Turns`]: two sessions rarely share one among the requests in flight.
+const TURN_STRIPES: usize = 256;
+
+impl Turns {
+    fn new() -> Self {
+        Turns {
+            queues: (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn of(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        &self.queues[(self.hasher.hash_one(key) % TURN_STRIPES as u64) as usize]
+    }
 }
 
 impl<V> Clone for RedisStore<V> {
@@ -60,6 +90,7 @@ impl<V> Clone for RedisStore<V> {
             backend: self.backend.clone(),
             policy: self.policy,
             engaged: self.engaged.clone(),
+            turns: self.turns.clone(),
             _values: PhantomData,
         }
     }
@@ -81,6 +112,7 @@ impl<V> RedisStore<V> {
             policy: backend.config().sessions.on_failure,
             backend: backend.clone(),
             engaged: Arc::new(AtomicBool::new(false)),
+            turns: Arc::new(Turns::new()),
             _values: PhantomData,
         }
     }
@@ -195,6 +227,7 @@ where
     {
         let k = &self.backend.key(key);
         let ms = ttl_millis(ttl);
+        let _turn = self.turns.of(k).lock().await;
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
             if attempt >= 2 {
                 // Writers that keep colliding take turns instead of racing again.

@@ -468,6 +468,30 @@ async fn concurrent_updates_from_two_replicas_are_not_lost() {
     assert!(kept >= 190, "{kept} of 200 updates went through");
 }
 
+/// Many requests of one session in flight in one process (one client, many
+/// connections): their updates take turns in the process instead of colliding in
+/// Redis, so every one goes through, where compare-and-set retries alone give up
+/// after 12 collisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_one_key_in_one_process_all_go_through() {
+    let Some(t) = TestRedis::new() else { return };
+    let store: RedisStore<u64> = RedisStore::new(&t.backend());
+    let key = StoreKey::new("session", &pseudonymizer().digest(Domain::SESSION, b"busy"));
+    let updates: Vec<_> = (0..64)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut add_one = |prev: Option<&u64>| prev.copied().unwrap_or(0) + 1;
+                store.update(&key, Duration::from_secs(60), &mut add_one).await
+            })
+        })
+        .collect();
+    for update in updates {
+        assert!(update.await.unwrap().is_ok());
+    }
+    assert_eq!(store.get(&key).await.unwrap(), Some(64));
+}
+
 mod penalties {
     use super::*;
     use tollgate_anomaly::{Action, AnomalyKind, AnomalyTags, Penalty, PenaltyBoard, PenaltyKey};
