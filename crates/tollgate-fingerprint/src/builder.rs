@@ -15,7 +15,9 @@ use crate::local_hash::LocalHasher;
 use crate::memory::MemorySessionStore;
 use crate::service::Shared;
 use crate::store::SessionStore;
+use crate::verdict::MAX_HASHES;
 use crate::verdict::{Judge, thresholds};
+use tollgate_core::sharded::ShardedMap;
 
 /// Freezes the default in-process freeze list holds.
 const DEFAULT_FREEZE_LIST_CAPACITY: usize = 10_000;
@@ -180,6 +182,7 @@ impl FingerprintBuilder {
             client: self.client,
             responder: self.responder,
             local: LocalHasher::default(),
+            hashes: ShardedMap::new(MAX_HASHES),
         };
         Ok(FingerprintLayer::from_shared(Shared {
             judge,

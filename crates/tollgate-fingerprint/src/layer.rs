@@ -59,7 +59,7 @@ use crate::service::{FingerprintService, Shared};
 /// ```
 #[derive(Clone)]
 pub struct FingerprintLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl FingerprintLayer {

@@ -131,8 +131,8 @@ where
         }
 
         // A store that must be waited on: every keyed hash afresh, then its observe.
-        let (observation, fingerprint) = judge.observation(&traits, req.headers(), issued_at, key_bound);
-        let session = judge.session_pseudonym(&credential, traits.now);
+        let (observation, fingerprint, session) =
+            judge.observation(credential, &traits, req.headers(), issued_at, key_bound);
         let shared = self.shared.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
