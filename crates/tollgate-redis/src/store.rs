@@ -23,9 +23,10 @@ use crate::backend::RedisBackend;
 /// the second collision). Two replicas updating one
 /// session record at once therefore both count, where a plain read then write would
 /// let the last writer erase the other's update. Within one process, updates of a
-/// key take turns (first come, first served) instead of colliding: a client with
-/// many requests in flight on one session costs one read and one write each, not a
-/// storm of retries.
+/// key take turns (first come, first served) instead of colliding, and an update
+/// that follows this process's own last write of the key tries its swap without
+/// reading first: a steady session costs one round trip per update, and a client
+/// with many requests in flight on one session no storm of retries.
 ///
 /// On failure (Redis unreachable, slow, or down per the backend's breaker):
 /// - [`FailurePolicy::Closed`] (the default): every method returns the [`StoreError`],
@@ -61,10 +62,18 @@ pub struct RedisStore<V> {
 /// Queues for the updates of this process, one per key stripe (see
 /// [`RedisStore`]): waiting here costs nothing in Redis, where colliding updates
 /// cost a read, a failed swap and a pause each. Keys are striped, not mapped: the
-/// queues are few and fixed, whatever the number of sessions.
+/// queues are few and fixed, whatever the number of sessions. Each queue remembers
+/// the last value its updates wrote, so the next update of that key can try its
+/// compare-and-set at once, without reading first (one round trip, not two).
 struct Turns {
-    queues: Box<[tokio::sync::Mutex<()>]>,
+    queues: Box<[tokio::sync::Mutex<Option<Written>>]>,
     hasher: std::hash::RandomState,
+}
+
+/// The last value an update wrote through a queue of [`Turns`].
+struct Written {
+    key: String,
+    bytes: Vec<u8>,
 }
 
 /// Stripes of [`Turns`]: two sessions rarely share one among the requests in flight.
@@ -73,12 +82,12 @@ const TURN_STRIPES: usize = 256;
 impl Turns {
     fn new() -> Self {
         Turns {
-            queues: (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            queues: (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(None)).collect(),
             hasher: std::hash::RandomState::new(),
         }
     }
 
-    fn of(&self, key: &str) -> &tokio::sync::Mutex<()> {
+    fn of(&self, key: &str) -> &tokio::sync::Mutex<Option<Written>> {
         use std::hash::BuildHasher;
         &self.queues[(self.hasher.hash_one(key) % TURN_STRIPES as u64) as usize]
     }
@@ -227,20 +236,25 @@ where
     {
         let k = &self.backend.key(key);
         let ms = ttl_millis(ttl);
-        let _turn = self.turns.of(k).lock().await;
+        let mut turn = self.turns.of(k).lock().await;
+        // What this process wrote last, if it was this key: tried first, unread.
+        let mut remembered = turn.take().filter(|w| w.key == *k).map(|w| w.bytes);
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
             if attempt >= 2 {
                 // Writers that keep colliding take turns instead of racing again.
                 tokio::time::sleep(Duration::from_millis(attempt as u64 / 2)).await;
             }
-            let read = self
-                .backend
-                .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
-                .await;
-            let current = match read {
-                Ok(current) => current,
-                // Under `open` the value is computed afresh and not stored.
-                Err(e) => return self.fail(e, ()).map(|()| f(None)),
+            let current = match remembered.take() {
+                Some(bytes) => Some(bytes),
+                None => match self
+                    .backend
+                    .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
+                    .await
+                {
+                    Ok(current) => current,
+                    // Under `open` the value is computed afresh and not stored.
+                    Err(e) => return self.fail(e, ()).map(|()| f(None)),
+                },
             };
             let prev = match &current {
                 Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
@@ -251,16 +265,17 @@ where
             let next = f(prev.as_ref());
             let bytes = serde_json::to_vec(&next)
                 .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
-            let (expected, absent) = match current {
-                Some(bytes) => (bytes, "0"),
-                None => (Vec::new(), "1"),
+            let (expected, absent) = match &current {
+                Some(bytes) => (bytes.as_slice(), "0"),
+                None => (&[][..], "1"),
             };
+            let written = &bytes[..];
             let swapped = self
                 .backend
                 .run(k, |mut c| async move {
                     SWAP.key(k)
                         .arg(expected)
-                        .arg(bytes)
+                        .arg(written)
                         .arg(ms)
                         .arg(absent)
                         .invoke_async::<i64>(&mut c)
@@ -270,6 +285,10 @@ where
             match swapped {
                 Ok(1) => {
                     self.ok();
+                    *turn = Some(Written {
+                        key: k.clone(),
+                        bytes,
+                    });
                     return Ok(next);
                 }
                 Ok(_) => continue,

@@ -492,6 +492,32 @@ async fn updates_of_one_key_in_one_process_all_go_through() {
     assert_eq!(store.get(&key).await.unwrap(), Some(64));
 }
 
+/// An update that follows this process's own last write tries its swap unread;
+/// when another replica wrote in between, the swap fails and it reads again.
+#[tokio::test]
+async fn an_update_after_another_replicas_write_reads_again() {
+    let Some(t) = TestRedis::new() else { return };
+    let a: RedisStore<Vec<u32>> = RedisStore::new(&t.backend());
+    let b: RedisStore<Vec<u32>> = RedisStore::new(&t.backend());
+    let key = StoreKey::new("session", &pseudonymizer().digest(Domain::SESSION, b"moved"));
+    let ttl = Duration::from_secs(60);
+    let push = |n: u32| {
+        move |prev: Option<&Vec<u32>>| {
+            let mut v = prev.cloned().unwrap_or_default();
+            v.push(n);
+            v
+        }
+    };
+    assert_eq!(a.update(&key, ttl, &mut push(1)).await, Ok(vec![1]));
+    assert_eq!(a.update(&key, ttl, &mut push(2)).await, Ok(vec![1, 2]));
+    assert_eq!(b.update(&key, ttl, &mut push(3)).await, Ok(vec![1, 2, 3]));
+    b.insert(&key, vec![9], ttl).await.unwrap();
+    assert_eq!(a.update(&key, ttl, &mut push(4)).await, Ok(vec![9, 4]));
+    a.remove(&key).await.unwrap();
+    assert_eq!(a.update(&key, ttl, &mut push(5)).await, Ok(vec![5]));
+    assert_eq!(b.get(&key).await.unwrap(), Some(vec![5]));
+}
+
 mod penalties {
     use super::*;
     use tollgate_anomaly::{Action, AnomalyKind, AnomalyTags, Penalty, PenaltyBoard, PenaltyKey};
