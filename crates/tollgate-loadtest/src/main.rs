@@ -630,8 +630,14 @@ fn callgrind(
     for (i, variant) in load.variants().into_iter().enumerate() {
         let addr: SocketAddr = format!("127.0.0.1:{}", 18_180 + i as u16).parse()?;
         let out = dir.join(format!("{variant:?}"));
-        let child = Command::new("valgrind")
-            .arg("--tool=callgrind")
+        let mut valgrind = Command::new("valgrind");
+        valgrind.arg("--tool=callgrind");
+        if keep.is_some() {
+            // Each dump names its functions in full, so `callgrind_annotate` reads
+            // one batch's dump on its own.
+            valgrind.arg("--compress-strings=no");
+        }
+        let child = valgrind
             .arg(format!("--callgrind-out-file={}.%p", out.display()))
             .arg(&exe)
             .args(["serve", variant.arg(), "--addr", &addr.to_string()])
