@@ -55,7 +55,7 @@ pub struct RedisStore<V> {
     backend: RedisBackend,
     policy: FailurePolicy,
     engaged: Arc<AtomicBool>,
-    turns: Arc<Turns>,
+    turns: Arc<Turns<V>>,
     _values: PhantomData<fn() -> V>,
 }
 
@@ -64,22 +64,24 @@ pub struct RedisStore<V> {
 /// cost a read, a failed swap and a pause each. Keys are striped, not mapped: the
 /// queues are few and fixed, whatever the number of sessions. Each queue remembers
 /// the last value its updates wrote, so the next update of that key can try its
-/// compare-and-set at once, without reading first (one round trip, not two).
-struct Turns {
-    queues: Box<[tokio::sync::Mutex<Option<Written>>]>,
+/// compare-and-set at once, without reading or decoding first (one round trip, not
+/// two).
+struct Turns<V> {
+    queues: Box<[tokio::sync::Mutex<Option<Written<V>>>]>,
     hasher: std::hash::RandomState,
 }
 
-/// The last value an update wrote through a queue of [`Turns`].
-struct Written {
+/// The last value an update wrote through a queue of [`Turns`], encoded and not.
+struct Written<V> {
     key: String,
     bytes: Vec<u8>,
+    value: V,
 }
 
 /// Stripes of [`Turns`]: two sessions rarely share one among the requests in flight.
 const TURN_STRIPES: usize = 256;
 
-impl Turns {
+impl<V> Turns<V> {
     fn new() -> Self {
         Turns {
             queues: (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(None)).collect(),
@@ -87,7 +89,7 @@ impl Turns {
         }
     }
 
-    fn of(&self, key: &str) -> &tokio::sync::Mutex<Option<Written>> {
+    fn of(&self, key: &str) -> &tokio::sync::Mutex<Option<Written<V>>> {
         use std::hash::BuildHasher;
         &self.queues[(self.hasher.hash_one(key) % TURN_STRIPES as u64) as usize]
     }
@@ -238,29 +240,32 @@ where
         let ms = ttl_millis(ttl);
         let mut turn = self.turns.of(k).lock().await;
         // What this process wrote last, if it was this key: tried first, unread.
-        let mut remembered = turn.take().filter(|w| w.key == *k).map(|w| w.bytes);
+        let mut remembered = turn.take().filter(|w| w.key == *k);
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
             if attempt >= 2 {
                 // Writers that keep colliding take turns instead of racing again.
                 tokio::time::sleep(Duration::from_millis(attempt as u64 / 2)).await;
             }
-            let current = match remembered.take() {
-                Some(bytes) => Some(bytes),
-                None => match self
-                    .backend
-                    .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
-                    .await
-                {
-                    Ok(current) => current,
-                    // Under `open` the value is computed afresh and not stored.
-                    Err(e) => return self.fail(e, ()).map(|()| f(None)),
-                },
-            };
-            let prev = match &current {
-                Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
-                    StoreError::Corrupt(format!("value does not decode: {}", e.classify_str()))
-                })?),
-                None => None,
+            let (current, prev) = match remembered.take() {
+                Some(written) => (Some(written.bytes), Some(written.value)),
+                None => {
+                    let current = match self
+                        .backend
+                        .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
+                        .await
+                    {
+                        Ok(current) => current,
+                        // Under `open` the value is computed afresh and not stored.
+                        Err(e) => return self.fail(e, ()).map(|()| f(None)),
+                    };
+                    let prev = match &current {
+                        Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
+                            StoreError::Corrupt(format!("value does not decode: {}", e.classify_str()))
+                        })?),
+                        None => None,
+                    };
+                    (current, prev)
+                }
             };
             let next = f(prev.as_ref());
             let bytes = serde_json::to_vec(&next)
@@ -288,6 +293,7 @@ where
                     *turn = Some(Written {
                         key: k.clone(),
                         bytes,
+                        value: next.clone(),
                     });
                     return Ok(next);
                 }
