@@ -63,13 +63,17 @@ pub struct RedisStore<V> {
 /// [`RedisStore`]): waiting here costs nothing in Redis, where colliding updates
 /// cost a read, a failed swap and a pause each. Keys are striped, not mapped: the
 /// queues are few and fixed, whatever the number of sessions. Each queue remembers
-/// the last value its updates wrote, so the next update of that key can try its
-/// compare-and-set at once, without reading or decoding first (one round trip, not
-/// two).
+/// the values its last updates wrote (at most [`REMEMBERED_PER_STRIPE`] keys), so
+/// the next update of such a key can try its compare-and-set at once, without
+/// reading or decoding first (one round trip, not two).
 struct Turns<V> {
-    queues: Box<[tokio::sync::Mutex<Option<Written<V>>>]>,
+    queues: Box<[tokio::sync::Mutex<Vec<Written<V>>>]>,
     hasher: std::hash::RandomState,
 }
+
+/// Keys whose last written value a queue of [`Turns`] remembers, oldest forgotten
+/// first: 4,096 in all, so a few thousand active sessions skip their read.
+const REMEMBERED_PER_STRIPE: usize = 16;
 
 /// The last value an update wrote through a queue of [`Turns`], encoded and not.
 struct Written<V> {
@@ -84,12 +88,14 @@ const TURN_STRIPES: usize = 256;
 impl<V> Turns<V> {
     fn new() -> Self {
         Turns {
-            queues: (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            queues: (0..TURN_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(Vec::new()))
+                .collect(),
             hasher: std::hash::RandomState::new(),
         }
     }
 
-    fn of(&self, key: &str) -> &tokio::sync::Mutex<Option<Written<V>>> {
+    fn of(&self, key: &str) -> &tokio::sync::Mutex<Vec<Written<V>>> {
         use std::hash::BuildHasher;
         &self.queues[(self.hasher.hash_one(key) % TURN_STRIPES as u64) as usize]
     }
@@ -240,7 +246,7 @@ where
         let ms = ttl_millis(ttl);
         let mut turn = self.turns.of(k).lock().await;
         // What this process wrote last, if it was this key: tried first, unread.
-        let mut remembered = turn.take().filter(|w| w.key == *k);
+        let mut remembered = turn.iter().position(|w| w.key == *k).map(|i| turn.remove(i));
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
             if attempt >= 2 {
                 // Writers that keep colliding take turns instead of racing again.
@@ -290,7 +296,10 @@ where
             match swapped {
                 Ok(1) => {
                     self.ok();
-                    *turn = Some(Written {
+                    if turn.len() >= REMEMBERED_PER_STRIPE {
+                        turn.remove(0);
+                    }
+                    turn.push(Written {
                         key: k.clone(),
                         bytes,
                         value: next.clone(),
