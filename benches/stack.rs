@@ -18,7 +18,7 @@ use axum::{Router, routing::get};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use tollgate::operator::Observers;
-use tollgate::privacy::{RequestObserver, RequestRecord};
+use tollgate::privacy::{JsonLogLayer, RequestObserver, RequestRecord};
 use tollgate::{Tollgate, TollgateConfig};
 use tollgate_test_support::jwt;
 use tower::ServiceExt;
@@ -88,16 +88,24 @@ limits = [{ name = "burst", quota = 1000000000, window = "1s" }]
     TollgateConfig::from_toml(&text).unwrap()
 }
 
+/// Makes `layer` (the privacy layer's log writer) this thread's subscriber, at INFO.
+fn log_to_sink<W>(layer: JsonLogLayer<W>) -> tracing::subscriber::DefaultGuard
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let subscriber = tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing::subscriber::set_default(subscriber)
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let token = token();
-    let subscriber = tracing_subscriber::registry()
-        .with(tollgate::privacy::json_layer(std::io::sink))
-        .with(tracing_subscriber::filter::LevelFilter::INFO);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = log_to_sink(tollgate::privacy::json_layer(std::io::sink));
 
     let mut group = c.benchmark_group("stack");
     // `with_state(())` turns each route into its final service once; without it axum
@@ -123,10 +131,7 @@ fn bench(c: &mut Criterion) {
     // activity) reading every request record.
     let config = config(names.len() - 1);
     let observers = tollgate::operator::Observers::new(&config);
-    let subscriber = tracing_subscriber::registry()
-        .with(observers.attach(tollgate::privacy::json_layer(std::io::sink)))
-        .with(tracing_subscriber::filter::LevelFilter::INFO);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = log_to_sink(observers.attach(tollgate::privacy::json_layer(std::io::sink)));
     let tollgate = rt.block_on(Tollgate::from_config(&config)).unwrap();
     let router = tollgate.apply(app()).with_state(());
     group.bench_function("+anomaly +metrics", |b| {
@@ -177,10 +182,7 @@ fn bench_observers(c: &mut Criterion) {
             threads,
             repeat: Mutex::new((0, Duration::ZERO)),
         });
-        let subscriber = tracing_subscriber::registry()
-            .with(tollgate::privacy::json_layer(std::io::sink).with_observer(timed.clone()))
-            .with(tracing_subscriber::filter::LevelFilter::INFO);
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let _guard = log_to_sink(tollgate::privacy::json_layer(std::io::sink).with_observer(timed.clone()));
         let tollgate = rt.block_on(Tollgate::from_config(&config)).unwrap();
         let router = tollgate.apply(app()).with_state(());
         let name = format!("per record, {threads} thread(s)");

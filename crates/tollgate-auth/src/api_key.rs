@@ -99,7 +99,7 @@ pub(crate) struct ApiKeyEntry {
 impl ApiKeyEntry {
     /// The principal for this key, rebuilt when the pseudonym epoch has moved on.
     pub(crate) fn principal(&self, p: &Pseudonymizer, policy: &TierPolicy, now: Timestamp) -> Arc<Accepted> {
-        let epoch = now.as_nanos() / tollgate_core::clock::duration_nanos(p.epoch_length()).max(1);
+        let epoch = p.epoch_at(now);
         if let Some(current) = &*self.principal.load()
             && current.principal().subject().epoch() == epoch
         {

@@ -65,7 +65,7 @@ pub(crate) struct TokenCache {
     table: Arc<ShardedMap<u128, Arc<Accepted>>>,
     max_ttl: Duration,
     clock: SharedClock,
-    epoch_nanos: u64,
+    pseudonymizer: Pseudonymizer,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -97,7 +97,7 @@ impl TokenCache {
             ),
             max_ttl,
             clock,
-            epoch_nanos: tollgate_core::clock::duration_nanos(pseudonymizer.epoch_length()).max(1),
+            pseudonymizer: pseudonymizer.clone(),
         }
     }
 
@@ -120,14 +120,9 @@ impl TokenCache {
     /// pseudonym was made in (so a cached principal never carries a stale pseudonym).
     pub(crate) fn insert(&self, key: u128, principal: Arc<Accepted>, expires_at: Option<Timestamp>) {
         let now = self.clock.now();
-        let epoch_end = Timestamp::from_nanos(
-            principal
-                .principal()
-                .subject()
-                .epoch()
-                .saturating_add(1)
-                .saturating_mul(self.epoch_nanos),
-        );
+        let epoch_end = self
+            .pseudonymizer
+            .epoch_end(principal.principal().subject().epoch());
         let mut ttl = self.max_ttl.min(epoch_end.saturating_since(now));
         if let Some(exp) = expires_at {
             ttl = ttl.min(exp.saturating_since(now));

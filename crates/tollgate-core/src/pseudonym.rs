@@ -314,6 +314,26 @@ impl Pseudonymizer {
         Duration::from_nanos(self.0.epoch_nanos)
     }
 
+    /// The key epoch containing `at` (what [`Pseudonym::epoch`] reports).
+    pub fn epoch_at(&self, at: Timestamp) -> u64 {
+        at.as_nanos() / self.0.epoch_nanos
+    }
+
+    /// When `epoch` ends: pseudonyms made in it are stale from then on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_core::{Pseudonymizer, PseudonymSecret, Timestamp};
+    ///
+    /// let p = Pseudonymizer::new(PseudonymSecret::from_bytes(&[1; 32])?, Duration::from_secs(86_400));
+    /// let at = Timestamp::from_secs(86_400 * 3 + 5);
+    /// assert_eq!(p.epoch_end(p.epoch_at(at)), Timestamp::from_secs(86_400 * 4));
+    /// # Ok::<(), tollgate_core::pseudonym::SecretError>(())
+    /// ```
+    pub fn epoch_end(&self, epoch: u64) -> Timestamp {
+        Timestamp::from_nanos(epoch.saturating_add(1).saturating_mul(self.0.epoch_nanos))
+    }
+
     /// The pseudonym of `input` in `domain`, in the current epoch.
     pub fn pseudonym(&self, domain: Domain, input: &[u8]) -> Pseudonym {
         self.pseudonym_at(domain, input, self.0.clock.now())
@@ -321,7 +341,7 @@ impl Pseudonymizer {
 
     /// The pseudonym of `input` in `domain`, in the epoch containing `at`.
     pub fn pseudonym_at(&self, domain: Domain, input: &[u8], at: Timestamp) -> Pseudonym {
-        let epoch = at.as_nanos() / self.0.epoch_nanos;
+        let epoch = self.epoch_at(at);
         let key = self.0.current.load();
         let mac = if key.epoch == epoch {
             key.mac.clone()
@@ -352,7 +372,7 @@ impl Pseudonymizer {
             return self.pseudonym(domain, input);
         }
         let now = self.0.clock.now();
-        let epoch = now.as_nanos() / self.0.epoch_nanos;
+        let epoch = self.epoch_at(now);
         let mut key = [0u8; MEMO_INPUT_LEN];
         key[..input.len()].copy_from_slice(input);
         let hash = memo_hash(self.0.id, domain, &key);

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use tollgate_core::sharded::ShardedMap;
 use tollgate_core::{
     ClientConfig, ConfigError, MemoryFreezeList, ProblemResponder, Pseudonymizer, RouteMap, SharedClock,
     SharedFreezeList, system_clock,
@@ -15,9 +16,7 @@ use crate::local_hash::LocalHasher;
 use crate::memory::MemorySessionStore;
 use crate::service::Shared;
 use crate::store::SessionStore;
-use crate::verdict::MAX_HASHES;
-use crate::verdict::{Judge, thresholds};
-use tollgate_core::sharded::ShardedMap;
+use crate::verdict::{Judge, MAX_HASHES, thresholds};
 
 /// Freezes the default in-process freeze list holds.
 const DEFAULT_FREEZE_LIST_CAPACITY: usize = 10_000;

@@ -130,7 +130,8 @@ where
             return self.finish(req, decision);
         }
 
-        // A store that must be waited on: every keyed hash afresh, then its observe.
+        // A store that must be waited on: the keyed hashes (kept per credential and
+        // input within an epoch), then its observe.
         let (observation, fingerprint, session) =
             judge.observation(credential, &traits, req.headers(), issued_at, key_bound);
         let shared = self.shared.clone();

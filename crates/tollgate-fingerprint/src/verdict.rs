@@ -4,8 +4,8 @@
 use axum::response::Response;
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, HeaderValue, Request};
-use tollgate_core::clock::duration_nanos;
 use tollgate_core::problem::types;
+use tollgate_core::sharded::ShardedMap;
 use tollgate_core::span::record_current;
 use tollgate_core::{
     ClientConfig, ClientContext, Domain, Freeze, FreezeTarget, KeyedDigest, NetworkPrefix, Problem,
@@ -18,7 +18,6 @@ use crate::dimensions::{FingerprintInput, UserAgentCache, fingerprint_input, inp
 use crate::local_hash::LocalHasher;
 use crate::record::{Observation, SessionRecord, Thresholds, nonzero};
 use crate::store::{SeenInput, SessionCell, SessionStore};
-use tollgate_core::sharded::ShardedMap;
 
 /// The domain of the keyed hashes of network prefixes kept in session records.
 const SESSION_NETWORK: Domain = Domain::new("session-network");
@@ -144,7 +143,7 @@ impl Judge {
 
     /// The pseudonym epoch `now` falls in.
     fn epoch(&self, now: Timestamp) -> u64 {
-        now.as_nanos() / duration_nanos(self.pseudonymizer.epoch_length()).max(1)
+        self.pseudonymizer.epoch_at(now)
     }
 
     /// The observation of a request for the asynchronous path, with its fingerprint
@@ -175,9 +174,8 @@ impl Judge {
                 network: traits.network.map(|n| self.network_hash(n)),
                 session: self.session_pseudonym(&credential, now),
             };
-            let epoch_nanos = duration_nanos(self.pseudonymizer.epoch_length()).max(1);
-            let epoch_end = Timestamp::from_nanos(epoch.saturating_add(1).saturating_mul(epoch_nanos));
-            self.hashes.insert(key, hashes, epoch_end, now);
+            self.hashes
+                .insert(key, hashes, self.pseudonymizer.epoch_end(epoch), now);
             hashes
         });
         let observation = Observation {

@@ -75,6 +75,32 @@ where
         self.observers.push(observer);
         self
     }
+
+    /// Writes `event` as one line, with the request span's `fields` if it has one.
+    fn write_line(&self, event: &Event<'_>, fields: Option<&RequestFields>) {
+        let metadata = event.metadata();
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.extend_from_slice(br#"{"timestamp":""#);
+            write_minute(line);
+            line.extend_from_slice(br#"","level":""#);
+            line.extend_from_slice(level_str(metadata.level()).as_bytes());
+            line.extend_from_slice(br#"","fields":{"#);
+            event.record(&mut EventFields {
+                out: line,
+                first: true,
+            });
+            line.extend_from_slice(br#"},"target":""#);
+            let _ = JsonEscaper(line).write_str(metadata.target());
+            line.push(b'"');
+            if let Some(fields) = fields {
+                line.extend_from_slice(br#","span":"#);
+                fields.write_json(line);
+            }
+            line.extend_from_slice(b"}\n");
+            let _ = self.make_writer.make_writer_for(metadata).write_all(line);
+        });
+    }
 }
 
 /// Receives the record of every finished request (see [`JsonLogLayer::with_observer`]).
@@ -481,44 +507,22 @@ where
         if RAW_INPUT_TARGETS.iter().any(|t| metadata.target().starts_with(t)) {
             return;
         }
-        let request = ctx.event_scope(event).and_then(|scope| {
-            scope
-                .into_iter()
-                .find(|span| span.extensions().get::<RequestFields>().is_some())
-        });
-        let extensions = request.as_ref().map(|span| span.extensions());
-        let fields = extensions.as_ref().and_then(|e| e.get::<RequestFields>());
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            line.extend_from_slice(br#"{"timestamp":""#);
-            write_minute(line);
-            line.extend_from_slice(br#"","level":""#);
-            line.extend_from_slice(level_str(metadata.level()).as_bytes());
-            line.extend_from_slice(br#"","fields":{"#);
-            event.record(&mut EventFields {
-                out: line,
-                first: true,
-            });
-            line.extend_from_slice(br#"},"target":""#);
-            let _ = JsonEscaper(line).write_str(metadata.target());
-            line.push(b'"');
-            if let Some(fields) = fields {
-                line.extend_from_slice(br#","span":"#);
-                fields.write_json(line);
+        for span in ctx.event_scope(event).into_iter().flatten() {
+            let extensions = span.extensions();
+            let Some(fields) = extensions.get::<RequestFields>() else {
+                continue;
+            };
+            self.write_line(event, Some(fields));
+            // The event naming the request span as its parent completes the request.
+            if !self.observers.is_empty() && event.parent() == Some(&span.id()) {
+                let record = RequestRecord(fields);
+                for observer in &self.observers {
+                    observer.observe(&record);
+                }
             }
-            line.extend_from_slice(b"}\n");
-            let _ = self.make_writer.make_writer_for(metadata).write_all(line);
-        });
-        // The event naming the request span as its parent completes the request.
-        if let (Some(fields), Some(span)) = (fields, &request)
-            && !self.observers.is_empty()
-            && event.parent() == Some(&span.id())
-        {
-            let record = RequestRecord(fields);
-            for observer in &self.observers {
-                observer.observe(&record);
-            }
+            return;
         }
+        self.write_line(event, None);
     }
 }
 

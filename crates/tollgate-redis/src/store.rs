@@ -242,7 +242,8 @@ where
     where
         V: Clone,
     {
-        let k = &self.backend.key(key);
+        let owned_key = self.backend.key(key);
+        let k = &owned_key;
         let ms = ttl_millis(ttl);
         let mut turn = self.turns.of(k).lock().await;
         // What this process wrote last, if it was this key: tried first, unread.
@@ -300,7 +301,7 @@ where
                         turn.remove(0);
                     }
                     turn.push(Written {
-                        key: k.clone(),
+                        key: owned_key,
                         bytes,
                         value: next.clone(),
                     });
