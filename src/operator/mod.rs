@@ -58,11 +58,11 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tollgate_anomaly::AnomalyKind;
-use tollgate_core::Principal;
 use tollgate_core::inventory::{FieldSpec, Protection, Retention, Sink};
 use tollgate_core::problem::{Problem, types};
 use tollgate_core::session::{SessionHealth, SessionReason};
 use tollgate_core::span::PerCallsite;
+use tollgate_core::{CarryExt, Principal};
 use tollgate_privacy::JsonLogLayer;
 
 use activity::{Named, parse};
@@ -375,7 +375,7 @@ pub(crate) fn tier_name(tiers: &[String], index: usize) -> &str {
 /// Refuses a request without an admin principal: 401 without credentials, 403
 /// without [`ADMIN_SCOPE`] (in case the route table forgot to require it).
 pub(crate) async fn require_admin(request: Request, next: Next) -> Response {
-    match request.extensions().get::<Principal>() {
+    match request.extensions().carried::<Principal>() {
         None => Problem::new(types::MISSING_CREDENTIALS)
             .with_header(
                 http::header::WWW_AUTHENTICATE,

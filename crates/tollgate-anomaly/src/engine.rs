@@ -16,9 +16,9 @@ use tollgate_core::inventory::StateSize;
 use tollgate_core::problem::types;
 use tollgate_core::pseudonym::Domain;
 use tollgate_core::{
-    ClientConfig, ConfigError, Freeze, FreezeTarget, KeyedDigest, LoginAttempt, LoginOutcome, NetworkPrefix,
-    Principal, Problem, ProblemResponder, Pseudonymizer, RouteMap, SessionInfo, SharedFreezeList, StoreError,
-    Timestamp,
+    CarryExt, ClientConfig, ConfigError, Freeze, FreezeTarget, KeyedDigest, LoginAttempt, LoginOutcome,
+    NetworkPrefix, Principal, Problem, ProblemResponder, Pseudonymizer, RouteMap, SessionInfo,
+    SharedFreezeList, StoreError, Timestamp,
 };
 use tollgate_ratelimit::{Decision, Limit, MemoryRateLimitStore, RateLimitKey, SharedRateLimitStore};
 
@@ -569,8 +569,8 @@ impl Engine {
         };
         let now = now_ts.as_nanos();
         let ext = req.extensions();
-        let principal = ext.get::<Principal>();
-        let session = ext.get::<SessionInfo>();
+        let principal = ext.carried::<Principal>();
+        let session = ext.carried::<SessionInfo>();
         let credential = principal.map(Principal::credential_key);
         let mut keys = Keys {
             network: network_key,

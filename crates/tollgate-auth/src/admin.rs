@@ -15,8 +15,8 @@ use tollgate_core::clock::{SharedClock, system_clock};
 use tollgate_core::problem::{Problem, ProblemType, types};
 use tollgate_core::span::record_current;
 use tollgate_core::{
-    Freeze, FreezeTarget, KeyedDigest, Principal, ProblemResponder, Pseudonymizer, SharedFreezeList,
-    StoreError, fields,
+    CarryExt, Freeze, FreezeTarget, KeyedDigest, Principal, ProblemResponder, Pseudonymizer,
+    SharedFreezeList, StoreError, fields,
 };
 
 use crate::error::{AuthError, Challenges};
@@ -219,7 +219,7 @@ struct Guard {
 }
 
 async fn require_admin(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    let problem = match req.extensions().get::<Principal>() {
+    let problem = match req.extensions().carried::<Principal>() {
         None => {
             let error = AuthError::MissingCredentials;
             record_current([(fields::AUTH_ERROR, &error.slug())]);

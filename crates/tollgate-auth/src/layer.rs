@@ -16,7 +16,8 @@ use crate::service::AuthService;
 
 /// Authenticates requests by JWT, API key or token introspection, checks the freeze
 /// list, and hands the stack a pseudonymous [`Principal`](tollgate_core::Principal)
-/// in request extensions.
+/// (an extractor; read it in a middleware with
+/// [`CarryExt::carried`](tollgate_core::CarryExt::carried)).
 ///
 /// What each route requires is a [`RouteMap<AuthRoute>`](tollgate_core::RouteMap)
 /// given to [`AuthBuilder::routes`](crate::AuthBuilder::routes): credentials

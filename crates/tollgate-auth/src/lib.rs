@@ -2,8 +2,8 @@
 //!
 //! Verifies who is calling (a JWT against static keys or a JWKS, an API key, or an
 //! opaque token by OAuth2 introspection), checks the freeze list on every request,
-//! and hands the rest of the stack a pseudonymous [`Principal`] in request
-//! extensions: subject and credential as pseudonyms and keyed digests, tier, scopes.
+//! and hands the rest of the stack a pseudonymous [`Principal`] (an extractor, carried
+//! in the request's extensions: [`tollgate_core::CarryExt`]): subject and credential as pseudonyms and keyed digests, tier, scopes.
 //! No token, key or subject leaves this layer.
 //!
 //! - Per route, through a [`RouteMap<AuthRoute>`](tollgate_core::RouteMap): credentials

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use axum::response::Response;
 use http::Request;
+use tollgate_core::CarryExt;
 use tollgate_core::future::ResponseFuture;
 use tower::Service;
 
@@ -114,7 +115,7 @@ where
                         if let Some(refusal) = auth.admit(&accepted, route.scopes.as_deref()) {
                             return ResponseFuture::ready(refusal);
                         }
-                        req.extensions_mut().insert(accepted.principal().clone());
+                        req.extensions_mut().carry(accepted.principal().clone());
                         return ResponseFuture::inner(self.inner.call(req), ());
                     }
                     (_, Some(Err(e))) => return ResponseFuture::ready(auth.reject_with(e, dpop)),
@@ -142,7 +143,7 @@ where
                     if let Some(refusal) = auth.admit(&accepted, scopes.as_deref()) {
                         return Ok(refusal);
                     }
-                    req.extensions_mut().insert(accepted.principal().clone());
+                    req.extensions_mut().carry(accepted.principal().clone());
                     inner.call(req).await
                 }
                 Err(e) => Ok(auth.reject_with(e, dpop)),

@@ -10,6 +10,7 @@ use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::carry::CarryExt;
 use crate::coarsen::{Coarsening, NetworkPrefix};
 use crate::problem::Problem;
 use crate::pseudonym::{Domain, Pseudonym, Pseudonymizer};
@@ -174,7 +175,7 @@ impl ClientConfig {
         headers: &HeaderMap,
         p: &Pseudonymizer,
     ) -> Option<ClientContext> {
-        if let Some(client) = extensions.get::<ClientContext>() {
+        if let Some(client) = extensions.carried::<ClientContext>() {
             return Some(*client);
         }
         let ConnectInfo(peer) = extensions.get::<ConnectInfo<SocketAddr>>()?;
@@ -218,8 +219,8 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 /// The client as the rest of the stack sees it: a coarsened network and its
 /// pseudonym, never the address itself.
 ///
-/// [`PrivacyTraceLayer`](https://docs.rs/tollgate-privacy) inserts it into request
-/// extensions; handlers can extract it.
+/// [`PrivacyTraceLayer`](https://docs.rs/tollgate-privacy) carries it in the request
+/// ([`CarryExt`]); handlers can extract it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientContext {
     network: NetworkPrefix,
@@ -242,9 +243,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        parts.extensions.get::<ClientContext>().copied().ok_or_else(|| {
-            Problem::misconfigured("ClientContext is missing: wrap the router in PrivacyTraceLayer")
-        })
+        parts
+            .extensions
+            .carried::<ClientContext>()
+            .copied()
+            .ok_or_else(|| {
+                Problem::misconfigured("ClientContext is missing: wrap the router in PrivacyTraceLayer")
+            })
     }
 }
 

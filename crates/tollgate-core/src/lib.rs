@@ -10,6 +10,8 @@
 //! - [`inventory`]: the declared list of every field kept.
 //! - [`freeze`]: the freeze list trait and its in-process store.
 //! - [`session`]: the session verdict the fingerprinting layer hands on.
+//! - [`carry`]: [`CarryExt`], the one request extension the layers hand values on in.
+//! - [`trace_id`]: the request's W3C [`TraceId`].
 //! - [`login`]: [`LoginAttempt`], a login handler's report of the account tried.
 //! - [`store`]: async store traits and the bounded in-process store.
 //! - [`sharded`]: the bounded sharded map with a pluggable eviction rule under the in-process stores.
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
+pub mod carry;
 pub mod client;
 pub mod clock;
 pub mod coarsen;
@@ -38,7 +41,9 @@ pub mod session;
 pub mod sharded;
 pub mod span;
 pub mod store;
+pub mod trace_id;
 
+pub use carry::{Carried, CarryExt};
 pub use client::{ClientConfig, ClientContext};
 pub use clock::{Clock, FakeClock, SharedClock, SystemClock, Timestamp, system_clock};
 pub use coarsen::{Coarsening, NetworkPrefix, UserAgentFamily};
@@ -52,3 +57,4 @@ pub use pseudonym::{Domain, KeyedDigest, Pseudonym, PseudonymSecret, Pseudonymiz
 pub use route::{Route, RouteId, RouteMap, RouteTable};
 pub use session::{SessionHealth, SessionInfo, SessionReason, SessionReasons};
 pub use store::{BoxFuture, FailurePolicy, MemoryCache, MemoryStore, StateStore, StoreError, StoreKey};
+pub use trace_id::{TraceId, TraceIdHex};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
+use crate::carry::CarryExt;
 use crate::clock::Timestamp;
 use crate::problem::{Problem, types};
 use crate::pseudonym::{Domain, KeyedDigest, Pseudonym, Pseudonymizer};
@@ -246,7 +247,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
         parts
             .extensions
-            .get::<Principal>()
+            .carried::<Principal>()
             .cloned()
             .ok_or_else(|| Problem::new(types::MISSING_CREDENTIALS))
     }
@@ -256,7 +257,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<Principal>().cloned())
+        Ok(parts.extensions.carried::<Principal>().cloned())
     }
 }
 

@@ -40,6 +40,7 @@ use std::sync::Arc;
 use axum::extract::MatchedPath;
 use http::{Extensions, Request};
 
+use crate::carry::CarryExt;
 use crate::config::ConfigError;
 
 /// The key of the entry that applies to routes no other pattern matches.
@@ -62,8 +63,8 @@ impl RouteId {
     }
 }
 
-/// A request's resolved route, in request extensions: which entry of which table
-/// matched. Inserted once by the outermost layer of a stack.
+/// A request's resolved route, carried in the request ([`CarryExt`]): which entry of
+/// which table matched. Set once by the outermost layer of a stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     table: usize,
@@ -204,7 +205,7 @@ impl RouteTable {
         if self.is_empty() {
             return RouteId::DEFAULT;
         }
-        match extensions.get::<Route>() {
+        match extensions.carried::<Route>() {
             Some(route) if route.table == self.id() => route.id,
             _ => self.resolve_path(extensions.get::<MatchedPath>().map(MatchedPath::as_str), path),
         }
@@ -215,7 +216,7 @@ impl RouteTable {
     pub fn resolve_and_insert<B>(&self, req: &mut Request<B>) -> RouteId {
         let id = self.resolve(req.extensions(), req.uri().path());
         if !self.is_empty() {
-            req.extensions_mut().insert(Route { table: self.id(), id });
+            req.extensions_mut().carry(Route { table: self.id(), id });
         }
         id
     }

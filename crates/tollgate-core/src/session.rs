@@ -6,6 +6,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 use serde::{Deserialize, Serialize};
 
+use crate::carry::CarryExt;
 use crate::problem::Problem;
 use crate::pseudonym::Pseudonym;
 
@@ -163,7 +164,8 @@ impl fmt::Display for SessionReasons {
     }
 }
 
-/// The fingerprinting layer's view of the request's session, in request extensions.
+/// The fingerprinting layer's view of the request's session, carried in the request
+/// ([`CarryExt`]); handlers can extract it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
     /// The session's pseudonym.
@@ -180,7 +182,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionInfo {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        parts.extensions.get::<SessionInfo>().copied().ok_or_else(|| {
+        parts.extensions.carried::<SessionInfo>().copied().ok_or_else(|| {
             Problem::misconfigured(
                 "SessionInfo is missing: add FingerprintLayer inside the authentication layer, or extract Option<SessionInfo> on routes without credentials",
             )
@@ -192,7 +194,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for SessionInfo {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<SessionInfo>().copied())
+        Ok(parts.extensions.carried::<SessionInfo>().copied())
     }
 }
 

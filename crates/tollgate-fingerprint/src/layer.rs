@@ -21,7 +21,7 @@ use crate::service::{FingerprintService, Shared};
 /// credential, and derives a [`SessionInfo`](tollgate_core::SessionInfo): the session
 /// pseudonym, the fingerprint pseudonym, a [`SessionHealth`](tollgate_core::SessionHealth)
 /// and its reasons. It records `session`, `session.health` and `session.reasons` in
-/// the current span, inserts the `SessionInfo` into request extensions, and applies
+/// the current span, carries the `SessionInfo` in the request, and applies
 /// the [`SessionPolicy`](crate::SessionPolicy). Requests without a `Principal` pass
 /// untouched.
 ///

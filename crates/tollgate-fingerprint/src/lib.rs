@@ -20,7 +20,7 @@
 //!    for it, since a copied token is useless without the key;
 //! 4. gives a **verdict** ([`SessionHealth`]: one or two signals make a session
 //!    suspicious; alternation, or three signals at once, unhealthy) as a
-//!    [`SessionInfo`] in request extensions and as the span fields `session`,
+//!    [`SessionInfo`] carried in the request (an extractor) and as the span fields `session`,
 //!    `session.health` and `session.reasons`;
 //! 5. applies the **policy** ([`SessionPolicy`]): tag only (default), answer 401 so
 //!    the client authenticates again, or freeze the credential on the freeze list

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use axum::response::Response;
 use http::Request;
+use tollgate_core::CarryExt;
 use tollgate_core::future::ResponseFuture;
 use tollgate_core::problem::types;
 use tollgate_core::{
@@ -107,11 +108,11 @@ where
         let judge = &shared.judge;
         let credential = req
             .extensions()
-            .get::<Principal>()
+            .carried::<Principal>()
             .map(|p| (p.credential_key(), p.issued_at(), p.bound_key().is_some()));
 
         // An outer FingerprintLayer already judged this request: apply this layer's policy.
-        if let Some(info) = req.extensions().get::<SessionInfo>().copied() {
+        if let Some(info) = req.extensions().carried::<SessionInfo>().copied() {
             let decision = judge.decide(&info, credential.map(|c| c.0), None);
             return self.finish(req, decision);
         }
@@ -125,7 +126,7 @@ where
             judge.observe_immediate(store, credential, &traits, req.headers(), issued_at, key_bound)
         {
             record_verdict_here(&info);
-            req.extensions_mut().insert(info);
+            req.extensions_mut().carry(info);
             let decision = judge.decide(&info, Some(credential), None);
             return self.finish(req, decision);
         }
@@ -167,7 +168,7 @@ where
                 reasons: record.reasons,
             };
             record_verdict(&span, &info);
-            req.extensions_mut().insert(info);
+            req.extensions_mut().carry(info);
             match judge.decide(&info, Some(credential), Some(&span)) {
                 Decision::Pass => inner.call(req).await,
                 Decision::Respond(response) => Ok(response),

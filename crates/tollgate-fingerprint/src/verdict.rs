@@ -8,7 +8,7 @@ use tollgate_core::problem::types;
 use tollgate_core::sharded::ShardedMap;
 use tollgate_core::span::record_current;
 use tollgate_core::{
-    ClientConfig, ClientContext, Domain, Freeze, FreezeTarget, KeyedDigest, NetworkPrefix, Problem,
+    CarryExt, ClientConfig, ClientContext, Domain, Freeze, FreezeTarget, KeyedDigest, NetworkPrefix, Problem,
     ProblemResponder, Pseudonym, Pseudonymizer, SessionInfo, SharedClock, Timestamp, fields,
 };
 use tracing::Span;
@@ -91,14 +91,14 @@ impl Judge {
     /// [`ClientConfig::resolve`], whose answer is inserted for the layers inside.
     pub(crate) fn traits<B>(&self, req: &mut Request<B>) -> Traits {
         let network = if self.config.dimensions.network {
-            match req.extensions().get::<ClientContext>() {
+            match req.extensions().carried::<ClientContext>() {
                 Some(client) => Some(client.network()),
                 None => {
                     let client = self
                         .client
                         .resolve(req.extensions(), req.headers(), &self.pseudonymizer);
                     if let Some(client) = client {
-                        req.extensions_mut().insert(client);
+                        req.extensions_mut().carry(client);
                     }
                     client.map(|c| c.network())
                 }

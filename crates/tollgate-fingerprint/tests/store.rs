@@ -14,8 +14,8 @@ use http::Request;
 use support::Env;
 use tollgate_core::inventory::Retention;
 use tollgate_core::{
-    BoxFuture, ClientConfig, FailurePolicy, MemoryStore, Principal, SessionHealth, SessionInfo, StateStore,
-    StoreError, StoreKey, fields,
+    BoxFuture, CarryExt, ClientConfig, FailurePolicy, MemoryStore, Principal, SessionHealth, SessionInfo,
+    StateStore, StoreError, StoreKey, fields,
 };
 use tollgate_fingerprint::{FingerprintConfig, FingerprintLayer, SessionPolicy, SessionRecord, session_key};
 use tower::{Layer, Service, ServiceExt};
@@ -24,7 +24,7 @@ use tower::{Layer, Service, ServiceExt};
 fn handler()
 -> impl Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone + Send {
     tower::service_fn(|req: Request<Body>| async move {
-        let info = req.extensions().get::<SessionInfo>();
+        let info = req.extensions().carried::<SessionInfo>();
         let health = info.map_or("none", |i| i.health.as_str());
         let session = info.map_or(String::new(), |i| format!("{} {}", i.session, i.fingerprint));
         Ok::<_, Infallible>(

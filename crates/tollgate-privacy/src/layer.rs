@@ -15,9 +15,9 @@ use crate::service::{Config, PrivacyTraceService};
 ///
 /// It logs the route template (never the raw path, never the query string), the
 /// pseudonym of the client's coarsened network, a W3C trace id, status and latency;
-/// request headers only from an allowlist. It inserts [`tollgate_core::ClientContext`],
-/// [`TraceId`](crate::TraceId) and the resolved [`tollgate_core::Route`] into request
-/// extensions, so the layers inside need not resolve them again.
+/// request headers only from an allowlist. It carries [`tollgate_core::ClientContext`],
+/// [`TraceId`](crate::TraceId) and the resolved [`tollgate_core::Route`] in the request
+/// ([`tollgate_core::CarryExt`]), so the layers inside need not resolve them again.
 ///
 /// Serve the router with `into_make_service_with_connect_info::<SocketAddr>()` so the
 /// layer can see the peer address.

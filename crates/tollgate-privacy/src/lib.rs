@@ -17,7 +17,6 @@ mod log;
 #[cfg(feature = "otel")]
 mod otel;
 mod service;
-mod trace_id;
 mod writer;
 
 pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
@@ -30,5 +29,5 @@ pub use service::PrivacyTraceService;
 pub const TARGET: &str = "tollgate::request";
 /// The route recorded when no route matched: the raw path is never logged.
 pub const UNMATCHED_ROUTE: &str = "(unmatched)";
-pub use trace_id::{TraceId, TraceIdHex};
+pub use tollgate_core::trace_id::{TraceId, TraceIdHex};
 pub use writer::{BatchLine, BatchWriter, FlushGuard};

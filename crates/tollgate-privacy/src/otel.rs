@@ -21,7 +21,7 @@ fn remote_parent(headers: &HeaderMap) -> Option<SpanContext> {
     let (Some(value), None) = (values.next(), values.next()) else {
         return None;
     };
-    crate::trace_id::parse_traceparent(value.as_bytes())?;
+    tollgate_core::TraceId::from_traceparent(value.as_bytes())?;
     let text = value.to_str().ok()?;
     let trace = u128::from_str_radix(text.get(3..35)?, 16).ok()?;
     let parent = u64::from_str_radix(text.get(36..52)?, 16).ok()?;

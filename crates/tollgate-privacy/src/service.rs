@@ -7,14 +7,13 @@ use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use http::{HeaderName, Request, Response};
-use tollgate_core::{ClientConfig, Pseudonymizer, RouteMap, fields};
+use tollgate_core::{CarryExt, ClientConfig, Pseudonymizer, RouteMap, TraceId, fields};
 use tower::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::config::LogProfile;
 use crate::future::ResponseFuture;
-use crate::trace_id::TraceId;
 use crate::{TARGET, UNMATCHED_ROUTE};
 
 /// Longest header value logged; longer values are cut.
@@ -81,7 +80,7 @@ where
                     client.network_pseudonym().to_hex().as_str(),
                 );
             }
-            req.extensions_mut().insert(client);
+            req.extensions_mut().carry(client);
         }
         if profile == LogProfile::Full && !config.log_headers.is_empty() {
             span.record(
@@ -89,7 +88,7 @@ where
                 allowlisted_headers(&config.log_headers, req.headers()).as_str(),
             );
         }
-        req.extensions_mut().insert(trace_id);
+        req.extensions_mut().carry(trace_id);
 
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture::new(inner, span, start, profile != LogProfile::Off)

@@ -122,7 +122,8 @@ impl RateLimitBuilder {
 
     /// Counts requests under a custom key when `f` returns one (else the principal's
     /// or the network's). Build digests with a [`Pseudonymizer`], never from raw
-    /// identifiers.
+    /// identifiers; read tollgate's values from the extensions with
+    /// [`CarryExt::carried`](tollgate_core::CarryExt::carried).
     pub fn key_fn(
         mut self,
         f: impl Fn(&HeaderMap, &Extensions) -> Option<KeyedDigest> + Send + Sync + 'static,

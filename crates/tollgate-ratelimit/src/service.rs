@@ -15,7 +15,7 @@ use tollgate_core::problem::{Problem, ProblemResponder, types};
 use tollgate_core::pseudonym::{Domain, KeyedDigest, Pseudonymizer};
 use tollgate_core::span::record_current;
 use tollgate_core::store::{FailurePolicy, StoreError};
-use tollgate_core::{ClientConfig, Principal, RouteMap, fields};
+use tollgate_core::{CarryExt, ClientConfig, Principal, RouteMap, fields};
 use tower::Service;
 use tracing::Span;
 
@@ -26,7 +26,8 @@ use crate::policy::{Policy, Rule, Tiers};
 use crate::status::{Outcome, RateLimitStatus};
 use crate::store::SharedRateLimitStore;
 
-/// A custom key: given the request's headers and extensions, the digest to count the
+/// A custom key: given the request's headers and extensions (tollgate's values in
+/// them are read with [`tollgate_core::CarryExt`]), the digest to count the
 /// request under, or `None` for the default key.
 pub(crate) type KeyFn = Arc<dyn Fn(&HeaderMap, &Extensions) -> Option<KeyedDigest> + Send + Sync>;
 
@@ -242,7 +243,7 @@ where
         if rule.exempt {
             return ResponseFuture::inner(self.inner.call(req), None);
         }
-        let principal = req.extensions().get::<Principal>();
+        let principal = req.extensions().carried::<Principal>();
         let policy = match &rule.policy {
             Some(p) => p,
             None => match principal {

@@ -5,8 +5,9 @@ use std::fmt;
 
 use http::HeaderMap;
 
-/// A W3C trace id (16 bytes, not all zero). Inserted into request extensions so
-/// handlers can correlate their own events with the request's log line.
+/// A W3C trace id (16 bytes, not all zero). Kept in the request record (read it with
+/// [`RecordExt::recorded`](crate::RecordExt::recorded)) so handlers can correlate
+/// their own events with the request's log line.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceId([u8; 16]);
 
@@ -16,9 +17,35 @@ impl TraceId {
     pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
         let mut values = headers.get_all("traceparent").iter();
         match (values.next(), values.next()) {
-            (Some(v), None) => parse_traceparent(v.as_bytes()).unwrap_or_else(TraceId::random),
+            (Some(v), None) => Self::from_traceparent(v.as_bytes()).unwrap_or_else(TraceId::random),
             _ => TraceId::random(),
         }
+    }
+
+    /// The trace id of a valid `traceparent` value,
+    /// `version-traceid-parentid-flags`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
+    pub fn from_traceparent(v: &[u8]) -> Option<TraceId> {
+        if v.len() < 55 {
+            return None;
+        }
+        let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+        if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+            return None;
+        }
+        let lower_hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !(lower_hex(version) && lower_hex(trace) && lower_hex(parent) && lower_hex(flags)) {
+            return None;
+        }
+        // Version ff is forbidden; version 00 has exactly 55 bytes, later ones may extend.
+        if version == b"ff" || (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+            return None;
+        }
+        if parent.iter().all(|b| *b == b'0') {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        hex::decode_to_slice(trace, &mut bytes).ok()?;
+        (bytes != [0; 16]).then_some(TraceId(bytes))
     }
 
     /// A fresh random trace id.
@@ -70,31 +97,6 @@ impl fmt::Display for TraceIdHex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// `version-traceid-parentid-flags`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
-pub(crate) fn parse_traceparent(v: &[u8]) -> Option<TraceId> {
-    if v.len() < 55 {
-        return None;
-    }
-    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
-    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return None;
-    }
-    let lower_hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !(lower_hex(version) && lower_hex(trace) && lower_hex(parent) && lower_hex(flags)) {
-        return None;
-    }
-    // Version ff is forbidden; version 00 has exactly 55 bytes, later ones may extend.
-    if version == b"ff" || (version == b"00" && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
-        return None;
-    }
-    if parent.iter().all(|b| *b == b'0') {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    hex::decode_to_slice(trace, &mut bytes).ok()?;
-    (bytes != [0; 16]).then_some(TraceId(bytes))
 }
 
 thread_local! {
