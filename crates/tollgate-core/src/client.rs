@@ -5,8 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use http::header::FORWARDED;
 use http::request::Parts;
-use http::{Extensions, HeaderMap};
+use http::{Extensions, HeaderMap, HeaderName};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,9 @@ use crate::carry::CarryExt;
 use crate::coarsen::{Coarsening, NetworkPrefix};
 use crate::problem::Problem;
 use crate::pseudonym::{Domain, Pseudonym, Pseudonymizer};
+
+/// A constant, as a name given as text is parsed on every lookup.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Which forwarding header trusted proxies write.
 ///
@@ -119,19 +123,15 @@ impl ClientConfig {
             return client;
         }
         let name = match self.forwarded_header {
-            ForwardedHeader::XForwardedFor => "x-forwarded-for",
-            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => FORWARDED,
         };
         // Later header lines were appended by nearer proxies: walk them last-first.
-        let values: Vec<&str> = headers
+        let hops = headers
             .get_all(name)
             .iter()
-            .map(|v| v.to_str().unwrap_or(""))
-            .collect();
-        let hops = values
-            .iter()
             .rev()
-            .flat_map(|v| v.rsplit(','))
+            .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
             .take(self.max_forwarded_hops);
         for hop in hops {
             let parsed = match self.forwarded_header {

@@ -3,7 +3,11 @@
 use std::cell::Cell;
 use std::fmt;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+/// The W3C Trace Context request header (a constant: a name given as text is
+/// parsed on every lookup).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// A W3C trace id (16 bytes, not all zero). Kept in the request record (read it with
 /// [`RecordExt::recorded`](crate::RecordExt::recorded)) so handlers can correlate
@@ -15,7 +19,7 @@ impl TraceId {
     /// The trace id of a valid `traceparent` header (version `00`-`fe`, lowercase
     /// hex, non-zero trace and parent ids), or a fresh random one.
     pub fn from_headers_or_new(headers: &HeaderMap) -> Self {
-        let mut values = headers.get_all("traceparent").iter();
+        let mut values = headers.get_all(TRACEPARENT).iter();
         match (values.next(), values.next()) {
             (Some(v), None) => Self::from_traceparent(v.as_bytes()).unwrap_or_else(TraceId::random),
             _ => TraceId::random(),
