@@ -9,6 +9,7 @@ use std::time::Duration;
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tollgate_core::{BoxFuture, FailurePolicy, StateStore, StoreError, StoreKey};
 
 use crate::backend::RedisBackend;
@@ -22,11 +23,16 @@ use crate::backend::RedisBackend;
 /// the one read, reading again otherwise (up to 12 times, pausing a little after
 /// the second collision). Two replicas updating one
 /// session record at once therefore both count, where a plain read then write would
-/// let the last writer erase the other's update. Within one process, updates of a
-/// key take turns (first come, first served) instead of colliding, and an update
-/// that follows this process's own last write of the key tries its swap without
-/// reading first: a steady session costs one round trip per update, and a client
-/// with many requests in flight on one session no storm of retries.
+/// let the last writer erase the other's update. Within one process, the updates of
+/// a key are applied in turn to the value this process wrote last and written with
+/// one swap each, without reading first: a steady session costs one round trip per
+/// update. Updates that arrive while a write of their key is in flight are applied
+/// at once to the newest value and written together by one swap when it lands, so a
+/// client with many requests in flight on one session costs a few round trips in
+/// all, not one after another per request (were the updates to wait for each
+/// other's round trip, one session could not pass about one request per round trip
+/// in each replica). When another replica wrote in between, the swap fails and every
+/// update it carried reads again and starts over.
 ///
 /// On failure (Redis unreachable, slow, or down per the backend's breaker):
 /// - [`FailurePolicy::Closed`] (the default): every method returns the [`StoreError`],
@@ -59,45 +65,150 @@ pub struct RedisStore<V> {
     _values: PhantomData<fn() -> V>,
 }
 
-/// Queues for the updates of this process, one per key stripe (see
-/// [`RedisStore`]): waiting here costs nothing in Redis, where colliding updates
-/// cost a read, a failed swap and a pause each. Keys are striped, not mapped: the
-/// queues are few and fixed, whatever the number of sessions. Each queue remembers
-/// the values its last updates wrote (at most [`REMEMBERED_PER_STRIPE`] keys), so
-/// the next update of such a key can try its compare-and-set at once, without
-/// reading or decoding first (one round trip, not two).
+/// The updates of this process, by key stripe: what each stripe's keys were last
+/// written as, and the gate of updates that must read first. Keys are striped, not
+/// mapped: the stripes are few and fixed, whatever the number of sessions.
 struct Turns<V> {
-    queues: Box<[tokio::sync::Mutex<Vec<Written<V>>>]>,
+    stripes: Box<[Stripe<V>]>,
     hasher: std::hash::RandomState,
 }
 
-/// Keys whose last written value a queue of [`Turns`] remembers, oldest forgotten
-/// first: 4,096 in all, so a few thousand active sessions skip their read.
-const REMEMBERED_PER_STRIPE: usize = 16;
-
-/// The last value an update wrote through a queue of [`Turns`], encoded and not.
-struct Written<V> {
-    key: String,
-    bytes: Vec<u8>,
-    value: V,
+struct Stripe<V> {
+    /// Updates of keys without a [`Slot`] read, then swap, one at a time: colliding
+    /// in Redis would cost each a read, a failed swap and a pause.
+    gate: tokio::sync::Mutex<()>,
+    /// The stripe's keys whose value this process knows, at most
+    /// [`REMEMBERED_PER_STRIPE`]; when full, the first remembered of the idle ones
+    /// makes room.
+    slots: std::sync::Mutex<Vec<Slot<V>>>,
 }
+
+/// Keys a stripe remembers: 4,096 in all, so a few thousand active sessions skip
+/// their read.
+const REMEMBERED_PER_STRIPE: usize = 16;
 
 /// Stripes of [`Turns`]: two sessions rarely share one among the requests in flight.
 const TURN_STRIPES: usize = 256;
 
+/// One key's value as this process knows it, and its write in flight.
+struct Slot<V> {
+    key: String,
+    /// The newest value: in Redis, or being written, or to be written next.
+    head: V,
+    /// What Redis holds, encoded: the expected value of the next swap (taken by the
+    /// write in flight, put back by it when the swap lands).
+    stored: Vec<u8>,
+    writing: bool,
+    /// Updates applied to `head` while a write was in flight, told how the write
+    /// that carries them ends (`Some(true)`: stored).
+    waiting: Option<watch::Sender<Option<bool>>>,
+}
+
+impl<V> Slot<V> {
+    fn idle(&self) -> bool {
+        !self.writing && self.waiting.is_none()
+    }
+}
+
+/// How an update starts when its key has a [`Slot`].
+enum Start<V> {
+    /// Write `next` over `expected` now.
+    Write { next: V, expected: Vec<u8> },
+    /// `next` is carried by the write after the one in flight.
+    Wait {
+        next: V,
+        outcome: watch::Receiver<Option<bool>>,
+    },
+}
+
+/// Updates applied while a write was in flight, to be written after it.
+struct Batch<V> {
+    expected: Vec<u8>,
+    value: V,
+    waiting: watch::Sender<Option<bool>>,
+}
+
 impl<V> Turns<V> {
     fn new() -> Self {
         Turns {
-            queues: (0..TURN_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(Vec::new()))
+            stripes: (0..TURN_STRIPES)
+                .map(|_| Stripe {
+                    gate: tokio::sync::Mutex::new(()),
+                    slots: std::sync::Mutex::new(Vec::new()),
+                })
                 .collect(),
             hasher: std::hash::RandomState::new(),
         }
     }
 
-    fn of(&self, key: &str) -> &tokio::sync::Mutex<Vec<Written<V>>> {
+    fn of(&self, key: &str) -> &Stripe<V> {
         use std::hash::BuildHasher;
-        &self.queues[(self.hasher.hash_one(key) % TURN_STRIPES as u64) as usize]
+        &self.stripes[(self.hasher.hash_one(key) % TURN_STRIPES as u64) as usize]
+    }
+}
+
+impl<V> Stripe<V> {
+    /// The slots; an update that panicked under the lock left them whole.
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot<V>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets `key` (what Redis holds under it is no longer known); the updates
+    /// waiting on its write start over.
+    fn forget(&self, key: &str) {
+        let mut slots = self.slots();
+        if let Some(i) = slots.iter().position(|s| s.key == key)
+            && let Some(waiting) = slots.swap_remove(i).waiting
+        {
+            let _ = waiting.send(Some(false));
+        }
+    }
+
+    /// Remembers that Redis holds `stored` (`value`) under `key`, after a read and a
+    /// swap: replaces an idle slot, leaves one whose write is in flight (its swap
+    /// will fail and its updates read again).
+    fn remember(&self, key: &str, stored: Vec<u8>, value: V) {
+        let mut slots = self.slots();
+        match slots.iter_mut().find(|s| s.key == key) {
+            Some(slot) if slot.idle() => {
+                slot.head = value;
+                slot.stored = stored;
+            }
+            Some(_) => {}
+            None => {
+                if slots.len() >= REMEMBERED_PER_STRIPE {
+                    match slots.iter().position(Slot::idle) {
+                        Some(i) => drop(slots.remove(i)),
+                        None => return,
+                    }
+                }
+                slots.push(Slot {
+                    key: key.to_owned(),
+                    head: value,
+                    stored,
+                    writing: false,
+                    waiting: None,
+                });
+            }
+        }
+    }
+}
+
+/// Forgets the key of a write dropped before its swap answered: what Redis holds is
+/// then unknown.
+struct WriteGuard<'a, V> {
+    stripe: &'a Stripe<V>,
+    key: &'a str,
+    armed: bool,
+}
+
+impl<V> Drop for WriteGuard<'_, V> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stripe.forget(self.key);
+        }
     }
 }
 
@@ -215,6 +326,7 @@ where
             .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
         let k = &self.backend.key(key);
         let ms = ttl_millis(ttl);
+        self.turns.of(k).forget(k);
         match self
             .backend
             .run(
@@ -231,8 +343,10 @@ where
         }
     }
 
-    /// Read, compute, then write only if the value is still the one read (one script:
-    /// compare and set); another replica's write in between makes it start again.
+    /// Applies `f` to the value this process knows for the key and swaps the result
+    /// in, or reads, computes, then writes only if the value is still the one read
+    /// (one script: compare and set); another replica's write in between makes it
+    /// start again.
     async fn update_async(
         &self,
         key: &StoreKey,
@@ -242,72 +356,152 @@ where
     where
         V: Clone,
     {
-        let owned_key = self.backend.key(key);
-        let k = &owned_key;
+        let k = self.backend.key(key);
         let ms = ttl_millis(ttl);
-        let mut turn = self.turns.of(k).lock().await;
-        // What this process wrote last, if it was this key: tried first, unread.
-        let mut remembered = turn.iter().position(|w| w.key == *k).map(|i| turn.remove(i));
+        match start(self.turns.of(&k), &k, f) {
+            Some(Start::Write { next, expected }) => match self.write(&k, expected, next.clone(), ms).await {
+                Ok(true) => return Ok(next),
+                Ok(false) => {}
+                Err(e) => return self.fail(e, ()).map(|()| next),
+            },
+            Some(Start::Wait { next, mut outcome }) => {
+                // A sender dropped unanswered (its task ended early) counts as a failed write.
+                if let Ok(stored) = outcome.wait_for(Option::is_some).await
+                    && *stored == Some(true)
+                {
+                    return Ok(next);
+                }
+            }
+            None => {}
+        }
+        self.read_and_swap(&k, ms, f).await
+    }
+
+    /// Swaps `value` in for `expected` under `k`, whose slot this call writes; on
+    /// failure the slot is forgotten and the updates that waited meanwhile start over.
+    /// On success, those updates are written next by a task of their own (this
+    /// caller is done), and so on while more arrive.
+    async fn write(&self, k: &str, expected: Vec<u8>, value: V, ms: u64) -> Result<bool, StoreError>
+    where
+        V: Clone,
+    {
+        let (stored, mut next) = self.write_once(k, expected, value, ms).await;
+        if next.is_some() {
+            let (store, key) = (self.clone(), k.to_owned());
+            tokio::spawn(async move {
+                while let Some(Batch {
+                    expected,
+                    value,
+                    waiting,
+                }) = next
+                {
+                    let stored;
+                    (stored, next) = store.write_once(&key, expected, value, ms).await;
+                    let _ = waiting.send(Some(matches!(stored, Ok(true))));
+                }
+            });
+        }
+        stored
+    }
+
+    /// One swap of [`RedisStore::write`], and the batch to write after it.
+    async fn write_once(
+        &self,
+        k: &str,
+        expected: Vec<u8>,
+        value: V,
+        ms: u64,
+    ) -> (Result<bool, StoreError>, Option<Batch<V>>)
+    where
+        V: Clone,
+    {
+        let stripe = self.turns.of(k);
+        let mut guard = WriteGuard {
+            stripe,
+            key: k,
+            armed: true,
+        };
+        let swapped = match serde_json::to_vec(&value) {
+            Ok(bytes) => self
+                .swap(k, Some(&expected), &bytes, ms)
+                .await
+                .map(|s| s.then_some(bytes)),
+            Err(e) => Err(StoreError::Corrupt(format!(
+                "value does not encode: {}",
+                e.classify_str()
+            ))),
+        };
+        guard.armed = false;
+        let bytes = match swapped {
+            Ok(Some(bytes)) => bytes,
+            other => {
+                stripe.forget(k);
+                return (other.map(|_| false), None);
+            }
+        };
+        self.ok();
+        let mut slots = stripe.slots();
+        let Some(slot) = slots.iter_mut().find(|s| s.key == k) else {
+            return (Ok(true), None);
+        };
+        let batch = match slot.waiting.take() {
+            Some(waiting) => Some(Batch {
+                expected: bytes,
+                value: slot.head.clone(),
+                waiting,
+            }),
+            None => {
+                slot.stored = bytes;
+                slot.writing = false;
+                None
+            }
+        };
+        (Ok(true), batch)
+    }
+
+    /// The update of a key this process does not know: read, compute, swap; again,
+    /// up to [`MAX_UPDATE_ATTEMPTS`] times, while other replicas write first.
+    async fn read_and_swap(
+        &self,
+        k: &str,
+        ms: u64,
+        f: &mut (dyn FnMut(Option<&V>) -> V + Send),
+    ) -> Result<V, StoreError>
+    where
+        V: Clone,
+    {
+        let stripe = self.turns.of(k);
+        let _turn = stripe.gate.lock().await;
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
             if attempt >= 2 {
                 // Writers that keep colliding take turns instead of racing again.
                 tokio::time::sleep(Duration::from_millis(attempt as u64 / 2)).await;
             }
-            let (current, prev) = match remembered.take() {
-                Some(written) => (Some(written.bytes), Some(written.value)),
-                None => {
-                    let current = match self
-                        .backend
-                        .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
-                        .await
-                    {
-                        Ok(current) => current,
-                        // Under `open` the value is computed afresh and not stored.
-                        Err(e) => return self.fail(e, ()).map(|()| f(None)),
-                    };
-                    let prev = match &current {
-                        Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
-                            StoreError::Corrupt(format!("value does not decode: {}", e.classify_str()))
-                        })?),
-                        None => None,
-                    };
-                    (current, prev)
-                }
+            let current = match self
+                .backend
+                .run(k, |mut c| async move { c.get::<_, Option<Vec<u8>>>(k).await })
+                .await
+            {
+                Ok(current) => current,
+                // Under `open` the value is computed afresh and not stored.
+                Err(e) => return self.fail(e, ()).map(|()| f(None)),
+            };
+            let prev = match &current {
+                Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
+                    StoreError::Corrupt(format!("value does not decode: {}", e.classify_str()))
+                })?),
+                None => None,
             };
             let next = f(prev.as_ref());
             let bytes = serde_json::to_vec(&next)
                 .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
-            let (expected, absent) = match &current {
-                Some(bytes) => (bytes.as_slice(), "0"),
-                None => (&[][..], "1"),
-            };
-            let written = &bytes[..];
-            let swapped = self
-                .backend
-                .run(k, |mut c| async move {
-                    SWAP.key(k)
-                        .arg(expected)
-                        .arg(written)
-                        .arg(ms)
-                        .arg(absent)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                })
-                .await;
-            match swapped {
-                Ok(1) => {
+            match self.swap(k, current.as_deref(), &bytes, ms).await {
+                Ok(true) => {
                     self.ok();
-                    if turn.len() >= REMEMBERED_PER_STRIPE {
-                        turn.remove(0);
-                    }
-                    turn.push(Written {
-                        key: owned_key,
-                        bytes,
-                        value: next.clone(),
-                    });
+                    stripe.remember(k, bytes, next.clone());
                     return Ok(next);
                 }
-                Ok(_) => continue,
+                Ok(false) => continue,
                 Err(e) => {
                     // Read but not stored: the caller still gets its value.
                     let _ = self.fail(e, ());
@@ -324,8 +518,35 @@ where
         Err(StoreError::Unavailable("too many concurrent updates".into()))
     }
 
+    /// Sets `k` to `written` if it still holds `expected` (`None`: if it is absent).
+    async fn swap(
+        &self,
+        k: &str,
+        expected: Option<&[u8]>,
+        written: &[u8],
+        ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (expected, absent) = match expected {
+            Some(bytes) => (bytes, "0"),
+            None => (&[][..], "1"),
+        };
+        self.backend
+            .run(k, |mut c| async move {
+                SWAP.key(k)
+                    .arg(expected)
+                    .arg(written)
+                    .arg(ms)
+                    .arg(absent)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .map(|swapped| swapped == 1)
+    }
+
     async fn remove_async(&self, key: &StoreKey) -> Result<(), StoreError> {
         let k = &self.backend.key(key);
+        self.turns.of(k).forget(k);
         match self
             .backend
             .run(k, |mut c| async move { c.del::<_, ()>(k).await })
@@ -387,4 +608,30 @@ impl ClassifyStr for serde_json::Error {
             serde_json::error::Category::Eof => "eof",
         }
     }
+}
+
+/// Applies `f` to the value `stripe` knows for `k`, if it knows one, and says who
+/// writes the result: this update now, or the write after the one in flight.
+fn start<V: Clone>(
+    stripe: &Stripe<V>,
+    k: &str,
+    f: &mut (dyn FnMut(Option<&V>) -> V + Send),
+) -> Option<Start<V>> {
+    let mut slots = stripe.slots();
+    let slot = slots.iter_mut().find(|s| s.key == k)?;
+    let next = f(Some(&slot.head));
+    slot.head = next.clone();
+    Some(if slot.writing {
+        let waiting = slot.waiting.get_or_insert_with(|| watch::channel(None).0);
+        Start::Wait {
+            next,
+            outcome: waiting.subscribe(),
+        }
+    } else {
+        slot.writing = true;
+        Start::Write {
+            next,
+            expected: std::mem::take(&mut slot.stored),
+        }
+    })
 }

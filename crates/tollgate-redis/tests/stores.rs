@@ -492,6 +492,73 @@ async fn updates_of_one_key_in_one_process_all_go_through() {
     assert_eq!(store.get(&key).await.unwrap(), Some(64));
 }
 
+/// Updates of one session arriving while its write is in flight are applied to the
+/// newest value in turn and written together: 64 at once cost a few swaps, not 64
+/// round trips one after another, and each sees the ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_in_flight_together_are_written_together() {
+    let Some(t) = TestRedis::new() else { return };
+    let backend = t.backend();
+    let store: RedisStore<u64> = RedisStore::new(&backend);
+    let key = StoreKey::new("session", &pseudonymizer().digest(Domain::SESSION, b"batched"));
+    let ttl = Duration::from_secs(60);
+    let mut add_one = |prev: Option<&u64>| prev.copied().unwrap_or(0) + 1;
+    assert_eq!(store.update(&key, ttl, &mut add_one).await, Ok(1));
+    let calls_before = backend.stats().calls;
+    let updates: Vec<_> = (0..64)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut add_one = |prev: Option<&u64>| prev.copied().unwrap_or(0) + 1;
+                store.update(&key, ttl, &mut add_one).await.unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for update in updates {
+        seen.push(update.await.unwrap());
+    }
+    let calls = backend.stats().calls - calls_before;
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (2..=65).collect::<Vec<u64>>(),
+        "each update saw every one before it"
+    );
+    assert_eq!(store.get(&key).await.unwrap(), Some(65));
+    assert!(calls < 32, "64 updates took {calls} calls to Redis");
+}
+
+/// An update dropped while its swap is in flight (a request cancelled) leaves the
+/// key to be read again, not waiting forever for a write nobody finishes.
+#[tokio::test]
+async fn an_update_dropped_in_flight_leaves_the_key_usable() {
+    let Some(t) = TestRedis::new() else { return };
+    let store: RedisStore<u64> = RedisStore::new(&t.backend());
+    let key = StoreKey::new("session", &pseudonymizer().digest(Domain::SESSION, b"dropped"));
+    let ttl = Duration::from_secs(60);
+    let mut add_one = |prev: Option<&u64>| prev.copied().unwrap_or(0) + 1;
+    assert_eq!(store.update(&key, ttl, &mut add_one).await, Ok(1));
+    // Polled once, so its swap is under way, then dropped (a fast reply may finish
+    // it within that poll: then again).
+    let mut finished = 1;
+    for _ in 0..100 {
+        match tokio::time::timeout(Duration::ZERO, store.update(&key, ttl, &mut add_one)).await {
+            Ok(done) => finished = done.unwrap(),
+            Err(_) => break,
+        }
+    }
+    let next = tokio::time::timeout(Duration::from_secs(5), store.update(&key, ttl, &mut add_one))
+        .await
+        .expect("the next update does not hang")
+        .unwrap();
+    assert!(
+        next == finished + 1 || next == finished + 2,
+        "{finished} then {next}"
+    );
+    assert_eq!(store.get(&key).await.unwrap(), Some(next));
+}
+
 /// An update that follows this process's own last write tries its swap unread;
 /// when another replica wrote in between, the swap fails and it reads again.
 #[tokio::test]
