@@ -29,7 +29,7 @@ mod sealed {
 
     /// The one extension the carried values live in.
     #[derive(Clone, Default)]
-    pub struct Carried {
+    pub struct Bundle {
         pub(super) route: Option<Route>,
         pub(super) trace_id: Option<TraceId>,
         pub(super) client: Option<ClientContext>,
@@ -37,10 +37,10 @@ mod sealed {
         pub(super) session: Option<SessionInfo>,
     }
 
-    /// Which slot of [`Carried`] a type lives in.
+    /// Which slot of [`Bundle`] a type lives in.
     pub trait Slot: Sized {
-        fn slot(carried: &Carried) -> &Option<Self>;
-        fn slot_mut(carried: &mut Carried) -> &mut Option<Self>;
+        fn slot(bundle: &Bundle) -> &Option<Self>;
+        fn slot_mut(bundle: &mut Bundle) -> &mut Option<Self>;
     }
 }
 
@@ -53,11 +53,11 @@ pub trait Carried: Slot + Clone + Send + Sync + 'static {}
 macro_rules! carried {
     ($($ty:ty => $field:ident),* $(,)?) => {$(
         impl Slot for $ty {
-            fn slot(carried: &sealed::Carried) -> &Option<Self> {
-                &carried.$field
+            fn slot(bundle: &sealed::Bundle) -> &Option<Self> {
+                &bundle.$field
             }
-            fn slot_mut(carried: &mut sealed::Carried) -> &mut Option<Self> {
-                &mut carried.$field
+            fn slot_mut(bundle: &mut sealed::Bundle) -> &mut Option<Self> {
+                &mut bundle.$field
             }
         }
         impl Carried for $ty {}
@@ -83,14 +83,14 @@ pub trait CarryExt {
 
 impl CarryExt for Extensions {
     fn carried<T: Carried>(&self) -> Option<&T> {
-        match self.get::<sealed::Carried>().and_then(|c| T::slot(c).as_ref()) {
+        match self.get::<sealed::Bundle>().and_then(|c| T::slot(c).as_ref()) {
             Some(value) => Some(value),
             None => self.get::<T>(),
         }
     }
 
     fn carry<T: Carried>(&mut self, value: T) {
-        *T::slot_mut(self.get_or_insert_default::<sealed::Carried>()) = Some(value);
+        *T::slot_mut(self.get_or_insert_default::<sealed::Bundle>()) = Some(value);
     }
 }
 
