@@ -9,9 +9,9 @@ use http::{HeaderMap, HeaderName};
 /// parsed on every lookup).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// A W3C trace id (16 bytes, not all zero). Kept in the request record (read it with
-/// [`RecordExt::recorded`](crate::RecordExt::recorded)) so handlers can correlate
-/// their own events with the request's log line.
+/// A W3C trace id (16 bytes, not all zero). Carried in the request (read it with
+/// [`CarryExt::carried`](crate::CarryExt::carried)) so handlers can correlate their
+/// own events with the request's log line.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceId([u8; 16]);
 

@@ -17,7 +17,7 @@ pub(crate) fn join_callers_trace(span: &Span, headers: &HeaderMap) {
 
 /// The span context of a single valid `traceparent` (`00-{trace}-{parent}-{flags}`).
 fn remote_parent(headers: &HeaderMap) -> Option<SpanContext> {
-    let mut values = headers.get_all("traceparent").iter();
+    let mut values = headers.get_all(tollgate_core::trace_id::TRACEPARENT).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return None;
     };
