@@ -144,7 +144,7 @@ impl fmt::Debug for KeyedDigest {
 pub struct HexBuf<const N: usize>([u8; N]);
 
 impl<const N: usize> HexBuf<N> {
-    fn encode(bytes: &[u8]) -> Self {
+    pub(crate) fn encode(bytes: &[u8]) -> Self {
         let mut out = [0u8; N];
         // Cannot fail: N is always twice the input length at the call sites.
         hex::encode_to_slice(bytes, &mut out).expect("hex buffer is twice the input");
@@ -155,6 +155,12 @@ impl<const N: usize> HexBuf<N> {
     pub fn as_str(&self) -> &str {
         // Hex digits are ASCII.
         std::str::from_utf8(&self.0).expect("hex is ascii")
+    }
+}
+
+impl<const N: usize> fmt::Display for HexBuf<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

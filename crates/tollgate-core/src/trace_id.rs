@@ -5,6 +5,8 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderName};
 
+use crate::pseudonym::HexBuf;
+
 /// The W3C Trace Context request header (a constant: a name given as text is
 /// parsed on every lookup).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -68,9 +70,7 @@ impl TraceId {
 
     /// The id as 32 lowercase hex digits, on the stack.
     pub fn to_hex(&self) -> TraceIdHex {
-        let mut out = [0u8; 32];
-        hex::encode_to_slice(self.0, &mut out).expect("32 hex digits for 16 bytes");
-        TraceIdHex(out)
+        HexBuf::encode(&self.0)
     }
 }
 
@@ -87,21 +87,7 @@ impl fmt::Debug for TraceId {
 }
 
 /// A trace id's hex text.
-#[derive(Clone, Copy)]
-pub struct TraceIdHex([u8; 32]);
-
-impl TraceIdHex {
-    /// The hex text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex is ascii")
-    }
-}
-
-impl fmt::Display for TraceIdHex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub type TraceIdHex = HexBuf<32>;
 
 thread_local! {
     static RNG: Cell<u64> = Cell::new(seed());

@@ -396,17 +396,11 @@ mod tests {
     fn observation_hashes_are_kept_per_credential_and_input_within_an_epoch() {
         use std::sync::Arc;
         use tollgate_core::clock::Clock;
-        use tollgate_core::{FakeClock, PseudonymSecret};
 
-        let clock = FakeClock::new(Timestamp::from_secs(86_400 * 10 + 5));
-        let shared: SharedClock = Arc::new(clock.clone());
-        let p = Pseudonymizer::with_clock(
-            PseudonymSecret::from_bytes(&[3; 32]).unwrap(),
-            Duration::from_secs(86_400),
-            shared.clone(),
-        );
+        let clock = tollgate_test_support::clock();
+        let p = tollgate_test_support::pseudonymizer_with_clock(&clock);
         let layer = crate::FingerprintLayer::builder(crate::FingerprintConfig::default(), p.clone())
-            .clock(shared)
+            .clock(Arc::new(clock.clone()))
             .build()
             .unwrap();
         let judge = &layer.shared.judge;
@@ -447,7 +441,7 @@ mod tests {
         let curl = headers("curl/8.5.0");
         assert_ne!(observe(&curl).0, first.0, "another input, another fingerprint");
         assert_eq!(judge.hashes.len(), 2);
-        clock.advance(Duration::from_secs(86_400));
+        clock.advance(tollgate_test_support::PSEUDONYM_EPOCH);
         let next = observe(&firefox);
         assert_eq!(next, fresh(&firefox), "made again in the new epoch");
         assert_ne!(next.3, first.3, "the session pseudonym rotated");

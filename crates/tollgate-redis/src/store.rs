@@ -313,17 +313,14 @@ where
             }
             Ok(Some(bytes)) => {
                 self.ok();
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt(format!("value does not decode: {}", e.classify_str())))
+                decode(&bytes).map(Some)
             }
             Err(e) => self.fail(e, None),
         }
     }
 
     async fn insert_async(&self, key: &StoreKey, value: V, ttl: Duration) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&value)
-            .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
+        let bytes = encode(&value)?;
         let k = &self.backend.key(key);
         let ms = ttl_millis(ttl);
         self.turns.of(k).forget(k);
@@ -359,7 +356,7 @@ where
         let k = self.backend.key(key);
         let ms = ttl_millis(ttl);
         match start(self.turns.of(&k), &k, f) {
-            Some(Start::Write { next, expected }) => match self.write(&k, expected, next.clone(), ms).await {
+            Some(Start::Write { next, expected }) => match self.write(&k, expected, &next, ms).await {
                 Ok(true) => return Ok(next),
                 Ok(false) => {}
                 Err(e) => return self.fail(e, ()).map(|()| next),
@@ -381,7 +378,7 @@ where
     /// failure the slot is forgotten and the updates that waited meanwhile start over.
     /// On success, those updates are written next by a task of their own (this
     /// caller is done), and so on while more arrive.
-    async fn write(&self, k: &str, expected: Vec<u8>, value: V, ms: u64) -> Result<bool, StoreError>
+    async fn write(&self, k: &str, expected: Vec<u8>, value: &V, ms: u64) -> Result<bool, StoreError>
     where
         V: Clone,
     {
@@ -396,7 +393,7 @@ where
                 }) = next
                 {
                     let stored;
-                    (stored, next) = store.write_once(&key, expected, value, ms).await;
+                    (stored, next) = store.write_once(&key, expected, &value, ms).await;
                     let _ = waiting.send(Some(matches!(stored, Ok(true))));
                 }
             });
@@ -409,7 +406,7 @@ where
         &self,
         k: &str,
         expected: Vec<u8>,
-        value: V,
+        value: &V,
         ms: u64,
     ) -> (Result<bool, StoreError>, Option<Batch<V>>)
     where
@@ -421,15 +418,12 @@ where
             key: k,
             armed: true,
         };
-        let swapped = match serde_json::to_vec(&value) {
+        let swapped = match encode(value) {
             Ok(bytes) => self
                 .swap(k, Some(&expected), &bytes, ms)
                 .await
                 .map(|s| s.then_some(bytes)),
-            Err(e) => Err(StoreError::Corrupt(format!(
-                "value does not encode: {}",
-                e.classify_str()
-            ))),
+            Err(e) => Err(e),
         };
         guard.armed = false;
         let bytes = match swapped {
@@ -486,15 +480,9 @@ where
                 // Under `open` the value is computed afresh and not stored.
                 Err(e) => return self.fail(e, ()).map(|()| f(None)),
             };
-            let prev = match &current {
-                Some(bytes) => Some(serde_json::from_slice::<V>(bytes).map_err(|e| {
-                    StoreError::Corrupt(format!("value does not decode: {}", e.classify_str()))
-                })?),
-                None => None,
-            };
+            let prev: Option<V> = current.as_deref().map(decode).transpose()?;
             let next = f(prev.as_ref());
-            let bytes = serde_json::to_vec(&next)
-                .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))?;
+            let bytes = encode(&next)?;
             match self.swap(k, current.as_deref(), &bytes, ms).await {
                 Ok(true) => {
                     self.ok();
@@ -502,11 +490,8 @@ where
                     return Ok(next);
                 }
                 Ok(false) => continue,
-                Err(e) => {
-                    // Read but not stored: the caller still gets its value.
-                    let _ = self.fail(e, ());
-                    return Ok(next);
-                }
+                // Computed but not stored: the failure policy says whether it counts.
+                Err(e) => return self.fail(e, ()).map(|()| next),
             }
         }
         tracing::warn!(
@@ -593,6 +578,18 @@ where
     {
         Box::pin(self.update_async(key, ttl, f))
     }
+}
+
+/// A value as stored: JSON.
+fn encode<V: Serialize>(value: &V) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Corrupt(format!("value does not encode: {}", e.classify_str())))
+}
+
+/// A stored value read back.
+fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("value does not decode: {}", e.classify_str())))
 }
 
 trait ClassifyStr {

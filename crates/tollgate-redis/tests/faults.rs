@@ -244,8 +244,34 @@ async fn redis_killed_and_restarted_mid_test() {
     assert_eq!(spend(&rl, &key("before")).await, 5, "{:?}", backend.stats());
     assert_eq!(spend(&local, &key("before")).await, 0);
     sessions.insert(&skey, 1, Duration::from_secs(60)).await.unwrap();
+    let open_sessions = sessions.clone().with_failure_policy(FailurePolicy::Open);
+    let mut add_one = |prev: Option<&u64>| prev.copied().unwrap_or(0) + 1;
+    // Read, then swapped: from here on this process knows the value and swaps unread.
+    assert_eq!(
+        sessions
+            .update(&skey, Duration::from_secs(60), &mut add_one)
+            .await,
+        Ok(2)
+    );
 
     drop(server);
+
+    // An update of a known key whose swap fails follows the policy: `closed` reports
+    // the failure (the value was not stored), `open` hands back the computed value.
+    assert!(
+        sessions
+            .update(&skey, Duration::from_secs(60), &mut add_one)
+            .await
+            .is_err(),
+        "closed: the failed swap is an error"
+    );
+    assert!(
+        open_sessions
+            .update(&skey, Duration::from_secs(60), &mut add_one)
+            .await
+            .is_ok(),
+        "open: the computed value"
+    );
 
     // Requests keep flowing per policy while Redis is gone, each answered promptly.
     let down_since = Instant::now();
