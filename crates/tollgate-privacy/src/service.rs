@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use http::{HeaderName, Request, Response};
-use tollgate_core::{CarryExt, ClientConfig, Pseudonymizer, RouteMap, TraceId, fields};
+use tollgate_core::{CarryExt, ClientConfig, Pseudonymizer, RouteMap, TraceId};
 use tower::Service;
 use tracing::Span;
 use tracing::field::Empty;
@@ -61,32 +61,33 @@ where
             .get(config.routes.table().resolve_and_insert(&mut req));
         let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
         let trace_id = TraceId::from_headers_or_new(req.headers());
+        let client = config
+            .client
+            .resolve(req.extensions(), req.headers(), &config.pseudonymizer);
+        // The span opens with every value known here: each later record is a call to
+        // the subscriber.
+        let full = profile == LogProfile::Full;
+        let network = client
+            .as_ref()
+            .filter(|_| full)
+            .map(|c| c.network_pseudonym().to_hex());
+        let headers = (full && !config.log_headers.is_empty())
+            .then(|| allowlisted_headers(&config.log_headers, req.headers()));
         let span = open_span(
             profile,
-            req.method().as_str(),
-            route.unwrap_or(UNMATCHED_ROUTE),
-            trace_id,
+            &RequestLine {
+                method: req.method().as_str(),
+                route: route.unwrap_or(UNMATCHED_ROUTE),
+                trace_id,
+                network: network.as_ref().map(|n| n.as_str()),
+                headers: headers.as_deref(),
+            },
         );
         #[cfg(feature = "otel")]
         crate::otel::join_callers_trace(&span, req.headers());
 
-        let client = config
-            .client
-            .resolve(req.extensions(), req.headers(), &config.pseudonymizer);
         if let Some(client) = client {
-            if profile == LogProfile::Full {
-                span.record(
-                    fields::CLIENT_NETWORK,
-                    client.network_pseudonym().to_hex().as_str(),
-                );
-            }
             req.extensions_mut().carry(client);
-        }
-        if profile == LogProfile::Full && !config.log_headers.is_empty() {
-            span.record(
-                fields::HEADERS,
-                allowlisted_headers(&config.log_headers, req.headers()).as_str(),
-            );
         }
         req.extensions_mut().carry(trace_id);
 
@@ -95,8 +96,18 @@ where
     }
 }
 
-fn open_span(profile: LogProfile, method: &str, route: &str, trace_id: TraceId) -> Span {
-    let trace_id = trace_id.to_hex();
+/// What the request span opens with.
+struct RequestLine<'a> {
+    method: &'a str,
+    route: &'a str,
+    trace_id: TraceId,
+    network: Option<&'a str>,
+    headers: Option<&'a str>,
+}
+
+fn open_span(profile: LogProfile, line: &RequestLine<'_>) -> Span {
+    let trace_id = line.trace_id.to_hex();
+    let (method, route) = (line.method, line.route);
     // One callsite per profile: a span can only carry fields its callsite declares,
     // so the minimal profile cannot leak what it does not declare.
     match profile {
@@ -108,8 +119,8 @@ fn open_span(profile: LogProfile, method: &str, route: &str, trace_id: TraceId) 
             http.status = Empty,
             latency_us = Empty,
             trace_id = trace_id.as_str(),
-            client.network = Empty,
-            http.headers = Empty,
+            client.network = line.network,
+            http.headers = line.headers,
             principal = Empty,
             credential = Empty,
             tier = Empty,
