@@ -67,7 +67,7 @@
 //! | key | type | holds | TTL |
 //! |---|---|---|---|
 //! | `tollgate:[ns:]rl:{digest}`, `tollgate:[ns:]rl:{scope}:{digest}` | string | a rate-limit key's TATs, `"s1 n1 s2 n2 …"` (seconds and nanoseconds since the epoch, per stacked limit) | until every budget would be full again |
-//! | `tollgate:[ns:]session:{digest}` | string | a session record as JSON (an array of numbers, no field names; any [`tollgate_core::StoreKey`] of a [`RedisStore`]) | the TTL given to `insert` |
+//! | `tollgate:[ns:]session:{digest}` | string | a session record as a JSON array (its fields in order, no names; any [`tollgate_core::StoreKey`] of a [`RedisStore`]) | the TTL given to `insert` |
 //! | `tollgate:[ns:]freeze` | hash | field `credential:{digest}` / `subject:{digest}`, value the `Freeze` as JSON | none: a freeze holds until lifted; expired ones are dropped when seen |
 //! | `tollgate:[ns:]dpop-jti:{digest}` | string | `1`: a DPoP proof seen (digest of its key thumbprint and `jti`) | the end of the proof's acceptance window (`auth.dpop.max_age` + `leeway`) |
 //! | `tollgate:[ns:]freeze-events` | pub/sub channel | `set {field} {json}` / `del {field}` | - |
