@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +38,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tollgate::core::problem::{Problem, ProblemType};
+use tollgate::core::problem::{Problem, ProblemType, types};
 use tollgate::core::{LoginAttempt, Principal, SessionInfo};
 use tollgate::operator::{Observers, Operator};
 use tollgate::{Tollgate, TollgateConfig};
@@ -184,6 +185,9 @@ fn api(login: Arc<Login>, items: u64) -> Router {
         .route("/v1/me", get(me))
         .route("/v1/bound", get(me))
         .route("/login", post(log_in).with_state(login))
+        // Unknown paths and methods answer problem+json too, like every refusal.
+        .fallback(|| async { Problem::new(types::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { Problem::new(types::METHOD_NOT_ALLOWED) })
 }
 
 const NOT_FOUND: ProblemType = ProblemType {
@@ -192,7 +196,12 @@ const NOT_FOUND: ProblemType = ProblemType {
     status: StatusCode::NOT_FOUND,
 };
 
-async fn item(State(items): State<u64>, Path(id): Path<u64>) -> Result<Json<Value>, Problem> {
+async fn item(
+    State(items): State<u64>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<Value>, Problem> {
+    // A path that is not a number is a problem, without axum's text quoting it.
+    let Path(id) = id?;
     if !(1..=items).contains(&id) {
         return Err(Problem::new(NOT_FOUND).with_detail("no such item"));
     }
@@ -230,11 +239,16 @@ async fn log_in(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    Json(c): Json<Credentials>,
+    body: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
+    // A token endpoint answers errors in OAuth's shape (RFC 6749 §5.2), which its
+    // clients read: `{"error": code}` as application/json.
     let error = |status: StatusCode, error: &str| (status, Json(json!({ "error": error }))).into_response();
     let Some(key) = &login.key else {
-        return error(StatusCode::NOT_FOUND, "login is not configured");
+        return Problem::new(types::NOT_FOUND).into_response();
+    };
+    let Ok(Json(c)) = body else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request");
     };
     // Constant-time comparisons joined with `&`, so the password is compared even when the
     // username differs (demo only: real systems compare password hashes).
@@ -244,7 +258,7 @@ async fn log_in(
     });
     // The anomaly layer counts failures per account tried (a keyed hash of the name).
     let Some(user) = user else {
-        let refused = error(StatusCode::UNAUTHORIZED, "invalid credentials");
+        let refused = error(StatusCode::BAD_REQUEST, "invalid_grant");
         return (LoginAttempt::failed(&c.username), refused).into_response();
     };
     let attempt = LoginAttempt::succeeded(&c.username);
@@ -299,7 +313,7 @@ async fn log_in(
             Json(json!({ "access_token": token, "token_type": token_type, "expires_in": 3600 })),
         )
             .into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot sign"),
+        Err(_) => Problem::new(types::INTERNAL_ERROR).into_response(),
     }
 }
 

@@ -80,6 +80,24 @@ pub mod types {
         /// A request header is too large or repeated where it must be single (431).
         HEADER_REJECTED, "header-rejected", "Request header rejected", REQUEST_HEADER_FIELDS_TOO_LARGE);
     problem_type!(
+        /// The request's path, query or body does not parse as the route expects (400).
+        INVALID_REQUEST, "invalid-request", "Invalid request", BAD_REQUEST);
+    problem_type!(
+        /// No route matches the path (404).
+        NOT_FOUND, "not-found", "Not found", NOT_FOUND);
+    problem_type!(
+        /// The route exists but not for this method (405).
+        METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", METHOD_NOT_ALLOWED);
+    problem_type!(
+        /// The body is larger than the route accepts (413).
+        PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large", PAYLOAD_TOO_LARGE);
+    problem_type!(
+        /// The body's media type is not one the route reads (415).
+        UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", UNSUPPORTED_MEDIA_TYPE);
+    problem_type!(
+        /// The body parses but does not hold what the route expects (422).
+        UNPROCESSABLE_CONTENT, "unprocessable-content", "Unprocessable content", UNPROCESSABLE_ENTITY);
+    problem_type!(
         /// A backend the decision depends on (introspection, a store) is unreachable (503).
         UNAVAILABLE, "unavailable", "Temporarily unavailable", SERVICE_UNAVAILABLE);
     problem_type!(
@@ -179,6 +197,55 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The problem for an extractor's rejection of the request, by its status, with
+    /// no detail: axum's rejection texts quote the input (`Cannot parse
+    /// \`alice@example.com\` to a \`u64\``), which a problem never echoes.
+    ///
+    /// ```
+    /// use axum::extract::Path;
+    /// use axum::extract::rejection::PathRejection;
+    /// use tollgate_core::problem::{Problem, types};
+    ///
+    /// async fn item(id: Result<Path<u64>, PathRejection>) -> Result<String, Problem> {
+    ///     let Path(id) = id?; // a path that is not a number answers 400 problem+json
+    ///     Ok(format!("item {id}"))
+    /// }
+    /// assert_eq!(Problem::for_rejection(http::StatusCode::UNSUPPORTED_MEDIA_TYPE).problem_type(),
+    ///            types::UNSUPPORTED_MEDIA_TYPE);
+    /// ```
+    pub fn for_rejection(status: StatusCode) -> Problem {
+        Problem::new(match status {
+            StatusCode::NOT_FOUND => types::NOT_FOUND,
+            StatusCode::METHOD_NOT_ALLOWED => types::METHOD_NOT_ALLOWED,
+            StatusCode::PAYLOAD_TOO_LARGE => types::PAYLOAD_TOO_LARGE,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => types::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::UNPROCESSABLE_ENTITY => types::UNPROCESSABLE_CONTENT,
+            s if s.is_server_error() => types::MISCONFIGURED,
+            _ => types::INVALID_REQUEST,
+        })
+    }
+}
+
+macro_rules! from_rejection {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for Problem {
+            fn from(rejection: $rejection) -> Self {
+                Problem::for_rejection(rejection.status())
+            }
+        }
+    )*};
+}
+
+from_rejection!(
+    axum::extract::rejection::PathRejection,
+    axum::extract::rejection::QueryRejection,
+    axum::extract::rejection::JsonRejection,
+    axum::extract::rejection::FormRejection,
+    axum::extract::rejection::BytesRejection,
+    axum::extract::rejection::StringRejection
+);
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.detail {
@@ -261,5 +328,72 @@ mod tests {
         assert_eq!(r.headers()[CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(r.headers()[http::header::RETRY_AFTER], "3");
+    }
+
+    #[tokio::test]
+    async fn extractor_rejections_answer_problems_that_do_not_echo_the_input() {
+        use axum::extract::rejection::{JsonRejection, PathRejection};
+        use axum::extract::{Json, Path};
+        use axum::routing::{get, post};
+        use tower::ServiceExt;
+
+        async fn item(id: Result<Path<u64>, PathRejection>) -> Result<String, Problem> {
+            Ok(id?.0.to_string())
+        }
+        async fn create(body: Result<Json<Vec<u64>>, JsonRejection>) -> Result<String, Problem> {
+            Ok(body?.0.len().to_string())
+        }
+        let app = axum::Router::new()
+            .route("/items/{id}", get(item))
+            .route("/items", post(create));
+        let send = |method: &str, uri: &str, content_type: &str, body: &'static str| {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(CONTENT_TYPE, content_type)
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            app.clone().oneshot(request)
+        };
+        for (method, uri, content_type, body, expected) in [
+            (
+                "GET",
+                "/items/alice@example.com",
+                "text/plain",
+                "",
+                types::INVALID_REQUEST,
+            ),
+            (
+                "POST",
+                "/items",
+                "text/plain",
+                "[1]",
+                types::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                "POST",
+                "/items",
+                "application/json",
+                "[alice@example.com",
+                types::INVALID_REQUEST,
+            ),
+            (
+                "POST",
+                "/items",
+                "application/json",
+                r#"{"alice":"example.com"}"#,
+                types::UNPROCESSABLE_CONTENT,
+            ),
+        ] {
+            let response = send(method, uri, content_type, body).await.unwrap();
+            assert_eq!(response.status(), expected.status, "{uri} {body}");
+            assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_JSON);
+            let bytes = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            assert!(text.contains(expected.uri), "{text}");
+            assert!(!text.contains("alice"), "{text}");
+        }
+        let ok = send("POST", "/items", "application/json", "[1,2]").await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
     }
 }
