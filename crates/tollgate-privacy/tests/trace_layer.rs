@@ -65,6 +65,7 @@ async fn one_line_per_request_with_route_template_and_no_raw_path() {
     assert_eq!(span["trace_id"].as_str().unwrap().len(), 32);
     assert_eq!(span["client.network"].as_str().unwrap().len(), 24);
     assert!(lines[0]["timestamp"].as_str().unwrap().ends_with(":00Z"));
+    assert_eq!(lines[0]["fields"]["message"], "request completed");
     let text = capture.text();
     for canary in ["order-99817", "canary@example.com", "127.0.0.1", "email"] {
         assert!(!text.contains(canary), "{canary} leaked: {text}");
