@@ -7,6 +7,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
+
+use crate::script::ScriptCall;
 use tollgate_core::clock::{SharedClock, Timestamp, system_clock};
 use tollgate_core::{
     BoxFuture, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError,
@@ -313,13 +315,12 @@ impl RedisFreezeList {
         let result = r
             .backend
             .run(&r.hash_key, |mut c| async move {
-                FREEZE
-                    .key(key)
+                ScriptCall::new(&FREEZE, key)
                     .arg(f)
                     .arg(value)
                     .arg(max)
                     .arg(channel)
-                    .invoke_async::<i64>(&mut c)
+                    .invoke::<i64>(&mut c)
                     .await
             })
             .await;
@@ -390,11 +391,10 @@ impl RedisFreezeList {
         let lifted = r
             .backend
             .run(&r.hash_key, |mut c| async move {
-                UNFREEZE
-                    .key(key)
+                ScriptCall::new(&UNFREEZE, key)
                     .arg(f)
                     .arg(channel)
-                    .invoke_async::<i64>(&mut c)
+                    .invoke::<i64>(&mut c)
                     .await
             })
             .await?;

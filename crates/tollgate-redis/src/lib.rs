@@ -121,6 +121,7 @@ mod penalty;
 mod ratelimit;
 mod replay;
 mod replica;
+mod script;
 mod store;
 
 pub use backend::{RedisBackend, RedisStats};

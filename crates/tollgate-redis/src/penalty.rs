@@ -7,6 +7,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
+
+use crate::script::ScriptCall;
 use tollgate_anomaly::{Action, AnomalyTags, Penalty, PenaltyBoard, PenaltyKey};
 use tollgate_core::FailurePolicy;
 use tollgate_core::clock::{SharedClock, Timestamp};
@@ -287,14 +289,13 @@ impl RedisPenaltyBoard {
         let result = r
             .backend
             .run(&r.hash_key, |mut c| async move {
-                IMPOSE
-                    .key(hash)
+                ScriptCall::new(&IMPOSE, hash)
                     .arg(field)
                     .arg(channel)
                     .arg(encode(&penalty))
                     .arg(now.as_nanos() / NANOS_PER_MS)
                     .arg(max)
-                    .invoke_async::<i64>(&mut c)
+                    .invoke::<i64>(&mut c)
                     .await
             })
             .await;

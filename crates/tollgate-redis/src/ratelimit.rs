@@ -11,6 +11,7 @@ use tollgate_ratelimit::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
 
 use crate::backend::RedisBackend;
 use crate::config::{RateLimitClock, RateLimitFallback};
+use crate::script::ScriptCall;
 
 /// The GCRA script. Times are integer nanoseconds, carried as two limbs (whole
 /// seconds and nanoseconds) because Lua numbers are doubles (exact only to 2^53).
@@ -198,12 +199,11 @@ impl RedisRateLimitStore {
         let out: Vec<u64> = self
             .backend
             .run(redis_key, |mut c| async move {
-                let mut inv = GCRA.prepare_invoke();
-                inv.key(redis_key).arg(mode);
+                let mut call = ScriptCall::new(&GCRA, redis_key).arg(mode);
                 for a in &args[..used] {
-                    inv.arg(*a);
+                    call = call.arg(*a);
                 }
-                inv.invoke_async::<Vec<u64>>(&mut c).await
+                call.invoke::<Vec<u64>>(&mut c).await
             })
             .await?;
         if out.len() != 3 + 2 * limits.len() {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use futures_util::StreamExt;
 use redis::Script;
+
+use crate::script::ScriptCall;
 use tokio::sync::watch;
 use tollgate_core::StoreError;
 use tollgate_core::clock::{SharedClock, Timestamp};
@@ -258,12 +260,11 @@ impl<E: Replicated> Replica<E> {
                     let _ = self
                         .backend
                         .run_now(&self.hash_key, |mut c| async move {
-                            PRUNE
-                                .key(key)
+                            ScriptCall::new(&PRUNE, key)
                                 .arg(f)
                                 .arg(v)
                                 .arg(channel)
-                                .invoke_async::<i64>(&mut c)
+                                .invoke::<i64>(&mut c)
                                 .await
                         })
                         .await;

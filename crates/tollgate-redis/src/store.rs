@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tollgate_core::{BoxFuture, FailurePolicy, StateStore, StoreError, StoreKey};
 
 use crate::backend::RedisBackend;
+use crate::script::ScriptCall;
 
 /// A [`StateStore`] on Redis: values as JSON under their [`StoreKey`], with the
 /// `[store] namespace` inserted (`tollgate:[ns:]session:{digest}` for session records),
@@ -517,12 +518,12 @@ where
         };
         self.backend
             .run(k, |mut c| async move {
-                SWAP.key(k)
+                ScriptCall::new(&SWAP, k)
                     .arg(expected)
                     .arg(written)
                     .arg(ms)
                     .arg(absent)
-                    .invoke_async::<i64>(&mut c)
+                    .invoke::<i64>(&mut c)
                     .await
             })
             .await
