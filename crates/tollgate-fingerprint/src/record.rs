@@ -68,9 +68,9 @@ pub struct SessionRecord {
 }
 
 // Both serialize as sequences, fields in declaration order: a stored record then
-// carries no field names (JSON: 8,151 -> about 1,500 instructions per write, and a
-// smaller value in Redis). The derived `Deserialize` reads sequences and the named
-// form alike, so records written either way read back, on either side of an upgrade.
+// carries no field names (in JSON, half the bytes and less than half the encoding
+// work: 8,151 -> about 3,700 instructions per write). The derived `Deserialize` reads
+// sequences and the named form alike, so records written either way read back.
 impl Serialize for NetworkSeen {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let NetworkSeen { hash, last_seen_secs } = self;
