@@ -1,6 +1,7 @@
 //! Two demo gateway processes on different ports sharing one Redis, or one Redis
 //! Cluster: one budget, one freeze list and one set of anomaly penalties between
-//! them, and on the cluster a primary killed under load.
+//! them, and on the cluster a primary killed under load. And the demo gateway alone,
+//! on its shipped configuration, answering malformed requests.
 
 mod common;
 
@@ -471,4 +472,84 @@ async fn share_one_budget_and_one_freeze_list(a: &Replica, b: &Replica) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     println!("freeze on A held on B after {:?}", frozen_at.elapsed());
+}
+
+/// The demo gateway as the quick start runs it (`examples/gateway.toml`, state in
+/// process): malformed paths and bodies, unknown paths and methods get a 4xx with a
+/// problem (the token endpoint: OAuth's error shape), none quoting the input, and the
+/// input reaches neither answer nor log.
+#[tokio::test]
+async fn the_demo_answers_malformed_requests_with_problems() {
+    let demo = start(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/gateway.toml"
+    )));
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", demo.addr);
+    let problem = |r: reqwest::Response, status: u16, kind: &'static str| async move {
+        assert_eq!(r.status(), status, "{kind}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{kind}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(&format!("urn:tollgate:problem:{kind}")), "{body}");
+        assert!(!body.contains("alice"), "{body}");
+    };
+    let r = client
+        .get(url("/v1/items/alice@example.com"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 400, "invalid-request").await;
+    let r = client
+        .get(url("/no/such/alice@example.com"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 404, "not-found").await;
+    let r = client.delete(url("/v1/items/7")).send().await.unwrap();
+    problem(r, 405, "method-not-allowed").await;
+
+    let login = |content_type: &'static str, body: &'static str| {
+        client
+            .post(url("/login"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (content_type, body, error) in [
+        (
+            "text/plain",
+            r#"{"username":"alice@example.com","password":"x"}"#,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            r#"{"username":"alice@example.com""#,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            r#"{"username":"alice@example.com","password":"x"}"#,
+            "invalid_grant",
+        ),
+    ] {
+        let r = login(content_type, body).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer, serde_json::json!({ "error": error }), "{body}");
+    }
+    // The log is written in batches (every 50 ms): wait for the last request's line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = demo.log_text();
+        if log.matches(r#""http.route":"/login""#).count() == 3 {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the requests were not all logged: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!log.contains("alice"), "{log}");
 }
