@@ -3,8 +3,9 @@
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
-/// Arguments a call's buffer holds before growing: the rate-limit script's 17 at most.
-const MAX_ARGS: usize = 20;
+/// Arguments a call's buffer holds before growing: `EVALSHA`, digest, key count and
+/// key, then the rate-limit script's 20 with four stacked limits.
+const MAX_ARGS: usize = 24;
 /// Bytes a call's buffer holds before growing.
 const BUFFER_BYTES: usize = 1024;
 
@@ -13,7 +14,7 @@ const BUFFER_BYTES: usize = 1024;
 ///
 /// Every argument is written straight into the command's one buffer: redis'
 /// `ScriptInvocation` keeps each in a `Vec` of its own before copying them all into a
-/// command (14 allocations per rate-limit decision).
+/// command (one allocation per argument).
 pub(crate) struct ScriptCall<'a> {
     script: &'a Script,
     cmd: Cmd,
