@@ -60,6 +60,16 @@ pub enum RateLimitClock {
     Caller,
 }
 
+impl RateLimitClock {
+    /// The rate-limit script's mode argument.
+    pub(crate) fn mode(self) -> &'static str {
+        match self {
+            RateLimitClock::Redis => "r",
+            RateLimitClock::Caller => "c",
+        }
+    }
+}
+
 /// The freeze list's settings (`[store.freeze]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -7,8 +7,9 @@
 //! - [`RedisStore`]: [`tollgate_core::StateStore`] on Redis (session records).
 //! - [`RedisFreezeList`]: [`tollgate_core::FreezeList`] on Redis, checked from a local
 //!   copy kept current over pub/sub.
-//! - [`RedisRateLimitStore`]: `tollgate_ratelimit::RateLimitStore` on Redis, GCRA as one
-//!   atomic Lua script per decision.
+//! - [`RedisRateLimitStore`]: `tollgate_ratelimit::RateLimitStore` on Redis, GCRA as an
+//!   atomic Lua script; on one server, decisions made while others are in flight are
+//!   decided together by one script call.
 //! - [`RedisPenaltyBoard`]: `tollgate_anomaly::PenaltyBoard` on Redis (throttles and
 //!   blocks), read from a local copy kept current over pub/sub as the freeze list's.
 //! - [`RedisReplayCache`]: `tollgate_auth::ReplayCache` on Redis (DPoP proof `jti`s,
@@ -114,6 +115,7 @@
 #![deny(unreachable_pub)]
 
 mod backend;
+mod batch;
 pub mod config;
 mod connection;
 mod freeze;

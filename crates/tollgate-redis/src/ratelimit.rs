@@ -1,4 +1,4 @@
-//! `RedisRateLimitStore`: GCRA as one atomic Lua script per decision.
+//! `RedisRateLimitStore`: GCRA as one atomic Lua script per batch of decisions.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,70 +10,78 @@ use tollgate_ratelimit::gcra::{self, Decision, Limit, MAX_LIMITS};
 use tollgate_ratelimit::{MemoryRateLimitStore, RateLimitKey, RateLimitStore};
 
 use crate::backend::RedisBackend;
+use crate::batch::{self, Coalescer, Job};
 use crate::config::{RateLimitClock, RateLimitFallback};
-use crate::script::ScriptCall;
 
 /// The GCRA script. Times are integer nanoseconds, carried as two limbs (whole
 /// seconds and nanoseconds) because Lua numbers are doubles (exact only to 2^53).
 ///
-/// KEYS[1]: the key. ARGV: mode (`r`: Redis `TIME`, `c`: caller's time), now seconds,
-/// now nanoseconds, number of limits, then per limit: the increment (`cost * interval`,
-/// or `capacity + 1` for a cost above the burst) and the capacity, each as seconds and
-/// nanoseconds.
+/// KEYS: one key per decision (a batch, see [`crate::batch`]). ARGV: mode (`r`: Redis
+/// `TIME`, read once for the batch; `c`: each decision's own time), then per key: now
+/// seconds, now nanoseconds, number of limits, then per limit the increment (`cost *
+/// interval`, or `capacity + 1` for a cost above the burst) and the capacity, each as
+/// seconds and nanoseconds.
 ///
-/// Reads the stored TATs (`"s1 n1 s2 n2 …"`: seconds and nanoseconds per limit,
-/// missing = 0); admits iff every limit admits (`max(tat, now) + inc <= now +
-/// capacity`); if admitted, stores the new TATs with a TTL until every budget is full
-/// again (rounded up to the millisecond), or deletes the key when that is now. Returns
-/// `{now s, now ns, admitted, old TAT s, old TAT ns, …}` as integers (all below 2^53);
-/// the caller computes the full [`Decision`] from these with [`gcra::decide_all`], the
-/// specification.
-static GCRA: LazyLock<Script> = LazyLock::new(|| {
+/// For each key in turn: reads the stored TATs (`"s1 n1 s2 n2 …"`: seconds and
+/// nanoseconds per limit, missing = 0); admits iff every limit admits (`max(tat, now)
+/// + inc <= now + capacity`); if admitted, stores the new TATs with a TTL until every
+/// budget is full again (rounded up to the millisecond), or deletes the key when that
+/// is now. Answers per key `{now s, now ns, admitted, old TAT s, old TAT ns, …}` as
+/// integers (all below 2^53), one after the other; the caller computes the full
+/// [`Decision`] from these with [`gcra::decide_all`], the specification.
+pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local B = 1000000000
-local nh, nl
+local rh, rl
 if ARGV[1] == 'r' then
   local t = redis.call('TIME')
-  nh, nl = tonumber(t[1]), tonumber(t[2]) * 1000
-else
-  nh, nl = tonumber(ARGV[2]), tonumber(ARGV[3])
+  rh, rl = tonumber(t[1]), tonumber(t[2]) * 1000
 end
-local n = tonumber(ARGV[4])
-local old = {}
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  for s in string.gmatch(stored, '%d+') do old[#old + 1] = tonumber(s) end
-end
-local out = {nh, nl, 1}
-local admitted = 1
-local new = {}
-local fh, fl = nh, nl
-for i = 1, n do
-  local j = 4 + (i - 1) * 4
-  local oh, ol = old[2 * i - 1] or 0, old[2 * i] or 0
-  out[2 + 2 * i], out[3 + 2 * i] = oh, ol
-  local ch, cl = nh + tonumber(ARGV[j + 3]), nl + tonumber(ARGV[j + 4])
-  if cl >= B then ch, cl = ch + 1, cl - B end
-  -- a TAT beyond now + capacity means the clock went back: a full budget again
-  if oh > ch or (oh == ch and ol > cl) then oh, ol = 0, 0 end
-  -- base = max(tat, now); t = base + inc; admitted iff t <= now + capacity
-  if oh < nh or (oh == nh and ol <= nl) then oh, ol = nh, nl end
-  local th, tl = oh + tonumber(ARGV[j + 1]), ol + tonumber(ARGV[j + 2])
-  if tl >= B then th, tl = th + 1, tl - B end
-  if th > ch or (th == ch and tl > cl) then admitted = 0 end
-  new[2 * i - 1], new[2 * i] = th, tl
-  if th > fh or (th == fh and tl > fl) then fh, fl = th, tl end
-end
-out[3] = admitted
-if admitted == 1 then
-  if fh == nh and fl == nl then
-    redis.call('DEL', KEYS[1])
-  else
-    local hi, lo = fh - nh, fl - nl
-    if lo < 0 then lo = lo + B; hi = hi - 1 end
-    redis.call('SET', KEYS[1], table.concat(new, ' '), 'PX', hi * 1000 + math.ceil(lo / 1000000))
+local out = {}
+local o = 0
+local a = 2
+for k = 1, #KEYS do
+  local nh, nl = rh, rl
+  if not nh then nh, nl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]) end
+  local n = tonumber(ARGV[a + 2])
+  local old = {}
+  local stored = redis.call('GET', KEYS[k])
+  if stored then
+    for s in string.gmatch(stored, '%d+') do old[#old + 1] = tonumber(s) end
   end
+  out[o + 1], out[o + 2], out[o + 3] = nh, nl, 1
+  local admitted = 1
+  local new = {}
+  local fh, fl = nh, nl
+  for i = 1, n do
+    local j = a + 3 + (i - 1) * 4
+    local oh, ol = old[2 * i - 1] or 0, old[2 * i] or 0
+    out[o + 2 + 2 * i], out[o + 3 + 2 * i] = oh, ol
+    local ch, cl = nh + tonumber(ARGV[j + 2]), nl + tonumber(ARGV[j + 3])
+    if cl >= B then ch, cl = ch + 1, cl - B end
+    -- a TAT beyond now + capacity means the clock went back: a full budget again
+    if oh > ch or (oh == ch and ol > cl) then oh, ol = 0, 0 end
+    -- base = max(tat, now); t = base + inc; admitted iff t <= now + capacity
+    if oh < nh or (oh == nh and ol <= nl) then oh, ol = nh, nl end
+    local th, tl = oh + tonumber(ARGV[j]), ol + tonumber(ARGV[j + 1])
+    if tl >= B then th, tl = th + 1, tl - B end
+    if th > ch or (th == ch and tl > cl) then admitted = 0 end
+    new[2 * i - 1], new[2 * i] = th, tl
+    if th > fh or (th == fh and tl > fl) then fh, fl = th, tl end
+  end
+  out[o + 3] = admitted
+  if admitted == 1 then
+    if fh == nh and fl == nl then
+      redis.call('DEL', KEYS[k])
+    else
+      local hi, lo = fh - nh, fl - nl
+      if lo < 0 then lo = lo + B; hi = hi - 1 end
+      redis.call('SET', KEYS[k], table.concat(new, ' '), 'PX', hi * 1000 + math.ceil(lo / 1000000))
+    end
+  end
+  o = o + 3 + 2 * n
+  a = a + 3 + 4 * n
 end
 return out
 "#,
@@ -82,13 +90,20 @@ return out
 
 const NANOS: u64 = 1_000_000_000;
 
+/// The batches of a store on `backend`: on one server only (see [`crate::batch`]).
+fn batches(backend: &RedisBackend, clock: RateLimitClock) -> Option<Arc<Coalescer>> {
+    (!backend.is_cluster()).then(|| Coalescer::new(backend.clone(), clock.mode()))
+}
+
 /// A [`RateLimitStore`] on Redis: every replica spends from one budget per key.
 ///
-/// Each decision is one `EVALSHA` of a Lua script (loaded once, reloaded when Redis
-/// answers `NOSCRIPT`, e.g. after a restart) that reads the key's TATs, decides every
-/// stacked limit at once and stores the advanced TATs only if all admit, so two
-/// replicas can never both spend the last unit. The script reads Redis `TIME` (see
-/// [`RateLimitClock`]). The key (`tollgate:[ns:]rl:[scope:]{digest}`) expires when
+/// Decisions are made by an `EVALSHA` of a Lua script (loaded once, reloaded when
+/// Redis answers `NOSCRIPT`, e.g. after a restart) that reads each key's TATs, decides
+/// every stacked limit at once and stores the advanced TATs only if all admit, so two
+/// replicas can never both spend the last unit. On one server, decisions made while
+/// others are in flight share one call (up to 32 a call; a lone decision leaves at
+/// once), which raises what one Redis decides per second under load (BENCHMARKS.md).
+/// The script reads Redis `TIME` (see [`RateLimitClock`]). The key (`tollgate:[ns:]rl:[scope:]{digest}`) expires when
 /// every budget would be full again. The [`Decision`] returned is computed by
 /// [`gcra::decide_all`] from the TATs and time the script used: the same function as
 /// the in-process store, so both decide alike (checked by a property test).
@@ -110,6 +125,9 @@ pub struct RedisRateLimitStore {
     fallback: RateLimitFallback,
     local: Option<MemoryRateLimitStore>,
     clock: RateLimitClock,
+    /// Decisions waiting to be sent together; `None` on a cluster, where each is a
+    /// call of its own.
+    batches: Option<Arc<Coalescer>>,
     engaged: Arc<AtomicBool>,
     corrupt_logged: Arc<AtomicBool>,
 }
@@ -134,6 +152,7 @@ impl RedisRateLimitStore {
             local: (config.on_failure == RateLimitFallback::Local)
                 .then(|| MemoryRateLimitStore::new(config.local_max_entries)),
             clock: config.clock,
+            batches: batches(backend, config.clock),
             engaged: Arc::new(AtomicBool::new(false)),
             corrupt_logged: Arc::new(AtomicBool::new(false)),
         }
@@ -153,6 +172,7 @@ impl RedisRateLimitStore {
     /// Sets whose clock decisions are made at.
     pub fn with_clock(mut self, clock: RateLimitClock) -> Self {
         self.clock = clock;
+        self.batches = batches(&self.backend, clock);
         self
     }
 
@@ -174,7 +194,7 @@ impl RedisRateLimitStore {
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
         let now = now.as_nanos();
-        let mut args = [0u64; 3 + 4 * MAX_LIMITS];
+        let mut args = [0u64; batch::ARGS];
         args[0] = now / NANOS;
         args[1] = now % NANOS;
         args[2] = limits.len() as u64;
@@ -190,27 +210,18 @@ impl RedisRateLimitStore {
             args[at + 2] = l.capacity() / NANOS;
             args[at + 3] = l.capacity() % NANOS;
         }
-        let used = 3 + 4 * limits.len();
-        let redis_key = &self.backend.key_of(&key.store_key());
-        let mode = match self.clock {
-            RateLimitClock::Redis => "r",
-            RateLimitClock::Caller => "c",
+        let job = Job {
+            key: self.backend.key_of(&key.store_key()),
+            args,
+            used: 3 + 4 * limits.len(),
         };
-        let out: Vec<u64> = self
-            .backend
-            .run(redis_key, |mut c| async move {
-                let mut call = ScriptCall::new(&GCRA, redis_key).arg(mode);
-                for a in &args[..used] {
-                    call = call.arg(*a);
-                }
-                call.invoke::<Vec<u64>>(&mut c).await
-            })
-            .await?;
-        if out.len() != 3 + 2 * limits.len() {
-            return Err(StoreError::Corrupt(
-                "rate-limit script answered an unexpected shape".into(),
-            ));
-        }
+        let out = match &self.batches {
+            Some(batches) => batches.decide(job).await?,
+            None => batch::run(&self.backend, self.clock.mode(), std::slice::from_ref(&job))
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt("rate-limit script answered nothing".into()))?,
+        };
         let join = |s: u64, ns: u64| s.saturating_mul(NANOS).saturating_add(ns);
         let mut tats = [0u64; MAX_LIMITS];
         for (i, t) in tats.iter_mut().take(limits.len()).enumerate() {

@@ -29,6 +29,22 @@ impl<'a> ScriptCall<'a> {
         ScriptCall { script, cmd }
     }
 
+    /// A call of `script` on `keys`, with room for `args` arguments after them.
+    pub(crate) fn with_keys<'k>(
+        script: &'a Script,
+        keys: impl ExactSizeIterator<Item = &'k str>,
+        args: usize,
+    ) -> Self {
+        let count = keys.len();
+        // Keys of about 60 bytes, arguments of up to 20 digits, each with its header.
+        let mut cmd = Cmd::with_capacity(3 + count + args, BUFFER_BYTES.max(80 * count + 24 * args));
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(count);
+        for key in keys {
+            cmd.arg(key);
+        }
+        ScriptCall { script, cmd }
+    }
+
     /// Appends an argument (`ARGV[n]`, in order).
     pub(crate) fn arg(mut self, arg: impl ToRedisArgs) -> Self {
         self.cmd.arg(arg);

@@ -251,6 +251,46 @@ async fn two_replicas_share_one_budget() {
     assert_eq!(a.backend().stats().fail_open, 0);
 }
 
+/// Decisions made while others are in flight go to Redis together (fewer calls than
+/// decisions), and a batch decides its keys one after the other: every key, however
+/// its decisions were grouped, spends exactly its budget and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_are_batched_and_each_key_spends_its_budget() {
+    let Some(t) = TestRedis::new() else { return };
+    let store = RedisRateLimitStore::new(&t.backend());
+    let p = pseudonymizer();
+    let keys: Vec<RateLimitKey> = (0..5u8)
+        .map(|i| RateLimitKey::new(p.digest(Domain::SUBJECT, &[b'k', i])))
+        .collect();
+    let limits = Arc::new([Limit::new(7, Duration::from_secs(3_600), 7).unwrap()]);
+    let decisions = 400;
+    let tasks: Vec<_> = (0..decisions)
+        .map(|i| {
+            let (store, key, limits) = (store.clone(), keys[i % keys.len()], limits.clone());
+            tokio::spawn(async move {
+                let d = store
+                    .check_and_spend(&key, &limits[..], 1, SystemClock.now())
+                    .await
+                    .unwrap();
+                (i % 5, d.allowed())
+            })
+        })
+        .collect();
+    let mut allowed = [0; 5];
+    for task in tasks {
+        let (k, ok) = task.await.unwrap();
+        allowed[k] += usize::from(ok);
+    }
+    assert_eq!(allowed, [7; 5]);
+    let stats = store.backend().stats();
+    assert_eq!(stats.fail_open, 0);
+    assert!(
+        stats.calls < decisions as u64 / 2,
+        "{} calls for {decisions} decisions",
+        stats.calls
+    );
+}
+
 /// Redis `TIME` is used by default: a caller clock a day off changes nothing.
 #[tokio::test]
 async fn redis_time_overrides_a_skewed_caller_clock() {

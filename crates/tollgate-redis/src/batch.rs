@@ -1,0 +1,211 @@
+//! Rate-limit decisions made while others are in flight travel together: one
+//! `EVALSHA` decides a whole batch.
+//!
+//! On one Redis server a decision's script run is a few microseconds, but each call
+//! around it (reading and parsing the command, setting up the script's arguments,
+//! writing the reply, the client's own bookkeeping) costs about as much again. A
+//! decision arriving while [`MAX_BATCHES_IN_FLIGHT`] batches are already out waits for
+//! the next batch instead of making a call of its own, so under load the per-call
+//! cost is shared by up to [`MAX_BATCH`] decisions, and an idle store adds no wait:
+//! a lone decision leaves at once, in a batch of one.
+//!
+//! The script decides a batch's keys one after the other in one atomic run, each
+//! reading what the one before it wrote, so decisions on the same key within a batch
+//! are exactly as if they had come one by one. Only a single server batches: on a
+//! Redis Cluster every key of a script must hash to one slot, so each decision there
+//! is a call of its own.
+//!
+//! A batch is one call under the backend's timeout and breaker: when Redis stops
+//! answering, the first batches time out and open the breaker, and the batches
+//! queued behind them are answered at once (by the failure policy), so a decision
+//! waits at most about two timeouts, not one per batch ahead of it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use tollgate_core::StoreError;
+use tollgate_ratelimit::gcra::MAX_LIMITS;
+
+use crate::backend::RedisBackend;
+use crate::ratelimit::GCRA;
+use crate::script::ScriptCall;
+
+/// Decisions per script call at most (the script's arguments stay under ~20 KiB).
+pub(crate) const MAX_BATCH: usize = 32;
+/// Batches sent and not yet answered at most: one being decided by Redis while the
+/// next is on its way keeps Redis busy without queueing more than one batch there.
+pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 2;
+
+/// The script's arguments for one decision: now (seconds, nanoseconds), the number of
+/// limits, then per limit its increment and capacity, each as seconds and nanoseconds.
+pub(crate) const ARGS: usize = 3 + 4 * MAX_LIMITS;
+/// The script's answer for one decision: now (seconds, nanoseconds), admitted (0 or
+/// 1), then per limit the TAT it read, as seconds and nanoseconds.
+pub(crate) const ANSWER: usize = 3 + 2 * MAX_LIMITS;
+
+/// One decision for the script: its Redis key and arguments.
+pub(crate) struct Job {
+    pub(crate) key: String,
+    pub(crate) args: [u64; ARGS],
+    /// How many of `args` are used (`3 + 4 * limits`).
+    pub(crate) used: usize,
+}
+
+impl Job {
+    fn limits(&self) -> usize {
+        (self.used - 3) / 4
+    }
+}
+
+/// A decision's answer: the first `3 + 2 * limits` values are set.
+pub(crate) type Answer = [u64; ANSWER];
+
+/// Runs `jobs` in one script call (`mode`: `r` decides at Redis `TIME`, `c` at each
+/// job's own time) and splits the answer per job.
+pub(crate) async fn run(
+    backend: &RedisBackend,
+    mode: &'static str,
+    jobs: &[Job],
+) -> Result<Vec<Answer>, StoreError> {
+    let Some(first) = jobs.first() else {
+        return Ok(Vec::new());
+    };
+    let args: usize = jobs.iter().map(|j| j.used).sum();
+    let flat: Vec<u64> = backend
+        .run(&first.key, |mut c| async move {
+            let mut call =
+                ScriptCall::with_keys(&GCRA, jobs.iter().map(|j| j.key.as_str()), 1 + args).arg(mode);
+            for job in jobs {
+                for a in &job.args[..job.used] {
+                    call = call.arg(*a);
+                }
+            }
+            call.invoke::<Vec<u64>>(&mut c).await
+        })
+        .await?;
+    let expected: usize = jobs.iter().map(|j| 3 + 2 * j.limits()).sum();
+    if flat.len() != expected {
+        return Err(StoreError::Corrupt(
+            "rate-limit script answered an unexpected shape".into(),
+        ));
+    }
+    let mut rest = &flat[..];
+    Ok(jobs
+        .iter()
+        .map(|job| {
+            let (mine, tail) = rest.split_at(3 + 2 * job.limits());
+            rest = tail;
+            let mut answer = [0; ANSWER];
+            answer[..mine.len()].copy_from_slice(mine);
+            answer
+        })
+        .collect())
+}
+
+/// The decisions waiting for a batch, and how many batches are out.
+pub(crate) struct Coalescer {
+    backend: RedisBackend,
+    mode: &'static str,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<(Job, oneshot::Sender<Result<Answer, StoreError>>)>,
+    senders: usize,
+}
+
+impl Coalescer {
+    pub(crate) fn new(backend: RedisBackend, mode: &'static str) -> Arc<Self> {
+        Arc::new(Coalescer {
+            backend,
+            mode,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Decides `job` in the next batch; starts a sender for it when fewer than
+    /// [`MAX_BATCHES_IN_FLIGHT`] are out. Must be called inside a Tokio runtime.
+    pub(crate) async fn decide(self: &Arc<Self>, job: Job) -> Result<Answer, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut state = self.lock();
+            state.queue.push((job, tx));
+            let start = state.senders < MAX_BATCHES_IN_FLIGHT;
+            state.senders += usize::from(start);
+            start
+        };
+        if start {
+            let sender = Sender {
+                coalescer: Arc::clone(self),
+                finished: false,
+            };
+            tokio::spawn(sender.send_all());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the batch was abandoned".into())))
+    }
+}
+
+/// A task sending batches until the queue is empty. Counted in `senders` until it
+/// finishes or is dropped (its runtime shutting down).
+struct Sender {
+    coalescer: Arc<Coalescer>,
+    finished: bool,
+}
+
+impl Sender {
+    async fn send_all(mut self) {
+        let coalescer = Arc::clone(&self.coalescer);
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        let mut replies = Vec::with_capacity(MAX_BATCH);
+        loop {
+            {
+                let mut state = coalescer.lock();
+                if state.queue.is_empty() {
+                    state.senders -= 1;
+                    self.finished = true;
+                    return;
+                }
+                let n = state.queue.len().min(MAX_BATCH);
+                for (job, reply) in state.queue.drain(..n) {
+                    jobs.push(job);
+                    replies.push(reply);
+                }
+            }
+            match run(&coalescer.backend, coalescer.mode, &jobs).await {
+                Ok(answers) => {
+                    for (reply, answer) in replies.drain(..).zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            jobs.clear();
+        }
+    }
+}
+
+impl Drop for Sender {
+    /// A sender dropped unfinished (its runtime shut down) stops counting; if it was
+    /// the last, the waiting decisions are answered (their channels close) rather than
+    /// left waiting for a sender that will not come.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.coalescer.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            state.queue.clear();
+        }
+    }
+}
