@@ -20,6 +20,7 @@
 //! queued behind them are answered at once (by the failure policy), so a decision
 //! waits at most about two timeouts, not one per batch ahead of it.
 
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -31,10 +32,10 @@ use crate::ratelimit::GCRA;
 use crate::script::ScriptCall;
 
 /// Decisions per script call at most (the script's arguments stay under ~20 KiB).
-pub(crate) const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 32;
 /// Batches sent and not yet answered at most: one being decided by Redis while the
 /// next is on its way keeps Redis busy without queueing more than one batch there.
-pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 2;
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The script's arguments for one decision: now (seconds, nanoseconds), the number of
 /// limits, then per limit its increment and capacity, each as seconds and nanoseconds.
@@ -102,6 +103,18 @@ pub(crate) async fn run(
         .collect())
 }
 
+/// Runs `job` alone in one script call.
+pub(crate) async fn run_one(
+    backend: &RedisBackend,
+    mode: &'static str,
+    job: &Job,
+) -> Result<Answer, StoreError> {
+    let mut answers = run(backend, mode, std::slice::from_ref(job)).await?;
+    answers
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("rate-limit script answered nothing".into()))
+}
+
 /// The decisions waiting for a batch, and how many batches are out.
 pub(crate) struct Coalescer {
     backend: RedisBackend,
@@ -109,9 +122,12 @@ pub(crate) struct Coalescer {
     state: Mutex<State>,
 }
 
+/// Invariant: a queued decision has a spawned sender that will take it (a sender
+/// leaves only when the queue is empty, and the last one dropped empties the queue).
 #[derive(Default)]
 struct State {
     queue: Vec<(Job, oneshot::Sender<Result<Answer, StoreError>>)>,
+    /// Batches out: spawned senders, and at most one decision sent by its own task.
     senders: usize,
 }
 
@@ -128,47 +144,91 @@ impl Coalescer {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Decides `job` in the next batch; starts a sender for it when fewer than
-    /// [`MAX_BATCHES_IN_FLIGHT`] are out. Must be called inside a Tokio runtime.
+    /// Decides `job`: at once from this task when nothing is in flight, else in the
+    /// next batch, starting a sender for it when fewer than [`MAX_BATCHES_IN_FLIGHT`]
+    /// are out. Must be called inside a Tokio runtime.
     pub(crate) async fn decide(self: &Arc<Self>, job: Job) -> Result<Answer, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let start = {
+        let turn = {
             let mut state = self.lock();
-            state.queue.push((job, tx));
-            let start = state.senders < MAX_BATCHES_IN_FLIGHT;
-            state.senders += usize::from(start);
-            start
+            if state.senders == 0 {
+                state.senders = 1;
+                Turn::Now(job)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                state.queue.push((job, tx));
+                let start = state.senders < MAX_BATCHES_IN_FLIGHT;
+                state.senders += usize::from(start);
+                Turn::Queued(rx, start)
+            }
+        };
+        let (rx, start) = match turn {
+            Turn::Queued(rx, start) => (rx, start),
+            Turn::Now(job) => {
+                // An idle store: a batch of one from this task, no task spawned, no channel.
+                let _out = Out::new(&**self);
+                return run_one(&self.backend, self.mode, &job).await;
+            }
         };
         if start {
-            let sender = Sender {
-                coalescer: Arc::clone(self),
-                finished: false,
-            };
-            tokio::spawn(sender.send_all());
+            tokio::spawn(Sender(Out::new(Arc::clone(self))).send_all());
         }
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the batch was abandoned".into())))
     }
 }
 
-/// A task sending batches until the queue is empty. Counted in `senders` until it
-/// finishes or is dropped (its runtime shutting down).
-struct Sender {
-    coalescer: Arc<Coalescer>,
-    finished: bool,
+/// Whether a decision is sent at once or waits for a batch.
+enum Turn {
+    Now(Job),
+    Queued(oneshot::Receiver<Result<Answer, StoreError>>, bool),
 }
+
+/// One of the `senders`, counted until it leaves or is dropped.
+struct Out<C: Deref<Target = Coalescer>> {
+    coalescer: C,
+    left: bool,
+}
+
+impl<C: Deref<Target = Coalescer>> Out<C> {
+    fn new(coalescer: C) -> Self {
+        Out {
+            coalescer,
+            left: false,
+        }
+    }
+}
+
+impl<C: Deref<Target = Coalescer>> Drop for Out<C> {
+    /// If this was the last sender out (a spawned one dropped unfinished, its runtime
+    /// shutting down), the waiting decisions are answered (their channels close)
+    /// rather than left waiting for a sender that will not come.
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        let mut state = self.coalescer.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            state.queue.clear();
+        }
+    }
+}
+
+/// A spawned task sending batches until the queue is empty.
+struct Sender(Out<Arc<Coalescer>>);
 
 impl Sender {
     async fn send_all(mut self) {
-        let coalescer = Arc::clone(&self.coalescer);
+        let coalescer = Arc::clone(&self.0.coalescer);
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut replies = Vec::with_capacity(MAX_BATCH);
         loop {
             {
                 let mut state = coalescer.lock();
                 if state.queue.is_empty() {
+                    // Leaves under the lock, so no decision is queued without a sender.
                     state.senders -= 1;
-                    self.finished = true;
+                    self.0.left = true;
                     return;
                 }
                 let n = state.queue.len().min(MAX_BATCH);
@@ -190,22 +250,6 @@ impl Sender {
                 }
             }
             jobs.clear();
-        }
-    }
-}
-
-impl Drop for Sender {
-    /// A sender dropped unfinished (its runtime shut down) stops counting; if it was
-    /// the last, the waiting decisions are answered (their channels close) rather than
-    /// left waiting for a sender that will not come.
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let mut state = self.coalescer.lock();
-        state.senders -= 1;
-        if state.senders == 0 {
-            state.queue.clear();
         }
     }
 }

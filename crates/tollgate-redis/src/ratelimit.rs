@@ -217,10 +217,7 @@ impl RedisRateLimitStore {
         };
         let out = match &self.batches {
             Some(batches) => batches.decide(job).await?,
-            None => batch::run(&self.backend, self.clock.mode(), std::slice::from_ref(&job))
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::Corrupt("rate-limit script answered nothing".into()))?,
+            None => batch::run_one(&self.backend, self.clock.mode(), &job).await?,
         };
         let join = |s: u64, ns: u64| s.saturating_mul(NANOS).saturating_add(ns);
         let mut tats = [0u64; MAX_LIMITS];
