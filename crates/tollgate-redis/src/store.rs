@@ -33,7 +33,9 @@ use crate::script::ScriptCall;
 /// all, not one after another per request (were the updates to wait for each
 /// other's round trip, one session could not pass about one request per round trip
 /// in each replica). When another replica wrote in between, the swap fails and every
-/// update it carried reads again and starts over.
+/// update it carried starts over: they read in turn, and once one has stored the
+/// value it read, the rest go on from that value without reading, so they do not
+/// collide with the updates arriving meanwhile.
 ///
 /// On failure (Redis unreachable, slow, or down per the backend's breaker):
 /// - [`FailurePolicy::Closed`] (the default): every method returns the [`StoreError`],
@@ -356,23 +358,34 @@ where
     {
         let k = self.backend.key(key);
         let ms = ttl_millis(ttl);
-        match start(self.turns.of(&k), &k, f) {
-            Some(Start::Write { next, expected }) => match self.write(&k, expected, &next, ms).await {
-                Ok(true) => return Ok(next),
-                Ok(false) => {}
-                Err(e) => return self.fail(e, ()).map(|()| next),
-            },
-            Some(Start::Wait { next, mut outcome }) => {
-                // A sender dropped unanswered (its task ended early) counts as a failed write.
-                if let Ok(stored) = outcome.wait_for(Option::is_some).await
-                    && *stored == Some(true)
-                {
-                    return Ok(next);
-                }
-            }
-            None => {}
+        if let Some(started) = start(self.turns.of(&k), &k, f)
+            && let Some(done) = self.finish_started(started, &k, ms).await
+        {
+            return done;
         }
         self.read_and_swap(&k, ms, f).await
+    }
+
+    /// Ends an update [`start`] began: `Some` once it is stored (or failed under the
+    /// policy), `None` when the write carrying it failed and it must start over.
+    async fn finish_started(&self, started: Start<V>, k: &str, ms: u64) -> Option<Result<V, StoreError>>
+    where
+        V: Clone,
+    {
+        match started {
+            Start::Write { next, expected } => match self.write(k, expected, &next, ms).await {
+                Ok(true) => Some(Ok(next)),
+                Ok(false) => None,
+                Err(e) => Some(self.fail(e, ()).map(|()| next)),
+            },
+            Start::Wait { next, mut outcome } => {
+                // A sender dropped unanswered (its task ended early) counts as a failed write.
+                match outcome.wait_for(Option::is_some).await {
+                    Ok(stored) if *stored == Some(true) => Some(Ok(next)),
+                    _ => None,
+                }
+            }
+        }
     }
 
     /// Swaps `value` in for `expected` under `k`, whose slot this call writes; on
@@ -466,8 +479,18 @@ where
         V: Clone,
     {
         let stripe = self.turns.of(k);
-        let _turn = stripe.gate.lock().await;
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
+            let turn = stripe.gate.lock().await;
+            // An update that had the turn before stored the value it read: go on from
+            // it like any update of a known key, rather than read and collide with
+            // the updates that already do.
+            if let Some(started) = start(stripe, k, f) {
+                drop(turn);
+                match self.finish_started(started, k, ms).await {
+                    Some(done) => return done,
+                    None => continue,
+                }
+            }
             if attempt >= 2 {
                 // Writers that keep colliding take turns instead of racing again.
                 tokio::time::sleep(Duration::from_millis(attempt as u64 / 2)).await;

@@ -570,6 +570,38 @@ async fn updates_in_flight_together_are_written_together() {
     assert!(calls < 32, "64 updates took {calls} calls to Redis");
 }
 
+/// One client busy on many connections to two replicas: each replica's writes fail
+/// whenever the other's came first, and the updates a failed write carried read
+/// again in turn; once one has stored the value it read, the rest go on from it
+/// instead of reading and colliding with the updates arriving meanwhile until their
+/// attempts run out. Every update of both goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_busy_on_two_replicas_loses_no_update() {
+    let Some(t) = TestRedis::new() else { return };
+    let replicas: [RedisStore<u64>; 2] = [RedisStore::new(&t.backend()), RedisStore::new(&t.backend())];
+    let key = StoreKey::new("session", &pseudonymizer().digest(Domain::SESSION, b"contended"));
+    let ttl = Duration::from_secs(60);
+    let (connections, requests) = (32u64, 100u64);
+    let tasks: Vec<_> = (0..2 * connections)
+        .map(|i| {
+            let (store, key) = (replicas[i as usize % 2].clone(), key.clone());
+            tokio::spawn(async move {
+                let mut add_one = |prev: Option<&u64>| prev.copied().unwrap_or(0) + 1;
+                for _ in 0..requests {
+                    store.update(&key, ttl, &mut add_one).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        replicas[0].get(&key).await.unwrap(),
+        Some(2 * connections * requests)
+    );
+}
+
 /// An update dropped while its swap is in flight (a request cancelled) leaves the
 /// key to be read again, not waiting forever for a write nobody finishes.
 #[tokio::test]
