@@ -18,7 +18,9 @@
 //! A batch is one call under the backend's timeout and breaker: when Redis stops
 //! answering, the first batches time out and open the breaker, and the batches
 //! queued behind them are answered at once (by the failure policy), so a decision
-//! waits at most about two timeouts, not one per batch ahead of it.
+//! waits at most about two timeouts, not one per batch ahead of it. An error from the
+//! script (a key of another type, written by something else under tollgate's
+//! prefix) fails every decision of its batch the same way.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -291,6 +291,43 @@ async fn concurrent_decisions_are_batched_and_each_key_spends_its_budget() {
     );
 }
 
+/// Requests dropped while their decisions wait or are out (clients hanging up) leave
+/// the batching whole: the decisions after them are still made in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_dropped_in_flight_leave_the_store_deciding() {
+    let Some(t) = TestRedis::new() else { return };
+    let store = RedisRateLimitStore::new(&t.backend());
+    let p = pseudonymizer();
+    let limits = Arc::new([Limit::new(1_000, Duration::from_secs(60), 1_000).unwrap()]);
+    for round in 0..20u8 {
+        let tasks: Vec<_> = (0..64u8)
+            .map(|i| {
+                let (store, limits) = (store.clone(), limits.clone());
+                let key = RateLimitKey::new(p.digest(Domain::SUBJECT, &[round, i]));
+                tokio::spawn(async move {
+                    let decide = store.check_and_spend(&key, &limits[..], 1, SystemClock.now());
+                    // Every other request hangs up before its decision is made.
+                    let _ = tokio::time::timeout(Duration::from_micros(u64::from(i % 2) * 50), decide).await;
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+    let key = RateLimitKey::new(p.digest(Domain::SUBJECT, b"after"));
+    for _ in 0..3 {
+        let decided = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.check_and_spend(&key, &limits[..], 1, SystemClock.now()),
+        )
+        .await
+        .expect("decided, not left waiting");
+        assert!(decided.unwrap().allowed());
+    }
+    assert_eq!(store.backend().stats().fail_open, 0);
+}
+
 /// Redis `TIME` is used by default: a caller clock a day off changes nothing.
 #[tokio::test]
 async fn redis_time_overrides_a_skewed_caller_clock() {
