@@ -1,9 +1,10 @@
 //! Rate-limit decisions made while others are in flight travel together: one
 //! `EVALSHA` decides a whole batch.
 //!
-//! On one Redis server a decision's script run is a few microseconds, but each call
-//! around it (reading and parsing the command, setting up the script's arguments,
-//! writing the reply, the client's own bookkeeping) costs about as much again. A
+//! On one Redis server a decision's script run is a few microseconds, and the call
+//! around it (reading and parsing the command, setting up the script, writing the
+//! reply, the client's own work per command) adds to each: sent in batches, one
+//! Redis decides about a third more per second with 64 in flight (BENCHMARKS.md). A
 //! decision arriving while [`MAX_BATCHES_IN_FLIGHT`] batches are already out waits for
 //! the next batch instead of making a call of its own, so under load the per-call
 //! cost is shared by up to [`MAX_BATCH`] decisions, and an idle store adds no wait:
@@ -36,7 +37,8 @@ use crate::script::ScriptCall;
 /// Decisions per script call at most (the script's arguments stay under ~20 KiB).
 const MAX_BATCH: usize = 32;
 /// Batches sent and not yet answered at most: one being decided by Redis while the
-/// next is on its way keeps Redis busy without queueing more than one batch there.
+/// next is on its way keeps Redis busy without queueing more than one batch there
+/// (four and eight decided fewer per second with 64 in flight).
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The script's arguments for one decision: now (seconds, nanoseconds), the number of
@@ -65,11 +67,7 @@ pub(crate) type Answer = [u64; ANSWER];
 
 /// Runs `jobs` in one script call (`mode`: `r` decides at Redis `TIME`, `c` at each
 /// job's own time) and splits the answer per job.
-pub(crate) async fn run(
-    backend: &RedisBackend,
-    mode: &'static str,
-    jobs: &[Job],
-) -> Result<Vec<Answer>, StoreError> {
+async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result<Vec<Answer>, StoreError> {
     let Some(first) = jobs.first() else {
         return Ok(Vec::new());
     };
