@@ -228,22 +228,26 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` with all 16384 slots
-    /// served, the primaries serving them are running, and every running replica is
-    /// in sync with its primary.
+    /// served, the primaries serving them are running, and every other running node
+    /// is a replica in sync with its primary (a node still a primary without slots,
+    /// as a replica is for a moment after the cluster is created, is not yet).
     ///
     /// # Panics
     /// If that takes longer than `timeout`.
     pub fn wait_healthy(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
+            let primaries = self.primaries();
             let healthy = self.nodes.keys().all(|&p| {
                 let Ok(mut c) = connect(p) else { return false };
                 let cluster = cmd("CLUSTER").arg("INFO").query::<String>(&mut c);
                 let replication = cmd("INFO").arg("replication").query::<String>(&mut c);
                 cluster.is_ok_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384"))
-                    && replication
-                        .is_ok_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
-            }) && self.primaries().iter().all(|p| self.nodes.contains_key(p));
+                    && replication.is_ok_and(|i| {
+                        (primaries.contains(&p) && i.contains("role:master"))
+                            || i.contains("master_link_status:up")
+                    })
+            }) && primaries.iter().all(|p| self.nodes.contains_key(p));
             if healthy {
                 return;
             }
