@@ -38,7 +38,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tollgate::core::problem::{Problem, ProblemType, types};
+use tollgate::core::problem::{Problem, types};
 use tollgate::core::{LoginAttempt, Principal, SessionInfo};
 use tollgate::operator::{Observers, Operator};
 use tollgate::{Tollgate, TollgateConfig};
@@ -190,12 +190,6 @@ fn api(login: Arc<Login>, items: u64) -> Router {
         .method_not_allowed_fallback(|| async { Problem::new(types::METHOD_NOT_ALLOWED) })
 }
 
-const NOT_FOUND: ProblemType = ProblemType {
-    uri: "urn:tollgate-demo:problem:not-found",
-    title: "Not found",
-    status: StatusCode::NOT_FOUND,
-};
-
 async fn item(
     State(items): State<u64>,
     id: Result<Path<u64>, PathRejection>,
@@ -203,7 +197,7 @@ async fn item(
     // A path that is not a number is a problem, without axum's text quoting it.
     let Path(id) = id?;
     if !(1..=items).contains(&id) {
-        return Err(Problem::new(NOT_FOUND).with_detail("no such item"));
+        return Err(Problem::new(types::NOT_FOUND).with_detail("no such item"));
     }
     Ok(Json(json!({ "id": id, "name": format!("item {id}") })))
 }

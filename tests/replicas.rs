@@ -493,20 +493,24 @@ async fn the_demo_answers_malformed_requests_with_problems() {
         assert!(body.contains(&format!("urn:tollgate:problem:{kind}")), "{body}");
         assert!(!body.contains("alice"), "{body}");
     };
-    let r = client
-        .get(url("/v1/items/alice@example.com"))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 400, "invalid-request").await;
-    let r = client
-        .get(url("/no/such/alice@example.com"))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 404, "not-found").await;
-    let r = client.delete(url("/v1/items/7")).send().await.unwrap();
-    problem(r, 405, "method-not-allowed").await;
+    for (method, path, status, kind) in [
+        (
+            reqwest::Method::GET,
+            "/v1/items/alice@example.com",
+            400,
+            "invalid-request",
+        ),
+        (
+            reqwest::Method::GET,
+            "/no/such/alice@example.com",
+            404,
+            "not-found",
+        ),
+        (reqwest::Method::DELETE, "/v1/items/7", 405, "method-not-allowed"),
+    ] {
+        let r = client.request(method, url(path)).send().await.unwrap();
+        problem(r, status, kind).await;
+    }
 
     let login = |content_type: &'static str, body: &'static str| {
         client

@@ -66,8 +66,8 @@ impl Job {
 pub(crate) type Answer = [u64; ANSWER];
 
 /// Runs `jobs` in one script call (`mode`: `r` decides at Redis `TIME`, `c` at each
-/// job's own time) and splits the answer per job.
-async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result<Vec<Answer>, StoreError> {
+/// job's own time): the answers of every job in turn, `3 + 2 * limits` values each.
+async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result<Vec<u64>, StoreError> {
     let Some(first) = jobs.first() else {
         return Ok(Vec::new());
     };
@@ -84,23 +84,23 @@ async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result
             call.invoke::<Vec<u64>>(&mut c).await
         })
         .await?;
-    let expected: usize = jobs.iter().map(|j| 3 + 2 * j.limits()).sum();
-    if flat.len() != expected {
+    if flat.len() != jobs.iter().map(|j| 3 + 2 * j.limits()).sum::<usize>() {
         return Err(StoreError::Corrupt(
             "rate-limit script answered an unexpected shape".into(),
         ));
     }
-    let mut rest = &flat[..];
-    Ok(jobs
-        .iter()
-        .map(|job| {
-            let (mine, tail) = rest.split_at(3 + 2 * job.limits());
-            rest = tail;
-            let mut answer = [0; ANSWER];
-            answer[..mine.len()].copy_from_slice(mine);
-            answer
-        })
-        .collect())
+    Ok(flat)
+}
+
+/// The answers of `jobs`, one after the other, from what [`run`] returned for them.
+fn answers<'a>(jobs: &'a [Job], mut flat: &'a [u64]) -> impl Iterator<Item = Answer> + 'a {
+    jobs.iter().map(move |job| {
+        let (mine, rest) = flat.split_at(3 + 2 * job.limits());
+        flat = rest;
+        let mut answer = [0; ANSWER];
+        answer[..mine.len()].copy_from_slice(mine);
+        answer
+    })
 }
 
 /// Runs `job` alone in one script call.
@@ -109,9 +109,10 @@ pub(crate) async fn run_one(
     mode: &'static str,
     job: &Job,
 ) -> Result<Answer, StoreError> {
-    let mut answers = run(backend, mode, std::slice::from_ref(job)).await?;
-    answers
-        .pop()
+    let jobs = std::slice::from_ref(job);
+    let flat = run(backend, mode, jobs).await?;
+    answers(jobs, &flat)
+        .next()
         .ok_or_else(|| StoreError::Corrupt("rate-limit script answered nothing".into()))
 }
 
@@ -238,8 +239,8 @@ impl Sender {
                 }
             }
             match run(&coalescer.backend, coalescer.mode, &jobs).await {
-                Ok(answers) => {
-                    for (reply, answer) in replies.drain(..).zip(answers) {
+                Ok(flat) => {
+                    for (reply, answer) in replies.drain(..).zip(answers(&jobs, &flat)) {
                         let _ = reply.send(Ok(answer));
                     }
                 }

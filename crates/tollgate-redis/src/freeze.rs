@@ -7,8 +7,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
-
-use crate::script::ScriptCall;
 use tollgate_core::clock::{SharedClock, Timestamp, system_clock};
 use tollgate_core::{
     BoxFuture, FailurePolicy, Freeze, FreezeList, FreezeTarget, KeyedDigest, Principal, StoreError,
@@ -17,6 +15,7 @@ use tollgate_core::{
 use crate::backend::{Counters, RedisBackend};
 use crate::config::FreezeConfig;
 use crate::replica::{Following, Mirror, Replica, ReplicaCounters, Replicated, Snapshot};
+use crate::script::ScriptCall;
 
 /// Adds or replaces a freeze and announces it. When the list is full, expired freezes
 /// are dropped first; if it is still full the freeze is refused.

@@ -7,8 +7,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
-
-use crate::script::ScriptCall;
 use tollgate_anomaly::{Action, AnomalyTags, Penalty, PenaltyBoard, PenaltyKey};
 use tollgate_core::FailurePolicy;
 use tollgate_core::clock::{SharedClock, Timestamp};
@@ -16,6 +14,7 @@ use tollgate_core::sharded::ShardedMap;
 
 use crate::backend::{Counters, RedisBackend};
 use crate::replica::{Following, Mirror, Replica, ReplicaCounters, Replicated};
+use crate::script::ScriptCall;
 
 /// Merges a penalty into the hash by [`Penalty::merge`]'s rule, announces the result
 /// and keeps the hash no longer than its last penalty. When the hash is full,

@@ -16,13 +16,12 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 use futures_util::StreamExt;
 use redis::Script;
-
-use crate::script::ScriptCall;
 use tokio::sync::watch;
 use tollgate_core::StoreError;
 use tollgate_core::clock::{SharedClock, Timestamp};
 
 use crate::backend::{Counters, RedisBackend};
+use crate::script::ScriptCall;
 
 /// Drops an expired entry if it is still the one that was read.
 static PRUNE: LazyLock<Script> = LazyLock::new(|| {

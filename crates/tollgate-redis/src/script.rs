@@ -3,9 +3,9 @@
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
-/// Arguments a call's buffer holds before growing: `EVALSHA`, digest, key count and
-/// key, then the rate-limit script's 20 with four stacked limits.
-const MAX_ARGS: usize = 24;
+/// Arguments a single-key call's buffer holds before growing: `EVALSHA`, digest, key
+/// count and key, then the longest call's own (a penalty's five).
+const MAX_ARGS: usize = 9;
 /// Bytes a call's buffer holds before growing.
 const BUFFER_BYTES: usize = 1024;
 
