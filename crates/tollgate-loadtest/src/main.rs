@@ -13,7 +13,8 @@
 //! over rounds, wrk's p50 and p99 latency and the server's peak resident memory.
 //! `--callers N` spreads the load over N callers (own token, own network);
 //! `--redis` adds the stack with its state in Redis, `--operator` the stack with the
-//! operator observers (metrics, console activity) reading every request record.
+//! operator observers (metrics, console activity) reading every request record,
+//! `--layers` the stack built up one layer at a time (each layer's own cost).
 //!
 //! `soak` (see `soak.rs`) runs the stack for minutes under mixed, partly hostile
 //! traffic and a flood of distinct keys, sampling its resident memory.
@@ -135,11 +136,26 @@ struct Load {
     /// console's activity) reading every request record.
     #[arg(long)]
     operator: bool,
+    /// Also measure the stack built up one layer at a time, in its order: the privacy
+    /// layer (its span and JSON line) alone, then with authentication, fingerprinting
+    /// and rate limiting added in turn; the full stack adds anomaly tagging. Each row
+    /// less the one before is that layer's cost.
+    #[arg(long)]
+    layers: bool,
 }
 
 impl Load {
     fn variants(self) -> Vec<Variant> {
-        let mut variants = vec![Variant::Bare, Variant::Tollgate];
+        let mut variants = vec![Variant::Bare];
+        if self.layers {
+            variants.extend([
+                Variant::PrivacyOnly,
+                Variant::UpToAuth,
+                Variant::UpToFingerprint,
+                Variant::UpToRateLimit,
+            ]);
+        }
+        variants.push(Variant::Tollgate);
         if self.operator {
             variants.push(Variant::TollgateOperator);
         }
@@ -166,6 +182,14 @@ impl Load {
 enum Variant {
     /// axum alone.
     Bare,
+    /// tollgate's privacy layer alone: the request span and its JSON line.
+    PrivacyOnly,
+    /// The privacy and authentication layers.
+    UpToAuth,
+    /// The privacy, authentication and fingerprinting layers.
+    UpToFingerprint,
+    /// Every layer but anomaly tagging.
+    UpToRateLimit,
     /// The whole tollgate stack, logging every request.
     Tollgate,
     /// The same stack with the operator observers (metrics, console activity).
@@ -179,10 +203,27 @@ enum Variant {
 }
 
 impl Variant {
+    /// How many of tollgate's layers the variant runs, in the stack's order (privacy,
+    /// authentication, fingerprinting, rate limiting, anomaly tagging).
+    fn layers(self) -> u8 {
+        match self {
+            Variant::Bare | Variant::Peers => 0,
+            Variant::PrivacyOnly => 1,
+            Variant::UpToAuth => 2,
+            Variant::UpToFingerprint => 3,
+            Variant::UpToRateLimit => 4,
+            Variant::Tollgate | Variant::TollgateOperator | Variant::TollgateRedis | Variant::Soak => 5,
+        }
+    }
+
     /// The variant as `serve` takes it.
     fn arg(self) -> &'static str {
         match self {
             Variant::Bare => "bare",
+            Variant::PrivacyOnly => "privacy-only",
+            Variant::UpToAuth => "up-to-auth",
+            Variant::UpToFingerprint => "up-to-fingerprint",
+            Variant::UpToRateLimit => "up-to-rate-limit",
             Variant::Tollgate => "tollgate",
             Variant::TollgateOperator => "tollgate-operator",
             Variant::TollgateRedis => "tollgate-redis",
@@ -194,6 +235,10 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Bare => "bare axum",
+            Variant::PrivacyOnly => "tollgate privacy layer only (span + JSON line)",
+            Variant::UpToAuth => "  + authentication",
+            Variant::UpToFingerprint => "  + session fingerprinting",
+            Variant::UpToRateLimit => "  + rate limiting",
             Variant::Tollgate => "tollgate (all six layers, JSON log per request)",
             Variant::TollgateOperator => "tollgate + metrics and console observers",
             Variant::TollgateRedis => "tollgate, state in Redis",
@@ -269,18 +314,24 @@ const UNLIMITED: Quotas = Quotas {
     anonymous: 100_000_000,
 };
 
-/// The tollgate stack's configuration: every layer on, an API key record (whose key
-/// no client holds), loopback trusted as a proxy so callers can come from many
-/// networks. `store` is appended.
-fn tollgate_config(quotas: Quotas, store: &str) -> String {
-    format!(
+/// The tollgate stack's configuration: the layers up to `upto` on, an API key record
+/// (whose key no client holds), loopback trusted as a proxy so callers can come from
+/// many networks. `store` is appended.
+fn tollgate_config(quotas: Quotas, store: &str, upto: Variant) -> String {
+    let on = |layer: Variant| upto.layers() >= layer.layers();
+    let mut config = format!(
         r#"
 [pseudonym]
 secret = "{secret}"
 
 [client]
 trusted_proxies = ["127.0.0.0/8"]
-
+"#,
+        secret = "ab".repeat(32)
+    );
+    if on(Variant::UpToAuth) {
+        config += &format!(
+            r#"
 [routes.default]
 auth = "optional"
 
@@ -296,24 +347,31 @@ pem = """{PUBLIC_KEY}"""
 [[auth.api_keys]]
 id = "loadtest-key"
 sha256 = "{key_digest}"
-
-[fingerprint]
-
+"#,
+            key_digest = "0".repeat(64),
+        );
+    }
+    if on(Variant::UpToFingerprint) {
+        config += "\n[fingerprint]\n";
+    }
+    if on(Variant::UpToRateLimit) {
+        config += &format!(
+            r#"
 [ratelimit]
 default_tier = "pro"
 [ratelimit.tiers.pro]
 limits = [{{ name = "burst", quota = {pro}, window = "1s" }}]
 [ratelimit.tiers.anonymous]
 limits = [{{ name = "burst", quota = {anonymous}, window = "1s" }}]
-
-[anomaly]
-{store}
 "#,
-        secret = "ab".repeat(32),
-        key_digest = "0".repeat(64),
-        pro = quotas.pro,
-        anonymous = quotas.anonymous,
-    )
+            pro = quotas.pro,
+            anonymous = quotas.anonymous,
+        );
+    }
+    if on(Variant::Tollgate) {
+        config += "\n[anomaly]\n";
+    }
+    config + store
 }
 
 /// The `[store]` section of the Redis variant.
@@ -329,7 +387,14 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
     rt.block_on(async move {
         let app: Router = match variant {
             Variant::Bare => api(),
-            Variant::Tollgate | Variant::TollgateOperator | Variant::TollgateRedis | Variant::Soak => {
+            Variant::PrivacyOnly
+            | Variant::UpToAuth
+            | Variant::UpToFingerprint
+            | Variant::UpToRateLimit
+            | Variant::Tollgate
+            | Variant::TollgateOperator
+            | Variant::TollgateRedis
+            | Variant::Soak => {
                 let store = match variant {
                     Variant::TollgateRedis => redis_store(),
                     _ => String::new(),
@@ -338,7 +403,7 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                     Variant::Soak => soak::QUOTAS,
                     _ => UNLIMITED,
                 };
-                let config = tollgate::TollgateConfig::from_toml(&tollgate_config(quotas, &store))?;
+                let config = tollgate::TollgateConfig::from_toml(&tollgate_config(quotas, &store, variant))?;
                 let log = tollgate::privacy::json_layer(writer);
                 let log = match variant {
                     Variant::TollgateOperator => tollgate::operator::Observers::new(&config).attach(log),
