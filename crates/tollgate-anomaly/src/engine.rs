@@ -614,7 +614,7 @@ impl Engine {
         // mixed with a secret salt, the volume detector's key.
         let subject = principal
             .filter(|_| self.volume.is_some() || self.stuffing.is_some())
-            .map(|p| self.hasher.hash(KeyKind::Subject, &p.subject_key()));
+            .map(|p| self.hasher.rekey(KeyKind::Subject, p.subject_key().leading_u64()));
         if let Some(d) = &self.volume
             && enabled(AnomalyKind::Volume)
         {
@@ -642,7 +642,7 @@ impl Engine {
         }
         let session_key = if self.enumeration.is_some() || self.sequence.is_some() {
             session
-                .map(|s| self.hasher.hash(KeyKind::Session, &s.session))
+                .map(|s| self.hasher.rekey(KeyKind::Session, s.session.leading_u64()))
                 .or_else(|| credential.map(|c| self.credential_hash(&c)))
                 .or(keys.network)
         } else {

@@ -80,6 +80,26 @@ impl Pseudonym {
     pub fn to_hex(&self) -> HexBuf<{ PSEUDONYM_LEN * 2 }> {
         HexBuf::encode(&self.bytes)
     }
+
+    /// The pseudonym's first 64 bits, a ready key for in-process tables: keyed
+    /// output, so as uniform and as unpredictable without the secret as the whole.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_core::{Domain, Pseudonymizer};
+    ///
+    /// let p = Pseudonymizer::ephemeral(Duration::from_secs(3600)).unwrap();
+    /// let a = p.pseudonym(Domain::SUBJECT, b"alice");
+    /// assert_eq!(a.leading_u64(), p.pseudonym(Domain::SUBJECT, b"alice").leading_u64());
+    /// assert_ne!(a.leading_u64(), p.pseudonym(Domain::SUBJECT, b"bob").leading_u64());
+    /// ```
+    pub fn leading_u64(&self) -> u64 {
+        leading_u64(&self.bytes)
+    }
+}
+
+fn leading_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes[..8].try_into().expect("digests are longer than 8 bytes"))
 }
 
 impl fmt::Display for Pseudonym {
@@ -109,6 +129,12 @@ impl KeyedDigest {
     /// The digest as lowercase hex, without allocating.
     pub fn to_hex(&self) -> HexBuf<{ DIGEST_LEN * 2 }> {
         HexBuf::encode(&self.0)
+    }
+
+    /// The digest's first 64 bits, a ready key for in-process tables (see
+    /// [`Pseudonym::leading_u64`]).
+    pub fn leading_u64(&self) -> u64 {
+        leading_u64(&self.0)
     }
 
     /// Parses the hex form written by [`KeyedDigest::to_hex`].
