@@ -139,7 +139,8 @@ struct Load {
     /// Also measure the stack built up one layer at a time, in its order: the privacy
     /// layer (its span and JSON line) alone, then with authentication, fingerprinting
     /// and rate limiting added in turn; the full stack adds anomaly tagging. Each row
-    /// less the one before is that layer's cost.
+    /// less the one before is that layer's cost. With them, tower-http's `TraceLayer`
+    /// logging JSON alone, the usual way to log every request, as a yardstick.
     #[arg(long)]
     layers: bool,
 }
@@ -149,6 +150,7 @@ impl Load {
         let mut variants = vec![Variant::Bare];
         if self.layers {
             variants.extend([
+                Variant::TraceOnly,
                 Variant::PrivacyOnly,
                 Variant::UpToAuth,
                 Variant::UpToFingerprint,
@@ -182,6 +184,8 @@ impl Load {
 enum Variant {
     /// axum alone.
     Bare,
+    /// tower-http's `TraceLayer` with JSON logs alone: the usual request logging.
+    TraceOnly,
     /// tollgate's privacy layer alone: the request span and its JSON line.
     PrivacyOnly,
     /// The privacy and authentication layers.
@@ -207,7 +211,7 @@ impl Variant {
     /// authentication, fingerprinting, rate limiting, anomaly tagging).
     fn layers(self) -> u8 {
         match self {
-            Variant::Bare | Variant::Peers => 0,
+            Variant::Bare | Variant::TraceOnly | Variant::Peers => 0,
             Variant::PrivacyOnly => 1,
             Variant::UpToAuth => 2,
             Variant::UpToFingerprint => 3,
@@ -220,6 +224,7 @@ impl Variant {
     fn arg(self) -> &'static str {
         match self {
             Variant::Bare => "bare",
+            Variant::TraceOnly => "trace-only",
             Variant::PrivacyOnly => "privacy-only",
             Variant::UpToAuth => "up-to-auth",
             Variant::UpToFingerprint => "up-to-fingerprint",
@@ -235,6 +240,7 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Bare => "bare axum",
+            Variant::TraceOnly => "tower-http TraceLayer JSON only (no auth, no limits)",
             Variant::PrivacyOnly => "tollgate privacy layer only (span + JSON line)",
             Variant::UpToAuth => "  + authentication",
             Variant::UpToFingerprint => "  + session fingerprinting",
@@ -416,7 +422,7 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                 let tollgate = tollgate::Tollgate::from_config(&config).await?;
                 tollgate.apply(api())
             }
-            Variant::Peers => {
+            Variant::TraceOnly | Variant::Peers => {
                 tracing_subscriber::registry()
                     .with(
                         tracing_subscriber::fmt::layer()
@@ -427,7 +433,10 @@ fn serve(variant: Variant, addr: SocketAddr) -> Result<(), Box<dyn std::error::E
                     )
                     .with(tracing_subscriber::filter::LevelFilter::INFO)
                     .init();
-                peers(api()).await?
+                match variant {
+                    Variant::Peers => peers(api()).await?,
+                    _ => api().layer(trace_layer()),
+                }
             }
         };
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -460,13 +469,21 @@ async fn peers(api: Router) -> Result<Router, Box<dyn std::error::Error>> {
         .ok_or("governor config")?;
     Ok(Router::new().fallback_service(authorized).layer(
         ServiceBuilder::new()
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
-            )
+            .layer(trace_layer())
             .layer(GovernorLayer::new(governor)),
     ))
+}
+
+/// tower-http's request logging as the peers use it: a span and a response event at INFO.
+fn trace_layer() -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    DefaultMakeSpan,
+    tower_http::trace::DefaultOnRequest,
+    DefaultOnResponse,
+> {
+    TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+        .on_response(DefaultOnResponse::new().level(Level::INFO))
 }
 
 struct Server(Child);
