@@ -66,13 +66,14 @@ impl Job {
 pub(crate) type Answer = [u64; ANSWER];
 
 /// Runs `jobs` in one script call (`mode`: `r` decides at Redis `TIME`, `c` at each
-/// job's own time): the answers of every job in turn, `3 + 2 * limits` values each.
-async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result<Vec<u64>, StoreError> {
+/// job's own time): the answers of every job in turn, `3 + 2 * limits` values each, as
+/// the script packed them (8-byte little-endian integers), their number checked.
+async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result<Vec<u8>, StoreError> {
     let Some(first) = jobs.first() else {
         return Ok(Vec::new());
     };
     let args: usize = jobs.iter().map(|j| j.used).sum();
-    let flat: Vec<u64> = backend
+    let packed: Vec<u8> = backend
         .run(&first.key, |mut c| async move {
             let mut call =
                 ScriptCall::with_keys(&GCRA, jobs.iter().map(|j| j.key.as_str()), 1 + args).arg(mode);
@@ -81,24 +82,27 @@ async fn run(backend: &RedisBackend, mode: &'static str, jobs: &[Job]) -> Result
                     call = call.arg(*a);
                 }
             }
-            call.invoke::<Vec<u64>>(&mut c).await
+            call.invoke(&mut c).await
         })
         .await?;
-    if flat.len() != jobs.iter().map(|j| 3 + 2 * j.limits()).sum::<usize>() {
+    let values: usize = jobs.iter().map(|j| 3 + 2 * j.limits()).sum();
+    if packed.len() != 8 * values {
         return Err(StoreError::Corrupt(
             "rate-limit script answered an unexpected shape".into(),
         ));
     }
-    Ok(flat)
+    Ok(packed)
 }
 
 /// The answers of `jobs`, one after the other, from what [`run`] returned for them.
-fn answers<'a>(jobs: &'a [Job], mut flat: &'a [u64]) -> impl Iterator<Item = Answer> + 'a {
+fn answers<'a>(jobs: &'a [Job], mut packed: &'a [u8]) -> impl Iterator<Item = Answer> + 'a {
     jobs.iter().map(move |job| {
-        let (mine, rest) = flat.split_at(3 + 2 * job.limits());
-        flat = rest;
+        let (mine, rest) = packed.split_at(8 * (3 + 2 * job.limits()));
+        packed = rest;
         let mut answer = [0; ANSWER];
-        answer[..mine.len()].copy_from_slice(mine);
+        for (value, word) in answer.iter_mut().zip(mine.chunks_exact(8)) {
+            *value = u64::from_le_bytes(word.try_into().expect("chunks of 8"));
+        }
         answer
     })
 }
@@ -110,8 +114,8 @@ pub(crate) async fn run_one(
     job: &Job,
 ) -> Result<Answer, StoreError> {
     let jobs = std::slice::from_ref(job);
-    let flat = run(backend, mode, jobs).await?;
-    answers(jobs, &flat)
+    let packed = run(backend, mode, jobs).await?;
+    answers(jobs, &packed)
         .next()
         .ok_or_else(|| StoreError::Corrupt("rate-limit script answered nothing".into()))
 }
@@ -239,8 +243,8 @@ impl Sender {
                 }
             }
             match run(&coalescer.backend, coalescer.mode, &jobs).await {
-                Ok(flat) => {
-                    for (reply, answer) in replies.drain(..).zip(answers(&jobs, &flat)) {
+                Ok(packed) => {
+                    for (reply, answer) in replies.drain(..).zip(answers(&jobs, &packed)) {
                         let _ = reply.send(Ok(answer));
                     }
                 }
@@ -252,5 +256,42 @@ impl Sender {
             }
             jobs.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(limits: usize) -> Job {
+        Job {
+            key: String::new(),
+            args: [0; ARGS],
+            used: 3 + 4 * limits,
+        }
+    }
+
+    #[test]
+    fn answers_split_the_packed_reply_by_each_jobs_limits() {
+        let jobs = [job(1), job(2)];
+        let values: [u64; 12] = [
+            1_733_352_000,
+            999_999_999,
+            1,
+            7,
+            8,
+            1_733_352_000,
+            5,
+            0,
+            9,
+            10,
+            11,
+            12,
+        ];
+        let packed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let all: Vec<Answer> = answers(&jobs, &packed).collect();
+        assert_eq!(all[0][..5], values[..5]);
+        assert!(all[0][5..].iter().all(|&v| v == 0));
+        assert_eq!(all[1][..7], values[5..]);
     }
 }

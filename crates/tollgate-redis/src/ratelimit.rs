@@ -23,12 +23,15 @@ use crate::config::{RateLimitClock, RateLimitFallback};
 /// seconds and nanoseconds.
 ///
 /// For each key in turn: reads the stored TATs (`"s1 n1 s2 n2 …"`: seconds and
-/// nanoseconds per limit, missing = 0); admits iff every limit admits (`max(tat, now)
-/// + inc <= now + capacity`); if admitted, stores the new TATs with a TTL until every
-/// budget is full again (rounded up to the millisecond), or deletes the key when that
-/// is now. Answers per key `{now s, now ns, admitted, old TAT s, old TAT ns, …}` as
-/// integers (all below 2^53), one after the other; the caller computes the full
-/// [`Decision`] from these with [`gcra::decide_all`], the specification.
+/// nanoseconds per limit, missing = 0); admits iff every limit admits
+/// (`max(tat, now) + inc <= now + capacity`); if admitted, stores the new TATs with a
+/// TTL until every budget is full again (rounded up to the millisecond), or deletes
+/// the key when that is now. Answers per key `now s, now ns, admitted, old TAT s, old
+/// TAT ns, …`, one key after the other, as one string of 8-byte little-endian integers
+/// (`struct.pack`; all are below 2^53): an array reply of integers cost the client
+/// more to parse than all the rest of a decision, and decimal text cost Redis more to
+/// format. The caller computes the full [`Decision`] from these with
+/// [`gcra::decide_all`], the specification.
 pub(crate) static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -83,7 +86,7 @@ for k = 1, #KEYS do
   o = o + 3 + 2 * n
   a = a + 3 + 4 * n
 end
-return out
+return struct.pack('<' .. string.rep('i8', #out), unpack(out))
 "#,
     )
 });
