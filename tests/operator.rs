@@ -145,6 +145,79 @@ async fn admin_api_refuses_without_credentials_or_the_admin_scope() {
     assert_eq!(r.status(), 401);
 }
 
+/// Wrong methods, unreadable forms and paths on the operator surface answer
+/// problem+json like the rest of the stack, not axum's empty 405 or its plain text
+/// (which quotes the input).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_operator_requests_answer_problem_json() {
+    let server = serve_operator();
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    let admin = [("x-api-key", API_KEY)];
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("POST /metrics", client.post(url("/metrics")), 405),
+        (
+            "POST inventory",
+            client.post(url("/.well-known/tollgate/inventory")),
+            405,
+        ),
+        ("POST /admin/sessions", client.post(url("/admin/sessions")), 405),
+        (
+            "GET /admin/console/freeze",
+            client.get(url("/admin/console/freeze")),
+            405,
+        ),
+        (
+            "GET a freeze by digest",
+            client.get(url("/admin/freezes/subject/00")),
+            405,
+        ),
+        (
+            "a console form missing fields",
+            client
+                .post(url("/admin/console/freeze"))
+                .form(&[("token", "canary.user@example.org")]),
+            422,
+        ),
+        (
+            "a console form sent as JSON",
+            client
+                .post(url("/admin/console/unfreeze"))
+                .header("content-type", "application/json")
+                .body("{}"),
+            415,
+        ),
+        (
+            "a freeze path that is not UTF-8",
+            client.delete(url("/admin/freezes/%ff/%fe")),
+            400,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let mut request = request;
+        for (k, v) in admin {
+            request = request.header(k, v);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        if status == 405 {
+            assert!(
+                r.headers().contains_key("allow"),
+                "{what}: the Allow header stays"
+            );
+        }
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(content_type, "application/problem+json", "{what}");
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("canary"),
+            "{what}: the input is not echoed: {body}"
+        );
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["status"], status, "{what}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn my_data_shows_the_caller_and_nobody_else() {
     let server = serve_operator();

@@ -7,6 +7,7 @@ use axum::{Json, Router, middleware};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tollgate_core::inventory::StateSize;
+use tollgate_core::problem::method_not_allowed;
 
 use super::{Operator, require_admin};
 use crate::TollgateConfig;
@@ -56,6 +57,7 @@ pub(super) fn router(operator: Operator) -> Router {
         .route("/anomalies", get(anomalies))
         .route("/inventory", get(inventory))
         .route_layer(middleware::from_fn(require_admin))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(operator)
         .merge(freezes)
 }

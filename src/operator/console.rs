@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tollgate_core::problem::{Problem, types};
+use tollgate_core::problem::{Problem, method_not_allowed, types};
 use tollgate_core::sharded::ShardedMap;
 use tollgate_core::{Clock, Freeze, FreezeTarget, KeyedDigest, SystemClock};
 
@@ -68,6 +69,7 @@ pub(super) fn router(operator: Operator) -> Router {
         .route("/console/freeze", post(freeze))
         .route("/console/unfreeze", post(unfreeze))
         .route("/console/sign-out", post(sign_out))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(operator)
 }
 
@@ -125,7 +127,15 @@ struct SignOut {
     token: String,
 }
 
-async fn sign_out(State(op): State<Operator>, headers: HeaderMap, Form(form): Form<SignOut>) -> Response {
+async fn sign_out(
+    State(op): State<Operator>,
+    headers: HeaderMap,
+    form: Result<Form<SignOut>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejected) => return Problem::from(rejected).into_response(),
+    };
     if let Err(refused) = check_form(&op, &headers, &form.token) {
         return refused.into_response();
     }
@@ -144,7 +154,15 @@ struct FreezeForm {
     reason: String,
 }
 
-async fn freeze(State(op): State<Operator>, headers: HeaderMap, Form(form): Form<FreezeForm>) -> Response {
+async fn freeze(
+    State(op): State<Operator>,
+    headers: HeaderMap,
+    form: Result<Form<FreezeForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejected) => return Problem::from(rejected).into_response(),
+    };
     if let Err(refused) = check_form(&op, &headers, &form.token) {
         return refused.into_response();
     }
@@ -193,8 +211,12 @@ struct UnfreezeForm {
 async fn unfreeze(
     State(op): State<Operator>,
     headers: HeaderMap,
-    Form(form): Form<UnfreezeForm>,
+    form: Result<Form<UnfreezeForm>, FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejected) => return Problem::from(rejected).into_response(),
+    };
     if let Err(refused) = check_form(&op, &headers, &form.token) {
         return refused.into_response();
     }

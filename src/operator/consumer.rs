@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tollgate_core::problem::{Problem, types};
+use tollgate_core::problem::{Problem, method_not_allowed, types};
 use tollgate_core::{Principal, SessionInfo};
 use tollgate_ratelimit::RateLimitStatus;
 
@@ -15,6 +15,7 @@ pub(super) fn router(operator: Operator) -> Router {
     Router::new()
         .route("/.well-known/tollgate/my-data", get(my_data))
         .route("/.well-known/tollgate/inventory", get(inventory))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(operator)
 }
 

@@ -182,13 +182,15 @@ impl Operator {
     /// `GET /metrics`: the Prometheus text exposition.
     pub fn metrics(&self) -> Router {
         let operator = self.clone();
-        Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let operator = operator.clone();
-                async move { operator.render_metrics().await }
-            }),
-        )
+        Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let operator = operator.clone();
+                    async move { operator.render_metrics().await }
+                }),
+            )
+            .method_not_allowed_fallback(tollgate_core::problem::method_not_allowed)
     }
 
     async fn render_metrics(&self) -> Response {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -179,6 +179,7 @@ impl FreezeAdmin {
 
     /// The router.
     pub fn router(self) -> Router {
+        let responder = self.responder.clone();
         let guard = Arc::new(Guard {
             scope: RequiredScopes::new(&[self.admin_scope.as_str()], self.realm.as_deref())
                 .expect("one scope is listed"),
@@ -189,6 +190,10 @@ impl FreezeAdmin {
             .route("/freezes", get(list).post(freeze).delete(unfreeze))
             .route("/freezes/{kind}/{digest}", delete(unfreeze_digest))
             .route_layer(middleware::from_fn_with_state(guard, require_admin))
+            .method_not_allowed_fallback(move || {
+                let responder = responder.clone();
+                async move { responder.respond(Problem::new(types::METHOD_NOT_ALLOWED)) }
+            })
             .with_state(Arc::new(self))
     }
 
@@ -307,8 +312,11 @@ async fn unfreeze(
 
 async fn unfreeze_digest(
     State(admin): State<Arc<FreezeAdmin>>,
-    Path((kind, digest)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
+    let Ok(Path((kind, digest))) = path else {
+        return admin.bad("give a freeze target's kind and digest");
+    };
     let Some(digest) = KeyedDigest::from_hex(&digest) else {
         return admin.bad("digest must be 32 hex digits");
     };

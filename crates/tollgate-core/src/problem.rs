@@ -227,6 +227,21 @@ impl Problem {
     }
 }
 
+/// A handler for [`axum::Router::method_not_allowed_fallback`]: 405 as problem+json
+/// (axum's own 405 has no body; the `Allow` header is still added).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use tollgate_core::problem::method_not_allowed;
+///
+/// let app: Router = Router::new()
+///     .route("/items", get(|| async { "items" }))
+///     .method_not_allowed_fallback(method_not_allowed);
+/// ```
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(types::METHOD_NOT_ALLOWED)
+}
+
 macro_rules! from_rejection {
     ($($rejection:ty),*) => {$(
         impl From<$rejection> for Problem {
