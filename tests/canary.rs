@@ -22,6 +22,11 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
             .get(format!("http://{addr}{path}"))
             .header("x-forwarded-for", IP)
             .header("user-agent", USER_AGENT)
+            // `accept` is a logged header: the canaries hidden in it must stay out too.
+            .header(
+                "accept",
+                format!("application/json, {EMAIL};q={IP}, {USER_AGENT}"),
+            )
     };
     let ok = get(&format!("/v1/items/{PATH_ID}?email={EMAIL}"))
         .bearer_auth(&token)

@@ -95,7 +95,7 @@ pub(crate) fn fields(logs_headers: bool) -> Vec<FieldSpec> {
     if logs_headers {
         out.push(span(
             fields::HEADERS,
-            "values of allowlisted request headers (never credentials, addresses or user agents)",
+            "elements of allowlisted request headers found in their vocabulary, others as `other` (never credentials, addresses or user agents)",
             Protection::NotPersonal,
             "operator-chosen request context",
         ));

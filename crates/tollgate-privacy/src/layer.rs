@@ -6,7 +6,7 @@ use tollgate_core::inventory::FieldSpec;
 use tollgate_core::{ClientConfig, ConfigError, Pseudonymizer, RouteMap};
 use tower::Layer;
 
-use crate::config::{LogProfile, PrivacyConfig, allowed_header};
+use crate::config::{LogProfile, PrivacyConfig, logged_header};
 use crate::service::{Config, PrivacyTraceService};
 
 /// Opens one span per request, with every field of [`tollgate_core::fields::ALL`]
@@ -106,14 +106,14 @@ impl PrivacyTraceBuilder {
         self
     }
 
-    /// The layer. Refuses a `log_headers` entry that is not a header name or that
-    /// carries identifiers.
+    /// The layer. Refuses a `log_headers` entry that is not a header name, that
+    /// carries identifiers, or that has no vocabulary.
     pub fn build(self) -> Result<PrivacyTraceLayer, ConfigError> {
         let log_headers = self
             .config
             .log_headers
             .iter()
-            .map(|name| allowed_header(name))
+            .map(|name| logged_header(name, &self.config))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PrivacyTraceLayer {
             config: Arc::new(Config {

@@ -19,7 +19,7 @@ mod otel;
 mod service;
 mod writer;
 
-pub use config::{FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
+pub use config::{BUILT_IN_VOCABULARIES, FORBIDDEN_HEADERS, LogProfile, PrivacyConfig};
 pub use future::ResponseFuture;
 pub use layer::{PrivacyTraceBuilder, PrivacyTraceLayer};
 pub use log::{JsonLogLayer, RAW_INPUT_TARGETS, RecordedValue, RequestObserver, RequestRecord, json_layer};

@@ -1,30 +1,26 @@
 //! [`PrivacyTraceService`]: opens the request span and hands the client on.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::MatchedPath;
-use http::{HeaderName, Request, Response};
+use http::{Request, Response};
 use tollgate_core::{CarryExt, ClientConfig, Pseudonymizer, RouteMap, TraceId};
 use tower::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::config::LogProfile;
+use crate::config::{LogProfile, LoggedHeader};
 use crate::future::ResponseFuture;
 use crate::{TARGET, UNMATCHED_ROUTE};
-
-/// Longest header value logged; longer values are cut.
-const MAX_HEADER_VALUE: usize = 64;
 
 /// What the service reads per request.
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) pseudonymizer: Pseudonymizer,
     pub(crate) client: ClientConfig,
-    pub(crate) log_headers: Vec<HeaderName>,
+    pub(crate) log_headers: Vec<LoggedHeader>,
     pub(crate) routes: RouteMap<LogProfile>,
 }
 
@@ -147,27 +143,17 @@ fn open_span(profile: LogProfile, line: &RequestLine<'_>) -> Span {
     }
 }
 
-/// `name=value` pairs of the allowlisted headers present, values cut to printable ASCII.
-fn allowlisted_headers(allow: &[HeaderName], headers: &http::HeaderMap) -> String {
+/// `name=elements` of the logged headers present, each element from its vocabulary.
+fn allowlisted_headers(logged: &[LoggedHeader], headers: &http::HeaderMap) -> String {
     let mut out = String::new();
-    for name in allow {
-        for value in headers.get_all(name) {
-            let text: String = value
-                .as_bytes()
-                .iter()
-                .take(MAX_HEADER_VALUE)
-                .map(|b| {
-                    if b.is_ascii_graphic() || *b == b' ' {
-                        *b as char
-                    } else {
-                        '?'
-                    }
-                })
-                .collect();
+    for header in logged {
+        for value in headers.get_all(&header.name) {
             if !out.is_empty() {
                 out.push(' ');
             }
-            let _ = write!(out, "{}={}", name.as_str(), text);
+            out.push_str(header.name.as_str());
+            out.push('=');
+            header.write_elements(value.as_bytes(), &mut out);
         }
     }
     out
