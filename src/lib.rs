@@ -200,7 +200,17 @@ impl TollgateBuilder {
             .build()?;
         let auth = match &config.auth {
             Some(section) => {
-                let mut builder = AuthLayer::builder(section.clone(), p.clone())
+                let mut section = section.clone();
+                // A token's tier claim is the issuer's text: with tiers configured for
+                // rate limiting, only those (and the default) are taken from it, so no
+                // other value reaches logs and metric labels.
+                if section.tiers.is_empty()
+                    && let Some(ratelimit) = &config.ratelimit
+                {
+                    section.tiers = ratelimit.tiers.keys().cloned().collect();
+                    section.tiers.push(section.default_tier.clone());
+                }
+                let mut builder = AuthLayer::builder(section, p.clone())
                     .freeze_list(stores.freeze_list.clone())
                     .clock(clock.clone())
                     .responder(self.responder.clone())

@@ -36,6 +36,13 @@ async fn traffic(addr: std::net::SocketAddr) -> Vec<String> {
     assert_eq!(ok.status(), 200);
     let me = get("/v1/me").header("x-api-key", API_KEY).send().await.unwrap();
     assert_eq!(me.status(), 200);
+    // A tier claim is the issuer's text: one that is no configured tier is not logged.
+    let odd_tier = get("/v1/me")
+        .bearer_auth(common::token(SUBJECT, "canary-jti-tier", IP))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd_tier.status(), 200);
     // Failed logins naming the account tried (the email): only its keyed hash is kept.
     for password in ["canary-password-1", "canary-password-2", "canary-password-3"] {
         let r = client
