@@ -159,8 +159,10 @@ impl AuthError {
     pub const fn problem_type(self) -> ProblemType {
         match self {
             AuthError::MissingCredentials | AuthError::UnsupportedScheme => types::MISSING_CREDENTIALS,
-            AuthError::MalformedRequest => types::MALFORMED_CREDENTIALS,
-            AuthError::RepeatedHeader | AuthError::OversizedCredentials => types::HEADER_REJECTED,
+            // A second header is a malformed request (RFC 6750 `invalid_request`, 400),
+            // not a large one.
+            AuthError::MalformedRequest | AuthError::RepeatedHeader => types::MALFORMED_CREDENTIALS,
+            AuthError::OversizedCredentials => types::HEADER_REJECTED,
             AuthError::Frozen => types::CREDENTIAL_FROZEN,
             AuthError::InsufficientScope => types::INSUFFICIENT_SCOPE,
             AuthError::IntrospectionUnavailable
@@ -392,8 +394,14 @@ mod tests {
         );
         let p = c.problem(AuthError::MissingCredentials);
         assert_eq!(p.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
-        let p = c.problem(AuthError::RepeatedHeader);
+        let p = c.problem(AuthError::OversizedCredentials);
         assert_eq!(p.status(), 431);
+        assert_eq!(
+            p.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"api\", error=\"invalid_request\""
+        );
+        let p = c.problem(AuthError::RepeatedHeader);
+        assert_eq!(p.status(), 400);
         assert_eq!(
             p.headers()[WWW_AUTHENTICATE],
             "Bearer realm=\"api\", error=\"invalid_request\""

@@ -77,7 +77,7 @@ pub mod types {
         /// The anomaly layer's policy blocked the request (403).
         REQUEST_BLOCKED, "request-blocked", "Request blocked", FORBIDDEN);
     problem_type!(
-        /// A request header is too large or repeated where it must be single (431).
+        /// A request header is too large (431).
         HEADER_REJECTED, "header-rejected", "Request header rejected", REQUEST_HEADER_FIELDS_TOO_LARGE);
     problem_type!(
         /// The request's path, query or body does not parse as the route expects (400).
