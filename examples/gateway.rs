@@ -21,15 +21,23 @@
 //! `cargo run --example dpop_client` logs in with a fresh key and calls the API
 //! with DPoP proofs.
 //! | `/admin/*` | the freeze admin API; the `tollgate:admin` scope required |
+//!
+//! Slow clients: a request head must arrive within `[gateway] header_read_timeout`
+//! (else the connection is closed; the same limit closes idle keep-alive
+//! connections), a body within `[gateway] body_read_timeout` (else 408 problem+json).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::body::{Body, HttpBody};
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,10 +46,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tollgate::core::problem::{Problem, types};
+use tollgate::core::problem::{Problem, method_not_allowed, types};
 use tollgate::core::{LoginAttempt, Principal, SessionInfo};
 use tollgate::operator::{Observers, Operator};
 use tollgate::{Tollgate, TollgateConfig};
+use tower::ServiceExt;
 use tracing_subscriber::prelude::*;
 
 #[derive(Parser, Debug)]
@@ -72,6 +81,15 @@ struct GatewaySection {
     audience: String,
     /// Items exist for ids 1 to this; above it `/v1/items/{id}` answers 404.
     items: u64,
+    /// How long a client may take to send a request head (request line and
+    /// headers); then the connection is closed. hyper starts this timer whenever it
+    /// waits for a request, so it is also the idle limit of keep-alive connections.
+    #[serde(with = "tollgate::core::config::duration")]
+    header_read_timeout: Duration,
+    /// How long a client may take to send a request body, counted from when the
+    /// request reaches the API; then it answers 408 and closes the connection.
+    #[serde(with = "tollgate::core::config::duration")]
+    body_read_timeout: Duration,
 }
 
 #[derive(Deserialize, Clone)]
@@ -93,6 +111,8 @@ impl Default for GatewaySection {
             issuer: String::new(),
             audience: String::new(),
             items: 1000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -125,6 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| v.try_into())
         .transpose()?
         .unwrap_or_default();
+    // Zero would close every connection (or refuse every body) at once.
+    if gateway.header_read_timeout.is_zero() || gateway.body_read_timeout.is_zero() {
+        return Err("[gateway] header_read_timeout and body_read_timeout must be above zero".into());
+    }
     let config = TollgateConfig::from_table(document)?;
 
     // The console's and the metrics' observers read the request records the log
@@ -161,6 +185,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nest("/admin", operator.admin_api().merge(operator.console()))
         .merge(operator.well_known())
         .merge(operator.metrics());
+    // Inside the stack, so its log and metrics record the 408 the client gets.
+    let body_read_timeout = gateway.body_read_timeout;
+    let api = api.layer(axum::middleware::from_fn(move |req, next| {
+        read_body_within(body_read_timeout, req, next)
+    }));
     let app = tollgate.apply(api);
 
     let addr = args
@@ -169,12 +198,97 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, shared_state = tollgate.is_shared(), "tollgate demo gateway listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    serve(listener, app, gateway.header_read_timeout).await;
     Ok(())
+}
+
+/// Serves `app` over HTTP/1.1 until ctrl-c, then waits for the open connections to
+/// finish their requests. `axum::serve` sets no header read timeout (its hyper
+/// builder has no timer), so a client that never finishes its headers would hold a
+/// connection forever: this loop is `axum::serve`'s, with the timer and timeout set.
+async fn serve(listener: tokio::net::TcpListener, app: Router, header_read_timeout: Duration) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // As `axum::serve`: a connection that failed before it was accepted is
+                    // the client's business; anything else (too many open files) is
+                    // waited out rather than spun on.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = &mut ctrl_c => break,
+        };
+        // The stack reads the peer address from `ConnectInfo`, as under
+        // `into_make_service_with_connect_info`.
+        let service = app
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Timeouts and clients that hang up end here; hyper's errors quote no input.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Gives the request body `limit` to arrive whole, however it trickles in (tower-http's
+/// `DeadlineBody`, not an idle timer a byte a second would reset). A handler reading a
+/// late body gets an error, which it would answer as a bad body; the client gets a 408
+/// problem instead, and the connection is closed since the rest of the body is unread.
+async fn read_body_within(limit: Duration, req: Request, next: Next) -> Response {
+    // No body, no timer.
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&timed_out);
+    let req = req.map(|body| {
+        use http_body_util::BodyExt;
+        Body::new(
+            tower_http::timeout::DeadlineBody::new(limit, body).map_err(move |e| {
+                if e.is::<tower_http::timeout::TimeoutError>() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                e
+            }),
+        )
+    });
+    let response = next.run(req).await;
+    if timed_out.load(Ordering::Relaxed) {
+        return Problem::new(types::REQUEST_TIMEOUT)
+            .with_detail("the request body did not arrive in time")
+            .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+            .into_response();
+    }
+    response
 }
 
 /// The demo API.
@@ -187,7 +301,7 @@ fn api(login: Arc<Login>, items: u64) -> Router {
         .route("/login", post(log_in).with_state(login))
         // Unknown paths and methods answer problem+json too, like every refusal.
         .fallback(|| async { Problem::new(types::NOT_FOUND) })
-        .method_not_allowed_fallback(|| async { Problem::new(types::METHOD_NOT_ALLOWED) })
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn item(

@@ -5,71 +5,16 @@
 
 mod common;
 
+use common::gateway::{ConfigFile, Gateway};
 use common::*;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tollgate_test_support::canary;
 use tollgate_test_support::redis::RedisNamespace;
 use tollgate_test_support::redis_cluster::RedisCluster;
-use tollgate_test_support::{free_port, random_namespace};
+use tollgate_test_support::random_namespace;
 
-/// The demo gateway binary, built by `cargo test --all-targets` next to this test.
-fn gateway_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = target.join("examples").join("gateway");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build --example gateway` (scripts/test does)",
-        binary.display()
-    );
-    binary
-}
-
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-    /// Where the gateway's standard output (its log lines) goes.
-    log: PathBuf,
-}
-
-impl Replica {
-    /// Everything the gateway logged so far.
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn start(config: &std::path::Path) -> Replica {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::env::temp_dir().join(format!("tollgate-replica-{}.log", random_namespace()));
-    let child = Command::new(gateway_binary())
-        .args(["--config", config.to_str().unwrap(), "--addr", &addr.to_string()])
-        .env("TOLLGATE_PSEUDONYM_SECRET", PSEUDONYM_SECRET)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let replica = Replica { child, addr, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    replica
-}
-
-fn config_file(store: &str) -> tempfile_path::TempPath {
+fn config_file(store: &str) -> ConfigFile {
     let text = format!(
         r#"
 [gateway]
@@ -91,7 +36,7 @@ limits = [{{ name = "burst", quota = 1000, window = "1s" }}]
 "#,
         auth = auth_section(),
     );
-    tempfile_path::TempPath::with_contents(&text)
+    ConfigFile::with_contents(&text)
 }
 
 /// The `[store]` section on one Redis server, under the test's namespace.
@@ -102,38 +47,14 @@ fn redis_store(redis: &RedisNamespace) -> String {
     )
 }
 
-/// A file removed on drop (no extra crate needed for one temp file).
-mod tempfile_path {
-    pub struct TempPath(std::path::PathBuf);
-    impl TempPath {
-        pub fn with_contents(text: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("tollgate-replicas-{}.toml", super::random_namespace()));
-            std::fs::write(&path, text).unwrap();
-            TempPath(path)
-        }
-    }
-    impl std::ops::Deref for TempPath {
-        type Target = std::path::Path;
-        fn deref(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_budget_and_one_freeze_list() {
     let Some(redis) = RedisNamespace::new() else {
         return;
     };
     let config = config_file(&redis_store(&redis));
-    let a = start(&config);
-    let b = start(&config);
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
     share_one_budget_and_one_freeze_list(&a, &b).await;
 }
 
@@ -147,8 +68,8 @@ async fn an_anomaly_block_on_one_replica_holds_on_the_other() {
         "[anomaly]\n[anomaly.enumeration]\nmax_distinct_ids = 12\n[anomaly.actions]\nenumeration = \"block\"\n{}",
         redis_store(&redis)
     ));
-    let a = start(&config);
-    let b = start(&config);
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
     let client = reqwest::Client::new();
     let walker = token("walker-user", "walker-jti", "pro");
     let bystander = token("bystander-user", "bystander-jti", "pro");
@@ -207,7 +128,7 @@ async fn an_anomaly_block_on_one_replica_holds_on_the_other() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A replica started after the block loads it.
-    let c = start(&config);
+    let c = Gateway::start(&config);
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(c.addr, "/v1/items/1".into(), &walker).await.unwrap().status() != 403 {
         assert!(Instant::now() < deadline, "a new replica never loaded the block");
@@ -236,8 +157,8 @@ period = "1m"
 {}"#,
         redis_store(&redis)
     ));
-    let a = start(&config);
-    let b = start(&config);
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
     let client = reqwest::Client::new();
     let walker = token("throttled-user", "throttled-jti", "pro");
     let get = |addr: SocketAddr, path: String| {
@@ -292,8 +213,8 @@ async fn two_replicas_on_a_redis_cluster_share_one_budget_and_survive_a_failover
         urls.join(", "),
         random_namespace()
     ));
-    let a = start(&config);
-    let b = start(&config);
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
     share_one_budget_and_one_freeze_list(&a, &b).await;
 
     // Many callers on both replicas while one primary dies: every answer is 200,
@@ -404,7 +325,7 @@ async fn two_replicas_on_a_redis_cluster_share_one_budget_and_survive_a_failover
 
 /// One client spread over both replicas gets its budget once; a freeze on A is
 /// refused on B within 100 ms.
-async fn share_one_budget_and_one_freeze_list(a: &Replica, b: &Replica) {
+async fn share_one_budget_and_one_freeze_list(a: &Gateway, b: &Gateway) {
     let client = reqwest::Client::new();
     let first = token("replica-user", "replica-jti", "free");
 
@@ -480,7 +401,7 @@ async fn share_one_budget_and_one_freeze_list(a: &Replica, b: &Replica) {
 /// input reaches neither answer nor log.
 #[tokio::test]
 async fn the_demo_answers_malformed_requests_with_problems() {
-    let demo = start(std::path::Path::new(concat!(
+    let demo = Gateway::start(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/gateway.toml"
     )));

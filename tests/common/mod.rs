@@ -1,6 +1,8 @@
 //! Shared helpers for the black-box tests of the composed stack.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::net::SocketAddr;
 use std::ops::Deref;
 

@@ -77,6 +77,9 @@ pub mod types {
         /// The anomaly layer's policy blocked the request (403).
         REQUEST_BLOCKED, "request-blocked", "Request blocked", FORBIDDEN);
     problem_type!(
+        /// The request body did not arrive in time (408).
+        REQUEST_TIMEOUT, "request-timeout", "Request timeout", REQUEST_TIMEOUT);
+    problem_type!(
         /// A request header is too large (431).
         HEADER_REJECTED, "header-rejected", "Request header rejected", REQUEST_HEADER_FIELDS_TOO_LARGE);
     problem_type!(
