@@ -86,6 +86,23 @@ fn session(op: &Operator, headers: &HeaderMap) -> Option<(String, String)> {
     Some((id, token))
 }
 
+/// A console form, carrying its session's form token.
+trait ConsoleForm {
+    fn token(&self) -> &str;
+}
+
+/// The form of a state-changing request, once it parsed (else a problem by the
+/// rejection's status, never axum's text) and passed [`check_form`].
+fn accepted_form<T: ConsoleForm>(
+    op: &Operator,
+    headers: &HeaderMap,
+    form: Result<Form<T>, FormRejection>,
+) -> Result<T, Box<Problem>> {
+    let Form(form) = form.map_err(|rejected| Box::new(Problem::from(rejected)))?;
+    check_form(op, headers, form.token())?;
+    Ok(form)
+}
+
 /// Checks a state-changing form: a signed-in session, its token, same origin.
 fn check_form(op: &Operator, headers: &HeaderMap, token: &str) -> Result<(), Box<Problem>> {
     let refused =
@@ -122,6 +139,12 @@ async fn sign_in(State(op): State<Operator>) -> Response {
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }
 
+impl ConsoleForm for SignOut {
+    fn token(&self) -> &str {
+        &self.token
+    }
+}
+
 #[derive(Deserialize)]
 struct SignOut {
     token: String,
@@ -132,11 +155,7 @@ async fn sign_out(
     headers: HeaderMap,
     form: Result<Form<SignOut>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejected) => return Problem::from(rejected).into_response(),
-    };
-    if let Err(refused) = check_form(&op, &headers, &form.token) {
+    if let Err(refused) = accepted_form(&op, &headers, form) {
         return refused.into_response();
     }
     if let Some((id, _)) = session(&op, &headers) {
@@ -144,6 +163,12 @@ async fn sign_out(
     }
     let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, expired)], Redirect::to("../console")).into_response()
+}
+
+impl ConsoleForm for FreezeForm {
+    fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 #[derive(Deserialize)]
@@ -159,13 +184,10 @@ async fn freeze(
     headers: HeaderMap,
     form: Result<Form<FreezeForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejected) => return Problem::from(rejected).into_response(),
+    let form = match accepted_form(&op, &headers, form) {
+        Ok(form) => form,
+        Err(refused) => return refused.into_response(),
     };
-    if let Err(refused) = check_form(&op, &headers, &form.token) {
-        return refused.into_response();
-    }
     let id = form.id.trim();
     if id.is_empty() || id.len() > 512 {
         return Problem::new(types::MALFORMED_CREDENTIALS)
@@ -201,6 +223,12 @@ async fn freeze(
     }
 }
 
+impl ConsoleForm for UnfreezeForm {
+    fn token(&self) -> &str {
+        &self.token
+    }
+}
+
 #[derive(Deserialize)]
 struct UnfreezeForm {
     token: String,
@@ -213,13 +241,10 @@ async fn unfreeze(
     headers: HeaderMap,
     form: Result<Form<UnfreezeForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejected) => return Problem::from(rejected).into_response(),
+    let form = match accepted_form(&op, &headers, form) {
+        Ok(form) => form,
+        Err(refused) => return refused.into_response(),
     };
-    if let Err(refused) = check_form(&op, &headers, &form.token) {
-        return refused.into_response();
-    }
     let target = match (form.kind.as_str(), KeyedDigest::from_hex(&form.digest)) {
         ("credential", Some(d)) => FreezeTarget::Credential(d),
         ("subject", Some(d)) => FreezeTarget::Subject(d),
