@@ -10,9 +10,9 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tollgate_test_support::canary;
+use tollgate_test_support::random_namespace;
 use tollgate_test_support::redis::RedisNamespace;
 use tollgate_test_support::redis_cluster::RedisCluster;
-use tollgate_test_support::random_namespace;
 
 fn config_file(store: &str) -> ConfigFile {
     let text = format!(
