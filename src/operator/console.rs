@@ -139,15 +139,15 @@ async fn sign_in(State(op): State<Operator>) -> Response {
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }
 
+#[derive(Deserialize)]
+struct SignOut {
+    token: String,
+}
+
 impl ConsoleForm for SignOut {
     fn token(&self) -> &str {
         &self.token
     }
-}
-
-#[derive(Deserialize)]
-struct SignOut {
-    token: String,
 }
 
 async fn sign_out(
@@ -165,18 +165,18 @@ async fn sign_out(
     ([(header::SET_COOKIE, expired)], Redirect::to("../console")).into_response()
 }
 
-impl ConsoleForm for FreezeForm {
-    fn token(&self) -> &str {
-        &self.token
-    }
-}
-
 #[derive(Deserialize)]
 struct FreezeForm {
     token: String,
     kind: String,
     id: String,
     reason: String,
+}
+
+impl ConsoleForm for FreezeForm {
+    fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 async fn freeze(
@@ -223,17 +223,17 @@ async fn freeze(
     }
 }
 
-impl ConsoleForm for UnfreezeForm {
-    fn token(&self) -> &str {
-        &self.token
-    }
-}
-
 #[derive(Deserialize)]
 struct UnfreezeForm {
     token: String,
     kind: String,
     digest: String,
+}
+
+impl ConsoleForm for UnfreezeForm {
+    fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 async fn unfreeze(
