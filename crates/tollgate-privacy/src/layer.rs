@@ -107,7 +107,8 @@ impl PrivacyTraceBuilder {
     }
 
     /// The layer. Refuses a `log_headers` entry that is not a header name, that
-    /// carries identifiers, or that has no vocabulary.
+    /// carries identifiers, or that has no vocabulary, and a vocabulary for a header
+    /// not logged.
     pub fn build(self) -> Result<PrivacyTraceLayer, ConfigError> {
         let log_headers = self
             .config
@@ -115,6 +116,17 @@ impl PrivacyTraceBuilder {
             .iter()
             .map(|name| logged_header(name, &self.config))
             .collect::<Result<Vec<_>, _>>()?;
+        // A vocabulary for a header that is not logged is a typo, not a setting.
+        if let Some(name) = self.config.header_values.keys().find(|name| {
+            !log_headers
+                .iter()
+                .any(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        }) {
+            return Err(ConfigError::new(
+                "privacy.header_values",
+                format!("`{name}` is not in privacy.log_headers"),
+            ));
+        }
         Ok(PrivacyTraceLayer {
             config: Arc::new(Config {
                 pseudonymizer: self.pseudonymizer,

@@ -194,6 +194,16 @@ fn identifying_headers_cannot_be_allowlisted() {
         assert!(err.to_string().contains("privacy.log_headers"), "{err}");
     }
     assert!(PrivacyTraceLayer::from_config(&headers(&["not a header"]), pseudonymizer()).is_err());
+    let mut typo = headers(&["accept"]);
+    typo.header_values
+        .insert("acept".into(), vec!["application/json".into()]);
+    let err = PrivacyTraceLayer::from_config(&typo, pseudonymizer()).unwrap_err();
+    assert!(err.to_string().contains("privacy.header_values"), "{err}");
+    let mut configured = headers(&["accept"]);
+    configured
+        .header_values
+        .insert("Accept".into(), vec!["application/json".into()]);
+    assert!(PrivacyTraceLayer::from_config(&configured, pseudonymizer()).is_ok());
 }
 
 #[test]
